@@ -1,0 +1,40 @@
+# i2nsf-sdn — the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := libyang2-dev libyang2-tools iproute2 tcpdump
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: setup test lint bench clean
+
+setup: $(STAMP)
+
+# Idempotent: installs Debian packages only when missing, rebuilds the venv only when
+# pyproject.toml changed.
+$(STAMP): pyproject.toml
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root for apt-get install$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	cd yang && ../$(PY) -m pyang --ietf -p .:standard $$(ls *.yang)
+	cd yang && yanglint -p . -p standard $$(ls *.yang)
+
+bench: setup
+	@set -e; for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
