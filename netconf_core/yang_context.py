@@ -75,7 +75,7 @@ def create_context(
         else:
             for feat in wanted:
                 mod.feature_enable(feat)
-        log.debug("loaded YANG module %s@%s", name, mod.revision())
+        log.debug("loaded YANG module %s", name)
     return ctx
 
 

@@ -1,0 +1,323 @@
+"""Configuration datastores (running, candidate, startup) with RFC 6241 edit semantics.
+
+Every change is made on a copy, validated as a complete tree by libyang, pushed through the
+appliers (for running) and only then swapped in, so a failure of any kind leaves every
+datastore byte-identical. Trees are kept in libyang's canonical XML form (schema order,
+canonical values) so that equal configurations are equal bytes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from lxml import etree
+
+from netconf_core.applier import Applier, ConfigChange
+from netconf_core.edit import apply_edit
+from netconf_core.errors import NC_NS, RpcError
+from netconf_core.schema import YangSchema
+
+log = logging.getLogger(__name__)
+
+DATA = f"{{{NC_NS}}}data"
+CONFIG = f"{{{NC_NS}}}config"
+DATASTORES = ("running", "candidate", "startup")
+TEST_OPTIONS = ("test-then-set", "set", "test-only")
+ERROR_OPTIONS = ("stop-on-error", "rollback-on-error", "continue-on-error")
+
+
+def empty_data() -> etree._Element:
+    return etree.Element(DATA, nsmap={None: NC_NS})
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write, fsync, rename, fsync the directory: after a crash the file is old or new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class Datastores:
+    """running / candidate / startup, each a `<data>` root (NETCONF base namespace) of config.
+
+    All methods are synchronous; the server serialises calls. Every method that changes a
+    datastore validates the complete resulting tree with libyang first and raises `RpcError`
+    (leaving every datastore byte-identical) on any problem.
+    """
+
+    def __init__(
+        self,
+        schema: YangSchema,
+        appliers: Sequence[Applier] = (),
+        state_dir: Path | None = None,
+    ) -> None:
+        self.schema = schema
+        self.appliers = list(appliers)
+        self.state_dir = state_dir
+        self._trees: dict[str, etree._Element] = {}
+        self._candidate_modified = False
+        running = self._load("running") or self._load("startup") or empty_data()
+        self._trees["running"] = running
+        self._trees["startup"] = self._load("startup") or copy.deepcopy(running)
+        self._trees["candidate"] = copy.deepcopy(running)
+        if state_dir is not None and not (state_dir / "startup.xml").exists():
+            self._persist("startup")
+
+    # ---- persistence ----------------------------------------------------------------------
+
+    def _file(self, name: str) -> Path | None:
+        return self.state_dir / f"{name}.xml" if self.state_dir is not None else None
+
+    def _load(self, name: str) -> etree._Element | None:
+        path = self._file(name)
+        if path is None or not path.exists():
+            return None
+        root = etree.fromstring(path.read_bytes())
+        if root.tag != DATA:
+            raise ValueError(f"{path}: root element must be <data xmlns={NC_NS!r}>")
+        try:
+            return self._canonical(root)
+        except RpcError as err:
+            raise ValueError(f"{path}: stored {name} configuration is invalid: {err}") from err
+
+    def _persist(self, name: str) -> None:
+        path = self._file(name)
+        if path is not None:
+            write_atomic(path, self.serialize(name))
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _canonical(self, root: etree._Element, validate: bool = True) -> etree._Element:
+        """Validate `root` and return it in libyang's canonical XML form."""
+        tree = self.schema.parse_config(root, validate=validate)
+        out = empty_data()
+        if tree is None:
+            return out
+        try:
+            text = tree.print_mem("xml", with_siblings=True, pretty=False)
+        finally:
+            tree.free()
+        if text:
+            parsed = etree.fromstring(f'<data xmlns="{NC_NS}">{text}</data>'.encode())
+            out = parsed
+        return out
+
+    @staticmethod
+    def _check_name(name: str, allowed: Sequence[str], what: str) -> None:
+        if name not in allowed:
+            raise RpcError(
+                "protocol", "invalid-value",
+                f"{what} {name!r} is not supported here (use one of {', '.join(allowed)})",
+            )
+
+    def _as_data(self, source: str | etree._Element) -> etree._Element:
+        if isinstance(source, str):
+            self._check_name(source, DATASTORES, "source datastore")
+            return copy.deepcopy(self._trees[source])
+        data = empty_data()
+        for child in source:
+            if isinstance(child.tag, str):
+                data.append(copy.deepcopy(child))
+        for el in data.iter():
+            if isinstance(el.tag, str) and f"{{{NC_NS}}}operation" in el.attrib:
+                raise RpcError(
+                    "protocol", "unknown-attribute",
+                    "the 'operation' attribute is only allowed in edit-config",
+                    info={"bad-attribute": "operation", "bad-element": el.tag.rpartition("}")[2]},
+                )
+        return data
+
+    # ---- public API ------------------------------------------------------------------------
+
+    def get_config(self, source: str) -> etree._Element:
+        """A deep copy of the named datastore's `<data>` root."""
+        self._check_name(source, DATASTORES, "source datastore")
+        return copy.deepcopy(self._trees[source])
+
+    def get_state(self) -> etree._Element:
+        """running merged with the appliers' operational state (`<get>`)."""
+        data = copy.deepcopy(self._trees["running"])
+        for ap in self.appliers:
+            for el in ap.state(self._trees["running"]):
+                merge_tree(self.schema, data, el)
+        return data
+
+    def edit_config(
+        self,
+        target: str,
+        config: etree._Element,
+        default_operation: str = "merge",
+        test_option: str = "test-then-set",
+        error_option: str = "stop-on-error",
+    ) -> list[RpcError]:
+        """Apply `<config>` (the element itself; its children are top-level data nodes).
+
+        Returns the errors skipped under continue-on-error (the reply must still report them).
+        """
+        self._check_name(target, ("running", "candidate"), "edit-config target")
+        if test_option not in TEST_OPTIONS:
+            raise RpcError("protocol", "invalid-value", f"bad test-option {test_option!r}",
+                           path="/rpc/edit-config/test-option")
+        if error_option not in ERROR_OPTIONS:
+            raise RpcError("protocol", "invalid-value", f"bad error-option {error_option!r}",
+                           path="/rpc/edit-config/error-option")
+        new = copy.deepcopy(self._trees[target])
+        result = apply_edit(
+            self.schema, new, config, default_operation,
+            continue_on_error=error_option == "continue-on-error",
+        )
+        # A running datastore is never left invalid: the kernel appliers rely on it.
+        validate = test_option != "set" or target == "running"
+        canonical = self._canonical(new, validate=validate)
+        if test_option == "test-only":
+            return result.errors
+        self._set(target, canonical)
+        return result.errors
+
+    def _set(self, target: str, new: etree._Element) -> None:
+        if target == "running":
+            self._commit_running(new)
+        elif target == "candidate":
+            if etree.tostring(new) != etree.tostring(self._trees["candidate"]):
+                self._trees["candidate"] = new
+                self._candidate_modified = True
+        elif target == "startup":
+            old = self._trees["startup"]
+            self._trees["startup"] = new
+            try:
+                self._persist("startup")
+            except OSError as exc:
+                self._trees["startup"] = old
+                raise RpcError("application", "operation-failed",
+                               f"cannot write startup: {exc}") from exc
+
+    def _commit_running(self, new: etree._Element) -> None:
+        old = self._trees["running"]
+        if etree.tostring(old) == etree.tostring(new):
+            return
+        change = ConfigChange(old=old, new=new)
+        if self.appliers:
+            change.diff = self.schema.diff(old, new)
+        done: list[Applier] = []
+        try:
+            for ap in self.appliers:
+                ap.validate(change)
+            for ap in self.appliers:
+                ap.prepare(change)
+            for ap in self.appliers:
+                ap.apply(change)
+                done.append(ap)
+            self._trees["running"] = new
+            self._persist("running")
+        except BaseException as exc:
+            self._trees["running"] = old
+            for ap in reversed(done):
+                try:
+                    ap.abort(change)
+                except Exception:
+                    log.exception("applier %s failed to undo a change", ap.name)
+            if isinstance(exc, RpcError):
+                raise
+            if isinstance(exc, OSError):
+                raise RpcError("application", "operation-failed",
+                               f"cannot persist running: {exc}") from exc
+            log.exception("commit failed")
+            raise RpcError("application", "operation-failed", f"commit failed: {exc}") from exc
+        log.info("running configuration changed (%d appliers)", len(self.appliers))
+
+    def copy_config(self, target: str, source: str | etree._Element) -> None:
+        """`source` is a datastore name or an inline `<config>` (or `<data>`) element."""
+        self._check_name(target, DATASTORES, "copy-config target")
+        if isinstance(source, str) and source == target:
+            raise RpcError("protocol", "invalid-value", "source and target are the same")
+        new = self._canonical(self._as_data(source))
+        self._set(target, new)
+
+    def delete_config(self, target: str) -> None:
+        if target == "running":
+            raise RpcError("protocol", "operation-not-supported",
+                           "the running datastore cannot be deleted")
+        self._check_name(target, ("startup",), "delete-config target")
+        self._set("startup", empty_data())
+
+    def validate(self, source: str | etree._Element) -> None:
+        self._canonical(self._as_data(source))
+
+    def commit(self) -> None:
+        """candidate → running through the appliers (all-or-nothing)."""
+        new = self._canonical(copy.deepcopy(self._trees["candidate"]))
+        self._commit_running(new)
+        self._trees["candidate"] = copy.deepcopy(self._trees["running"])
+        self._candidate_modified = False
+
+    def discard_changes(self) -> None:
+        self._trees["candidate"] = copy.deepcopy(self._trees["running"])
+        self._candidate_modified = False
+
+    def restore_running(self, snapshot: etree._Element) -> None:
+        """Put back a previous running tree (confirmed-commit rollback); resets candidate."""
+        self._commit_running(self._canonical(copy.deepcopy(snapshot)))
+        self.discard_changes()
+
+    @property
+    def candidate_modified(self) -> bool:
+        return self._candidate_modified
+
+    def serialize(self, name: str) -> bytes:
+        """Canonical bytes of a datastore (tests compare these before/after failures)."""
+        self._check_name(name, DATASTORES, "datastore")
+        return etree.tostring(self._trees[name], xml_declaration=True, encoding="utf-8")
+
+    def reconcile(self) -> None:
+        """Start-up: make every backend match running."""
+        for ap in self.appliers:
+            ap.reconcile(self._trees["running"])
+
+
+def merge_tree(schema: YangSchema, data: etree._Element, elem: etree._Element) -> None:
+    """Merge `elem` (a top-level node, typically state data) into the `<data>` root."""
+    _merge(schema, data, elem, None)
+
+
+def _merge(schema: YangSchema, parent: etree._Element, elem: etree._Element, psn) -> None:
+    sn = schema.lookup(psn, elem.tag) if isinstance(elem.tag, str) else None
+    if sn is None:
+        parent.append(copy.deepcopy(elem))
+        return
+    existing = None
+    if sn.kind == "container":
+        existing = parent.find(sn.tag)
+    elif sn.kind == "list":
+        want = [(elem.findtext(f"{{{sn.namespace}}}{k}") or "").strip() for k in sn.keys]
+        for cand in parent.iterchildren(sn.tag):
+            got = [(cand.findtext(f"{{{sn.namespace}}}{k}") or "").strip() for k in sn.keys]
+            if got == want:
+                existing = cand
+                break
+    if existing is None:
+        parent.append(copy.deepcopy(elem))
+        return
+    for child in elem:
+        if isinstance(child.tag, str):
+            if sn.kind == "list" and child.tag in {f"{{{sn.namespace}}}{k}" for k in sn.keys}:
+                continue
+            _merge(schema, existing, child, sn)

@@ -1,0 +1,402 @@
+"""RFC 6241 `<edit-config>` semantics on lxml trees, reproducing sysrepo's edit_diff.c rules.
+
+The edit is applied to a copy of the target tree; the caller validates the result with libyang
+and swaps it in only when everything holds, so a failed edit never changes a datastore.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from netconf_core.errors import NC_NS, RpcError
+from netconf_core.schema import YANG_NS, SchemaNode, YangSchema
+
+OPERATION = f"{{{NC_NS}}}operation"
+INSERT = f"{{{YANG_NS}}}insert"
+KEY_ATTR = f"{{{YANG_NS}}}key"
+VALUE_ATTR = f"{{{YANG_NS}}}value"
+OPERATIONS = ("merge", "replace", "create", "delete", "remove", "none")
+DEFAULT_OPERATIONS = ("merge", "replace", "none")
+
+
+@dataclass
+class EditResult:
+    """Errors collected under continue-on-error (empty otherwise: errors raise)."""
+
+    errors: list[RpcError] = field(default_factory=list)
+
+
+def apply_edit(
+    schema: YangSchema,
+    target: etree._Element,
+    config: etree._Element,
+    default_operation: str = "merge",
+    continue_on_error: bool = False,
+) -> EditResult:
+    """Apply the children of `config` to the `<data>` root `target` in place."""
+    if default_operation not in DEFAULT_OPERATIONS:
+        raise RpcError(
+            "protocol", "invalid-value", f"bad default-operation {default_operation!r}",
+            path="/rpc/edit-config/default-operation",
+        )
+    ed = _Editor(schema, continue_on_error)
+    ed.edit_children(target, config, None, default_operation, "")
+    return EditResult(ed.errors)
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def _ns(tag: str) -> str:
+    return tag[1:].partition("}")[0] if tag.startswith("{") else ""
+
+
+def _text(el: etree._Element) -> str:
+    return (el.text or "").strip()
+
+
+class _Editor:
+    def __init__(self, schema: YangSchema, continue_on_error: bool) -> None:
+        self.schema = schema
+        self.continue_on_error = continue_on_error
+        self.errors: list[RpcError] = []
+
+    # The path we report in <error-path>: /prefix:name[key='v']/... built from module names.
+    def _path(self, parent_path: str, sn: SchemaNode, edit: etree._Element | None) -> str:
+        seg = f"{parent_path}/{sn.module}:{sn.name}"
+        if sn.kind == "list" and edit is not None:
+            for k in sn.keys:
+                kel = edit.find(f"{{{sn.namespace}}}{k}")
+                if kel is not None:
+                    seg += f"[{k}='{_text(kel)}']"
+        elif sn.kind == "leaf-list" and edit is not None:
+            seg += f"[.='{_text(edit)}']"
+        return seg
+
+    def edit_children(
+        self,
+        target: etree._Element,
+        edit_parent: etree._Element,
+        parent_sn: SchemaNode | None,
+        parent_op: str,
+        parent_path: str,
+    ) -> None:
+        for edit in edit_parent:
+            if not isinstance(edit.tag, str):  # comments, processing instructions
+                continue
+            try:
+                self.edit_node(target, edit, parent_sn, parent_op, parent_path)
+            except RpcError as err:
+                if not self.continue_on_error:
+                    raise
+                self.errors.append(err)
+
+    def _schema_for(
+        self, edit: etree._Element, parent_sn: SchemaNode | None, parent_path: str
+    ) -> SchemaNode:
+        tag = edit.tag
+        ns = _ns(tag)
+        if not ns or not self.schema.namespace_known(ns):
+            raise RpcError(
+                "application", "unknown-namespace",
+                f"unknown namespace {ns!r} for element {_local(tag)!r}",
+                path=f"{parent_path}/{_local(tag)}",
+                info={"bad-element": _local(tag), "bad-namespace": ns},
+            )
+        sn = self.schema.lookup(parent_sn, tag)
+        if sn is None:
+            raise RpcError(
+                "application", "unknown-element",
+                f"unknown element {_local(tag)!r} in namespace {ns}",
+                path=f"{parent_path}/{_local(tag)}",
+                info={"bad-element": _local(tag)},
+            )
+        if not sn.config:
+            raise RpcError(
+                "application", "invalid-value",
+                f"{sn.name!r} is state data (config false) and cannot be edited",
+                path=self._path(parent_path, sn, edit),
+            )
+        return sn
+
+    def _operation(self, edit: etree._Element, parent_op: str, path: str) -> str:
+        op = edit.get(OPERATION)
+        if op is None:
+            return parent_op
+        if op not in OPERATIONS:
+            raise RpcError(
+                "protocol", "bad-attribute", f"unknown operation {op!r}", path=path,
+                info={"bad-attribute": "operation", "bad-element": _local(edit.tag)},
+            )
+        if parent_op in ("delete", "remove") and op not in ("delete", "remove"):
+            raise RpcError(
+                "protocol", "operation-not-supported",
+                f"operation {op!r} inside a {parent_op!r} subtree", path=path,
+            )
+        return op
+
+    def find_existing(
+        self, target: etree._Element, edit: etree._Element, sn: SchemaNode, path: str
+    ) -> etree._Element | None:
+        tag = sn.tag
+        if sn.kind == "list":
+            want = tuple(self.list_keys(edit, sn, path))
+            for cand in target.iterchildren(tag):
+                if _key_tuple(cand, sn) == want:
+                    return cand
+            return None
+        if sn.kind == "leaf-list":
+            value = _text(edit)
+            for cand in target.iterchildren(tag):
+                if _text(cand) == value:
+                    return cand
+            return None
+        return target.find(tag)
+
+    def list_keys(self, edit: etree._Element, sn: SchemaNode, path: str) -> list[str]:
+        vals = []
+        for kn in sn.keys:
+            kels = edit.findall(f"{{{sn.namespace}}}{kn}")
+            if not kels:
+                raise RpcError(
+                    "protocol", "missing-element",
+                    f"list {sn.name!r} entry is missing its key {kn!r}", path=path,
+                    info={"bad-element": kn},
+                )
+            if len(kels) > 1:
+                raise RpcError(
+                    "protocol", "bad-element", f"key {kn!r} given twice", path=path,
+                    info={"bad-element": kn},
+                )
+            vals.append(_text(kels[0]))
+        return vals
+
+    def edit_node(
+        self,
+        target: etree._Element,
+        edit: etree._Element,
+        parent_sn: SchemaNode | None,
+        parent_op: str,
+        parent_path: str,
+    ) -> None:
+        sn = self._schema_for(edit, parent_sn, parent_path)
+        path = self._path(parent_path, sn, edit)
+        op = self._operation(edit, parent_op, path)
+        existing = self.find_existing(target, edit, sn, path)
+
+        if parent_sn is not None and parent_sn.kind == "list" and sn.name in parent_sn.keys \
+                and sn.namespace == parent_sn.namespace:
+            # Keys identify the entry; they are written when the entry is created.
+            if op in ("delete", "remove", "replace", "create") and edit.get(OPERATION):
+                raise RpcError(
+                    "protocol", "bad-attribute",
+                    f"operation {op!r} is not allowed on list key {sn.name!r}", path=path,
+                    info={"bad-attribute": "operation", "bad-element": sn.name},
+                )
+            if existing is not None and _text(existing) != _text(edit):
+                raise RpcError(
+                    "application", "invalid-value", "list key value cannot change", path=path
+                )
+            return
+
+        if op == "delete":
+            if existing is None:
+                raise RpcError(
+                    "application", "data-missing",
+                    f"cannot delete {sn.name!r}: it does not exist", path=path,
+                )
+            target.remove(existing)
+            return
+        if op == "remove":
+            if existing is not None:
+                target.remove(existing)
+            return
+        if op == "create" and existing is not None:
+            raise RpcError(
+                "application", "data-exists",
+                f"cannot create {sn.name!r}: it already exists", path=path,
+            )
+        if op == "replace" and existing is not None:
+            node = self._new_node(sn, edit)
+            existing.addprevious(node)
+            target.remove(existing)
+            self._maybe_move(target, node, edit, sn, path, replaced=True)
+            self._fill(node, edit, sn, "replace", path)
+            return
+
+        # merge / create / replace-of-missing / none
+        if existing is None:
+            if op == "none" and (
+                sn.kind in ("leaf", "leaf-list") or not self._needs_creation(edit, sn)
+            ):
+                raise RpcError(
+                    "application", "data-missing", f"{sn.name!r} does not exist", path=path
+                )
+            node = self._new_node(sn, edit)
+            self._insert(target, node, edit, sn, path)
+            self._fill(node, edit, sn, op, path)
+            return
+
+        # existing node, merge or none (or create handled above)
+        if sn.kind == "leaf":
+            if op != "none":
+                existing.text = edit.text
+            return
+        if sn.kind == "leaf-list":
+            if op != "none":
+                self._maybe_move(target, existing, edit, sn, path, replaced=False)
+            return
+        if sn.kind in ("anydata", "anyxml"):
+            if op != "none":
+                new = self._copy_plain(edit)
+                existing.addprevious(new)
+                target.remove(existing)
+            return
+        if sn.kind == "list" and op != "none":
+            self._maybe_move(target, existing, edit, sn, path, replaced=False)
+        self.edit_children(existing, edit, sn, op, path)
+
+    def _needs_creation(self, edit: etree._Element, sn: SchemaNode) -> bool:
+        """Under operation 'none' a missing interior node is created only when a descendant
+        asks to create something (as sysrepo does)."""
+        for el in edit.iter():
+            op = el.get(OPERATION) if isinstance(el.tag, str) else None
+            if op in ("merge", "replace", "create"):
+                return True
+        return False
+
+    def _new_node(self, sn: SchemaNode, edit: etree._Element) -> etree._Element:
+        if sn.kind in ("anydata", "anyxml", "leaf", "leaf-list"):
+            # A deep copy keeps the namespace declarations that identityref or
+            # instance-identifier values may rely on.
+            node = self._copy_plain(edit)
+            if sn.kind != "anydata" and sn.kind != "anyxml":
+                for child in list(node):
+                    node.remove(child)
+            return node
+        node = etree.Element(sn.tag, nsmap={None: sn.namespace})
+        if sn.kind == "list":
+            for kn in sn.keys:
+                kel = edit.find(f"{{{sn.namespace}}}{kn}")
+                assert kel is not None  # checked in list_keys
+                node.append(self._copy_plain(kel))
+        return node
+
+    def _fill(self, node: etree._Element, edit: etree._Element, sn: SchemaNode, op: str,
+              path: str) -> None:
+        """Populate a node that did not exist (or was replaced) from the edit content."""
+        if sn.kind in ("container", "list"):
+            child_op = "merge" if op in ("none", "create", "replace") else op
+            self.edit_children(node, edit, sn, child_op, path)
+
+    def _copy_plain(self, edit: etree._Element) -> etree._Element:
+        node = copy.deepcopy(edit)
+        for el in node.iter():
+            if isinstance(el.tag, str):
+                for a in (OPERATION, INSERT, KEY_ATTR, VALUE_ATTR):
+                    el.attrib.pop(a, None)
+        return node
+
+    # ---- ordering (ordered-by user lists and leaf-lists, RFC 7950 sections 7.7.9/7.8.6) ----
+
+    def _insert(self, target: etree._Element, node: etree._Element, edit: etree._Element,
+                sn: SchemaNode, path: str) -> None:
+        insert = edit.get(INSERT)
+        if insert is not None and not sn.user_ordered:
+            raise RpcError(
+                "protocol", "bad-attribute",
+                f"'insert' on {sn.name!r}, which is not ordered-by user",
+                path=path, info={"bad-attribute": "insert", "bad-element": sn.name},
+            )
+        siblings = list(target.iterchildren(sn.tag))
+        if insert in (None, "last"):
+            if siblings:
+                siblings[-1].addnext(node)
+            else:
+                target.append(node)
+            return
+        if insert == "first":
+            if siblings:
+                siblings[0].addprevious(node)
+            else:
+                target.append(node)
+            return
+        if insert in ("before", "after"):
+            anchor = self._anchor(target, edit, sn, path)
+            if anchor is node:
+                raise RpcError("protocol", "bad-attribute", "an entry cannot move relative "
+                               "to itself", path=path, info={"bad-attribute": "insert"})
+            if insert == "before":
+                anchor.addprevious(node)
+            else:
+                anchor.addnext(node)
+            return
+        raise RpcError(
+            "protocol", "bad-attribute", f"bad insert value {insert!r}", path=path,
+            info={"bad-attribute": "insert", "bad-element": sn.name},
+        )
+
+    def _maybe_move(self, target: etree._Element, node: etree._Element, edit: etree._Element,
+                    sn: SchemaNode, path: str, replaced: bool) -> None:
+        if edit.get(INSERT) is None:
+            return
+        target.remove(node)
+        self._insert(target, node, edit, sn, path)
+
+    def _anchor(self, target: etree._Element, edit: etree._Element, sn: SchemaNode,
+                path: str) -> etree._Element:
+        if sn.kind == "list":
+            ref = edit.get(KEY_ATTR)
+            if ref is None:
+                raise RpcError("protocol", "missing-attribute", "insert before/after needs a "
+                               "'key' attribute", path=path,
+                               info={"bad-attribute": "key", "bad-element": sn.name})
+            want = _parse_key_predicates(ref)
+            if set(want) != set(sn.keys):
+                raise RpcError("protocol", "bad-attribute", f"key attribute {ref!r} must name "
+                               f"every key of {sn.name!r}", path=path,
+                               info={"bad-attribute": "key", "bad-element": sn.name})
+            wanted = tuple(want[k] for k in sn.keys)
+            for cand in target.iterchildren(sn.tag):
+                if _key_tuple(cand, sn) == wanted:
+                    return cand
+        else:
+            ref = edit.get(VALUE_ATTR)
+            if ref is None:
+                raise RpcError("protocol", "missing-attribute", "insert before/after needs a "
+                               "'value' attribute", path=path,
+                               info={"bad-attribute": "value", "bad-element": sn.name})
+            for cand in target.iterchildren(sn.tag):
+                if _text(cand) == ref:
+                    return cand
+        raise RpcError(
+            "application", "data-missing", f"insert anchor {ref!r} does not exist", path=path,
+            app_tag="missing-instance",
+        )
+
+
+def _parse_key_predicates(ref: str) -> dict[str, str]:
+    """`[name='a'][x="b"]` → {'name': 'a', 'x': 'b'} (prefixes dropped)."""
+    out = {}
+    for m in re.finditer(r"\[\s*([\w.:-]+)\s*=\s*(?:'([^']*)'|\"([^\"]*)\")\s*\]", ref):
+        name = m.group(1).rpartition(":")[2]
+        out[name] = m.group(2) if m.group(2) is not None else m.group(3)
+    if not out:
+        raise RpcError("protocol", "bad-attribute", f"cannot parse key attribute {ref!r}",
+                       info={"bad-attribute": "key"})
+    return out
+
+
+def _key_tuple(entry: etree._Element, sn: SchemaNode) -> tuple[str, ...] | None:
+    vals = []
+    for kn in sn.keys:
+        k = entry.find(f"{{{sn.namespace}}}{kn}")
+        if k is None:
+            return None
+        vals.append(_text(k))
+    return tuple(vals)

@@ -1,0 +1,315 @@
+"""The YANG schema as the NETCONF server needs it: node lookup for edit-config (keys, list
+ordering, config/state), full-tree validation with RFC-shaped errors, diffs, notifications.
+
+libyang parses and validates; it does not apply NETCONF edits, so the datastore layer walks
+XML with the help of the lookups here and hands complete trees back to libyang.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libyang
+from _libyang import ffi, lib  # type: ignore[import-not-found]
+from libyang.util import c2str
+from lxml import etree
+
+from netconf_core.errors import NC_NS, RpcError
+
+log = logging.getLogger(__name__)
+
+YANG_NS = "urn:ietf:params:xml:ns:yang:1"  # yang:operation, yang:insert, yang:key, ...
+
+
+@dataclass
+class SchemaNode:
+    """What the edit engine must know about one data node of the schema."""
+
+    name: str
+    namespace: str
+    module: str
+    kind: str  # container | list | leaf | leaf-list | anydata | anyxml
+    config: bool
+    keys: tuple[str, ...] = ()
+    user_ordered: bool = False
+    presence: bool = False
+    snode: libyang.SNode | None = field(default=None, repr=False)
+    _children: dict[tuple[str, str], SchemaNode] | None = field(default=None, repr=False)
+
+    @property
+    def tag(self) -> str:
+        return f"{{{self.namespace}}}{self.name}"
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    name: str
+    revision: str | None
+    namespace: str
+    prefix: str
+    features: tuple[str, ...]
+    implemented: bool
+    filepath: str | None
+
+
+_KIND = {
+    libyang.SNode.CONTAINER: "container",
+    libyang.SNode.LIST: "list",
+    libyang.SNode.LEAF: "leaf",
+    libyang.SNode.LEAFLIST: "leaf-list",
+}
+
+
+class YangSchema:
+    """Wraps one libyang context. Not thread-safe: the server serialises datastore work."""
+
+    def __init__(self, ctx: libyang.Context) -> None:
+        self.ctx = ctx
+        self._top: dict[tuple[str, str], SchemaNode] | None = None
+        self._modules_by_ns: dict[str, libyang.Module] = {}
+        for mod in ctx:
+            self._modules_by_ns[c2str(mod.cdata.ns)] = mod
+
+    # ---- schema lookup -------------------------------------------------------------------
+
+    def namespace_known(self, ns: str) -> bool:
+        return ns in self._modules_by_ns or ns == NC_NS
+
+    def top(self, namespace: str, name: str) -> SchemaNode | None:
+        if self._top is None:
+            self._top = {}
+            for mod in self.ctx:
+                if not mod.implemented():
+                    continue
+                for sn in mod.children(types=_DATA_TYPES):
+                    node = self._make(sn)
+                    self._top[(node.namespace, node.name)] = node
+        return self._top.get((namespace, name))
+
+    def child(self, parent: SchemaNode, namespace: str, name: str) -> SchemaNode | None:
+        if parent._children is None:
+            parent._children = {}
+            if parent.snode is not None and parent.kind in ("container", "list"):
+                for sn in parent.snode.children(types=_DATA_TYPES):
+                    node = self._make(sn)
+                    parent._children[(node.namespace, node.name)] = node
+        return parent._children.get((namespace, name))
+
+    def lookup(self, parent: SchemaNode | None, tag: str) -> SchemaNode | None:
+        ns, _, name = tag[1:].partition("}")
+        if parent is None:
+            return self.top(ns, name)
+        return self.child(parent, ns, name)
+
+    def _make(self, sn: libyang.SNode) -> SchemaNode:
+        nodetype = sn.nodetype()
+        kind = _KIND.get(nodetype, "anydata")
+        mod = sn.module()
+        keys: tuple[str, ...] = ()
+        user_ordered = False
+        presence = False
+        if kind == "list":
+            keys = tuple(k.name() for k in sn.keys())  # noqa: SIM118
+            user_ordered = sn.ordered()
+        elif kind == "leaf-list":
+            user_ordered = sn.ordered()
+        elif kind == "container":
+            presence = bool(sn.presence()) if hasattr(sn, "presence") else False
+        return SchemaNode(
+            name=sn.name(),
+            namespace=c2str(mod.cdata.ns),
+            module=mod.name(),
+            kind=kind,
+            config=not sn.config_false(),
+            keys=keys,
+            user_ordered=user_ordered,
+            presence=presence,
+            snode=sn,
+        )
+
+    # ---- modules -------------------------------------------------------------------------
+
+    def module_list(self) -> list[ModuleInfo]:
+        out = []
+        for mod in self.ctx:
+            revs = [r.date() for r in mod.revisions()]
+            feats = tuple(f.name() for f in mod.features() if f.state())
+            out.append(
+                ModuleInfo(
+                    name=mod.name(),
+                    revision=revs[0] if revs else None,
+                    namespace=c2str(mod.cdata.ns),
+                    prefix=mod.prefix(),
+                    features=feats,
+                    implemented=mod.implemented(),
+                    filepath=mod.filepath(),
+                )
+            )
+        return out
+
+    def module_text(self, name: str, revision: str | None = None) -> str:
+        """The YANG text of a loaded module, for `get-schema`."""
+        for info in self.module_list():
+            if info.name == name and (revision in (None, "", info.revision)):
+                if info.filepath and Path(info.filepath).is_file():
+                    return Path(info.filepath).read_text(encoding="utf-8")
+                mod = self.ctx.get_module(name)
+                text = mod.print("yang", libyang.IOType.MEMORY)
+                return str(text)
+        raise KeyError(f"{name}@{revision}" if revision else name)
+
+    # ---- validation ----------------------------------------------------------------------
+
+    def parse_config(
+        self, data_root: etree._Element, validate: bool = True
+    ) -> libyang.DNode | None:
+        """Parse a `<data>` root's children as configuration; raise RpcError on any problem.
+
+        Returns the libyang tree (caller frees it) or None for an empty datastore."""
+        xml = _children_xml(data_root)
+        flags = lib.LYD_PARSE_STRICT | lib.LYD_PARSE_NO_STATE
+        if not validate:
+            flags |= lib.LYD_PARSE_ONLY
+        vflags = lib.LYD_VALIDATE_NO_STATE
+        return self._parse(xml, flags, vflags)
+
+    def validate_config(self, data_root: etree._Element, validate: bool = True) -> None:
+        tree = self.parse_config(data_root, validate=validate)
+        if tree is not None:
+            tree.free()
+
+    def _parse(self, xml: bytes, flags: int, vflags: int) -> libyang.DNode | None:
+        in_p = ffi.new("struct ly_in **")
+        buf = ffi.new("char[]", xml)
+        if lib.ly_in_new_memory(buf, in_p) != lib.LY_SUCCESS:
+            raise RpcError("application", "operation-failed", "cannot read data")
+        out = ffi.new("struct lyd_node **")
+        lib.ly_err_clean(self.ctx.cdata, ffi.NULL)
+        try:
+            ret = lib.lyd_parse_data(
+                self.ctx.cdata, ffi.NULL, in_p[0], lib.LYD_XML, flags, vflags, out
+            )
+        finally:
+            lib.ly_in_free(in_p[0], 0)
+        if ret != lib.LY_SUCCESS:
+            if out[0] != ffi.NULL:
+                lib.lyd_free_all(out[0])
+            raise self._errors_to_rpc_error()
+        if out[0] == ffi.NULL:
+            return None
+        dnode = libyang.DNode.new(self.ctx, out[0])
+        return dnode
+
+    def _errors_to_rpc_error(self) -> RpcError:
+        errs: list[RpcError] = []
+        item = lib.ly_err_first(self.ctx.cdata)
+        while item != ffi.NULL:
+            if item.level == lib.LY_LLERR:
+                msg = c2str(item.msg) or "validation failed"
+                path = c2str(item.path) if item.path != ffi.NULL else None
+                apptag = c2str(item.apptag) if item.apptag != ffi.NULL else None
+                errs.append(map_libyang_error(msg, path, apptag))
+            item = item.next
+        lib.ly_err_clean(self.ctx.cdata, ffi.NULL)
+        if not errs:
+            return RpcError("application", "operation-failed", "data validation failed")
+        first, *rest = errs
+        first.others = rest
+        return first
+
+    def diff(self, old: etree._Element, new: etree._Element) -> etree._Element | None:
+        """libyang's diff of two `<data>` roots, as XML under a `<data>` root (None if equal)."""
+        a = self.parse_config(old, validate=False)
+        b = self.parse_config(new, validate=False)
+        try:
+            if a is None and b is None:
+                return None
+            out = ffi.new("struct lyd_node **")
+            ret = lib.lyd_diff_siblings(
+                a.cdata if a is not None else ffi.NULL,
+                b.cdata if b is not None else ffi.NULL,
+                0,
+                out,
+            )
+            if ret != lib.LY_SUCCESS:
+                raise self._errors_to_rpc_error()
+            if out[0] == ffi.NULL:
+                return None
+            d = libyang.DNode.new(self.ctx, out[0])
+            try:
+                text = d.print_mem("xml", with_siblings=True, pretty=False)
+            finally:
+                lib.lyd_free_all(out[0])
+            return etree.fromstring(f'<data xmlns="{NC_NS}">{text}</data>'.encode())
+        finally:
+            if a is not None:
+                a.free()
+            if b is not None:
+                b.free()
+
+    def validate_notification(self, elem: etree._Element) -> None:
+        """Check that `elem` is a valid instance of a YANG notification (raise RpcError)."""
+        xml = etree.tostring(elem)
+        in_p = ffi.new("struct ly_in **")
+        buf = ffi.new("char[]", xml)
+        lib.ly_in_new_memory(buf, in_p)
+        tree = ffi.new("struct lyd_node **")
+        op = ffi.new("struct lyd_node **")
+        lib.ly_err_clean(self.ctx.cdata, ffi.NULL)
+        try:
+            ret = lib.lyd_parse_op(
+                self.ctx.cdata, ffi.NULL, in_p[0], lib.LYD_XML, lib.LYD_TYPE_NOTIF_YANG, tree, op
+            )
+        finally:
+            lib.ly_in_free(in_p[0], 0)
+        if tree[0] != ffi.NULL:
+            lib.lyd_free_all(tree[0])
+        if ret != lib.LY_SUCCESS:
+            raise self._errors_to_rpc_error()
+
+
+_DATA_TYPES = (
+    libyang.SNode.CONTAINER,
+    libyang.SNode.LIST,
+    libyang.SNode.LEAF,
+    libyang.SNode.LEAFLIST,
+    lib.LYS_ANYDATA,
+    lib.LYS_ANYXML,
+)
+
+
+def _children_xml(root: etree._Element) -> bytes:
+    return b"".join(etree.tostring(c) for c in root)
+
+
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
+def map_libyang_error(msg: str, path: str | None, apptag: str | None) -> RpcError:
+    """Map a libyang validation message to RFC 6241 / RFC 7950 section 15 error tags."""
+    low = msg.lower()
+    etype = "application"
+    if "mandatory node" in low or "mandatory choice" in low:
+        tag, app = "data-missing", ("missing-choice" if "choice" in low else None)
+    elif "leafref" in low or "instance-identifier" in low or "require-instance" in low:
+        tag, app = "data-missing", "instance-required"
+    elif "must condition" in low:
+        tag, app = "operation-failed", "must-violation"
+    elif "unique data leaf" in low:
+        tag, app = "operation-failed", "data-not-unique"
+    elif "too many" in low:
+        tag, app = "operation-failed", "too-many-elements"
+    elif "too few" in low:
+        tag, app = "operation-failed", "too-few-elements"
+    elif "is missing its key" in low or "missing key" in low:
+        tag, app = "missing-element", None
+    elif any(w in low for w in ("not found", "unknown element", "no module", "when condition")):
+        tag, app = "unknown-element", None
+    elif "duplicate instance" in low:
+        tag, app = "operation-failed", "data-not-unique"
+    else:
+        tag, app = "invalid-value", None
+    return RpcError(etype, tag, msg, path=path, app_tag=apptag or app)
