@@ -75,9 +75,12 @@ class Datastores:
         self.state_dir = state_dir
         self._trees: dict[str, etree._Element] = {}
         self._candidate_modified = False
-        running = self._load("running") or self._load("startup") or empty_data()
+        startup = self._load("startup")
+        running = self._load("running")
+        if running is None:
+            running = copy.deepcopy(startup) if startup is not None else empty_data()
         self._trees["running"] = running
-        self._trees["startup"] = self._load("startup") or copy.deepcopy(running)
+        self._trees["startup"] = startup if startup is not None else copy.deepcopy(running)
         self._trees["candidate"] = copy.deepcopy(running)
         if state_dir is not None and not (state_dir / "startup.xml").exists():
             self._persist("startup")
