@@ -243,6 +243,7 @@ def test_ikeless_case_gateway_to_gateway(ctx: libyang.Context) -> None:
         assert values(root, f"{sa}/spi") == ["4096"]
         assert values(root, f"{sa}/tunnel/local") == ["198.51.100.1"]
         assert values(root, f"{sa}/tunnel/remote") == ["198.51.100.2"]
+        assert values(root, f"{sa}/tunnel/dscp-values") == ["0", "46"]
         assert values(root, f"{sa}/esp-sa/encryption/encryption-algorithm") == ["20"]
         # AEAD: no integrity key is configured; the algorithm leaf keeps its default.
         assert values(root, f"{sa}/esp-sa/integrity/key") == []
@@ -459,6 +460,10 @@ BAD_CASES = [
     Bad("unknown-node", IKELESS_H2H,
         "<reqid>1</reqid>", "<reqid>1</reqid><priority>5</priority>",
         'Node "priority" not found as a child of "spd-entry" node', ""),
+    # Drafts of RFC 9061 had a configurable seq-number-counter; the RFC keeps it as state only.
+    Bad("seq-number-counter-in-config", IKELESS_H2H,
+        "<spi>34501</spi>", "<spi>34501</spi><seq-number-counter>100</seq-number-counter>",
+        'Node "seq-number-counter" not found as a child of "ipsec-sa-config" node', ""),
     Bad("unknown-namespace", IKELESS_H2H,
         "<ipsec-policy-config>",
         '<ipsec-policy-config><x:priority xmlns:x="urn:example:vendor">5</x:priority>',
@@ -486,6 +491,10 @@ BAD_CASES = [
         "<bypass-dscp>true</bypass-dscp>"
         "<dscp-mapping><id>1</id><outer-dscp>10</outer-dscp></dscp-mapping>",
         'Must condition "../bypass-dscp = "false"" not satisfied', "/tunnel/dscp-mapping"),
+    Bad("dscp-values-only-in-sad", IKE_G2G,
+        "<bypass-dscp>true</bypass-dscp>",
+        "<bypass-dscp>true</bypass-dscp><dscp-values>0</dscp-values>",
+        'Node "dscp-values" not found as a child of "tunnel" node', ""),
     Bad("dscp-above-63", IKE_G2G,
         "<bypass-dscp>true</bypass-dscp>",
         "<bypass-dscp>false</bypass-dscp>"
