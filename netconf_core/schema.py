@@ -21,6 +21,14 @@ from netconf_core.errors import NC_NS, RpcError
 
 log = logging.getLogger(__name__)
 
+# libyang records the data path of an error only when its log callback is installed. Its
+# messages can quote rejected values (possibly key material), so the Python "libyang" logger
+# that receives them is muted: errors reach the client as rpc-errors, never the log.
+libyang.configure_logging(True, logging.ERROR)
+_ly_logger = logging.getLogger("libyang")
+_ly_logger.propagate = False
+_ly_logger.setLevel(logging.CRITICAL + 1)
+
 YANG_NS = "urn:ietf:params:xml:ns:yang:1"  # yang:operation, yang:insert, yang:key, ...
 
 
@@ -209,7 +217,7 @@ class YangSchema:
         while item != ffi.NULL:
             if item.level == lib.LY_LLERR:
                 msg = c2str(item.msg) or "validation failed"
-                path = c2str(item.path) if item.path != ffi.NULL else None
+                path = _clean_path(c2str(item.path)) if item.path != ffi.NULL else None
                 apptag = c2str(item.apptag) if item.apptag != ffi.NULL else None
                 errs.append(map_libyang_error(msg, path, apptag))
             item = item.next
@@ -285,7 +293,15 @@ def _children_xml(root: etree._Element) -> bytes:
     return b"".join(etree.tostring(c) for c in root)
 
 
-_QUOTED = re.compile(r'"([^"]*)"')
+_LOCATION = re.compile(r'(?:Data|Schema) location "([^"]*)"')
+
+
+def _clean_path(raw: str | None) -> str | None:
+    """libyang says 'Data location "/a:b/c", line number 3.'; error-path wants '/a:b/c'."""
+    if not raw:
+        return None
+    m = _LOCATION.search(raw)
+    return m.group(1) if m else raw
 
 
 def map_libyang_error(msg: str, path: str | None, apptag: str | None) -> RpcError:

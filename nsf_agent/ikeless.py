@@ -161,7 +161,6 @@ class SadEntry:
     mode: Literal["transport", "tunnel"]
     protocol: str
     ext_seq_num: bool
-    seq_number_counter: int
     seq_overflow: bool
     anti_replay_window: int
     encryption: EncAlg | None
@@ -406,7 +405,6 @@ def _parse_sad(root: etree._Element, directions: dict[int, set[Direction]]) -> I
             mode=mode,  # type: ignore[arg-type]
             protocol=_t(cfg, "protocol-parameters", "esp") or "esp",
             ext_seq_num=_bool(cfg, "ext-seq-num", True),
-            seq_number_counter=_int(cfg, "seq-number-counter"),
             seq_overflow=_bool(cfg, "seq-overflow", False),
             anti_replay_window=_int(cfg, "anti-replay-window-size", 64),
             encryption=enc,
