@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nsf_agent.xfrm import Dir, Policy, Selector, Template, Xfrm  # noqa: E402
+from nsf_agent.xfrm import Dir, Policy, Selector, Template, Xfrm
 
 
 def make_policies(n: int) -> list[Policy]:

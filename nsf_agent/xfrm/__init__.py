@@ -6,7 +6,7 @@ dataclasses, ``api`` the SPD/SAD operations and ``events`` the multicast listene
 See docs/xfrm.md.
 """
 
-from .api import Batch, Xfrm, explain, first_error
+from .api import Batch, Xfrm, explain, first_error, probe_esp
 from .events import (
     AcquireEvent,
     ExpireEvent,
@@ -72,4 +72,5 @@ __all__ = [
     "XfrmUnsupportedError",
     "explain",
     "first_error",
+    "probe_esp",
 ]

@@ -280,3 +280,29 @@ class Xfrm:
 
 def first_error(results: Sequence[XfrmError | None]) -> XfrmError | None:
     return next((r for r in results if r is not None), None)
+
+
+def probe_esp(netns: str | None = None) -> XfrmUnsupportedError | None:
+    """Whether this kernel can hold ESP SAs (AES-CBC + HMAC-SHA256): None if yes,
+    else the refusal.  The agent uses it to choose between the xfrm backend and the
+    userspace ESP backend; tests use it to skip SAD checks on kernels without ESP.
+
+    Probes with a throw-away SA (TEST-NET-3 addresses, SPI 0x1) that is removed again.
+    """
+    from .model import Algorithm, Algorithms, AuthAlgorithm
+
+    probe = State(
+        src="203.0.113.254", dst="203.0.113.253", spi=1, proto=Proto.ESP,
+        algorithms=Algorithms(crypt=Algorithm("cbc(aes)", bytes(16)),
+                              auth=AuthAlgorithm("hmac(sha256)", bytes(32), 128)),
+    )
+    with Xfrm(netns) as x:
+        try:
+            x.add_state(probe)
+        except XfrmUnsupportedError as e:
+            return e
+        except XfrmError as e:
+            if e.errno != errno.EEXIST:
+                raise
+        x.delete_state(probe.dst, probe.spi, probe.proto)
+    return None
