@@ -25,13 +25,23 @@ Notify = Callable[[etree._Element], None]
 class ConfigChange:
     """What a commit changes. `old` and `new` are `<data>` roots holding full config trees
     (lxml, NETCONF base namespace). `diff` is libyang's diff of the two as XML with
-    `yang:operation` annotations (None when there is no difference)."""
+    `yang:operation` annotations (None when there is no difference), computed on first use
+    because appliers that translate whole trees do not need it."""
 
     old: etree._Element
     new: etree._Element
-    diff: etree._Element | None = None
+    differ: Callable[[etree._Element, etree._Element], etree._Element | None] | None = None
     # Free space for appliers to keep per-transaction state between prepare/apply/abort.
     scratch: dict[str, object] = field(default_factory=dict)
+    _diff: etree._Element | None = field(default=None, init=False, repr=False)
+    _diff_done: bool = field(default=False, init=False, repr=False)
+
+    @property
+    def diff(self) -> etree._Element | None:
+        if not self._diff_done:
+            self._diff = self.differ(self.old, self.new) if self.differ else None
+            self._diff_done = True
+        return self._diff
 
 
 @runtime_checkable

@@ -217,9 +217,7 @@ class Datastores:
         old = self._trees["running"]
         if etree.tostring(old) == etree.tostring(new):
             return
-        change = ConfigChange(old=old, new=new)
-        if self.appliers:
-            change.diff = self.schema.diff(old, new)
+        change = ConfigChange(old=old, new=new, differ=self.schema.diff)
         done: list[Applier] = []
         try:
             for ap in self.appliers:
