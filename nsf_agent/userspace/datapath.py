@@ -1,0 +1,762 @@
+"""The userspace ESP data path: a process of its own, moving packets between a TUN device
+and raw IP sockets, fed with SPD/SAD over a Unix socket.
+
+Why a process: packet work is CPU-bound Python; running it in the agent would stall the
+NETCONF asyncio loop (and the GIL would make threads no better). The agent starts it inside
+the NSF's network namespace and talks to it over a Unix stream socket carrying length-
+prefixed JSON (see `client.py`). Everything runs in one thread: control messages are
+handled between packet batches, so every SPD/SAD change is atomic with respect to traffic.
+
+Routing: the data path owns the TUN device and installs the routes itself, in a table of its
+own (default 4303) selected by `ip rule not fwmark <mark> lookup <table>`. Its own sockets
+carry `<mark>`, so ESP it sends, and bypass packets it re-injects, never loop back into the
+TUN. Protect and discard entries route their remote prefix into the TUN; port-agnostic
+bypass entries get `throw` routes so the kernel forwards them without visiting us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import ipaddress
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import mmsg
+from .esp import (
+    EspError,
+    SaState,
+    SequenceOverflow,
+    decapsulate,
+    encapsulate,
+    parse_udp_encap,
+)
+from .model import Action, Direction, ModelError, SaConfig, SpdEntry
+from .spd import Spd, flow_of
+from .tun import open_tun
+
+log = logging.getLogger("nsf_agent.userspace.datapath")
+
+SO_MARK = 36
+IPPROTO_ESP = 50
+_LEN = struct.Struct("!I")
+MAX_MSG = 16 * 1024 * 1024
+
+GLOBAL_COUNTERS = (
+    "tun_rx", "tun_tx", "tun_tx_errors", "esp_tx", "esp_rx", "esp_tx_errors", "unknown_spi",
+    "malformed", "integrity_failed", "replay", "decrypt_failed", "policy_violation",
+    "no_policy", "discarded", "bypassed", "no_sa", "acquires", "udp_non_esp", "seq_overflow",
+    "dummy",
+)
+
+
+@dataclass(slots=True)
+class Options:
+    """How the data path sets itself up in its namespace."""
+
+    control: str
+    tun: str = "i2u0"
+    mtu: int = 1400
+    table: int = 4303
+    rule_priority: int = 4303
+    mark: int = 0x4303
+    manage_routes: bool = True
+    acquire_interval: float = 1.0
+    counters_interval: float = 0.0
+    batch: int = 64
+    tick: float = 0.25
+
+
+@dataclass(slots=True)
+class _Conn:
+    sock: socket.socket
+    rbuf: bytearray = field(default_factory=bytearray)
+    wbuf: bytearray = field(default_factory=bytearray)
+
+
+class _Sa:
+    """An installed SA: ESP state plus the pre-computed bits the fast path needs."""
+
+    __slots__ = ("dst_addr", "hdr_tail", "limit_bytes", "limit_packets", "state", "udp")
+
+    def __init__(self, cfg: SaConfig) -> None:
+        self.state = SaState(cfg)
+        self.dst_addr = (str(cfg.dst), 0)
+        self.udp = cfg.encap
+        self.limit_bytes = 0
+        self.limit_packets = 0
+        proto = 17 if cfg.encap is not None else IPPROTO_ESP
+        if cfg.src.version == 4:
+            # id, frag, ttl, proto, checksum 0 (the kernel fills id and checksum), addresses
+            self.hdr_tail = struct.pack("!HHBBH4s4s", 0, 0, 64, proto, 0, cfg.src.packed,
+                                        cfg.dst.packed)
+        else:
+            self.hdr_tail = bytes((proto, 64)) + cfg.src.packed + cfg.dst.packed
+        self.set_limits()
+
+    def set_limits(self) -> None:
+        """Next byte/packet count at which lifetimes need a look (0 = never)."""
+        cfg = self.state.cfg
+        soft_pending = not self.state.soft_fired
+        bl = [x for x in (cfg.soft.bytes if soft_pending else 0, cfg.hard.bytes) if x]
+        pl = [x for x in (cfg.soft.packets if soft_pending else 0, cfg.hard.packets) if x]
+        self.limit_bytes = min(bl) if bl else 1 << 80
+        self.limit_packets = min(pl) if pl else 1 << 80
+
+    def wire(self, esp: bytes) -> bytes:
+        """Outer IP (and UDP) header + ESP, ready for the header-including raw socket."""
+        if self.udp is not None:
+            esp = struct.pack("!HHHH", self.udp.sport, self.udp.dport, 8 + len(esp), 0) + esp
+        if len(self.hdr_tail) == 16:
+            return b"\x45\x00" + (20 + len(esp)).to_bytes(2, "big") + self.hdr_tail + esp
+        return (b"\x60\x00\x00\x00" + len(esp).to_bytes(2, "big") + self.hdr_tail + esp)
+
+
+class Datapath:
+    """State and event loop of one data path process."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.spd = Spd()
+        self.by_name: dict[str, _Sa] = {}
+        self.inbound: dict[int, _Sa] = {}
+        self.outbound: dict[int, list[_Sa]] = {}  # reqid -> SAs, newest last
+        self.stats: dict[str, int] = dict.fromkeys(GLOBAL_COUNTERS, 0)
+        self._acquired: dict[tuple[str, int], float] = {}
+        self._conns: dict[int, _Conn] = {}
+        self._udp: dict[int, socket.socket] = {}
+        self._routes: tuple[set[str], set[str]] = (set(), set())
+        self._running = True
+        self._next_counters = 0.0
+        self._ipr: Any = None
+        self._rule_installed: list[int] = []
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        o = self.opts
+        self.tun_fd = open_tun(o.tun)
+        self._setup_link()
+        self.esp4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_ESP)
+        self.esp4.setblocking(False)
+        self.esp4.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.raw4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.raw4.setsockopt(socket.SOL_SOCKET, SO_MARK, o.mark)
+        self.raw4.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        self.esp6: socket.socket | None = None
+        self.raw6: socket.socket | None = None
+        try:
+            self.esp6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, IPPROTO_ESP)
+            self.esp6.setblocking(False)
+            self.raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            self.raw6.setsockopt(socket.SOL_SOCKET, SO_MARK, o.mark)
+        except OSError as e:
+            log.info("IPv6 raw sockets unavailable (%s); IPv4 only", e)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(o.control)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(o.control)
+        os.chmod(o.control, 0o600)  # the channel carries keys
+        self.listener.listen(8)
+        self.listener.setblocking(False)
+        self.ep = select.epoll()
+        self.ep.register(self.tun_fd, select.EPOLLIN)
+        self.ep.register(self.esp4.fileno(), select.EPOLLIN)
+        if self.esp6 is not None:
+            self.ep.register(self.esp6.fileno(), select.EPOLLIN)
+        self.ep.register(self.listener.fileno(), select.EPOLLIN)
+        self.mm4 = mmsg.RecvBatch(self.esp4.fileno(), self.opts.batch, 65536) \
+            if mmsg.available() else None
+        log.info("data path up: tun=%s mtu=%d table=%d control=%s", o.tun, o.mtu, o.table,
+                 o.control)
+
+    def _setup_link(self) -> None:
+        from pyroute2 import IPRoute
+
+        o = self.opts
+        self._ipr = IPRoute()
+        idx = self._ipr.link_lookup(ifname=o.tun)[0]
+        self.tun_index = idx
+        self._ipr.link("set", index=idx, mtu=o.mtu, state="up")
+        # decrypted packets arrive with remote sources
+        with contextlib.suppress(OSError), \
+                open(f"/proc/sys/net/ipv4/conf/{o.tun}/rp_filter", "w") as f:
+            f.write("0")
+        if o.manage_routes:
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(Exception):
+                    self._ipr.rule("del", family=fam, table=o.table, priority=o.rule_priority)
+                try:
+                    # FIB_RULE_INVERT: everything *not* carrying our mark consults our table
+                    self._ipr.rule("add", family=fam, table=o.table, priority=o.rule_priority,
+                                   fwmark=o.mark, fwmask=0xFFFFFFFF, flags=0x2)
+                    self._rule_installed.append(fam)
+                except Exception as e:
+                    log.warning("cannot add policy rule for family %d: %s", fam, e)
+
+    def close(self) -> None:
+        o = self.opts
+        if self._ipr is not None:
+            for fam in self._rule_installed:
+                with contextlib.suppress(Exception):
+                    self._ipr.rule("del", family=fam, table=o.table, priority=o.rule_priority,
+                                   fwmark=o.mark, fwmask=0xFFFFFFFF, flags=0x2)
+            self._ipr.close()
+        for c in list(self._conns.values()):
+            c.sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(o.control)
+        os.close(self.tun_fd)
+
+    def _sync_routes(self) -> None:
+        """Bring the routing table in line with the SPD (add first, then remove)."""
+        if not self.opts.manage_routes or self._ipr is None:
+            return
+        into, throw = self.spd.routed_prefixes()
+        old_into, old_throw = self._routes
+        t = self.opts.table
+        for p in sorted(into - old_into):
+            fam = socket.AF_INET if ipaddress.ip_network(p).version == 4 else socket.AF_INET6
+            try:
+                self._ipr.route("replace", dst=p, oif=self.tun_index, table=t, family=fam)
+            except Exception as e:
+                log.error("route %s into %s: %s", p, self.opts.tun, e)
+        for p in sorted(throw - old_throw):
+            fam = socket.AF_INET if ipaddress.ip_network(p).version == 4 else socket.AF_INET6
+            try:
+                self._ipr.route("replace", dst=p, type="throw", table=t, family=fam)
+            except Exception as e:
+                log.error("throw route %s: %s", p, e)
+        for p in (old_into - into) | (old_throw - throw):
+            fam = socket.AF_INET if ipaddress.ip_network(p).version == 4 else socket.AF_INET6
+            with contextlib.suppress(Exception):
+                self._ipr.route("del", dst=p, table=t, family=fam)
+        self._routes = (into, throw)
+
+    # -- SAD ------------------------------------------------------------------------------
+
+    def _install_sa(self, cfg: SaConfig) -> None:
+        old = self.by_name.get(cfg.name)
+        if old is not None and old.state.cfg == cfg:
+            return  # unchanged: keep sequence numbers, replay window, counters
+        sa = _Sa(cfg)
+        # add the new SA before retiring the old one: no gap for either direction
+        if cfg.direction is Direction.INBOUND:
+            self.inbound[cfg.spi] = sa
+        else:
+            self.outbound.setdefault(cfg.reqid, []).append(sa)
+        self.by_name[cfg.name] = sa
+        if old is not None:
+            self._unlink(old, keep=sa)
+        self._udp_ports()
+
+    def _unlink(self, sa: _Sa, keep: _Sa | None = None) -> None:
+        cfg = sa.state.cfg
+        if cfg.direction is Direction.INBOUND:
+            if self.inbound.get(cfg.spi) is sa:
+                del self.inbound[cfg.spi]
+        else:
+            lst = self.outbound.get(cfg.reqid, [])
+            if sa in lst:
+                lst.remove(sa)
+            if not lst:
+                self.outbound.pop(cfg.reqid, None)
+        if self.by_name.get(cfg.name) is sa and keep is None:
+            del self.by_name[cfg.name]
+
+    def remove_sa(self, name: str) -> bool:
+        sa = self.by_name.get(name)
+        if sa is None:
+            return False
+        self._unlink(sa)
+        self._udp_ports()
+        return True
+
+    def _udp_ports(self) -> None:
+        """Listen on the UDP ports inbound encapsulated SAs arrive on, and only those."""
+        want = {sa.state.cfg.encap.dport for sa in self.inbound.values()
+                if sa.state.cfg.encap is not None}
+        for port in set(self._udp) - want:
+            s = self._udp.pop(port)
+            self.ep.unregister(s.fileno())
+            s.close()
+        for port in want - set(self._udp):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError as e:
+                log.error("cannot listen on UDP %d for ESP-in-UDP: %s", port, e)
+                s.close()
+                continue
+            s.setblocking(False)
+            self._udp[port] = s
+            self.ep.register(s.fileno(), select.EPOLLIN)
+
+    def replace(self, sas: list[SaConfig], spd: list[SpdEntry]) -> None:
+        """Full replacement; unchanged SAs (same name and config) keep their state."""
+        names = {c.name for c in sas}
+        for c in sas:
+            self._install_sa(c)
+        for name in [n for n in self.by_name if n not in names]:
+            self.remove_sa(name)
+        self.spd.replace(spd)
+        self._sync_routes()
+
+    # -- events ---------------------------------------------------------------------------
+
+    def emit(self, event: str, **data: Any) -> None:
+        msg = {"type": "event", "event": event, **data}
+        log.debug("event %s", msg)
+        for c in list(self._conns.values()):
+            self._send(c, msg)
+
+    def _sa_event_fields(self, sa: _Sa) -> dict[str, Any]:
+        cfg = sa.state.cfg
+        return {"sa": cfg.name, "spi": cfg.spi, "direction": cfg.direction.value,
+                "reqid": cfg.reqid}
+
+    def _check_lifetime(self, sa: _Sa, now: float | None = None) -> None:
+        st = sa.state
+        cfg = st.cfg
+        c = st.counters
+        if now is None:
+            now = time.monotonic()
+        for hard, lt in ((True, cfg.hard), (False, cfg.soft)):
+            if not hard and st.soft_fired:
+                continue
+            trigger = None
+            if lt.bytes and c.bytes >= lt.bytes:
+                trigger = "bytes"
+            elif lt.packets and c.packets >= lt.packets:
+                trigger = "packets"
+            elif lt.time and now - st.added >= lt.time:
+                trigger = "time"
+            elif lt.idle and now - st.last_used >= lt.idle:
+                trigger = "idle"
+            if trigger is None:
+                continue
+            if hard:
+                log.info("SA %s hard lifetime (%s): removed", cfg.name, trigger)
+                self._unlink(sa)
+                self._udp_ports()
+                self.emit("expire", hard=True, trigger=trigger, **self._sa_event_fields(sa))
+                return
+            st.soft_fired = True
+            log.info("SA %s soft lifetime (%s)", cfg.name, trigger)
+            self.emit("expire", hard=False, trigger=trigger, **self._sa_event_fields(sa))
+        sa.set_limits()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for sa in list(self.by_name.values()):
+            cfg = sa.state.cfg
+            if cfg.soft.time or cfg.hard.time or cfg.soft.idle or cfg.hard.idle:
+                self._check_lifetime(sa, now)
+        if self.opts.counters_interval and now >= self._next_counters:
+            self._next_counters = now + self.opts.counters_interval
+            self.emit("counters", **self.snapshot())
+        cutoff = now - self.opts.acquire_interval
+        self._acquired = {k: t for k, t in self._acquired.items() if t > cutoff}
+
+    def _acquire(self, entry: SpdEntry, flow: tuple[int, ...]) -> None:
+        """Tell the agent traffic wants an SA; at most once per entry per interval."""
+        self.stats["no_sa"] += 1
+        key = (entry.name, entry.reqid)
+        now = time.monotonic()
+        if now - self._acquired.get(key, -1e9) < self.opts.acquire_interval:
+            return
+        self._acquired[key] = now
+        self.stats["acquires"] += 1
+        v, src, dst, proto, sp, dp = flow
+        mk = ipaddress.IPv4Address if v == 4 else ipaddress.IPv6Address
+        self.emit("acquire", spd=entry.name, reqid=entry.reqid, src=str(mk(src)),
+                  dst=str(mk(dst)), protocol=proto, sport=sp, dport=dp)
+
+    def snapshot(self) -> dict[str, Any]:
+        sas = []
+        for sa in self.by_name.values():
+            st = sa.state
+            c = st.counters
+            sas.append({**self._sa_event_fields(sa), "bytes": c.bytes, "packets": c.packets,
+                        "replay": c.replay, "integrity_failed": c.integrity_failed,
+                        "decrypt_failed": c.decrypt_failed, "malformed": c.malformed,
+                        "seq": st.seq, "replay_top": st.replay.top,
+                        "age": time.monotonic() - st.added})
+        return {"global": dict(self.stats), "sas": sas,
+                "spd": sorted(self.spd.entries)}
+
+    # -- fast path ------------------------------------------------------------------------
+
+    def _drain_tun(self) -> None:
+        """Outbound: packets the kernel routed into the TUN."""
+        fd = self.tun_fd
+        stats = self.stats
+        spd_out = self.spd.outbound
+        outbound = self.outbound
+        raw4 = self.raw4
+        for _ in range(self.opts.batch):
+            try:
+                pkt = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            stats["tun_rx"] += 1
+            flow = flow_of(pkt)
+            if flow is None:
+                stats["malformed"] += 1
+                continue
+            entry = spd_out(flow)
+            if entry is None:
+                stats["no_policy"] += 1
+                continue
+            action = entry.action
+            if action is Action.PROTECT:
+                lst = outbound.get(entry.reqid)
+                if not lst:
+                    self._acquire(entry, flow)
+                    continue
+                sa = lst[-1]
+                try:
+                    wire = sa.wire(encapsulate(sa.state, pkt))
+                except SequenceOverflow:
+                    stats["seq_overflow"] += 1
+                    self._unlink(sa)
+                    self.emit("expire", hard=True, trigger="seq-overflow",
+                              **self._sa_event_fields(sa))
+                    continue
+                except EspError:
+                    stats["malformed"] += 1
+                    continue
+                try:
+                    if flow[0] == 4 or self.raw6 is None:
+                        raw4.sendto(wire, sa.dst_addr)
+                    else:
+                        self.raw6.sendto(wire, sa.dst_addr)
+                    stats["esp_tx"] += 1
+                except OSError as e:
+                    stats["esp_tx_errors"] += 1
+                    log.debug("ESP send failed: %s", e)
+                c = sa.state.counters
+                if c.bytes >= sa.limit_bytes or c.packets >= sa.limit_packets:
+                    self._check_lifetime(sa)
+            elif action is Action.BYPASS:
+                self._reinject(pkt, flow[0])
+            else:
+                stats["discarded"] += 1
+
+    def _reinject(self, pkt: bytes, version: int) -> None:
+        """Bypass for a packet already in the TUN: resend it marked, so it skips our table."""
+        sock = self.raw4 if version == 4 else self.raw6
+        dst = pkt[16:20] if version == 4 else pkt[24:40]
+        try:
+            if sock is None:
+                raise OSError(errno.EAFNOSUPPORT, "no IPv6 raw socket")
+            fam = socket.AF_INET if version == 4 else socket.AF_INET6
+            sock.sendto(pkt, (socket.inet_ntop(fam, dst), 0))
+            self.stats["bypassed"] += 1
+        except OSError as e:
+            self.stats["tun_tx_errors"] += 1
+            log.debug("bypass re-injection failed: %s", e)
+
+    def _drain_esp4(self) -> None:
+        """Inbound ESP over IPv4 (raw sockets deliver the IP header too)."""
+        if self.mm4 is not None:
+            pkts = self.mm4.recv()
+        else:
+            pkts = []
+            for _ in range(self.opts.batch):
+                try:
+                    pkts.append(self.esp4.recv(65536))
+                except BlockingIOError:
+                    break
+        for pkt in pkts:
+            self.stats["esp_rx"] += 1
+            if len(pkt) < 20:
+                self.stats["malformed"] += 1
+                continue
+            ihl = (pkt[0] & 0x0F) << 2
+            if pkt[6] & 0x3F or pkt[7]:  # fragments are reassembled by the kernel first
+                self.stats["malformed"] += 1
+                continue
+            self._inbound(pkt[ihl:], pkt[12:16], pkt[16:20])
+
+    def _drain_esp6(self) -> None:
+        assert self.esp6 is not None
+        for _ in range(self.opts.batch):
+            try:
+                data, addr = self.esp6.recvfrom(65536)
+            except BlockingIOError:
+                return
+            self.stats["esp_rx"] += 1
+            self._inbound(data, socket.inet_pton(socket.AF_INET6, addr[0].split("%")[0]),
+                          None)
+
+    def _drain_udp(self, sock: socket.socket) -> None:
+        for _ in range(self.opts.batch):
+            try:
+                data, addr = sock.recvfrom(65536)
+            except BlockingIOError:
+                return
+            try:
+                esp = parse_udp_encap(data)
+            except EspError:
+                self.stats["malformed"] += 1
+                continue
+            if esp is None:
+                self.stats["udp_non_esp"] += 1
+                continue
+            self.stats["esp_rx"] += 1
+            self._inbound(esp, socket.inet_aton(addr[0]), None)
+
+    def _inbound(self, esp: bytes, src: bytes, dst: bytes | None) -> None:
+        stats = self.stats
+        if len(esp) < 8:
+            stats["malformed"] += 1
+            return
+        sa = self.inbound.get(int.from_bytes(esp[:4], "big"))
+        if sa is None:
+            stats["unknown_spi"] += 1
+            return
+        st = sa.state
+        try:
+            if st.cfg.mode.value == "tunnel":
+                inner = decapsulate(st, esp)
+            else:
+                inner = decapsulate(st, esp, ipaddress.ip_address(src),
+                                    ipaddress.ip_address(dst) if dst else None)
+        except EspError as e:
+            stats[e.counter] += 1
+            return
+        flow = flow_of(inner)
+        entry = self.spd.inbound(flow) if flow is not None else None
+        if entry is None or entry.action is not Action.PROTECT or \
+                entry.reqid != st.cfg.reqid:
+            stats["policy_violation"] += 1  # decrypted fine, but not what this SA may carry
+        else:
+            try:
+                os.write(self.tun_fd, inner)
+                stats["tun_tx"] += 1
+            except OSError as e:
+                stats["tun_tx_errors"] += 1
+                log.debug("TUN write failed: %s", e)
+        c = st.counters
+        if c.bytes >= sa.limit_bytes or c.packets >= sa.limit_packets:
+            self._check_lifetime(sa)
+
+    # -- control channel ------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        try:
+            s, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        s.setblocking(False)
+        self._conns[s.fileno()] = _Conn(s)
+        self.ep.register(s.fileno(), select.EPOLLIN)
+
+    def _drop(self, c: _Conn) -> None:
+        fd = c.sock.fileno()
+        with contextlib.suppress(OSError, ValueError):
+            self.ep.unregister(fd)
+        self._conns.pop(fd, None)
+        c.sock.close()
+
+    def _send(self, c: _Conn, msg: dict[str, Any]) -> None:
+        data = json.dumps(msg, separators=(",", ":")).encode()
+        c.wbuf += _LEN.pack(len(data)) + data
+        self._flush(c)
+
+    def _flush(self, c: _Conn) -> None:
+        try:
+            while c.wbuf:
+                n = c.sock.send(c.wbuf)
+                del c.wbuf[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._drop(c)
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.ep.modify(c.sock.fileno(),
+                           select.EPOLLIN | (select.EPOLLOUT if c.wbuf else 0))
+
+    def _readable(self, c: _Conn) -> None:
+        try:
+            data = c.sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(c)
+            return
+        c.rbuf += data
+        while len(c.rbuf) >= 4:
+            (n,) = _LEN.unpack_from(c.rbuf)
+            if n > MAX_MSG:
+                log.warning("control message of %d bytes: closing connection", n)
+                self._drop(c)
+                return
+            if len(c.rbuf) < 4 + n:
+                break
+            body = bytes(c.rbuf[4:4 + n])
+            del c.rbuf[:4 + n]
+            self._handle(c, body)
+
+    def _handle(self, c: _Conn, body: bytes) -> None:
+        rid = None
+        try:
+            msg = json.loads(body)
+            rid = msg.get("id")
+            op = msg["op"]
+            handler: Callable[[dict[str, Any]], Any] | None = getattr(self, f"_op_{op}", None)
+            if handler is None:
+                raise ValueError(f"unknown op {op!r}")
+            result = handler(msg)
+            self._send(c, {"type": "reply", "id": rid, "ok": True, "result": result})
+        except (ModelError, ValueError, KeyError, TypeError) as e:
+            log.warning("control request failed: %s", e)
+            self._send(c, {"type": "reply", "id": rid, "ok": False, "error": str(e)})
+
+    def _op_ping(self, msg: dict[str, Any]) -> Any:
+        return {"pid": os.getpid(), "tun": self.opts.tun}
+
+    def _op_replace(self, msg: dict[str, Any]) -> Any:
+        sas = [SaConfig.from_dict(d) for d in msg.get("sas", [])]
+        spd = [SpdEntry.from_dict(d) for d in msg.get("spd", [])]
+        self._check_unique(sas)
+        self.replace(sas, spd)
+        return {"sas": len(self.by_name), "spd": len(self.spd.entries)}
+
+    def _check_unique(self, sas: list[SaConfig]) -> None:
+        names = [c.name for c in sas]
+        if len(set(names)) != len(names):
+            raise ModelError("duplicate SA names")
+        spis = [c.spi for c in sas if c.direction is Direction.INBOUND]
+        if len(set(spis)) != len(spis):
+            raise ModelError("duplicate inbound SPIs")
+
+    def _op_add_sa(self, msg: dict[str, Any]) -> Any:
+        cfg = SaConfig.from_dict(msg["sa"])
+        if cfg.direction is Direction.INBOUND:
+            other = self.inbound.get(cfg.spi)
+            if other is not None and other.state.cfg.name != cfg.name:
+                raise ModelError(f"inbound SPI {cfg.spi:#x} already used by "
+                                 f"{other.state.cfg.name}")
+        self._install_sa(cfg)
+        return None
+
+    def _op_del_sa(self, msg: dict[str, Any]) -> Any:
+        return self.remove_sa(str(msg["name"]))
+
+    def _op_add_spd(self, msg: dict[str, Any]) -> Any:
+        self.spd.add(SpdEntry.from_dict(msg["entry"]))
+        self._sync_routes()
+        return None
+
+    def _op_del_spd(self, msg: dict[str, Any]) -> Any:
+        found = self.spd.remove(str(msg["name"]))
+        self._sync_routes()
+        return found
+
+    def _op_stats(self, msg: dict[str, Any]) -> Any:
+        return self.snapshot()
+
+    def _op_shutdown(self, msg: dict[str, Any]) -> Any:
+        self._running = False
+        return None
+
+    # -- loop -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self) -> None:
+        tun = self.tun_fd
+        esp4 = self.esp4.fileno()
+        esp6 = self.esp6.fileno() if self.esp6 is not None else -1
+        lst = self.listener.fileno()
+        next_tick = time.monotonic() + self.opts.tick
+        while self._running:
+            timeout = max(0.0, next_tick - time.monotonic())
+            try:
+                ready = self.ep.poll(timeout)
+            except InterruptedError:
+                continue
+            for fd, ev in ready:
+                if fd == tun:
+                    self._drain_tun()
+                elif fd == esp4:
+                    self._drain_esp4()
+                elif fd == esp6:
+                    self._drain_esp6()
+                elif fd == lst:
+                    self._accept()
+                else:
+                    conn = self._conns.get(fd)
+                    if conn is not None:
+                        if ev & select.EPOLLOUT:
+                            self._flush(conn)
+                        if ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                            self._readable(conn)
+                        continue
+                    for s in self._udp.values():
+                        if s.fileno() == fd:
+                            self._drain_udp(s)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + self.opts.tick
+                self._tick()
+        for c in list(self._conns.values()):
+            self._flush(c)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="userspace ESP data path (run inside the NSF netns)")
+    p.add_argument("--control", required=True, help="Unix socket path for the agent")
+    p.add_argument("--tun", default="i2u0")
+    p.add_argument("--mtu", type=int, default=1400)
+    p.add_argument("--table", type=int, default=4303)
+    p.add_argument("--rule-priority", type=int, default=4303)
+    p.add_argument("--mark", type=lambda s: int(s, 0), default=0x4303)
+    p.add_argument("--no-routes", action="store_true", help="the agent installs routes")
+    p.add_argument("--acquire-interval", type=float, default=1.0)
+    p.add_argument("--counters-interval", type=float, default=0.0)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(),
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    opts = Options(control=a.control, tun=a.tun, mtu=a.mtu, table=a.table,
+                   rule_priority=a.rule_priority, mark=a.mark, manage_routes=not a.no_routes,
+                   acquire_interval=a.acquire_interval, counters_interval=a.counters_interval,
+                   batch=a.batch)
+    dp = Datapath(opts)
+    dp.open()
+    signal.signal(signal.SIGTERM, lambda *_: dp.stop())
+    signal.signal(signal.SIGINT, lambda *_: dp.stop())
+    try:
+        dp.run()
+    finally:
+        dp.close()
+        log.info("data path stopped: %s", json.dumps(dp.stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
