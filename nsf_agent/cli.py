@@ -1,27 +1,194 @@
-"""`i2nsf-agent`: start the NSF agent."""
+"""`i2nsf-agent`: run the NSF agent's NETCONF server, or prepare its configuration."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import getpass
+import logging
+import os
 import sys
+from pathlib import Path
 
 from netconf_core import __version__
+from netconf_core.auth import User, hash_password
+from nsf_agent import dataplane
+from nsf_agent.config import AgentConfig, ConfigError, load_config, render_config
+
+log = logging.getLogger("nsf_agent")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="i2nsf-agent",
-        description="I2NSF NSF agent: a NETCONF server applying RFC 9061 configuration "
-        "to this host's IPsec data plane.",
+        description="I2NSF NSF agent: a NETCONF server (RFC 6241 over SSH, RFC 6242) serving "
+        "the RFC 9061 YANG modules and applying committed configuration to this host's "
+        "data plane.",
+        epilog="Commands: 'run' (default) serves; 'hash-password' prints a password hash for "
+        "the config file; 'init-config' writes a starter config. See docs/netconf-server.md.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="serve NETCONF (the default command)",
+                         description="Start the agent and serve until SIGINT/SIGTERM.")
+    _run_options(run)
+
+    hp = sub.add_parser("hash-password", help="print an scrypt hash for a [[users]] entry",
+                        description="Read a password (prompted, or one line of stdin when "
+                        "stdin is not a terminal) and print its scrypt hash.")
+    hp.add_argument("--stdin", action="store_true",
+                    help="read the password from standard input even on a terminal")
+
+    ic = sub.add_parser("init-config", help="write a starter configuration file",
+                        description="Write a TOML configuration with one user.")
+    ic.add_argument("path", type=Path, help="where to write the file (refuses to overwrite)")
+    ic.add_argument("--user", default="admin", help="user name (default: admin)")
+    ic.add_argument("--password-stdin", action="store_true",
+                    help="read the user's password from stdin instead of prompting")
+    ic.add_argument("--authorized-key", action="append", default=[], metavar="KEYLINE",
+                    help="an OpenSSH public key line for the user (repeatable)")
+    ic.add_argument("--state-dir", type=Path, default=Path("/var/lib/i2nsf-agent"),
+                    help="state directory (host key, datastores)")
+    ic.add_argument("--port", type=int, default=830, help="listen port (default 830)")
+    ic.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
     return p
 
 
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, required=True,
+                   help="TOML configuration file (listen address, state dir, users, YANG "
+                   "modules and features, dataplane)")
+    p.add_argument("--host", help="listen address; overrides [server] host")
+    p.add_argument("--port", type=int, help="listen port (0 = any free port); overrides "
+                   "[server] port")
+    p.add_argument("--state-dir", type=Path, help="directory for the host key and the "
+                   "running/startup datastores; overrides [server] state_dir")
+    p.add_argument("--dataplane", action="append", metavar="NAME",
+                   help="applier to run (repeatable; replaces [dataplane] appliers). "
+                   f"Known: {', '.join(dataplane.available())}, or module:factory")
+    p.add_argument("--ready-file", metavar="PATH",
+                   help="write the bound port to PATH once the server accepts connections")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
+    p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        out = {
+            "time": self.formatTime(record), "level": record.levelname,
+            "logger": record.name, "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _setup_logging(level: str, as_json: bool) -> None:
+    handler = logging.StreamHandler()
+    if as_json:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    logging.getLogger("asyncssh").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    pw = getpass.getpass("password: ")
+    if pw != getpass.getpass("again: "):
+        raise SystemExit("passwords differ")
+    return pw
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from nsf_agent.agent import Agent
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"i2nsf-agent: {exc}", file=sys.stderr)
+        return 2
+    if args.host:
+        cfg.host = args.host
+    if args.port is not None:
+        cfg.port = args.port
+    if args.state_dir:
+        cfg.state_dir = args.state_dir
+    if args.dataplane:
+        cfg.appliers = args.dataplane
+    _setup_logging(args.log_level, args.log_json)
+    if not cfg.users:
+        log.warning("no [[users]] configured: nobody can log in")
+    try:
+        agent = Agent(cfg)
+    except ValueError as exc:
+        print(f"i2nsf-agent: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(agent, args.ready_file))
+    return 0
+
+
+async def _serve(agent: object, ready_file: str | None) -> None:
+    from nsf_agent.agent import Agent
+
+    assert isinstance(agent, Agent)
+    tmp = f"{ready_file}.tmp" if ready_file else None
+
+    await agent.start()
+    if ready_file and tmp:
+        with open(tmp, "w") as f:
+            f.write(f"{agent.port}\n")
+        os.replace(tmp, ready_file)
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await agent.stop()
+
+
+def _cmd_init_config(args: argparse.Namespace) -> int:
+    if args.path.exists():
+        print(f"i2nsf-agent: {args.path} exists; not overwriting", file=sys.stderr)
+        return 2
+    pw_hash = None
+    if args.password_stdin or not args.authorized_key:
+        pw_hash = hash_password(_read_password(args.password_stdin))
+    cfg = AgentConfig(host=args.host, port=args.port, state_dir=args.state_dir)
+    cfg.users = [User(args.user, pw_hash, list(args.authorized_key))]
+    fd = os.open(args.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(render_config(cfg))
+    print(f"wrote {args.path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("i2nsf-agent: the NETCONF server is not built yet (see the NETCONF core issue).",
-          file=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("run", "hash-password", "init-config", "-h", "--help",
+                                "--version"):
+        argv.insert(0, "run")  # `i2nsf-agent -c agent.toml` is `run`
+    args = build_parser().parse_args(argv)
+    if args.command in (None, "run"):
+        if args.command is None:
+            build_parser().print_help()
+            return 2
+        return _cmd_run(args)
+    if args.command == "hash-password":
+        print(hash_password(_read_password(args.stdin)))
+        return 0
+    if args.command == "init-config":
+        return _cmd_init_config(args)
     return 2
 
 

@@ -1,0 +1,352 @@
+"""The RFC 6241 / 5277 / 6022 operations: parameters in, datastore calls, reply body out.
+
+A handler returns None for `<ok/>` or the elements of the reply body, and raises RpcError for
+anything the client did wrong. Datastore calls are made under the server's datastore lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from netconf_core import params as P
+from netconf_core.errors import NC_NS, RpcError
+from netconf_core.monitoring import NCM_NS, YANGLIB_NS
+from netconf_core.notifications import NOTIF_NS, parse_time
+
+if TYPE_CHECKING:
+    from netconf_core.server import NetconfServer
+    from netconf_core.session import NetconfSession
+
+log = logging.getLogger(__name__)
+
+NC = P.NC
+Body = list[etree._Element] | None
+Handler = Callable[["NetconfServer", "NetconfSession", etree._Element], Body]
+
+TEST_OPTIONS = ("test-then-set", "set", "test-only")
+ERROR_OPTIONS = ("stop-on-error", "continue-on-error", "rollback-on-error")
+DEFAULT_OPERATIONS = ("merge", "replace", "none")
+WRITABLE = ("running", "candidate")
+
+
+# -- filters ----------------------------------------------------------------------------------
+
+
+def apply_filter(data: etree._Element, filt: etree._Element | None) -> etree._Element:
+    """RFC 6241 section 6 subtree filter or :xpath filter on a `<data>` root."""
+    if filt is None:
+        return data
+    from netconf_core.filters import subtree_filter, xpath_filter
+
+    ftype = filt.get("type") or filt.get(NC + "type") or "subtree"
+    if ftype == "subtree":
+        return subtree_filter(data, filt)
+    if ftype == "xpath":
+        select = filt.get("select") or filt.get(NC + "select")
+        if select is None:
+            raise RpcError(
+                "protocol", "missing-attribute", "an xpath filter needs a select attribute",
+                info={"bad-attribute": "select", "bad-element": "filter"},
+            )
+        nsmap = {k: v for k, v in filt.nsmap.items() if k is not None}
+        return xpath_filter(data, select, nsmap)
+    raise RpcError(
+        "protocol", "bad-attribute", f"unknown filter type {ftype!r}",
+        info={"bad-attribute": "type", "bad-element": "filter"},
+    )
+
+
+def _wants(filt: etree._Element | None, ns: str) -> bool:
+    """Does a filter possibly select data of namespace `ns` (cheap pre-check for `get`)?"""
+    if filt is None:
+        return True
+    ftype = filt.get("type") or filt.get(NC + "type") or "subtree"
+    if ftype != "subtree":
+        return True
+    return any(isinstance(c.tag, str) and P.ns_of(c.tag) == ns for c in filt)
+
+
+# -- retrieval ----------------------------------------------------------------------------------
+
+
+def op_get(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    p = P.children(op, ("filter", "with-defaults"))
+    _no_with_defaults(p)
+    filt = p.get("filter")
+    with srv.ds_lock:
+        data = srv.datastores.get_state()
+    if _wants(filt, NCM_NS) and srv.schema.namespace_known(NCM_NS):
+        data.append(srv.netconf_state())
+    if _wants(filt, YANGLIB_NS):
+        data.extend(srv.yang_library())
+    return [apply_filter(data, filt)]
+
+
+def op_get_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    p = P.children(op, ("source", "filter", "with-defaults"))
+    _no_with_defaults(p)
+    source = P.datastore(P.require(p, "source", "get-config"), P.DATASTORE_NAMES, "source")
+    with srv.ds_lock:
+        data = srv.datastores.get_config(str(source))
+    return [apply_filter(data, p.get("filter"))]
+
+
+def _no_with_defaults(p: dict[str, etree._Element]) -> None:
+    if "with-defaults" in p:
+        raise RpcError(
+            "protocol", "operation-not-supported", ":with-defaults is not supported",
+            info={"bad-element": "with-defaults"},
+        )
+
+
+# -- editing ----------------------------------------------------------------------------------
+
+
+def check_namespaces(srv: NetconfServer, config: etree._Element) -> None:
+    """Top-level data nodes must belong to a module we serve (unknown-namespace)."""
+    for child in config:
+        if not isinstance(child.tag, str):
+            continue
+        ns = P.ns_of(child.tag)
+        if ns == NC_NS or not srv.schema.namespace_known(ns):
+            raise RpcError(
+                "application", "unknown-namespace",
+                f"no YANG module with namespace {ns!r} is served here",
+                info={"bad-element": P.local(child.tag), "bad-namespace": ns},
+            )
+
+
+def op_edit_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    p = P.children(
+        op, ("target", "default-operation", "test-option", "error-option", "config", "url")
+    )
+    target = str(P.datastore(P.require(p, "target", "edit-config"), WRITABLE, "target"))
+    default_op = P.enum(
+        p.get("default-operation"), DEFAULT_OPERATIONS, "merge", "default-operation"
+    )
+    test_opt = P.enum(p.get("test-option"), TEST_OPTIONS, "test-then-set", "test-option")
+    error_opt = P.enum(p.get("error-option"), ERROR_OPTIONS, "stop-on-error", "error-option")
+    if "url" in p:
+        raise RpcError("protocol", "operation-not-supported", ":url is not supported",
+                       info={"bad-element": "url"})
+    config = P.require(p, "config", "edit-config")
+    check_namespaces(srv, config)
+    srv.locks.check_write(target, sess.id)
+    with srv.ds_lock, srv.config_change(sess, target):
+        skipped = srv.datastores.edit_config(target, config, default_op, test_opt, error_opt)
+    if skipped:
+        # continue-on-error: the valid parts were applied, the reply reports the rest.
+        first, *rest = skipped
+        first.others = [*rest, *first.others]
+        raise first
+    return None
+
+
+def op_copy_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    p = P.children(op, ("target", "source", "with-defaults"))
+    _no_with_defaults(p)
+    target = str(P.datastore(P.require(p, "target", "copy-config"), P.DATASTORE_NAMES, "target"))
+    source = P.datastore(
+        P.require(p, "source", "copy-config"), P.DATASTORE_NAMES, "source", allow_config=True
+    )
+    if source == target:
+        raise RpcError("protocol", "invalid-value", "source and target are the same datastore",
+                       info={"bad-element": "target"})
+    if not isinstance(source, str):
+        check_namespaces(srv, source)
+    srv.locks.check_write(target, sess.id)
+    with srv.ds_lock, srv.config_change(sess, target):
+        srv.datastores.copy_config(target, source)
+    return None
+
+
+def op_delete_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    p = P.children(op, ("target",))
+    target = str(P.datastore(P.require(p, "target", "delete-config"), ("startup",), "target"))
+    srv.locks.check_write(target, sess.id)
+    with srv.ds_lock:
+        srv.datastores.delete_config(target)
+    return None
+
+
+def op_validate(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    p = P.children(op, ("source",))
+    source = P.datastore(
+        P.require(p, "source", "validate"), P.DATASTORE_NAMES, "source", allow_config=True
+    )
+    if not isinstance(source, str):
+        check_namespaces(srv, source)
+    with srv.ds_lock:
+        srv.datastores.validate(source)
+    return None
+
+
+# -- locks and sessions -----------------------------------------------------------------------
+
+
+def op_lock(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    p = P.children(op, ("target",))
+    target = str(P.datastore(P.require(p, "target", "lock"), P.DATASTORE_NAMES, "target"))
+    with srv.ds_lock:
+        modified = target == "candidate" and srv.datastores.candidate_modified
+    srv.locks.lock(target, sess.id, candidate_modified=modified)
+    return None
+
+
+def op_unlock(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    p = P.children(op, ("target",))
+    target = str(P.datastore(P.require(p, "target", "unlock"), P.DATASTORE_NAMES, "target"))
+    srv.locks.unlock(target, sess.id)
+    return None
+
+
+def op_close_session(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    P.children(op, ())
+    sess.after_reply.append(lambda: sess.close("closed"))
+    return None
+
+
+def op_kill_session(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    p = P.children(op, ("session-id",))
+    sid = P.uint(P.require(p, "session-id", "kill-session"), 0, "session-id")
+    if sid == sess.id:
+        raise RpcError("protocol", "invalid-value", "use close-session to end this session",
+                       info={"bad-element": "session-id"})
+    victim = srv.sessions.get(sid)
+    if victim is None:
+        raise RpcError("protocol", "invalid-value", f"no session {sid}",
+                       info={"bad-element": "session-id"})
+    victim.close("killed", killed_by=sess.id)
+    return None
+
+
+# -- candidate and confirmed commit -----------------------------------------------------------
+
+
+def op_commit(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    p = P.children(op, ("confirmed", "confirm-timeout", "persist", "persist-id"))
+    confirmed = "confirmed" in p
+    if not confirmed and ("confirm-timeout" in p or "persist" in p):
+        bad = "confirm-timeout" if "confirm-timeout" in p else "persist"
+        raise RpcError("protocol", "invalid-value", "confirm-timeout and persist need <confirmed/>",
+                       info={"bad-element": bad})
+    timeout = P.uint(p.get("confirm-timeout"), srv.config.confirm_timeout, "confirm-timeout")
+    persist = P.text(p.get("persist"))
+    persist_id = P.text(p.get("persist-id"))
+    srv.locks.check_write("running", sess.id)
+    srv.locks.check_write("candidate", sess.id)
+    cc = srv.confirmed
+    cc.check_may_follow(sess.id, persist_id)
+    pending = cc.pending is not None
+    with srv.ds_lock:
+        if confirmed:
+            if not pending:
+                cc.begin(srv.datastores.get_config("running"), sess.id, persist, timeout)
+            try:
+                with srv.config_change(sess, "running"):
+                    srv.datastores.commit()
+            except BaseException:
+                if not pending:
+                    cc.finish()
+                raise
+            cc.update(persist, sess.id)
+            cc.arm(asyncio.get_running_loop(), timeout)
+            srv.emit_confirmed_commit(sess, "extend" if pending else "start", timeout)
+        else:
+            with srv.config_change(sess, "running"):
+                srv.datastores.commit()
+            if pending:
+                cc.finish()
+                srv.emit_confirmed_commit(sess, "complete", None)
+    return None
+
+
+def op_cancel_commit(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    p = P.children(op, ("persist-id",))
+    persist_id = P.text(p.get("persist-id"))
+    if srv.confirmed.pending is None:
+        raise RpcError("protocol", "operation-failed", "no confirmed commit is pending")
+    srv.confirmed.check_may_follow(sess.id, persist_id)
+    srv.rollback_confirmed("cancel", sess)
+    return None
+
+
+def op_discard_changes(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    P.children(op, ())
+    srv.locks.check_write("candidate", sess.id)
+    with srv.ds_lock:
+        srv.datastores.discard_changes()
+    return None
+
+
+# -- notifications and monitoring -------------------------------------------------------------
+
+
+def op_create_subscription(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    p = P.children(op, ("stream", "filter", "startTime", "stopTime"))
+    stream = P.text(p.get("stream"))
+    start = parse_time(P.text(p["startTime"]) or "", "startTime") if "startTime" in p else None
+    stop = parse_time(P.text(p["stopTime"]) or "", "stopTime") if "stopTime" in p else None
+    filt = p.get("filter")
+    event_filter = None
+    if filt is not None:
+        # Fail now on a malformed filter rather than on the first event.
+        apply_filter(etree.Element(NC + "data"), filt)
+
+        def event_filter(content: etree._Element) -> etree._Element | None:
+            data = etree.Element(NC + "data")
+            data.append(etree.fromstring(etree.tostring(content)))
+            out = apply_filter(data, filt)
+            return out[0] if len(out) else None
+
+    sub = srv.bus.subscribe(sess.id, sess.send_notification, stream, event_filter, start, stop)
+    sess.after_reply.append(lambda: srv.bus.start(sub))
+    return None
+
+
+def op_get_schema(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
+    p = P.children(op, ("identifier", "version", "format"))
+    ident = P.text(P.require(p, "identifier", "get-schema")) or ""
+    version = P.text(p.get("version")) or None
+    fmt = P.text(p.get("format"))
+    if fmt is not None and fmt.rpartition(":")[2] != "yang":
+        raise RpcError("application", "invalid-value", f"schema format {fmt!r} is not available",
+                       info={"bad-element": "format"})
+    matches = [m for m in srv.schema.module_list()
+               if m.name == ident and version in (None, m.revision)]
+    if not matches:
+        raise RpcError("application", "invalid-value",
+                       f"no schema {ident}{'@' + version if version else ''}",
+                       info={"bad-element": "identifier"})
+    if len({m.revision for m in matches}) > 1:
+        raise RpcError("application", "operation-failed",
+                       f"several revisions of {ident}; give a version",
+                       app_tag="data-not-unique", info={"bad-element": "version"})
+    text = srv.schema.module_text(ident, matches[0].revision)
+    data = etree.Element(f"{{{NCM_NS}}}data", nsmap={None: NCM_NS})
+    data.text = text
+    return [data]
+
+
+HANDLERS: dict[tuple[str, str], Handler] = {
+    (NC_NS, "get"): op_get,
+    (NC_NS, "get-config"): op_get_config,
+    (NC_NS, "edit-config"): op_edit_config,
+    (NC_NS, "copy-config"): op_copy_config,
+    (NC_NS, "delete-config"): op_delete_config,
+    (NC_NS, "validate"): op_validate,
+    (NC_NS, "lock"): op_lock,
+    (NC_NS, "unlock"): op_unlock,
+    (NC_NS, "close-session"): op_close_session,
+    (NC_NS, "kill-session"): op_kill_session,
+    (NC_NS, "commit"): op_commit,
+    (NC_NS, "cancel-commit"): op_cancel_commit,
+    (NC_NS, "discard-changes"): op_discard_changes,
+    (NOTIF_NS, "create-subscription"): op_create_subscription,
+    (NCM_NS, "get-schema"): op_get_schema,
+}

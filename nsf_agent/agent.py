@@ -1,0 +1,97 @@
+"""Wiring of one NSF agent: YANG context → NETCONF server → appliers → datastores → SSH."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from netconf_core.applier import Applier
+from netconf_core.auth import UserDb
+from netconf_core.datastore import Datastores
+from netconf_core.features import set_features
+from netconf_core.schema import YangSchema
+from netconf_core.server import NetconfServer, ServerConfig
+from netconf_core.ssh import SshConfig, SshTransport
+from netconf_core.yang_context import create_context
+from nsf_agent import dataplane
+from nsf_agent.config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+# What the NETCONF layer itself needs from YANG: ietf-netconf (with exactly the features
+# we advertise as capabilities), monitoring (RFC 6022) and base notifications (RFC 6470).
+PROTOCOL_MODULES = ("ietf-netconf", "ietf-netconf-monitoring", "ietf-netconf-notifications")
+NETCONF_FEATURES = (
+    "writable-running", "candidate", "confirmed-commit", "rollback-on-error",
+    "validate", "startup", "xpath",
+)
+
+
+class Agent:
+    """Start/stop an agent from an AgentConfig (used by the CLI and by tests)."""
+
+    def __init__(self, config: AgentConfig, appliers: list[Applier] | None = None) -> None:
+        self.config = config
+        self.appliers = appliers if appliers is not None else [
+            dataplane.create(name) for name in config.appliers
+        ]
+        self.server: NetconfServer | None = None
+        self.ssh: SshTransport | None = None
+        self.datastores: Datastores | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(cfg.state_dir, 0o700)
+        features: dict[str, list[str]] = {"ietf-netconf": list(NETCONF_FEATURES)}
+        features.update(cfg.features)
+        modules = [*PROTOCOL_MODULES, *(m for m in cfg.modules if m not in PROTOCOL_MODULES)]
+        ctx = create_context(modules, {}, cfg.yang_dir)  # every feature on, then narrow:
+        for mod_name, feats in features.items():
+            set_features(ctx, mod_name, feats)
+        schema = YangSchema(ctx)
+        server = NetconfServer(
+            schema,
+            ServerConfig(
+                max_message_size=cfg.max_message_size,
+                hello_timeout=cfg.hello_timeout,
+                confirm_timeout=cfg.confirm_timeout,
+                replay_size=cfg.replay_size,
+                state_dir=cfg.state_dir,
+            ),
+        )
+        server.bind_loop(asyncio.get_running_loop())
+        for a in self.appliers:
+            a.bind(server.notify)
+        self.datastores = Datastores(schema, self.appliers, cfg.state_dir)
+        server.attach(self.datastores)
+        self.datastores.reconcile()
+        self.server = server
+        self.ssh = SshTransport(
+            server,
+            UserDb(cfg.users),
+            SshConfig(
+                host=cfg.host, port=cfg.port,
+                host_key_path=cfg.state_dir / "ssh_host_ed25519_key",
+            ),
+        )
+        await self.ssh.start()
+        log.info(
+            "agent ready: %d modules, appliers %s, state in %s",
+            len(schema.module_list()), ",".join(a.name for a in self.appliers), cfg.state_dir,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self.ssh is not None
+        return self.ssh.port
+
+    async def stop(self) -> None:
+        if self.ssh is not None:
+            await self.ssh.stop()
+        for a in self.appliers:
+            try:
+                a.close()
+            except Exception:
+                log.exception("applier %s failed to close", a.name)
