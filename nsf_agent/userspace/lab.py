@@ -104,6 +104,9 @@ class Lab:
         for ns in (self.host_a, self.gw_a, self.gw_b, self.host_b):
             netns.create(ns)
             self.namespaces.append(ns)
+            # IPv4-only lab: no IPv6 link-local chatter in captures
+            sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
+            sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")
         links = [  # (ns1, if1, addr1, ns2, if2, addr2)
             (self.host_a, "eth0", f"{HOST_A}/24", self.gw_a, "lan", f"{GW_A_IN}/24"),
             (self.gw_a, "gab", f"{GW_A}/24", self.gw_b, "gba", f"{GW_B}/24"),
