@@ -1,0 +1,535 @@
+"""The controller's view of its northbound configuration (module i2nsf-flow-policy).
+
+libyang checks what YANG can express; the checks here are the ones it cannot (effective
+lifetimes after overrides, algorithm tables, selector overlaps, features not built yet). Both
+run before anything is pushed to an NSF, so bad input ends as an rpc-error with nothing changed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from lxml import etree
+
+from netconf_core.errors import RpcError
+from nsf_agent.ikeless import ENCRYPTION, INTEGRITY, IpAddr, IpNet, PortRange
+
+NS = "urn:i2nsf-sdn:yang:i2nsf-flow-policy"
+Q = f"{{{NS}}}"
+MODULE = "i2nsf-flow-policy"
+
+Mode = Literal["tunnel", "transport"]
+KeyManagement = Literal["ikeless", "ike"]
+
+# A policy's flows are numbered into its SPD reqids (see translate.reqid); keep it bounded.
+MAX_FLOWS_PER_POLICY = 256
+
+
+@dataclass(frozen=True)
+class Nat:
+    public_address: IpAddr
+    public_port: int = 4500
+
+
+@dataclass(frozen=True)
+class Nsf:
+    name: str
+    address: str
+    username: str
+    host_key: str
+    data_plane_address: IpAddr
+    port: int = 830
+    private_key_file: str | None = None
+    password_file: str | None = None
+    password: str | None = field(default=None, repr=False)
+    protected_prefixes: tuple[IpNet, ...] = ()
+    nat: Nat | None = None
+    dataplane: str = "kernel"
+
+    @property
+    def reachable_address(self) -> IpAddr:
+        """The address peers send to: the NAT's public address when behind NAT."""
+        return self.nat.public_address if self.nat else self.data_plane_address
+
+    @property
+    def reachable_port(self) -> int:
+        """The UDP port peers send NAT-T ESP to."""
+        return self.nat.public_port if self.nat else 4500
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form for the store; the inline password is deliberately left out."""
+        return {
+            "name": self.name, "address": self.address, "port": self.port,
+            "username": self.username, "host_key": self.host_key,
+            "private_key_file": self.private_key_file, "password_file": self.password_file,
+            "data_plane_address": str(self.data_plane_address),
+            "protected_prefixes": [str(p) for p in self.protected_prefixes],
+            "nat": None if self.nat is None else {
+                "public_address": str(self.nat.public_address),
+                "public_port": self.nat.public_port},
+            "dataplane": self.dataplane,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Nsf:
+        nat = d.get("nat")
+        return cls(
+            name=d["name"], address=d["address"], port=int(d.get("port", 830)),
+            username=d["username"], host_key=d["host_key"],
+            private_key_file=d.get("private_key_file"), password_file=d.get("password_file"),
+            data_plane_address=ipaddress.ip_address(d["data_plane_address"]),
+            protected_prefixes=tuple(ipaddress.ip_network(p) for p in d["protected_prefixes"]),
+            nat=None if nat is None else Nat(ipaddress.ip_address(nat["public_address"]),
+                                             int(nat["public_port"])),
+            dataplane=d.get("dataplane", "kernel"),
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """SA lifetime limits; 0 means no limit (RFC 9061)."""
+
+    time: int = 0
+    bytes: int = 0
+    packets: int = 0
+
+
+@dataclass(frozen=True)
+class LimitsOverride:
+    """Per-policy lifetime overrides; None keeps the crypto profile's value."""
+
+    time: int | None = None
+    bytes: int | None = None
+    packets: int | None = None
+
+    def over(self, base: Limits) -> Limits:
+        return Limits(
+            time=base.time if self.time is None else self.time,
+            bytes=base.bytes if self.bytes is None else self.bytes,
+            packets=base.packets if self.packets is None else self.packets,
+        )
+
+
+@dataclass(frozen=True)
+class CryptoProfile:
+    name: str
+    encryption: int = 20
+    key_length: int = 128
+    integrity: int = 0
+    soft: Limits = Limits(time=3240)
+    hard: Limits = Limits(time=3600)
+    anti_replay_window: int = 64
+    ext_seq_num: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "encryption": self.encryption, "key_length": self.key_length,
+            "integrity": self.integrity, "soft": vars(self.soft), "hard": vars(self.hard),
+            "anti_replay_window": self.anti_replay_window, "ext_seq_num": self.ext_seq_num,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CryptoProfile:
+        return cls(
+            name=d["name"], encryption=d["encryption"], key_length=d["key_length"],
+            integrity=d["integrity"], soft=Limits(**d["soft"]), hard=Limits(**d["hard"]),
+            anti_replay_window=d["anti_replay_window"], ext_seq_num=d["ext_seq_num"],
+        )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    nsf: str
+    prefixes: tuple[IpNet, ...] = ()  # empty: the NSF's protected prefixes
+    ports: tuple[PortRange, ...] = ()
+
+
+@dataclass(frozen=True)
+class FlowParams:
+    """What policies and policy groups share."""
+
+    crypto_profile: str
+    inner_protocol: int | None = None  # None: any
+    mode: Mode = "tunnel"
+    soft: LimitsOverride = LimitsOverride()
+    hard: LimitsOverride = LimitsOverride()
+    key_management: KeyManagement = "ikeless"
+    on_demand: bool = False
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    a: Endpoint
+    b: Endpoint
+    params: FlowParams
+    group: str | None = None  # set for policies generated from a policy group
+    description: str = ""
+
+    def lifetimes(self, profile: CryptoProfile) -> tuple[Limits, Limits]:
+        """Effective (soft, hard) lifetimes: the profile's, overridden by the policy's."""
+        return self.params.soft.over(profile.soft), self.params.hard.over(profile.hard)
+
+    def to_dict(self) -> dict[str, Any]:
+        def ep(e: Endpoint) -> dict[str, Any]:
+            return {"nsf": e.nsf, "prefixes": [str(p) for p in e.prefixes],
+                    "ports": [[r.start, r.end] for r in e.ports]}
+        p = self.params
+        return {
+            "name": self.name, "a": ep(self.a), "b": ep(self.b), "group": self.group,
+            "description": self.description,
+            "params": {
+                "crypto_profile": p.crypto_profile, "inner_protocol": p.inner_protocol,
+                "mode": p.mode, "soft": vars(p.soft), "hard": vars(p.hard),
+                "key_management": p.key_management, "on_demand": p.on_demand,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Policy:
+        def ep(e: dict[str, Any]) -> Endpoint:
+            return Endpoint(e["nsf"], tuple(ipaddress.ip_network(x) for x in e["prefixes"]),
+                            tuple(PortRange(s, t) for s, t in e["ports"]))
+        p = d["params"]
+        return cls(
+            name=d["name"], a=ep(d["a"]), b=ep(d["b"]), group=d.get("group"),
+            description=d.get("description", ""),
+            params=FlowParams(
+                crypto_profile=p["crypto_profile"], inner_protocol=p["inner_protocol"],
+                mode=p["mode"], soft=LimitsOverride(**p["soft"]),
+                hard=LimitsOverride(**p["hard"]), key_management=p["key_management"],
+                on_demand=p["on_demand"],
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class PolicyGroup:
+    name: str
+    members: tuple[str, ...]
+    params: FlowParams
+    description: str = ""
+
+    def expand(self) -> list[Policy]:
+        """One policy per pair of members (seed section 9: adding a member meshes it with
+        every other one); names are stable so that existing pairs are left alone."""
+        out = []
+        for x, y in itertools.combinations(sorted(set(self.members)), 2):
+            out.append(Policy(name=group_policy_name(self.name, x, y), a=Endpoint(x),
+                              b=Endpoint(y), params=self.params, group=self.name))
+        return out
+
+
+def group_policy_name(group: str, a: str, b: str) -> str:
+    """':' is not allowed in configured names (name-type), so these never collide."""
+    x, y = sorted((a, b))
+    return f"{group}:{x}:{y}"
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    nsfs: dict[str, Nsf] = field(default_factory=dict)
+    profiles: dict[str, CryptoProfile] = field(default_factory=dict)
+    policies: dict[str, Policy] = field(default_factory=dict)
+    groups: dict[str, PolicyGroup] = field(default_factory=dict)
+
+    def all_policies(self) -> dict[str, Policy]:
+        """Configured policies plus those generated from policy groups."""
+        out = dict(self.policies)
+        for g in self.groups.values():
+            for p in g.expand():
+                out[p.name] = p
+        return out
+
+
+# ---- parsing the northbound configuration ----------------------------------------------------
+
+
+def _t(el: etree._Element | None, path: str) -> str | None:
+    if el is None:
+        return None
+    v = el.findtext("/".join(Q + p for p in path.split("/")))
+    return v.strip() if v is not None else None
+
+
+def _opt_int(el: etree._Element | None, path: str) -> int | None:
+    v = _t(el, path)
+    return None if v is None else int(v)
+
+
+def _limits(el: etree._Element | None, default: Limits) -> Limits:
+    return LimitsOverride(_opt_int(el, "time"), _opt_int(el, "bytes"),
+                          _opt_int(el, "packets")).over(default)
+
+
+def _override(el: etree._Element | None) -> LimitsOverride:
+    return LimitsOverride(_opt_int(el, "time"), _opt_int(el, "bytes"), _opt_int(el, "packets"))
+
+
+def _ports(el: etree._Element | None) -> tuple[PortRange, ...]:
+    if el is None:
+        return ()
+    return tuple(PortRange(int(_t(p, "start") or 0), int(_t(p, "end") or 0))
+                 for p in el.iterfind(Q + "ports"))
+
+
+def _endpoint(el: etree._Element | None) -> Endpoint:
+    if el is None:
+        raise RpcError("application", "data-missing", "policy endpoint missing")
+    return Endpoint(
+        nsf=_t(el, "nsf") or "",
+        prefixes=tuple(ipaddress.ip_network(p.text.strip(), strict=False)
+                       for p in el.iterfind(Q + "prefix") if p.text),
+        ports=_ports(el),
+    )
+
+
+def _params(el: etree._Element) -> FlowParams:
+    proto = _t(el, "inner-protocol") or "any"
+    return FlowParams(
+        crypto_profile=_t(el, "crypto-profile") or "",
+        inner_protocol=None if proto == "any" else int(proto),
+        mode="transport" if _t(el, "mode") == "transport" else "tunnel",
+        soft=_override(el.find(Q + "lifetime-soft")),
+        hard=_override(el.find(Q + "lifetime-hard")),
+        key_management="ike" if el.find(Q + "ike") is not None else "ikeless",
+        on_demand=_t(el, "ikeless/on-demand") == "true",
+    )
+
+
+def parse_nsf(el: etree._Element) -> Nsf:
+    mgmt = el.find(Q + "management")
+    nat_el = el.find(Q + "nat")
+    nat = None
+    if nat_el is not None:
+        nat = Nat(ipaddress.ip_address(_t(nat_el, "public-address") or ""),
+                  int(_t(nat_el, "public-port") or 4500))
+    return Nsf(
+        name=_t(el, "name") or "",
+        address=_t(mgmt, "address") or "",
+        port=int(_t(mgmt, "port") or 830),
+        username=_t(mgmt, "username") or "",
+        private_key_file=_t(mgmt, "private-key-file"),
+        password_file=_t(mgmt, "password-file"),
+        password=_t(mgmt, "password"),
+        host_key=_t(mgmt, "host-key") or "",
+        data_plane_address=ipaddress.ip_address(_t(el, "data-plane-address") or ""),
+        protected_prefixes=tuple(ipaddress.ip_network(p.text.strip(), strict=False)
+                                 for p in el.iterfind(Q + "protected-prefix") if p.text),
+        nat=nat,
+        dataplane=_t(el, "dataplane") or "kernel",
+    )
+
+
+def parse_profile(el: etree._Element) -> CryptoProfile:
+    d = CryptoProfile(name="")
+    return CryptoProfile(
+        name=_t(el, "name") or "",
+        encryption=int(_t(el, "encryption-algorithm") or d.encryption),
+        key_length=int(_t(el, "key-length") or d.key_length),
+        integrity=int(_t(el, "integrity-algorithm") or d.integrity),
+        soft=_limits(el.find(Q + "lifetime-soft"), d.soft),
+        hard=_limits(el.find(Q + "lifetime-hard"), d.hard),
+        anti_replay_window=int(_t(el, "anti-replay-window-size") or d.anti_replay_window),
+        ext_seq_num=(_t(el, "ext-seq-num") or "true") == "true",
+    )
+
+
+def parse_policy(el: etree._Element) -> Policy:
+    return Policy(
+        name=_t(el, "name") or "",
+        a=_endpoint(el.find(Q + "endpoint-a")),
+        b=_endpoint(el.find(Q + "endpoint-b")),
+        params=_params(el),
+        description=_t(el, "description") or "",
+    )
+
+
+def parse_group(el: etree._Element) -> PolicyGroup:
+    return PolicyGroup(
+        name=_t(el, "name") or "",
+        members=tuple(m.text.strip() for m in el.iterfind(Q + "member") if m.text),
+        params=_params(el),
+        description=_t(el, "description") or "",
+    )
+
+
+def parse_config(data: etree._Element) -> FlowConfig:
+    """`data` holds `<flow-protection>` (a `<data>`/`<config>` root) or is it; already
+    validated by libyang, so structure is trusted and only values are interpreted."""
+    root = data if data.tag == Q + "flow-protection" else data.find(Q + "flow-protection")
+    if root is None:
+        return FlowConfig()
+    nsfs = [parse_nsf(e) for e in root.iterfind(f"{Q}nsfs/{Q}nsf")]
+    profiles = [parse_profile(e) for e in root.iterfind(f"{Q}crypto-profiles/{Q}crypto-profile")]
+    policies = [parse_policy(e) for e in root.iterfind(f"{Q}policies/{Q}policy")]
+    groups = [parse_group(e) for e in root.iterfind(f"{Q}policy-groups/{Q}policy-group")]
+    return FlowConfig(
+        nsfs={n.name: n for n in nsfs},
+        profiles={p.name: p for p in profiles},
+        policies={p.name: p for p in policies},
+        groups={g.name: g for g in groups},
+    )
+
+
+# ---- semantic checks ---------------------------------------------------------------------------
+
+
+def _ppath(p: Policy) -> str:
+    if p.group is not None:
+        return f"/{MODULE}:flow-protection/policy-groups/policy-group[name='{p.group}']"
+    return f"/{MODULE}:flow-protection/policies/policy[name='{p.name}']"
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """One protected prefix pair of a policy, from endpoint a's point of view."""
+
+    index: int
+    a_prefix: IpNet
+    b_prefix: IpNet
+
+
+def policy_flows(policy: Policy, a: Nsf, b: Nsf) -> list[FlowSpec]:
+    """The prefix pairs a policy protects (same address family only). Transport mode
+    protects the two data-plane addresses themselves."""
+    if policy.params.mode == "transport":
+        pa = policy.a.prefixes or (ipaddress.ip_network(a.data_plane_address),)
+        pb = policy.b.prefixes or (ipaddress.ip_network(b.data_plane_address),)
+    else:
+        pa = policy.a.prefixes or a.protected_prefixes
+        pb = policy.b.prefixes or b.protected_prefixes
+    pairs = [(x, y) for x in pa for y in pb if x.version == y.version]
+    return [FlowSpec(i, x, y) for i, (x, y) in enumerate(pairs)]
+
+
+def _ports_overlap(x: tuple[PortRange, ...], y: tuple[PortRange, ...]) -> bool:
+    if not x or not y:
+        return True
+    return any(r.start <= s.end and s.start <= r.end for r in x for s in y)
+
+
+def check_profile(profile: CryptoProfile) -> list[str]:
+    """What is wrong with a profile's algorithms (empty list: fine)."""
+    errs: list[str] = []
+    enc = ENCRYPTION.get(profile.encryption)
+    if enc is None:
+        return [f"encryption algorithm {profile.encryption} is not supported "
+                f"(supported: {sorted(ENCRYPTION)})"]
+    if enc.number == 11:
+        if profile.key_length != 0:
+            errs.append("NULL encryption takes key-length 0")
+    elif profile.key_length % 8 or (profile.key_length // 8 + enc.salt_bytes
+                                    not in enc.key_bytes):
+        ok = sorted((n - enc.salt_bytes) * 8 for n in enc.key_bytes)
+        errs.append(f"{enc.name} takes key-length {' or '.join(map(str, ok))} bits, "
+                    f"not {profile.key_length}")
+    if enc.aead and profile.integrity != 0:
+        errs.append(f"{enc.name} is an AEAD algorithm: integrity-algorithm must be 0")
+    if not enc.aead and profile.integrity == 0 and enc.number != 11:
+        errs.append(f"{enc.name} needs an integrity algorithm")
+    if profile.integrity and profile.integrity not in INTEGRITY:
+        errs.append(f"integrity algorithm {profile.integrity} is not supported "
+                    f"(supported: {sorted(INTEGRITY)})")
+    return errs
+
+
+def check_config(cfg: FlowConfig) -> None:
+    """Raise one RpcError (others attached) for every problem libyang cannot see."""
+    errors: list[RpcError] = []
+
+    def err(path: str, msg: str, tag: str = "invalid-value",
+            app_tag: str | None = None) -> None:
+        errors.append(RpcError("application", tag, msg, path=path, app_tag=app_tag))
+
+    for prof in cfg.profiles.values():
+        for m in check_profile(prof):
+            err(f"/{MODULE}:flow-protection/crypto-profiles/crypto-profile[name='{prof.name}']",
+                f"crypto profile {prof.name!r}: {m}")
+
+    policies = cfg.all_policies()
+    # flows per NSF for the overlap check: (nsf, local, remote, proto, lports, rports, policy)
+    seen: dict[str, list[tuple[IpNet, IpNet, int | None, tuple[PortRange, ...],
+                               tuple[PortRange, ...], str]]] = {}
+    for pol in sorted(policies.values(), key=lambda p: p.name):
+        path = _ppath(pol)
+        what = f"policy {pol.name!r}"
+        prm = pol.params
+        if prm.key_management == "ike":
+            err(path + "/ike", f"{what}: the IKE case is not supported yet; use ikeless",
+                tag="operation-not-supported")
+            continue
+        a, b = cfg.nsfs.get(pol.a.nsf), cfg.nsfs.get(pol.b.nsf)
+        if a is None or b is None:
+            missing = pol.a.nsf if a is None else pol.b.nsf
+            err(path, f"{what}: unknown NSF {missing!r}", tag="data-missing",
+                app_tag="instance-required")
+            continue
+        if a.name == b.name:
+            err(path, f"{what}: the two endpoints must be different NSFs")
+            continue
+        prof = cfg.profiles.get(prm.crypto_profile)
+        if prof is None:
+            err(path + "/crypto-profile", f"{what}: unknown crypto profile "
+                f"{prm.crypto_profile!r}", tag="data-missing", app_tag="instance-required")
+            continue
+        soft, hard = pol.lifetimes(prof)
+        for kind in ("time", "bytes", "packets"):
+            s, h = getattr(soft, kind), getattr(hard, kind)
+            if h and not (0 < s < h):
+                err(path + f"/lifetime-soft/{kind}",
+                    f"{what}: soft {kind} lifetime ({s}) must be non-zero and less than the "
+                    f"hard one ({h})")
+        if prm.mode == "transport":
+            if a.nat or b.nat:
+                err(path + "/mode", f"{what}: transport mode through NAT is not supported; "
+                    "use tunnel mode")
+                continue
+            for ep, nsf in ((pol.a, a), (pol.b, b)):
+                host = ipaddress.ip_network(nsf.data_plane_address)
+                if ep.prefixes and ep.prefixes != (host,):
+                    err(path + "/mode", f"{what}: transport mode protects the NSFs' own "
+                        f"traffic; {nsf.name}'s prefix must be {host} or left out")
+        flows = policy_flows(pol, a, b)
+        if not flows:
+            err(path, f"{what}: no prefix pair to protect (give prefixes or set the NSFs' "
+                "protected-prefix, same address family on both ends)", tag="data-missing")
+            continue
+        if len(flows) > MAX_FLOWS_PER_POLICY:
+            err(path, f"{what}: {len(flows)} prefix pairs; at most {MAX_FLOWS_PER_POLICY}")
+            continue
+        if prm.mode == "tunnel" and (a.data_plane_address.version
+                                     != b.reachable_address.version):
+            err(path, f"{what}: the data-plane addresses of {a.name} and {b.name} are of "
+                "different address families")
+            continue
+        for f in flows:
+            for nsf, loc, rem, lp, rp in ((a.name, f.a_prefix, f.b_prefix, pol.a.ports,
+                                           pol.b.ports),
+                                          (b.name, f.b_prefix, f.a_prefix, pol.b.ports,
+                                           pol.a.ports)):
+                for (l2, r2, pr2, lp2, rp2, other) in seen.get(nsf, []):
+                    if other == pol.name:
+                        continue
+                    if (loc.overlaps(l2) and rem.overlaps(r2)
+                            and (prm.inner_protocol is None or pr2 is None
+                                 or prm.inner_protocol == pr2)
+                            and _ports_overlap(lp, lp2) and _ports_overlap(rp, rp2)):
+                        err(path, f"{what}: its selector {loc} <-> {rem} on NSF {nsf} "
+                            f"overlaps policy {other!r}", tag="operation-failed",
+                            app_tag="overlapping-selectors")
+                        break
+                seen.setdefault(nsf, []).append((loc, rem, prm.inner_protocol, lp, rp,
+                                                 pol.name))
+    if errors:
+        first, *rest = errors
+        first.others = rest
+        raise first
+
+
+def nsf_without_secret(n: Nsf) -> Nsf:
+    """A copy safe to log or store."""
+    return replace(n, password=None)
