@@ -19,15 +19,19 @@ def ns_of(tag: str) -> str:
     return tag[1:].partition("}")[0] if tag.startswith("{") else ""
 
 
-def children(op: etree._Element, allowed: tuple[str, ...]) -> dict[str, etree._Element]:
-    """The operation's parameters by local name; anything else is unknown-element."""
+def children(
+    op: etree._Element, allowed: tuple[str, ...], also_ns: tuple[str, ...] = ()
+) -> dict[str, etree._Element]:
+    """The operation's parameters by local name; anything else is unknown-element.
+    `also_ns` admits parameters in other namespaces too (clients put create-subscription's
+    `<filter>` in the base namespace)."""
     out: dict[str, etree._Element] = {}
-    op_ns = ns_of(op.tag)
+    namespaces = (ns_of(op.tag), *also_ns)
     for child in op:
         if not isinstance(child.tag, str):
             continue  # comments, processing instructions
         name = local(child.tag)
-        if ns_of(child.tag) != op_ns or name not in allowed:
+        if ns_of(child.tag) not in namespaces or name not in allowed:
             raise RpcError(
                 "protocol", "unknown-element", f"unexpected parameter {name!r} in {local(op.tag)}",
                 info={"bad-element": name},

@@ -139,6 +139,8 @@ def op_edit_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element)
     srv.locks.check_write(target, sess.id)
     with srv.ds_lock, srv.config_change(sess, target):
         skipped = srv.datastores.edit_config(target, config, default_op, test_opt, error_opt)
+        if target == "running":
+            _follow_running(srv)
     if skipped:
         # continue-on-error: the valid parts were applied, the reply reports the rest.
         first, *rest = skipped
@@ -162,7 +164,17 @@ def op_copy_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element)
     srv.locks.check_write(target, sess.id)
     with srv.ds_lock, srv.config_change(sess, target):
         srv.datastores.copy_config(target, source)
+        if target == "running":
+            _follow_running(srv)
     return None
+
+
+def _follow_running(srv: NetconfServer) -> None:
+    """An unmodified candidate mirrors running (as in sysrepo/Netopeer2): a direct change of
+    running must not leave a stale candidate that a later commit would write back."""
+    ds = srv.datastores
+    if not ds.candidate_modified:
+        ds.discard_changes()
 
 
 def op_delete_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
@@ -288,7 +300,7 @@ def op_discard_changes(srv: NetconfServer, sess: NetconfSession, op: etree._Elem
 
 
 def op_create_subscription(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
-    p = P.children(op, ("stream", "filter", "startTime", "stopTime"))
+    p = P.children(op, ("stream", "filter", "startTime", "stopTime"), also_ns=(NC_NS,))
     stream = P.text(p.get("stream"))
     start = parse_time(P.text(p["startTime"]) or "", "startTime") if "startTime" in p else None
     stop = parse_time(P.text(p["stopTime"]) or "", "stopTime") if "stopTime" in p else None

@@ -119,8 +119,8 @@ def connect(port: int, username: str = "admin", password: str | None = PASSWORD,
 
 def spd_entry(name: str, local: str = "198.51.100.1/32", remote: str = "198.51.100.2/32",
               direction: str = "outbound", reqid: int = 1, action: str = "protect") -> str:
-    return f"""<spd-entry><name>{name}</name><direction>{direction}</direction><reqid>{reqid}</reqid>
-<ipsec-policy-config><traffic-selector><local-prefix>{local}</local-prefix>
+    return f"""<spd-entry><name>{name}</name><direction>{direction}</direction>
+<reqid>{reqid}</reqid><ipsec-policy-config><traffic-selector><local-prefix>{local}</local-prefix>
 <remote-prefix>{remote}</remote-prefix><inner-protocol>any</inner-protocol></traffic-selector>
 <processing-info><action>{action}</action></processing-info></ipsec-policy-config></spd-entry>"""
 

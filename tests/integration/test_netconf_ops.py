@@ -62,9 +62,8 @@ def test_capabilities_exact(agent: AgentThread) -> None:
 def test_edit_get_config_running_and_filters(agent: AgentThread) -> None:
     with agent.connect() as m:
         assert len(m.get_config("running").data) == 0
-        m.edit_config(target="running",
-                      config=ikeless_config(spd_entry("a") + spd_entry("b", remote="198.51.100.3/32"),
-                                            sad_entry("sa1", 1000)))
+        spd = spd_entry("a") + spd_entry("b", remote="198.51.100.3/32")
+        m.edit_config(target="running", config=ikeless_config(spd, sad_entry("sa1", 1000)))
         assert names(m.get_config("running").xml) == ["a", "b"]
         # subtree filter with a content match
         f = (f'<ipsec-ikeless xmlns="{IKELESS_NS}"><spd><spd-entry><name>b</name>'
@@ -202,7 +201,8 @@ def test_unknown_operation_and_namespace(agent: AgentThread) -> None:
         before = agent.snapshot()
         with pytest.raises(RPCError) as ei:
             m.edit_config(target="running", config=(
-                f'<config xmlns="{NC_NS}"><foo xmlns="urn:example:unknown"><x>1</x></foo></config>'))
+                f'<config xmlns="{NC_NS}"><foo xmlns="urn:example:unknown"><x>1</x></foo>'
+                "</config>"))
         assert ei.value.tag == "unknown-namespace"
         assert agent.snapshot() == before
 
