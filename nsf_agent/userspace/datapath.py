@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import ipaddress
 import json
 import logging
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import mmsg
+from . import gso, mmsg
 from .esp import (
     EspError,
     SaState,
@@ -44,7 +45,7 @@ from .esp import (
 )
 from .model import Action, Direction, ModelError, SaConfig, SpdEntry
 from .spd import Spd, flow_of
-from .tun import open_tun
+from .tun import TUNSETOFFLOAD, open_tun
 
 log = logging.getLogger("nsf_agent.userspace.datapath")
 
@@ -76,6 +77,7 @@ class Options:
     counters_interval: float = 0.0
     batch: int = 64
     tick: float = 0.25
+    offload: bool = True
 
 
 @dataclass(slots=True)
@@ -88,12 +90,13 @@ class _Conn:
 class _Sa:
     """An installed SA: ESP state plus the pre-computed bits the fast path needs."""
 
-    __slots__ = ("dst_addr", "hdr_tail", "limit_bytes", "limit_packets", "state", "udp")
+    __slots__ = ("dst_addr", "hdr_tail", "limit_bytes", "limit_packets", "state", "udp", "v4")
 
     def __init__(self, cfg: SaConfig) -> None:
         self.state = SaState(cfg)
         self.dst_addr = (str(cfg.dst), 0)
         self.udp = cfg.encap
+        self.v4 = cfg.src.version == 4
         self.limit_bytes = 0
         self.limit_packets = 0
         proto = 17 if cfg.encap is not None else IPPROTO_ESP
@@ -118,7 +121,7 @@ class _Sa:
         """Outer IP (and UDP) header + ESP, ready for the header-including raw socket."""
         if self.udp is not None:
             esp = struct.pack("!HHHH", self.udp.sport, self.udp.dport, 8 + len(esp), 0) + esp
-        if len(self.hdr_tail) == 16:
+        if self.v4:
             return b"\x45\x00" + (20 + len(esp)).to_bytes(2, "big") + self.hdr_tail + esp
         return (b"\x60\x00\x00\x00" + len(esp).to_bytes(2, "big") + self.hdr_tail + esp)
 
@@ -141,12 +144,18 @@ class Datapath:
         self._next_counters = 0.0
         self._ipr: Any = None
         self._rule_installed: list[int] = []
+        self._gro = gso.Coalescer() if opts.offload else None
+        self._to_tun: list[bytes] = []
 
     # -- setup ----------------------------------------------------------------------------
 
     def open(self) -> None:
         o = self.opts
-        self.tun_fd = open_tun(o.tun)
+        self.tun_fd = open_tun(o.tun, vnet_hdr=o.offload)
+        if o.offload:
+            # TSO/checksum offload: the kernel hands us TCP super-packets (see gso.py)
+            fcntl.ioctl(self.tun_fd, TUNSETOFFLOAD,
+                        gso.TUN_F_CSUM | gso.TUN_F_TSO4 | gso.TUN_F_TSO6)
         self._setup_link()
         self.esp4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_ESP)
         self.esp4.setblocking(False)
@@ -400,60 +409,71 @@ class Datapath:
     # -- fast path ------------------------------------------------------------------------
 
     def _drain_tun(self) -> None:
-        """Outbound: packets the kernel routed into the TUN."""
+        """Outbound: packets the kernel routed into the TUN (super-packets cut to MSS)."""
         fd = self.tun_fd
-        stats = self.stats
-        spd_out = self.spd.outbound
-        outbound = self.outbound
-        raw4 = self.raw4
+        offload = self.opts.offload
+        out = self._outbound
         for _ in range(self.opts.batch):
             try:
-                pkt = os.read(fd, 65536)
+                frame = os.read(fd, 65536 + gso.VNET_LEN)
             except BlockingIOError:
                 return
-            stats["tun_rx"] += 1
-            flow = flow_of(pkt)
-            if flow is None:
+            if not offload:
+                out(frame)
+                continue
+            try:
+                pkts = gso.segment(frame)
+            except (ValueError, IndexError):
+                self.stats["malformed"] += 1
+                continue
+            for pkt in pkts:
+                out(pkt)
+
+    def _outbound(self, pkt: bytes) -> None:
+        stats = self.stats
+        stats["tun_rx"] += 1
+        flow = flow_of(pkt)
+        if flow is None:
+            stats["malformed"] += 1
+            return
+        entry = self.spd.outbound(flow)
+        if entry is None:
+            stats["no_policy"] += 1
+            return
+        action = entry.action
+        if action is Action.PROTECT:
+            lst = self.outbound.get(entry.reqid)
+            if not lst:
+                self._acquire(entry, flow)
+                return
+            sa = lst[-1]
+            try:
+                wire = sa.wire(encapsulate(sa.state, pkt))
+            except SequenceOverflow:
+                stats["seq_overflow"] += 1
+                self._unlink(sa)
+                self.emit("expire", hard=True, trigger="seq-overflow",
+                          **self._sa_event_fields(sa))
+                return
+            except EspError:
                 stats["malformed"] += 1
-                continue
-            entry = spd_out(flow)
-            if entry is None:
-                stats["no_policy"] += 1
-                continue
-            action = entry.action
-            if action is Action.PROTECT:
-                lst = outbound.get(entry.reqid)
-                if not lst:
-                    self._acquire(entry, flow)
-                    continue
-                sa = lst[-1]
-                try:
-                    wire = sa.wire(encapsulate(sa.state, pkt))
-                except SequenceOverflow:
-                    stats["seq_overflow"] += 1
-                    self._unlink(sa)
-                    self.emit("expire", hard=True, trigger="seq-overflow",
-                              **self._sa_event_fields(sa))
-                    continue
-                except EspError:
-                    stats["malformed"] += 1
-                    continue
-                try:
-                    if flow[0] == 4 or self.raw6 is None:
-                        raw4.sendto(wire, sa.dst_addr)
-                    else:
-                        self.raw6.sendto(wire, sa.dst_addr)
-                    stats["esp_tx"] += 1
-                except OSError as e:
-                    stats["esp_tx_errors"] += 1
-                    log.debug("ESP send failed: %s", e)
-                c = sa.state.counters
-                if c.bytes >= sa.limit_bytes or c.packets >= sa.limit_packets:
-                    self._check_lifetime(sa)
-            elif action is Action.BYPASS:
-                self._reinject(pkt, flow[0])
-            else:
-                stats["discarded"] += 1
+                return
+            try:
+                if sa.v4 or self.raw6 is None:
+                    self.raw4.sendto(wire, sa.dst_addr)
+                else:
+                    self.raw6.sendto(wire, sa.dst_addr)
+                stats["esp_tx"] += 1
+            except OSError as e:
+                stats["esp_tx_errors"] += 1
+                log.debug("ESP send failed: %s", e)
+            c = sa.state.counters
+            if c.bytes >= sa.limit_bytes or c.packets >= sa.limit_packets:
+                self._check_lifetime(sa)
+        elif action is Action.BYPASS:
+            self._reinject(pkt, flow[0])
+        else:
+            stats["discarded"] += 1
 
     def _reinject(self, pkt: bytes, version: int) -> None:
         """Bypass for a packet already in the TUN: resend it marked, so it skips our table."""
@@ -490,6 +510,19 @@ class Datapath:
                 self.stats["malformed"] += 1
                 continue
             self._inbound(pkt[ihl:], pkt[12:16], pkt[16:20])
+        self._write_tun()
+
+    def _write_tun(self) -> None:
+        """Write what a receive batch decrypted (coalesced into super-packets if offloading)."""
+        frames = self._gro.take() if self._gro is not None else self._to_tun
+        self._to_tun = []
+        fd = self.tun_fd
+        for f in frames:
+            try:
+                os.write(fd, f)
+            except OSError as e:
+                self.stats["tun_tx_errors"] += 1
+                log.debug("TUN write failed: %s", e)
 
     def _drain_esp6(self) -> None:
         assert self.esp6 is not None
@@ -501,6 +534,7 @@ class Datapath:
             self.stats["esp_rx"] += 1
             self._inbound(data, socket.inet_pton(socket.AF_INET6, addr[0].split("%")[0]),
                           None)
+        self._write_tun()
 
     def _drain_udp(self, sock: socket.socket) -> None:
         for _ in range(self.opts.batch):
@@ -518,6 +552,7 @@ class Datapath:
                 continue
             self.stats["esp_rx"] += 1
             self._inbound(esp, socket.inet_aton(addr[0]), None)
+        self._write_tun()
 
     def _inbound(self, esp: bytes, src: bytes, dst: bytes | None) -> None:
         stats = self.stats
@@ -544,12 +579,11 @@ class Datapath:
                 entry.reqid != st.cfg.reqid:
             stats["policy_violation"] += 1  # decrypted fine, but not what this SA may carry
         else:
-            try:
-                os.write(self.tun_fd, inner)
-                stats["tun_tx"] += 1
-            except OSError as e:
-                stats["tun_tx_errors"] += 1
-                log.debug("TUN write failed: %s", e)
+            stats["tun_tx"] += 1
+            if self._gro is not None:
+                self._gro.add(inner)
+            else:
+                self._to_tun.append(inner)
         c = st.counters
         if c.bytes >= sa.limit_bytes or c.packets >= sa.limit_packets:
             self._check_lifetime(sa)
@@ -734,6 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--acquire-interval", type=float, default=1.0)
     p.add_argument("--counters-interval", type=float, default=0.0)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--no-offload", action="store_true",
+                   help="no IFF_VNET_HDR/TSO on the TUN: one packet per read and write")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -745,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(control=a.control, tun=a.tun, mtu=a.mtu, table=a.table,
                    rule_priority=a.rule_priority, mark=a.mark, manage_routes=not a.no_routes,
                    acquire_interval=a.acquire_interval, counters_interval=a.counters_interval,
-                   batch=a.batch)
+                   batch=a.batch, offload=not a.no_offload)
     dp = Datapath(opts)
     dp.open()
     signal.signal(signal.SIGTERM, lambda *_: dp.stop())

@@ -30,6 +30,7 @@ from .model import (
     SaConfig,
     Selector,
     SpdEntry,
+    UdpEncap,
 )
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,8 @@ class TunnelKeys:
 
 def gateway_config(side: str, keys: TunnelKeys, *, reqid: int = 1,
                    soft: Lifetime = Lifetime(), hard: Lifetime = Lifetime(),  # noqa: B008
-                   window: int = 64, names: str = "t") -> tuple[list[SaConfig], list[SpdEntry]]:
+                   window: int = 64, names: str = "t", encap: UdpEncap | None = None
+                   ) -> tuple[list[SaConfig], list[SpdEntry]]:
     """SAD and SPD of gateway `side` ("a" or "b") for the A<->B tunnel."""
     a, b = ipaddress.ip_address(GW_A), ipaddress.ip_address(GW_B)
 
@@ -229,7 +231,7 @@ def gateway_config(side: str, keys: TunnelKeys, *, reqid: int = 1,
         return SaConfig(name=name, spi=spi, direction=d, src=src, dst=dst, mode=Mode.TUNNEL,
                         enc_alg=keys.enc_alg, enc_key=key, integ_alg=keys.integ_alg,
                         integ_key=ikey, reqid=reqid, replay_window=window, soft=soft,
-                        hard=hard)
+                        hard=hard, encap=encap)
 
     ab = (f"{names}-ab", keys.spi_ab, keys.key_ab, keys.ikey_ab, a, b)
     ba = (f"{names}-ba", keys.spi_ba, keys.key_ba, keys.ikey_ba, b, a)
