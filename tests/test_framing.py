@@ -98,7 +98,7 @@ def test_any_split_gives_same_messages(msgs: list[bytes], cuts: list[int], chunk
         dec.use_chunked()
     got: list[bytes | TooBig] = []
     prev = 0
-    for c in sorted({min(c, len(stream)) for c in cuts}) + [len(stream)]:
+    for c in [*sorted({min(c, len(stream)) for c in cuts}), len(stream)]:
         dec.feed(stream[prev:c])
         prev = c
         got += drain(dec)

@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 from lxml import etree
+from ncclient.transport.errors import AuthenticationError
 from ncharness import (
     CLIENT_HELLO_10,
     CLIENT_HELLO_11,
@@ -24,7 +25,6 @@ from ncharness import (
     rpc,
     spd_entry,
 )
-from ncclient.transport.errors import AuthenticationError
 
 from netconf_core.auth import User
 
