@@ -38,3 +38,9 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+# SAD tests need a kernel with ESP: boot a cached Debian 6.1 kernel under QEMU (TCG) with
+# the host's Python and this tree shared over 9p, run tests/kernel there (tools/kernel-vm).
+.PHONY: test-kernel
+test-kernel: setup
+	bash tools/kernel-vm/run.sh

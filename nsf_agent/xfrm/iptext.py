@@ -18,7 +18,7 @@ INF = 0xFFFFFFFFFFFFFFFF
 _LIMIT = re.compile(r"limit: soft (\S+)\((bytes|packets)\), hard (\S+)\((?:bytes|packets)\)")
 _EXPIRE = re.compile(r"expire (add|use): soft (\d+)\(sec\), hard (\d+)\(sec\)")
 _CUR = re.compile(r"^(\d+)\(bytes\), (\d+)\(packets\)")
-_KEY = re.compile(r"^(0x[0-9a-f]+)\((\d+) bits\)$")
+_ALGO = re.compile(r"^(\S+) (\S+) (0x[0-9a-f]+) ?\((\d+) bits\)(?: (\d+))?")
 
 # keys whose value is the next token, per line kind
 _VALUE_KEYS = {
@@ -178,14 +178,15 @@ def parse_states(text: str) -> list[dict[str, Any]]:
             section = None
             head = toks[0]
             if head in ("aead", "auth-trunc", "auth", "enc", "comp"):
-                m = _KEY.match(toks[2]) if len(toks) > 2 else None
+                # "aead rfc4106(gcm(aes)) 0x0102...14 (160 bits) 128"
+                m = _ALGO.match(line)
                 algo: dict[str, Any] = {"name": toks[1]}
                 if m:
-                    hexkey = m.group(1)[2:]
-                    algo["key"] = bytes.fromhex(hexkey.rjust(int(m.group(2)) // 4, "0"))
-                    algo["key_bits"] = int(m.group(2))
-                if len(toks) > 3:
-                    algo["len"] = int(toks[3])
+                    bits = int(m.group(4))
+                    algo["key"] = bytes.fromhex(m.group(3)[2:].rjust(bits // 4, "0"))
+                    algo["key_bits"] = bits
+                    if m.group(5):
+                        algo["len"] = int(m.group(5))
                 e["algos"][head] = algo
             elif head == "encap":
                 enc: dict[str, Any] = {}

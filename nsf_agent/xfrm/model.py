@@ -449,9 +449,10 @@ class State:
     """A SAD entry (XFRM_MSG_NEWSA).
 
     ``esn`` sets XFRM_STATE_ESN and sends the window as XFRMA_REPLAY_ESN_VAL (the
-    kernel then requires the 8-bit ``replay_window`` field to be 0); a window above 255
-    without ESN is sent the same way, as iproute2 does.  Read-back entries also carry
-    ``curlft``, ``stats`` and the replay counters.
+    kernel then requires the 8-bit ``replay_window`` field to be 0); a window above 32
+    without ESN is sent the same way, as iproute2 does, because the legacy replay
+    state has a 32-bit bitmap and the kernel silently caps the plain field at 32.
+    Read-back entries also carry ``curlft``, ``stats`` and the replay counters.
     """
 
     src: str
@@ -492,7 +493,7 @@ class State:
         fam = self._family()
         sel = self.selector.pack() if self.selector is not None else bytes(56)
         flags = self.flags | (nl.XFRM_STATE_ESN if self.esn else 0)
-        use_esn = self.esn or self.replay_window > 255
+        use_esn = self.esn or self.replay_window > 32
         return sel + _SA_TAIL.pack(
             _addr(self.dst)[0], socket.htonl(self.spi), self.proto, _addr(self.src)[0],
             *self.lifetime.values(), *_NO_CUR, 0, 0, 0,
@@ -513,7 +514,7 @@ class State:
             parts.append(_nla(nl.XFRMA_ALG_COMP, a.comp.pack()))
         if self.encap is not None:
             parts.append(_nla(nl.XFRMA_ENCAP, self.encap.pack()))
-        if self.esn or self.replay_window > 255:
+        if self.esn or self.replay_window > 32:
             esn = self.replay_esn or ReplayEsn(replay_window=self.replay_window)
             parts.append(_nla(nl.XFRMA_REPLAY_ESN_VAL, esn.pack()))
         if self.extra_flags:
