@@ -422,3 +422,15 @@ def delete_by_names_edit(spd_names: Iterable[str], sad_names: Iterable[str]) -> 
     NSF is gone from the configuration)."""
     return config_element(spd=[_remove("spd-entry", n) for n in spd_names],
                           sad=[_remove("sad-entry", n) for n in sad_names])
+
+
+def merge_edits(*edits: Edits) -> Edits:
+    """One `<config>` per NSF holding the entries of several edits, in order (applied as one
+    edit-config, so all-or-nothing on each NSF)."""
+    spd: dict[str, list[etree._Element]] = {}
+    sad: dict[str, list[etree._Element]] = {}
+    for e in edits:
+        for nsf, conf in e.items():
+            spd.setdefault(nsf, []).extend(conf.iterfind(f"{Q}ipsec-ikeless/{Q}spd/{Q}spd-entry"))
+            sad.setdefault(nsf, []).extend(conf.iterfind(f"{Q}ipsec-ikeless/{Q}sad/{Q}sad-entry"))
+    return {nsf: config_element(spd[nsf], sad[nsf]) for nsf in spd}

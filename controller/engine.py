@@ -1,0 +1,161 @@
+"""Glue between the rekey scheduler's actions, the translation and the store.
+
+`SaLedger.prepare` turns an action into per-NSF edits; `SaLedger.done` records its success.
+New SAs (keys included) are written to the store *before* any NSF sees them: after a crash
+between the push and the bookkeeping the controller still knows every SA it may have
+installed, so it can finish the step or remove them; retries re-send the same stored SAs
+(same SPIs and keys), which keeps every action idempotent.
+
+The northbound operational state (`flow-protection-state`) is rendered here too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from lxml import etree
+
+from controller import translate
+from controller.keys import KeyManager
+from controller.model import NS as FP_NS
+from controller.rekey import Action, Phase, RekeyScheduler
+from controller.store import SaRecord, Store
+from controller.translate import Edits, Plan, SaSpec
+
+log = logging.getLogger(__name__)
+
+
+class SaLedger:
+    def __init__(self, store: Store, km: KeyManager,
+                 clock: Callable[[], float]) -> None:
+        self.store = store
+        self.km = km
+        self.clock = clock
+
+    def _records(self, plan: Plan, specs: list[SaSpec], now: float) -> list[SaRecord]:
+        out = []
+        for sa in specs:
+            snd, rcv = plan.side(sa.sender), plan.side(sa.receiver)
+            out.append(SaRecord(
+                policy=sa.policy, flow=sa.flow, a2b=sa.a2b, generation=sa.generation,
+                spi=sa.spi, keys=sa.keys, sender=snd.nsf.name, receiver=rcv.nsf.name,
+                sender_src=str(snd.local_addr), sender_dst=str(snd.remote_addr),
+                receiver_src=str(rcv.remote_addr), receiver_dst=str(rcv.local_addr),
+                created=now))
+        return out
+
+    def generation(self, plan: Plan, generation: int) -> list[SaSpec]:
+        """The SAs of a generation: from the store, or freshly made and stored."""
+        have = [r.spec() for r in self.store.get_sas(plan.name, generation=generation)]
+        if have:
+            return have
+        specs = translate.new_sas(plan, self.km, generation)
+        with self.store.transaction():
+            self.store.add_sas(self._records(plan, specs, self.clock()))
+        for sa in specs:  # the store answers for these SPIs from now on
+            self.km.release(plan.spi_holders(sa.a2b), sa.spi)
+        return specs
+
+    def _stored(self, plan: Plan, generation: int | None) -> list[SaSpec]:
+        if generation is None:
+            return []
+        return [r.spec() for r in self.store.get_sas(plan.name, generation=generation)]
+
+    def prepare(self, plan: Plan, action: Action) -> Edits:
+        """The edit-config for each of the two NSFs that carries out `action`."""
+        k = action.kind
+        if k is Phase.INSTALL_SPD:
+            return translate.install_edit(plan, [])
+        if k is Phase.INSTALL:
+            assert action.generation is not None
+            new = self.generation(plan, action.generation)
+            others = [r.spec() for r in self.store.get_sas(plan.name)
+                      if r.generation != action.generation]
+            return translate.merge_edits(translate.remove_sas_edit(plan, others),
+                                         translate.install_edit(plan, new))
+        if k is Phase.ADD_INBOUND:
+            assert action.generation is not None
+            return translate.add_inbound_edit(plan, self.generation(plan, action.generation))
+        if k is Phase.SWITCH_OUTBOUND:
+            return translate.switch_outbound_edit(
+                plan, self._stored(plan, action.old_generation),
+                self._stored(plan, action.generation))
+        if k is Phase.REMOVE_OLD:
+            return translate.remove_old_edit(plan, self._stored(plan, action.old_generation))
+        raise ValueError(f"no edit for action {k}")
+
+    def done(self, plan: Plan, action: Action) -> None:
+        """Record that `action` is in place on both NSFs."""
+        with self.store.transaction():
+            if action.kind in (Phase.INSTALL_SPD, Phase.INSTALL):
+                for side in plan.sides():
+                    self.store.put_spd(plan.name, side.nsf.name, plan.spd_names())
+            if action.kind is Phase.INSTALL:
+                gens = {r.generation for r in self.store.get_sas(plan.name)}
+                self.store.delete_sas(plan.name, gens - {action.generation})
+            if action.kind in (Phase.INSTALL, Phase.SWITCH_OUTBOUND):
+                assert action.generation is not None
+                self.store.set_policy_generation(plan.name, action.generation)
+            if action.kind is Phase.REMOVE_OLD and action.old_generation is not None:
+                self.store.delete_sas(plan.name, [action.old_generation])
+
+    def delete_edits(self, policy: str) -> Edits:
+        """Removal of everything the store says the policy has on each NSF (works when the
+        policy or its NSFs are already gone from the configuration)."""
+        sas = self.store.get_sas(policy)
+        spd = self.store.get_spd(policy)
+        nsfs = set(spd) | {s.sender for s in sas} | {s.receiver for s in sas}
+        names = sorted({s.name for s in sas})
+        return {n: translate.delete_by_names_edit(spd.get(n, []), names) for n in sorted(nsfs)}
+
+
+def _time(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
+
+
+def state_xml(store: Store, sched: RekeyScheduler) -> etree._Element:
+    """`<flow-protection-state>`: status, generation and SAs (never keys) of every policy."""
+    q = f"{{{FP_NS}}}"
+    root = etree.Element(q + "flow-protection-state", nsmap={None: FP_NS})
+
+    def sub(parent: etree._Element, name: str, text: object | None) -> None:
+        if text is not None:
+            etree.SubElement(parent, q + name).text = str(text)
+
+    for rec in store.list_policies():
+        p = etree.SubElement(root, q + "policy")
+        sub(p, "name", rec.name)
+        sub(p, "group", rec.group)
+        sub(p, "endpoint-a", rec.data.get("a", {}).get("nsf"))
+        sub(p, "endpoint-b", rec.data.get("b", {}).get("nsf"))
+        timer = sched.timers.get(rec.name)
+        status = rec.status if rec.status == "deleting" or timer is None else (
+            sched.status(rec.name))
+        sub(p, "status", status)
+        err = timer.last_error if timer is not None and timer.attempts else rec.error
+        sub(p, "error-message", err)
+        sub(p, "generation", rec.generation)
+        sub(p, "last-change", _time(rec.updated))
+        nxt = sched.next_rekey(rec.name) if timer is not None else None
+        sub(p, "next-rekey", _time(nxt))
+        for sa in store.get_sas(rec.name):
+            views = ((sa.sender, "outbound", sa.sender_src, sa.sender_dst),
+                     (sa.receiver, "inbound", sa.receiver_src, sa.receiver_dst))
+            for nsf, direction, src, dst in views:
+                e = etree.SubElement(p, q + "sa")
+                sub(e, "nsf", nsf)
+                sub(e, "name", sa.name)
+                sub(e, "spi", sa.spi)
+                sub(e, "direction", direction)
+                sub(e, "source", src)
+                sub(e, "destination", dst)
+                sub(e, "generation", sa.generation)
+                sub(e, "created", _time(sa.created))
+                if sa.generation == rec.generation:
+                    sub(e, "next-rekey", _time(nxt))
+    return root
