@@ -530,7 +530,7 @@ class Datapath:
             try:
                 data, addr = self.esp6.recvfrom(65536)
             except BlockingIOError:
-                return
+                break
             self.stats["esp_rx"] += 1
             self._inbound(data, socket.inet_pton(socket.AF_INET6, addr[0].split("%")[0]),
                           None)
@@ -541,7 +541,7 @@ class Datapath:
             try:
                 data, addr = sock.recvfrom(65536)
             except BlockingIOError:
-                return
+                break
             try:
                 esp = parse_udp_encap(data)
             except EspError:

@@ -21,7 +21,7 @@ import pytest
 
 from nsf_agent.userspace import lab as L
 from nsf_agent.userspace.client import DatapathClient, spawn
-from nsf_agent.userspace.model import Direction, Lifetime, Mode, SaConfig
+from nsf_agent.userspace.model import Direction, Lifetime, Mode, SaConfig, UdpEncap
 
 pytestmark = [
     pytest.mark.root,
@@ -253,6 +253,27 @@ def test_soft_then_hard_byte_lifetime(tunnel: Tunnel) -> None:
     assert "lt-out" not in names and "t-ab" in names
     in_b = {s["sa"]: s for s in t.b.stats()["sas"]}
     assert 20 <= in_b["lt-in"]["packets"] <= 40  # the new SA carried traffic until removed
+
+
+def test_udp_encapsulated_tunnel(tunnel: Tunnel) -> None:
+    """Full replacement to an RFC 3948 UDP-encapsulated SA pair; the wire shows UDP 4500."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.ipsec import ESP, SecurityAssociation
+
+    t = tunnel
+    keys = L.TunnelKeys.random(0x4004, 0x5005)
+    t.keys = keys
+    for side, c in (("a", t.a), ("b", t.b)):
+        c.replace(*L.gateway_config(side, keys, encap=UdpEncap(4500, 4500)))
+    drain_capture(t)
+    assert ping(t, count=3)
+    udp = [IP(f[14:]) for f in drain_capture(t) if f[12:14] == b"\x08\x00"]
+    assert udp and all(p.proto == 17 and p[UDP].dport == 4500 for p in udp)
+    sa = SecurityAssociation(ESP, spi=keys.spi_ab, crypt_algo="AES-GCM", crypt_key=keys.key_ab,
+                             tunnel_header=IP(src=L.GW_A, dst=L.GW_B),
+                             nat_t_header=UDP(sport=4500, dport=4500))
+    ab = [p for p in udp if p.dst == L.GW_B]
+    assert ab and all(sa.decrypt(p)[IP].dst == L.HOST_B for p in ab)
 
 
 def test_acquire_when_no_sa(tunnel: Tunnel) -> None:
