@@ -308,6 +308,10 @@ def map_libyang_error(msg: str, path: str | None, apptag: str | None) -> RpcErro
     """Map a libyang validation message to RFC 6241 / RFC 7950 section 15 error tags."""
     low = msg.lower()
     etype = "application"
+    if apptag in ("instance-required", "missing-choice"):
+        return RpcError(etype, "data-missing", msg, path=path, app_tag=apptag)
+    if apptag:  # must-violation, too-many-elements, ... or a must's own error-app-tag
+        return RpcError(etype, "operation-failed", msg, path=path, app_tag=apptag)
     if "mandatory node" in low or "mandatory choice" in low:
         tag, app = "data-missing", ("missing-choice" if "choice" in low else None)
     elif "leafref" in low or "instance-identifier" in low or "require-instance" in low:

@@ -186,7 +186,8 @@ def sad_state(e: SadEntry) -> State:
         reqid=e.reqid,
         algorithms=algs,
         lifetime=_lifetime(e),
-        replay_window=e.anti_replay_window if e.direction == "inbound" else 0,
+        # The kernel wants a window on ESN states of either direction (outbound ignores it).
+        replay_window=e.anti_replay_window,
         esn=e.ext_seq_num,
         encap=encap,
     )
