@@ -1,0 +1,303 @@
+"""The `userspace` applier: RFC 9061 IKE-less SPD/SAD → the userspace ESP data path process
+(for kernels without ESP, like strongSwan's kernel-libipsec).
+
+The data path runs as its own process so that traffic never stalls the NETCONF server; it
+outlives an agent restart (the agent reconnects to its control socket in the state
+directory), so a restarted agent does not interrupt protected traffic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import select
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from lxml import etree
+
+from netconf_core.applier import ConfigChange, Notify
+from netconf_core.errors import RpcError
+from nsf_agent import ikeless
+from nsf_agent.ikeless import IkelessConfig, SadEntry
+from nsf_agent.ikeless import SpdEntry as CfgSpd
+from nsf_agent.userspace import model as um
+from nsf_agent.userspace.client import DatapathClient, DatapathError, spawn
+
+log = logging.getLogger(__name__)
+
+NS = ikeless.NS
+Q = ikeless.Q
+PORT_SUFFIX = "#"  # an SPD entry with several port ranges becomes name#1, name#2, ...
+
+
+def _path(kind: str, name: str) -> str:
+    lst = "sad/sad-entry" if kind == "sad" else "spd/spd-entry"
+    return f"/ietf-i2nsf-ikeless:ipsec-ikeless/{lst}[name='{name}']"
+
+
+def to_spd(e: CfgSpd) -> list[um.SpdEntry]:
+    """One RFC 9061 SPD entry → data path entries (one per pair of local and remote port ranges)."""
+    sel = e.selector
+    lports = [um.PortRange(r.start, r.end) for r in sel.local_ports] or [um.ANY_PORTS]
+    rports = [um.PortRange(r.start, r.end) for r in sel.remote_ports] or [um.ANY_PORTS]
+    combos = list(itertools.product(lports, rports))
+    out = []
+    for i, (lp, rp) in enumerate(combos):
+        name = e.name if len(combos) == 1 else f"{e.name}{PORT_SUFFIX}{i + 1}"
+        try:
+            out.append(um.SpdEntry(
+                name=name,
+                direction=um.Direction(e.direction),
+                selector=um.Selector(sel.local_prefix, sel.remote_prefix, sel.protocol, lp, rp),
+                action=um.Action(e.action),
+                reqid=e.reqid,
+                priority=e.index,
+            ))
+        except um.ModelError as exc:
+            raise RpcError("application", "invalid-value", f"SPD entry {e.name!r}: {exc}",
+                           path=_path("spd", e.name)) from exc
+    return out
+
+
+def to_sa(e: SadEntry) -> um.SaConfig:
+    if e.protocol != "esp":
+        raise RpcError("application", "invalid-value",
+                       f"SAD entry {e.name!r}: the userspace data path does ESP only",
+                       path=_path("sad", e.name))
+    enc = e.encryption.number if e.encryption else um.EncAlg.NULL
+    integ = e.integrity.number if e.integrity else um.IntegAlg.NONE
+    if enc not in um.EncAlg.__members__.values() or integ not in um.IntegAlg.__members__.values():
+        raise RpcError(
+            "application", "invalid-value",
+            f"SAD entry {e.name!r}: the userspace data path supports encryption "
+            f"{[int(a) for a in um.EncAlg]} and integrity {[int(a) for a in um.IntegAlg]}",
+            path=_path("sad", e.name) + "/ipsec-sa-config/esp-sa",
+        )
+    if e.encap is not None and e.encap.kind != "espinudp":
+        raise RpcError("application", "invalid-value",
+                       f"SAD entry {e.name!r}: only ESP-in-UDP encapsulation is supported",
+                       path=_path("sad", e.name) + "/ipsec-sa-config/encapsulation-type")
+    try:
+        return um.SaConfig(
+            name=e.name, spi=e.spi, direction=um.Direction(e.direction),
+            src=e.src, dst=e.dst, mode=um.Mode(e.mode),
+            enc_alg=um.EncAlg(enc), enc_key=e.enc_key,
+            integ_alg=um.IntegAlg(integ), integ_key=e.integ_key,
+            reqid=e.reqid, replay_window=e.anti_replay_window, esn=e.ext_seq_num,
+            soft=um.Lifetime(bytes=e.soft.bytes, packets=e.soft.packets, time=e.soft.time,
+                             idle=e.soft.idle),
+            hard=um.Lifetime(bytes=e.hard.bytes, packets=e.hard.packets, time=e.hard.time,
+                             idle=e.hard.idle),
+            encap=um.UdpEncap(e.encap.sport, e.encap.dport) if e.encap else None,
+        )
+    except um.ModelError as exc:
+        raise RpcError("application", "invalid-value", f"SAD entry {e.name!r}: {exc}",
+                       path=_path("sad", e.name)) from exc
+
+
+def translate(cfg: IkelessConfig) -> tuple[list[um.SaConfig], list[um.SpdEntry]]:
+    return [to_sa(e) for e in cfg.sad], [s for e in cfg.spd for s in to_spd(e)]
+
+
+class UserspaceApplier:
+    """Applier feeding the userspace ESP data path over its control socket."""
+
+    name = "userspace"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        netns: str | None = None,
+        tun: str = "i2u0",
+        extra_args: tuple[str, ...] = (),
+        connect_timeout: float = 15.0,
+    ) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.control = str(state_dir / "datapath.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client = self._connect_or_spawn(netns, tun, extra_args, connect_timeout,
+                                             str(state_dir / "datapath.log"))
+        self.notify: Notify | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._cfg = IkelessConfig()
+        self._pump: threading.Thread | None = None
+
+    def _connect_or_spawn(self, netns: str | None, tun: str, extra: tuple[str, ...],
+                          timeout: float, log_path: str) -> DatapathClient:
+        if os.path.exists(self.control):
+            try:
+                client = DatapathClient(self.control, timeout=2.0)
+                client.ping()
+                log.info("userspace: reattached to the running data path")
+                return client
+            except (OSError, TimeoutError, DatapathError):
+                os.unlink(self.control)
+        self.proc = spawn(self.control, tun=tun, netns=netns, extra=extra, log_path=log_path)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"userspace data path exited ({self.proc.returncode}); "
+                                   f"see {log_path}")
+            try:
+                client = DatapathClient(self.control, timeout=10.0)
+                client.ping()
+                return client
+            except (OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)  # the child is starting; poll its socket
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def bind(self, notify: Notify) -> None:
+        self.notify = notify
+        self._pump = threading.Thread(target=self._events, name="datapath-events", daemon=True)
+        self._pump.start()
+
+    def close(self, stop_datapath: bool = False) -> None:
+        self._stop.set()
+        with self._lock:
+            if stop_datapath:
+                with contextlib.suppress(OSError, TimeoutError, DatapathError):
+                    self.client.shutdown()
+            self.client.close()
+        if stop_datapath and self.proc is not None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    # ---- transaction -------------------------------------------------------------------
+
+    def validate(self, change: ConfigChange) -> None:
+        translate(ikeless.parse(change.new))
+
+    def prepare(self, change: ConfigChange) -> None:
+        new = ikeless.parse(change.new)
+        change.scratch["userspace.new"] = new
+        change.scratch["userspace.msg"] = translate(new)
+
+    def _replace(self, sas: list[um.SaConfig], spd: list[um.SpdEntry]) -> None:
+        with self._lock:
+            self.client.replace(sas, spd)
+
+    def apply(self, change: ConfigChange) -> None:
+        sas, spd = change.scratch["userspace.msg"]  # type: ignore[misc]
+        try:
+            self._replace(sas, spd)
+        except (DatapathError, OSError, TimeoutError) as exc:
+            # A refused replace changes nothing in the data path.
+            raise RpcError("application", "operation-failed",
+                           f"userspace data path refused the change: {exc}") from exc
+        self._cfg = change.scratch["userspace.new"]  # type: ignore[assignment]
+
+    def abort(self, change: ConfigChange) -> None:
+        old = ikeless.parse(change.old)
+        self._replace(*translate(old))
+        self._cfg = old
+
+    def reconcile(self, running: etree._Element) -> None:
+        cfg = ikeless.parse(running)
+        self._replace(*translate(cfg))
+        self._cfg = cfg
+
+    # ---- operational state ---------------------------------------------------------------
+
+    def stats(self) -> dict:
+        with self._lock:
+            return self.client.stats()
+
+    def state(self, running: etree._Element) -> list[etree._Element]:
+        if not self._cfg.sad:
+            return []
+        snap = self.stats()
+        by_name = {s["sa"]: s for s in snap.get("sas", [])}
+        root = etree.Element(Q + "ipsec-ikeless", nsmap={None: NS})
+        sad = etree.SubElement(root, Q + "sad")
+        for e in self._cfg.sad:
+            s = by_name.get(e.name)
+            if s is None:
+                continue
+            ent = etree.SubElement(sad, Q + "sad-entry")
+            etree.SubElement(ent, Q + "name").text = e.name
+            st = etree.SubElement(ent, Q + "ipsec-sa-state")
+            cur = etree.SubElement(st, Q + "sa-lifetime-current")
+            etree.SubElement(cur, Q + "time").text = str(int(s.get("age", 0)))
+            etree.SubElement(cur, Q + "bytes").text = str(int(s.get("bytes", 0)))
+            etree.SubElement(cur, Q + "packets").text = str(min(int(s.get("packets", 0)),
+                                                                 2**32 - 1))
+            rs = etree.SubElement(st, Q + "replay-stats")
+            rw = etree.SubElement(rs, Q + "replay-window")
+            etree.SubElement(rw, Q + "w").text = str(e.anti_replay_window)
+            etree.SubElement(rw, Q + "t").text = str(int(s.get("replay_top", 0)))
+            etree.SubElement(rs, Q + "packet-dropped").text = str(int(s.get("replay", 0)))
+            failed = int(s.get("integrity_failed", 0)) + int(s.get("decrypt_failed", 0))
+            etree.SubElement(rs, Q + "failed").text = str(failed)
+            etree.SubElement(rs, Q + "seq-number-counter").text = str(int(s.get("seq", 0)))
+        return [root]
+
+    # ---- data path events → RFC 9061 notifications -----------------------------------------
+
+    def _events(self) -> None:
+        while not self._stop.is_set():
+            try:
+                readable, _, _ = select.select([self.client.sock], [], [], 0.5)
+                with self._lock:
+                    # Requests may have queued events already; a readable socket holds more.
+                    evs = self.client.events(timeout=0.05 if readable else 0.0)
+            except (OSError, ValueError, ConnectionError):
+                if not self._stop.is_set():
+                    log.exception("userspace: lost the data path's event channel")
+                return
+            for ev in evs:
+                try:
+                    self._on_event(ev)
+                except Exception:
+                    log.exception("userspace: cannot turn a data path event into a notification")
+
+    def _on_event(self, ev: dict) -> None:
+        if self.notify is None:
+            return
+        kind = ev.get("event")
+        if kind == "expire":
+            if ev.get("trigger") == "seq-overflow":
+                n = etree.Element(Q + "sadb-seq-overflow", nsmap={None: NS})
+                etree.SubElement(n, Q + "ipsec-sa-name").text = str(ev["sa"])
+                self.notify(n)
+            n = etree.Element(Q + "sadb-expire", nsmap={None: NS})
+            etree.SubElement(n, Q + "ipsec-sa-name").text = str(ev["sa"])
+            etree.SubElement(n, Q + "soft-lifetime-expire").text = (
+                "false" if ev.get("hard") else "true")
+            cur = etree.SubElement(n, Q + "lifetime-current")
+            for k in ("bytes", "packets"):
+                if k in ev:
+                    etree.SubElement(cur, Q + k).text = str(int(ev[k]))
+            self.notify(n)
+        elif kind == "acquire":
+            name = str(ev.get("spd", "")).split(PORT_SUFFIX)[0]
+            entry = self._cfg.spd_by_name().get(name)
+            n = etree.Element(Q + "sadb-acquire", nsmap={None: NS})
+            etree.SubElement(n, Q + "ipsec-policy-name").text = name
+            ts = etree.SubElement(n, Q + "traffic-selector")
+            src, dst = ev.get("src"), ev.get("dst")
+            if entry is not None and entry.direction == "inbound":
+                src, dst = dst, src
+            etree.SubElement(ts, Q + "local-prefix").text = _host(src)
+            etree.SubElement(ts, Q + "remote-prefix").text = _host(dst)
+            proto = ev.get("protocol")
+            etree.SubElement(ts, Q + "inner-protocol").text = str(proto) if proto else "any"
+            self.notify(n)
+
+
+def _host(addr: object) -> str:
+    import ipaddress
+
+    if not addr:
+        return "0.0.0.0/0"
+    return str(ipaddress.ip_network(str(addr), strict=False))
