@@ -33,8 +33,10 @@ class Agent:
 
     def __init__(self, config: AgentConfig, appliers: list[Applier] | None = None) -> None:
         self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(config.state_dir, 0o700)
         self.appliers = appliers if appliers is not None else [
-            dataplane.create(name) for name in config.appliers
+            dataplane.create(name, config) for name in config.appliers
         ]
         self.server: NetconfServer | None = None
         self.ssh: SshTransport | None = None
