@@ -137,7 +137,7 @@ class NetconfServer:
             log.warning("session %d ended with its confirmed commit unconfirmed", sess.id)
             self.rollback_confirmed("cancel", None)
         log.info("session %d ended (%s)", sess.id, reason)
-        if sess.state != "hello-wait" or reason != "bad-hello":
+        if sess.opened:  # session-end only pairs with a session-start
             fields = _user_info(sess)
             if killed_by is not None:
                 fields.append(("killed-by", str(killed_by)))

@@ -56,6 +56,7 @@ class NetconfSession:
         self.client_capabilities: list[str] = []
         self.after_reply: list[Callable[[], None]] = []
         self._hello_timer: asyncio.TimerHandle | None = None
+        self.opened = False  # the hello exchange completed
         self.end_reason = "dropped"
         self.killed_by: int | None = None
 
@@ -123,6 +124,7 @@ class NetconfSession:
         if BASE_11 in caps:
             self.framer.use_chunked()
         self.state = OPEN
+        self.opened = True
         log.info(
             "session %d open: user %s from %s, framing %s",
             self.id, self.username, self.source_host, "1.1" if self.framer.chunked else "1.0",
