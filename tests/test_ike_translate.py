@@ -360,16 +360,16 @@ def test_missing_psk() -> None:
     assert err.app_tag == "missing-secret"
 
 
-def test_psk_only_on_one_entry_is_enough_but_two_different_ones_are_not() -> None:
+def test_psk_of_the_remote_entry_wins_the_local_one_is_a_fallback() -> None:
     root = example()
-    auth = _pads(root)[0].find(Q + "peer-authentication")
+    auth = _pads(root)[1].find(Q + "peer-authentication")
     auth.remove(auth.find(Q + "pre-shared"))
-    assert len(translate.parse(root).secrets) == 1
+    [sec] = translate.parse(root).secrets.values()
+    assert sec.data == bytes.fromhex("5d3ac812770e4ba9f16c28de9340b765")  # the local one
     root = example()
-    _pads(root)[0].find(f".//{Q}secret").text = "00:11"
-    err = error_of(root)
-    assert err.app_tag == "psk-mismatch"
-    assert "00:11" not in err.message and "0011" not in err.message
+    _pads(root)[1].find(f".//{Q}secret").text = "00:11"
+    [sec] = translate.parse(root).secrets.values()
+    assert sec.data == b"\x00\x11"
 
 
 def test_eap() -> None:

@@ -144,28 +144,34 @@ class Vici:
                 self._session.transport.socket.close()
         self._session = None
 
-    def request(self, command: str, message: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _call(self, fn: Callable[[vici.Session], Any], command: str) -> Any:
+        """Run `fn` on the session. A session left over from a charon that has since been
+        restarted fails on its first send: that one is retried once on a new connection
+        (nothing reached charon, so nothing runs twice)."""
         with self._lock:
-            try:
-                return dict(self._s().request(command, message))
-            except vici.exception.CommandException as exc:
-                raise ViciError(str(exc).removeprefix("Command failed: ")) from None
-            except (OSError, vici.exception.SessionException,
-                    vici.exception.DeserializationException) as exc:
-                self._drop()
-                raise CharonError(f"vici {command}: {exc}") from exc
+            for attempt in (0, 1):
+                fresh = self._session is None
+                try:
+                    return fn(self._s())
+                except vici.exception.CommandException as exc:
+                    raise ViciError(str(exc).removeprefix("Command failed: ")) from None
+                except (BrokenPipeError, ConnectionResetError) as exc:
+                    self._drop()
+                    if fresh or attempt:
+                        raise CharonError(f"vici {command}: {exc}") from exc
+                except (OSError, vici.exception.SessionException,
+                        vici.exception.DeserializationException) as exc:
+                    self._drop()
+                    raise CharonError(f"vici {command}: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def request(self, command: str, message: dict[str, Any] | None = None) -> dict[str, Any]:
+        return dict(self._call(lambda s: s.request(command, message), command))
 
     def stream(self, command: str, event: str,
                message: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        with self._lock:
-            try:
-                return [dict(m) for m in self._s().streamed_request(command, event, message)]
-            except vici.exception.CommandException as exc:
-                raise ViciError(str(exc).removeprefix("Command failed: ")) from None
-            except (OSError, vici.exception.SessionException,
-                    vici.exception.DeserializationException) as exc:
-                self._drop()
-                raise CharonError(f"vici {command}: {exc}") from exc
+        return self._call(
+            lambda s: [dict(m) for m in s.streamed_request(command, event, message)], command)
 
     def alive(self) -> bool:
         try:

@@ -576,27 +576,26 @@ def _auth_section(pad: Pad, *, local: bool, conn: str, opts: Options,
 
 
 def _psk(local: Pad, remote: Pad, cpath: str, opts: Options, cfg: IkeConfig) -> str | None:
+    """The PSK of a peer pair. The remote PAD entry binds the peer to its key, so its secret
+    wins; the local entry's secret serves when the remote entry has none (RFC 9061's example
+    puts the same secret in both). strongSwan uses one key for both directions."""
     if local.method != "pre-shared" and remote.method != "pre-shared":
         return None
-    secrets = {p.name: p.secret for p in (local, remote)
-               if p.method == "pre-shared" and p.secret is not None}
-    if not secrets:
+    secret = next((p.secret for p in (remote, local)
+                   if p.method == "pre-shared" and p.secret is not None), None)
+    if secret is None:
         who = remote if remote.method == "pre-shared" else local
         raise _err(
             f"PAD entry {who.name!r}: pre-shared authentication without a secret "
             f"(connection {cpath.rsplit('=', 1)[-1][1:-2]!r})",
             pad_path(who.name) + "/peer-authentication/pre-shared/secret", "data-missing",
             app_tag="missing-secret")
-    values = set(secrets.values())
-    if len(values) > 1:
-        raise _err(
-            f"PAD entries {local.name!r} and {remote.name!r} hold different pre-shared "
-            "secrets; strongSwan uses one key for both directions of a peer pair",
-            pad_path(remote.name) + "/peer-authentication/pre-shared/secret",
-            app_tag="psk-mismatch")
+    if local.secret is not None and remote.secret is not None and local.secret != secret:
+        log.debug("PAD entries %r and %r hold different secrets; using the remote one",
+                  local.name, remote.name)
     sid = f"{opts.prefix}psk:{local.name}:{remote.name}"
     owners = tuple(dict.fromkeys(i for i in (local.id, remote.id)))
-    cfg.secrets[sid] = Secret(sid, "IKE", values.pop(), owners)  # type: ignore[arg-type]
+    cfg.secrets[sid] = Secret(sid, "IKE", secret, owners)
     return sid
 
 
