@@ -594,3 +594,10 @@ def ike_sa_state(sa: dict[str, Any]) -> etree._Element:
             _leaf(ce, "remote-ts", _s(ts))
     return st
 
+
+
+def create(cfg: Any) -> IkeApplier:
+    """Factory for the agent's dataplane registry (`nsf_agent.appliers.ike:create`): an
+    agent runs inside its network namespace, so charon is started there too, with its
+    files under `<state_dir>/ike`."""
+    return IkeApplier(Path(cfg.state_dir))
