@@ -8,6 +8,7 @@ layer with RFC 9061 ietf-i2nsf-ike configuration; a host behind each gateway.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -580,3 +581,145 @@ def test_charon_restart_and_reconcile(gateways: tuple[Gateway, Gateway]) -> None
     gw1.vici.request("load-conn", foreign)
     gw1.store.reconcile()
     assert sorted(gw1.conns()) == ["i2nsf-g2g", "someone-else"]
+
+
+# ---- the whole agent over NETCONF ------------------------------------------------------------
+
+
+class NetnsAgent:
+    """`i2nsf-agent run` inside a gateway namespace with the ike applier, driven by ncclient
+    (the agent listens on the namespace's loopback)."""
+
+    def __init__(self, netns: str, state: Path) -> None:
+        from netconf_core.auth import hash_password
+
+        self.netns, self.state = netns, state
+        self.password = "ike-pw-" + secrets.token_hex(4)
+        self.port = 18300 + secrets.randbelow(1000)
+        self.cfg = state.parent / f"{state.name}.toml"
+        self.cfg.write_text(
+            f'[server]\nhost = "127.0.0.1"\nport = {self.port}\nstate_dir = "{state}"\n'
+            '[yang]\nmodules = ["ietf-i2nsf-ikec", "ietf-i2nsf-ike", "ietf-i2nsf-ikeless", '
+            '"i2nsf-ike-events"]\n'
+            '[dataplane]\nappliers = ["nsf_agent.appliers.ike:create"]\n'
+            f'[[users]]\nname = "admin"\npassword_hash = "{hash_password(self.password)}"\n')
+        self.log = state.parent / f"{state.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _sock(self) -> Any:
+        import socket
+
+        out: dict[str, Any] = {}
+
+        def work() -> None:
+            from pyroute2 import netns as pnetns
+
+            try:
+                pnetns.setns(self.netns)
+                out["s"] = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            except OSError as exc:
+                out["e"] = exc
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        if "e" in out:
+            raise out["e"]
+        return out["s"]
+
+    def start(self) -> None:
+        import sys
+
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.netns, sys.executable, "-m", "nsf_agent.cli",
+                 "run", "-c", str(self.cfg)], stdout=log, stderr=log)
+
+        def listening() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited: {self.log.read_text()[-2000:]}")
+            try:
+                self._sock().close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(listening, 30, "the agent to listen")
+
+    def connect(self) -> Any:
+        from ncclient import manager
+
+        return manager.connect(
+            host="127.0.0.1", port=self.port, username="admin", password=self.password,
+            sock=self._sock(), hostkey_verify=False, allow_agent=False, look_for_keys=False,
+            timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        pidfile = self.state / "ike" / "charon-run" / "charon.pid"
+        if pidfile.exists():  # the agent died without stopping its charon
+            with contextlib.suppress(ValueError, ProcessLookupError):
+                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+
+
+@pytest.fixture
+def agents(lab: Lab, tmp_path: Path) -> Iterator[tuple[NetnsAgent, NetnsAgent]]:
+    import ncclient.transport.session as nc_session
+
+    nc_session.TICK = 0.001
+    started: list[NetnsAgent] = []
+    try:
+        for i, ns in enumerate((lab.gw1, lab.gw2)):
+            a = NetnsAgent(ns, tmp_path / f"agent{i + 1}")
+            started.append(a)
+            a.start()
+        yield started[0], started[1]
+    finally:
+        for a in started:
+            a.stop()
+
+
+def test_over_netconf(lab: Lab, agents: tuple[NetnsAgent, NetnsAgent]) -> None:
+    a1, a2 = agents
+    with a1.connect() as m1, a2.connect() as m2:
+        assert any("i2nsf-ike-events" in c for c in m1.server_capabilities)
+        m1.create_subscription()
+        for m, side in ((m1, 1), (m2, 2)):
+            m.edit_config(target="candidate", config=(
+                f'<config xmlns="{NC_NS}">{gw_config(side, psk_auth(), psk_auth())}</config>'))
+            m.commit()
+        flt = ("subtree", f'<ipsec-ike xmlns="{IKE}"><conn-entry><state/></conn-entry>'
+                          "</ipsec-ike>")
+
+        def child_state() -> etree._Element | None:
+            data = etree.fromstring(m1.get(filter=flt).data_xml.encode())
+            for cs in data.iter(f"{EV}child-sa"):
+                if cs.findtext(f"{EV}sa-state") == "INSTALLED":
+                    return cs
+            return None
+
+        wait_until(lambda: child_state() is not None, 30, "an INSTALLED child-sa in <get>")
+        wait_until(lambda: ping(lab), 20, "ping through the tunnel", interval=0.2)
+
+        def notification(kind: str) -> bool:
+            n = m1.take_notification(block=True, timeout=0.5)
+            if n is None:
+                return False
+            root = etree.fromstring(n.notification_xml.encode())
+            return any(etree.QName(c).localname == kind and etree.QName(c).namespace == EV_NS
+                       for c in root)
+
+        wait_until(lambda: notification("ike-sa-up"), 20, "ike-sa-up over NETCONF")
+        m1.edit_config(target="candidate", default_operation="none", config=(
+            f'<config xmlns="{NC_NS}"><ipsec-ike xmlns="{IKE}" xmlns:nc="{NC_NS}" '
+            'nc:operation="delete"/></config>'))
+        m1.commit()
+        wait_until(lambda: notification("ike-sa-down"), 20, "ike-sa-down over NETCONF")
+        assert not ping(lab)
