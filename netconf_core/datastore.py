@@ -59,6 +59,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 class Datastores:
     """running / candidate / startup, each a `<data>` root (NETCONF base namespace) of config.
 
+    Stored trees are never modified in place (every change builds a new tree), so an
+    unmodified candidate simply shares running's tree and follows every change of running.
+
     All methods are synchronous; the server serialises calls. Every method that changes a
     datastore validates the complete resulting tree with libyang first and raises `RpcError`
     (leaving every datastore byte-identical) on any problem.
@@ -81,7 +84,7 @@ class Datastores:
             running = copy.deepcopy(startup) if startup is not None else empty_data()
         self._trees["running"] = running
         self._trees["startup"] = startup if startup is not None else copy.deepcopy(running)
-        self._trees["candidate"] = copy.deepcopy(running)
+        self._trees["candidate"] = running
         if state_dir is not None and not (state_dir / "startup.xml").exists():
             self._persist("startup")
 
@@ -229,6 +232,8 @@ class Datastores:
                 done.append(ap)
             self._trees["running"] = new
             self._persist("running")
+            if not self._candidate_modified:
+                self._trees["candidate"] = new
         except BaseException as exc:
             self._trees["running"] = old
             for ap in reversed(done):
@@ -267,11 +272,11 @@ class Datastores:
         """candidate → running through the appliers (all-or-nothing)."""
         new = self._canonical(copy.deepcopy(self._trees["candidate"]))
         self._commit_running(new)
-        self._trees["candidate"] = copy.deepcopy(self._trees["running"])
+        self._trees["candidate"] = self._trees["running"]
         self._candidate_modified = False
 
     def discard_changes(self) -> None:
-        self._trees["candidate"] = copy.deepcopy(self._trees["running"])
+        self._trees["candidate"] = self._trees["running"]
         self._candidate_modified = False
 
     def restore_running(self, snapshot: etree._Element) -> None:

@@ -65,6 +65,34 @@ class _Editor:
         self.schema = schema
         self.continue_on_error = continue_on_error
         self.errors: list[RpcError] = []
+        # (parent element, list tag) → {key values: entry}; built once per parent so that an
+        # edit of n entries costs O(n), not O(n²). Holding the parent proxy keeps id() stable.
+        self._lists: dict[tuple[int, str], tuple[etree._Element, dict]] = {}
+
+    def _list_index(self, target: etree._Element, sn: SchemaNode) -> dict:
+        k = (id(target), sn.tag)
+        hit = self._lists.get(k)
+        if hit is None:
+            idx: dict = {}
+            for cand in target.iterchildren(sn.tag):
+                kt = _key_tuple(cand, sn)
+                if kt is not None:
+                    idx.setdefault(kt, cand)
+            hit = self._lists[k] = (target, idx)
+        return hit[1]
+
+    def _indexed(self, target: etree._Element, sn: SchemaNode, node: etree._Element) -> None:
+        if sn.kind == "list":
+            kt = _key_tuple(node, sn)
+            if kt is not None:
+                self._list_index(target, sn)[kt] = node
+
+    def _unindexed(self, target: etree._Element, sn: SchemaNode, node: etree._Element) -> None:
+        if sn.kind == "list":
+            kt = _key_tuple(node, sn)
+            idx = self._list_index(target, sn)
+            if kt is not None and idx.get(kt) is node:
+                del idx[kt]
 
     # The path we report in <error-path>: /prefix:name[key='v']/... built from module names.
     def _path(self, parent_path: str, sn: SchemaNode, edit: etree._Element | None) -> str:
@@ -145,11 +173,7 @@ class _Editor:
     ) -> etree._Element | None:
         tag = sn.tag
         if sn.kind == "list":
-            want = tuple(self.list_keys(edit, sn, path))
-            for cand in target.iterchildren(tag):
-                if _key_tuple(cand, sn) == want:
-                    return cand
-            return None
+            return self._list_index(target, sn).get(tuple(self.list_keys(edit, sn, path)))
         if sn.kind == "leaf-list":
             value = _text(edit)
             for cand in target.iterchildren(tag):
@@ -210,10 +234,12 @@ class _Editor:
                     "application", "data-missing",
                     f"cannot delete {sn.name!r}: it does not exist", path=path,
                 )
+            self._unindexed(target, sn, existing)
             target.remove(existing)
             return
         if op == "remove":
             if existing is not None:
+                self._unindexed(target, sn, existing)
                 target.remove(existing)
             return
         if op == "create" and existing is not None:
@@ -225,11 +251,19 @@ class _Editor:
             node = self._new_node(sn, edit)
             existing.addprevious(node)
             target.remove(existing)
+            self._indexed(target, sn, node)
             self._maybe_move(target, node, edit, sn, path, replaced=True)
             self._fill(node, edit, sn, "replace", path)
             return
 
         # merge / create / replace-of-missing / none
+        if existing is None and op != "none" and not _has_edit_attributes(edit):
+            # Nothing to merge with and no nested operations: the subtree is the result.
+            # libyang's strict parse of the whole tree then checks every node in it.
+            node = self._copy_plain(edit)
+            self._insert(target, node, edit, sn, path)
+            self._indexed(target, sn, node)
+            return
         if existing is None:
             if op == "none" and (
                 sn.kind in ("leaf", "leaf-list") or not self._needs_creation(edit, sn)
@@ -239,6 +273,7 @@ class _Editor:
                 )
             node = self._new_node(sn, edit)
             self._insert(target, node, edit, sn, path)
+            self._indexed(target, sn, node)
             self._fill(node, edit, sn, op, path)
             return
 
@@ -313,16 +348,15 @@ class _Editor:
                 f"'insert' on {sn.name!r}, which is not ordered-by user",
                 path=path, info={"bad-attribute": "insert", "bad-element": sn.name},
             )
-        siblings = list(target.iterchildren(sn.tag))
         if insert in (None, "last"):
-            if siblings:
-                siblings[-1].addnext(node)
-            else:
-                target.append(node)
+            # Only the order among instances of one list or leaf-list carries meaning (the
+            # stored tree is re-printed in schema order), so appending is "last".
+            target.append(node)
             return
         if insert == "first":
-            if siblings:
-                siblings[0].addprevious(node)
+            first = target.find(sn.tag)
+            if first is not None:
+                first.addprevious(node)
             else:
                 target.append(node)
             return
@@ -361,10 +395,9 @@ class _Editor:
                 raise RpcError("protocol", "bad-attribute", f"key attribute {ref!r} must name "
                                f"every key of {sn.name!r}", path=path,
                                info={"bad-attribute": "key", "bad-element": sn.name})
-            wanted = tuple(want[k] for k in sn.keys)
-            for cand in target.iterchildren(sn.tag):
-                if _key_tuple(cand, sn) == wanted:
-                    return cand
+            anchor = self._list_index(target, sn).get(tuple(want[k] for k in sn.keys))
+            if anchor is not None:
+                return anchor
         else:
             ref = edit.get(VALUE_ATTR)
             if ref is None:
@@ -390,6 +423,16 @@ def _parse_key_predicates(ref: str) -> dict[str, str]:
         raise RpcError("protocol", "bad-attribute", f"cannot parse key attribute {ref!r}",
                        info={"bad-attribute": "key"})
     return out
+
+
+_EDIT_ATTRS = etree.XPath(
+    "boolean(descendant::*/@nc:operation | descendant-or-self::*/@yang:insert)",
+    namespaces={"nc": NC_NS, "yang": YANG_NS},
+)
+
+
+def _has_edit_attributes(edit: etree._Element) -> bool:
+    return bool(_EDIT_ATTRS(edit))
 
 
 def _key_tuple(entry: etree._Element, sn: SchemaNode) -> tuple[str, ...] | None:

@@ -73,8 +73,9 @@ def create_context(
         if wanted is None:
             mod.feature_enable_all()
         else:
-            for feat in wanted:
-                mod.feature_enable(feat)
+            from netconf_core.features import set_features
+
+            set_features(ctx, name, wanted)
         log.debug("loaded YANG module %s", name)
     return ctx
 
