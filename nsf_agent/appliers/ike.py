@@ -334,8 +334,9 @@ class IkeApplier:
         ledger = self._ledger()
         failures = 0
         steps: list[Step] = []
-        steps += plan(IkeConfig(), IkeConfig(secrets=cfg.secrets, keys={
-            r: k for r, k in cfg.keys.items() if r not in ledger}, crls=cfg.crls))
+        # keys are loaded again even if the ledger has them: a restarted charon lost them
+        # (loading a key charon holds is harmless, it keeps one copy)
+        steps += plan(IkeConfig(), IkeConfig(secrets=cfg.secrets, keys=cfg.keys, crls=cfg.crls))
         for c in cfg.conns.values():
             steps.append(Step("load-conn", f"connection {c.name!r}",
                               translate.conn_path(c.name), c.load_message()))

@@ -551,6 +551,14 @@ def test_certificates_tunnel(lab: Lab, gateways: tuple[Gateway, Gateway]) -> Non
     wait_until(lambda: ping(lab), 20, "h1 → h2 ping through the certificate tunnel", interval=0.2)
     [(_, sa)] = [x for x in gw1.sas() if x[1].get("state") == b"ESTABLISHED"][:1]
     assert sa["remote-id"] == GW2.encode()
+
+    # a restarted charon gets its private key back and brings the tunnel up again
+    charon = gw1.applier.charon
+    assert charon is not None and charon.proc is not None
+    os.kill(charon.proc.pid, signal.SIGKILL)
+    wait_until(lambda: charon.restarts >= 1 and charon.running(), 20, "charon restarted")
+    wait_until(gw1.installed_child, 40, "the certificate tunnel after a charon restart")
+    wait_until(lambda: ping(lab), 20, "ping after the charon restart", interval=0.2)
     gw1.delete_all()
     assert gw1.applier._ledger() == {}
     assert gw1.conns() == {}
