@@ -9,6 +9,7 @@ local → remote, an inbound one remote → local.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -245,6 +246,12 @@ def _hex(v: str | None) -> bytes:
     return bytes.fromhex(v.replace(":", ""))
 
 
+# Large SPDs repeat the same few prefixes and tunnel endpoints; parsing them is the
+# dominant cost of translating a 10,000-entry tree, so parse each string once.
+_net = functools.lru_cache(maxsize=65536)(lambda s: ipaddress.ip_network(s, strict=False))
+_addr = functools.lru_cache(maxsize=65536)(ipaddress.ip_address)
+
+
 def _ports(sel: etree._Element, name: str) -> tuple[PortRange, ...]:
     return tuple(
         PortRange(int(p.findtext(Q + "start") or 0), int(p.findtext(Q + "end") or 0))
@@ -257,8 +264,8 @@ def _selector(sel: etree._Element | None, path: str) -> Selector:
         raise RpcError("application", "data-missing", "traffic-selector is missing", path=path)
     proto = _t(sel, "inner-protocol", "any")
     return Selector(
-        local_prefix=ipaddress.ip_network(_t(sel, "local-prefix") or "", strict=False),
-        remote_prefix=ipaddress.ip_network(_t(sel, "remote-prefix") or "", strict=False),
+        local_prefix=_net(_t(sel, "local-prefix") or ""),
+        remote_prefix=_net(_t(sel, "remote-prefix") or ""),
         protocol=None if proto == "any" else int(proto or 0),
         local_ports=_ports(sel, "local-ports"),
         remote_ports=_ports(sel, "remote-ports"),
@@ -269,8 +276,8 @@ def _tunnel(t: etree._Element | None) -> Tunnel | None:
     if t is None or _t(t, "local") is None:
         return None
     return Tunnel(
-        local=ipaddress.ip_address(_t(t, "local") or ""),
-        remote=ipaddress.ip_address(_t(t, "remote") or ""),
+        local=_addr(_t(t, "local") or ""),
+        remote=_addr(_t(t, "remote") or ""),
         df_bit=_t(t, "df-bit", "clear") or "clear",
         bypass_dscp=_bool(t, "bypass-dscp", True),
     )

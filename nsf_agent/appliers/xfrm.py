@@ -11,6 +11,7 @@ in the agent's state directory. Reconciliation never touches anything else.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -96,6 +97,7 @@ def policy_key(p: Policy) -> PolicyKey:
                      s.sport_mask or 0, s.dport, s.dport_mask or 0)
 
 
+@functools.lru_cache(maxsize=65536)
 def _norm(prefix: str | None) -> str:
     if prefix is None:
         return "any"
@@ -232,6 +234,7 @@ class XfrmApplier:
         self._listener_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._running_cfg = IkelessConfig()
+        self._running_tree: etree._Element | None = None
         self._lock = threading.Lock()
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -259,12 +262,22 @@ class XfrmApplier:
 
     # ---- transaction ---------------------------------------------------------------------
 
+    def _parsed(self, change: ConfigChange) -> tuple[IkelessConfig, IkelessConfig]:
+        """Old and new translations, each computed once per transaction (the old one is
+        what this applier last applied when `old` is that tree)."""
+        if "ikeless.new" not in change.scratch:
+            change.scratch["ikeless.new"] = ikeless.parse(change.new)
+        if "ikeless.old" not in change.scratch:
+            change.scratch["ikeless.old"] = (
+                self._running_cfg if change.old is self._running_tree
+                else ikeless.parse(change.old))
+        return change.scratch["ikeless.old"], change.scratch["ikeless.new"]  # type: ignore[return-value]
+
     def validate(self, change: ConfigChange) -> None:
-        ikeless.parse(change.new)
+        self._parsed(change)
 
     def prepare(self, change: ConfigChange) -> None:
-        old = ikeless.parse(change.old)
-        new = ikeless.parse(change.new)
+        old, new = self._parsed(change)
         change.scratch["xfrm.ops"] = self._ops(desired(old), desired(new))
         change.scratch["xfrm.new"] = new
 
@@ -301,6 +314,7 @@ class XfrmApplier:
         ops: list[Op] = change.scratch.get("xfrm.ops", [])  # type: ignore[assignment]
         if not ops:
             self._running_cfg = change.scratch.get("xfrm.new", self._running_cfg)  # type: ignore[assignment]
+            self._running_tree = change.new
             return
         with self._lock:
             results = self._run([(o.kind, o.obj) for o in ops])
@@ -313,6 +327,7 @@ class XfrmApplier:
             new_cfg: IkelessConfig = change.scratch["xfrm.new"]  # type: ignore[assignment]
             self._save_ledger(state_key(sad_state(e)) for e in new_cfg.sad)
             self._running_cfg = new_cfg
+            self._running_tree = change.new
         log.info("xfrm: applied %d kernel operations", len(ops))
 
     def _undo(self, done: list[Op]) -> None:
@@ -329,6 +344,7 @@ class XfrmApplier:
         with self._lock:
             self._undo(ops)
             self._running_cfg = ikeless.parse(change.old)
+            self._running_tree = change.old
             self._save_ledger(state_key(sad_state(e)) for e in self._running_cfg.sad)
 
     def _rpc_error(self, op: Op, err: XfrmError) -> RpcError:
@@ -372,6 +388,7 @@ class XfrmApplier:
             log.error("xfrm reconcile: %s", e)
         self._save_ledger(want.states)
         self._running_cfg = cfg
+        self._running_tree = running
         log.info("xfrm: reconciled (%d operations, %d failed)", len(ops), len(errors))
 
     # ---- operational state -----------------------------------------------------------------
