@@ -2,9 +2,9 @@
 
 `null` stores configuration only; `xfrm` drives the kernel's IPsec databases; `userspace`
 runs the userspace ESP data path (kernels without ESP); `auto` picks `xfrm` when the kernel
-accepts an ESP state and `userspace` otherwise. Other appliers (IKE, SFC) register
-themselves here, and `module.path:callable` names load any other factory. A factory gets
-the agent's configuration (its state directory above all).
+accepts an ESP state and `userspace` otherwise; `ike` drives strongSwan's charon (IKE case).
+Other appliers (SFC) register themselves here, and `module.path:callable` names load any
+other factory. A factory gets the agent's configuration (its state directory above all).
 """
 
 from __future__ import annotations
@@ -52,11 +52,18 @@ def _auto(cfg: AgentConfig) -> Applier:
     return _userspace(cfg)
 
 
+def _ike(cfg: AgentConfig) -> Applier:
+    from nsf_agent.appliers.ike import create
+
+    return create(cfg)
+
+
 REGISTRY: dict[str, Factory] = {
     "null": _null,
     "xfrm": _xfrm,
     "userspace": _userspace,
     "auto": _auto,
+    "ike": _ike,
 }
 
 
