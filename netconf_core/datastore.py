@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,25 +34,32 @@ def empty_data() -> etree._Element:
     return etree.Element(DATA, nsmap={None: NC_NS})
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the directory: after a crash the file is old or new."""
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write to a temporary file and rename it over `path`: whenever the process dies the
+    file is the old or the new content. `durable` also fsyncs the file and the directory,
+    so that the same holds after a power failure. Callers serialise writes to one path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
+        _write_all(fd, data)
+        if durable:
+            os.fsync(fd)
     finally:
-        os.close(dfd)
+        os.close(fd)
+    os.replace(tmp, path)
+    if durable:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class Datastores:
@@ -106,9 +112,12 @@ class Datastores:
             raise ValueError(f"{path}: stored {name} configuration is invalid: {err}") from err
 
     def _persist(self, name: str) -> None:
+        """startup is the boot configuration: written durably. running survives a crash or
+        kill of the agent (atomic rename) but is not fsynced on every commit: after a power
+        loss the kernel state it describes is gone too, and start-up re-applies it."""
         path = self._file(name)
         if path is not None:
-            write_atomic(path, self.serialize(name))
+            write_atomic(path, self.serialize(name), durable=name != "running")
 
     # ---- helpers -------------------------------------------------------------------------
 
