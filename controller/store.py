@@ -133,6 +133,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def delete_schedule(self, policy: str) -> None: ...
 
+    # small key/value facts (e.g. persist ids of confirmed commits in flight)
+    @abc.abstractmethod
+    def put_meta(self, key: str, value: str) -> None: ...
+    @abc.abstractmethod
+    def get_meta(self, key: str) -> str | None: ...
+    @abc.abstractmethod
+    def delete_meta(self, key: str) -> None: ...
+
     @abc.abstractmethod
     def close(self) -> None: ...
 
@@ -183,6 +191,9 @@ MIGRATIONS: list[tuple[int, str]] = [
         state TEXT NOT NULL
     );
     CREATE INDEX schedule_due ON schedule (due);
+    """),
+    (2, """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """),
 ]
 
@@ -431,3 +442,16 @@ class SqliteStore(Store):
 
     def delete_schedule(self, policy: str) -> None:
         self._x("DELETE FROM schedule WHERE policy=?", (policy,))
+
+    # ---- meta ---------------------------------------------------------------------------------
+
+    def put_meta(self, key: str, value: str) -> None:
+        self._x("INSERT INTO meta VALUES (?,?) ON CONFLICT(key) DO UPDATE SET "
+                "value=excluded.value", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        r = self._x("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if r is None else str(r[0])
+
+    def delete_meta(self, key: str) -> None:
+        self._x("DELETE FROM meta WHERE key=?", (key,))

@@ -1,0 +1,118 @@
+"""The controller's configuration file (TOML).
+
+    [server]
+    host = "127.0.0.1"        # northbound NETCONF over SSH listen address
+    port = 8300
+    state_dir = "/var/lib/i2nsf-controller"   # SQLite store, host key, datastores
+    # database = "controller.db"               # relative to state_dir
+
+    [controller]
+    rekey_grace = 2.0         # seconds old inbound SAs stay after the outbound switch
+    confirm_timeout = 60      # NSF confirmed-commit timeout (seconds)
+    rpc_timeout = 30
+    reconnect_min = 0.5       # southbound reconnect backoff (seconds)
+    reconnect_max = 30
+    retry_max = 30            # failed actions retry with backoff up to this
+
+    [[users]]                 # who may use the northbound (same format as the agent's)
+    name = "admin"
+    password_hash = "scrypt$..."              # i2nsf-agent hash-password
+    authorized_keys = ["ssh-ed25519 AAAA..."]
+
+The inventory, profiles and policies are not here: they are the northbound configuration
+(`i2nsf-flow-policy`), edited over NETCONF (e.g. with `i2nsf-controller nsf add`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.service import ServiceOptions
+from netconf_core.auth import User
+
+
+class ConfigError(ValueError):
+    """Missing or wrong value in the configuration file."""
+
+
+@dataclass
+class ControllerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8300
+    state_dir: Path = Path("/var/lib/i2nsf-controller")
+    database: Path | None = None
+    options: ServiceOptions = field(default_factory=ServiceOptions)
+    users: list[User] = field(default_factory=list)
+
+    @property
+    def db_path(self) -> Path:
+        return self.database or self.state_dir / "controller.db"
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.state_dir / "ssh_host_ed25519_key"
+
+
+_SERVER = {"host": str, "port": int, "state_dir": str, "database": str}
+_CONTROLLER = {"rekey_grace": (int, float), "confirm_timeout": int, "rpc_timeout": (int, float),
+               "reconnect_min": (int, float), "reconnect_max": (int, float),
+               "retry_max": (int, float), "batch_max": int}
+
+
+def _check(table: dict[str, Any], allowed: dict[str, Any], where: str) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    for k, v in table.items():
+        if k not in allowed:
+            raise ConfigError(f"[{where}] unknown key {k!r}")
+        if not isinstance(v, allowed[k]) or isinstance(v, bool):
+            raise ConfigError(f"[{where}] {k} has the wrong type ({type(v).__name__})")
+
+
+def parse_config(data: dict[str, Any], base: Path) -> ControllerConfig:
+    for k in data:
+        if k not in ("server", "controller", "users"):
+            raise ConfigError(f"unknown section [{k}]")
+    cfg = ControllerConfig()
+    srv = data.get("server", {})
+    _check(srv, _SERVER, "server")
+    cfg.host = srv.get("host", cfg.host)
+    cfg.port = srv.get("port", cfg.port)
+    if not 0 <= cfg.port <= 65535:
+        raise ConfigError(f"[server] port {cfg.port} out of range")
+    cfg.state_dir = base / srv.get("state_dir", str(cfg.state_dir))
+    if "database" in srv:
+        cfg.database = cfg.state_dir / srv["database"]
+    ctl = data.get("controller", {})
+    _check(ctl, _CONTROLLER, "controller")
+    o = cfg.options
+    o.grace = float(ctl.get("rekey_grace", o.grace))
+    o.confirm_timeout = int(ctl.get("confirm_timeout", o.confirm_timeout))
+    o.rpc_timeout = float(ctl.get("rpc_timeout", o.rpc_timeout))
+    o.reconnect_min = float(ctl.get("reconnect_min", o.reconnect_min))
+    o.reconnect_max = float(ctl.get("reconnect_max", o.reconnect_max))
+    o.retry_max = float(ctl.get("retry_max", o.retry_max))
+    o.batch_max = int(ctl.get("batch_max", o.batch_max))
+    for i, u in enumerate(data.get("users", [])):
+        _check(u, {"name": str, "password_hash": str, "authorized_keys": list}, f"users #{i + 1}")
+        if "name" not in u:
+            raise ConfigError(f"[[users]] #{i + 1} has no name")
+        keys = [str(k) for k in u.get("authorized_keys", [])]
+        if "password_hash" not in u and not keys:
+            raise ConfigError(f"user {u['name']} has neither password_hash nor keys")
+        cfg.users.append(User(u["name"], u.get("password_hash"), keys))
+    return cfg
+
+
+def load_config(path: Path) -> ControllerConfig:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return parse_config(data, path.resolve().parent)

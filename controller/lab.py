@@ -1,0 +1,278 @@
+"""A gateway-to-gateway lab with real daemons, for the controller's integration tests.
+
+Topology (network namespaces, names prefixed per run):
+
+    hostA ── gwA ══ gwB ── hostB          data plane (nsf_agent.userspace.lab.Lab)
+              │      │
+              └ mgmt ┘                     management: controller ⇄ agents (SSH, NETCONF)
+
+Agents run as `i2nsf-agent run` subprocesses inside gwA/gwB (userspace ESP data plane), the
+controller as `i2nsf-controller serve` inside mgmt, each with its own log file. Host keys are
+generated beforehand so the inventory can pin them; the controller logs in to the agents
+with its own key. `destroy()` kills every process left in the lab's namespaces (the
+userspace data path outlives its agent by design) and removes the namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from pyroute2 import IPRoute, NetNS, netns
+
+from netconf_core.auth import hash_password
+from nsf_agent.userspace.lab import GW_A, GW_B, NET_A, NET_B, Lab, in_netns, wait_until
+
+log = logging.getLogger(__name__)
+
+BIN = Path(sys.executable).parent
+CTL_PORT = 8300
+AGENT_PORT = 830
+ADMIN_PASSWORD = "lab-admin-pw"
+MGMT = {"a": ("10.254.1.1", "10.254.1.2"), "b": ("10.254.2.1", "10.254.2.2")}
+
+
+def write_key(path: Path) -> str:
+    """A new ed25519 private key at `path` (0600); returns the public key line."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.export_private_key())
+    return key.export_public_key().decode().strip()
+
+
+@dataclass
+class Daemon:
+    name: str
+    ns: str
+    cmd: list[str]
+    log_path: Path
+    ready_file: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.ready_file.unlink(missing_ok=True)
+        logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *self.cmd],
+                                     stdout=logf, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        logf.close()
+        wait_until(lambda: self.ready_file.exists() or self.proc.poll() is not None,  # type: ignore[union-attr]
+                   timeout, f"{self.name} to start")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited ({self.proc.returncode}); see "
+                               f"{self.log_path}:\n{self.log_path.read_text()[-3000:]}")
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout)
+
+    def kill(self) -> None:
+        p = self.proc
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+@dataclass
+class GatewayLab:
+    prefix: str
+    workdir: Path
+    soft: int = 3
+    hard: int = 8
+    ctl_options: dict[str, Any] = field(default_factory=dict)
+    lab: Lab = field(init=False)
+    agents: dict[str, Daemon] = field(default_factory=dict)
+    controller: Daemon | None = None
+    host_keys: dict[str, str] = field(default_factory=dict)
+    client_pub: str = ""
+
+    def __post_init__(self) -> None:
+        self.lab = Lab(self.prefix)
+
+    @property
+    def mgmt(self) -> str:
+        return f"{self.prefix}-mg"
+
+    def gw_ns(self, side: str) -> str:
+        return self.lab.gw_a if side == "a" else self.lab.gw_b
+
+    # ---- topology ---------------------------------------------------------------------------
+
+    def build(self) -> None:
+        self.lab.build(gro=False)
+        netns.create(self.mgmt)
+        self.lab.namespaces.insert(0, self.mgmt)  # Lab.destroy removes it too
+        with NetNS(self.mgmt) as nsr:
+            nsr.link("set", index=nsr.link_lookup(ifname="lo")[0], state="up")
+        with IPRoute() as ipr:
+            for side in ("a", "b"):
+                m_addr, g_addr = MGMT[side]
+                t1, t2 = f"{self.prefix[:8]}m{side}1", f"{self.prefix[:8]}m{side}2"
+                ipr.link("add", ifname=t1, kind="veth", peer=t2)
+                for tmp, ns, name, addr in ((t1, self.mgmt, f"gw{side}", m_addr),
+                                            (t2, self.gw_ns(side), "mgmt", g_addr)):
+                    ipr.link("set", index=ipr.link_lookup(ifname=tmp)[0], net_ns_fd=ns)
+                    with NetNS(ns) as nsr:
+                        j = nsr.link_lookup(ifname=tmp)[0]
+                        nsr.link("set", index=j, ifname=name)
+                        nsr.addr("add", index=j, address=addr, prefixlen=30)
+                        nsr.link("set", index=j, state="up")
+
+    # ---- daemons ----------------------------------------------------------------------------
+
+    def agent_state(self, side: str) -> Path:
+        return self.workdir / f"agent-{side}"
+
+    def setup_agent(self, side: str) -> None:
+        st = self.agent_state(side)
+        st.mkdir(parents=True, exist_ok=True)
+        os.chmod(st, 0o700)
+        key = st / "ssh_host_ed25519_key"
+        if not key.exists():
+            self.host_keys[side] = write_key(key)
+        else:
+            self.host_keys[side] = asyncssh.read_private_key(str(key)).export_public_key(
+            ).decode().strip()
+        cfg = self.workdir / f"agent-{side}.toml"
+        cfg.write_text(
+            f'[server]\nhost = "{MGMT[side][1]}"\nport = {AGENT_PORT}\nstate_dir = "{st}"\n'
+            'confirm_timeout = 60\n\n[dataplane]\nappliers = ["userspace"]\n\n'
+            f'[[users]]\nname = "controller"\nauthorized_keys = ["{self.client_pub}"]\n')
+        self.agents[side] = Daemon(
+            f"agent {side}", self.gw_ns(side),
+            [str(BIN / "i2nsf-agent"), "run", "-c", str(cfg), "--ready-file",
+             str(self.workdir / f"agent-{side}.ready")],
+            self.workdir / f"agent-{side}.log", self.workdir / f"agent-{side}.ready")
+
+    def setup_controller(self) -> None:
+        st = self.workdir / "controller"
+        opts = {"rekey_grace": 1.0, "reconnect_min": 0.2, "reconnect_max": 2.0,
+                "retry_max": 2.0, "confirm_timeout": 30, **self.ctl_options}
+        body = "\n".join(f"{k} = {v}" for k, v in opts.items())
+        cfg = self.workdir / "controller.toml"
+        cfg.write_text(
+            f'[server]\nhost = "127.0.0.1"\nport = {CTL_PORT}\nstate_dir = "{st}"\n\n'
+            f"[controller]\n{body}\n\n"
+            f'[[users]]\nname = "admin"\npassword_hash = "{hash_password(ADMIN_PASSWORD)}"\n')
+        self.controller = Daemon(
+            "controller", self.mgmt,
+            [str(BIN / "i2nsf-controller"), "serve", "-c", str(cfg), "--ready-file",
+             str(self.workdir / "controller.ready"), "--log-level", "DEBUG"],
+            self.workdir / "controller.log", self.workdir / "controller.ready")
+
+    def start(self) -> None:
+        """Build everything and start both agents and the controller."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.client_pub = write_key(self.workdir / "controller_id_ed25519")
+        self.build()
+        for side in ("a", "b"):
+            self.setup_agent(side)
+            self.agents[side].start()
+        self.setup_controller()
+        assert self.controller is not None
+        self.controller.start()
+
+    def destroy(self) -> None:
+        daemons = [*self.agents.values(), *([self.controller] if self.controller else [])]
+        for d in daemons:
+            with contextlib.suppress(Exception):
+                d.stop(5)
+        # Whatever is left in our namespaces (the data path processes) we started too.
+        for ns in list(self.lab.namespaces):
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                     text=True, timeout=10).stdout.split()
+                for pid in out:
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+        self.lab.destroy()
+
+    # ---- talking to the controller ---------------------------------------------------------
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`i2nsf-controller <args>` inside the management namespace."""
+        env = {**os.environ, "I2NSF_PASSWORD": ADMIN_PASSWORD}
+        return subprocess.run(
+            ["ip", "netns", "exec", self.mgmt, str(BIN / "i2nsf-controller"),
+             "--port", str(CTL_PORT), "--user", "admin", *args],
+            capture_output=True, text=True, timeout=timeout, env=env)
+
+    def connect(self, side: str | None = None) -> Any:
+        """An ncclient session to the controller (side None) or to an agent, opened from
+        inside the management namespace."""
+        import ncclient.transport.session as nc_session
+        from ncclient import manager
+
+        nc_session.TICK = 0.001
+        with in_netns(self.mgmt):
+            if side is None:
+                return manager.connect(host="127.0.0.1", port=CTL_PORT, username="admin",
+                                       password=ADMIN_PASSWORD, hostkey_verify=False,
+                                       allow_agent=False, look_for_keys=False, timeout=30)
+            return manager.connect(host=MGMT[side][1], port=AGENT_PORT, username="controller",
+                                   key_filename=str(self.workdir / "controller_id_ed25519"),
+                                   hostkey_verify=False, allow_agent=False,
+                                   look_for_keys=False, timeout=30)
+
+    def inventory_xml(self, sides: tuple[str, ...] = ("a", "b"), profile: str = "lab",
+                      on_demand: bool = False, policy: str | None = "g2g") -> str:
+        """`<config>` with both NSFs, a crypto profile with the lab's lifetimes and (unless
+        `policy` is None) one policy between them."""
+        from controller.model import NS
+
+        key = self.workdir / "controller_id_ed25519"
+        nets = {"a": (GW_A, NET_A), "b": (GW_B, NET_B)}
+        nsfs = "".join(
+            f"<nsf><name>gw{s}</name><management><address>{MGMT[s][1]}</address>"
+            f"<port>{AGENT_PORT}</port><username>controller</username>"
+            f"<private-key-file>{key}</private-key-file>"
+            f"<host-key>{self.host_keys[s]}</host-key></management>"
+            f"<data-plane-address>{nets[s][0]}</data-plane-address>"
+            f"<protected-prefix>{nets[s][1]}</protected-prefix>"
+            "<dataplane>userspace</dataplane></nsf>" for s in sides)
+        prof = (f"<crypto-profile><name>{profile}</name><lifetime-soft><time>{self.soft}</time>"
+                f"</lifetime-soft><lifetime-hard><time>{self.hard}</time></lifetime-hard>"
+                "</crypto-profile>")
+        pol = ""
+        if policy:
+            od = "<ikeless><on-demand>true</on-demand></ikeless>" if on_demand else ""
+            pol = (f"<policies><policy><name>{policy}</name><endpoint-a><nsf>gwa</nsf>"
+                   "</endpoint-a><endpoint-b><nsf>gwb</nsf></endpoint-b>"
+                   f"<crypto-profile>{profile}</crypto-profile>{od}</policy></policies>")
+        return (f'<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
+                f'<flow-protection xmlns="{NS}"><nsfs>{nsfs}</nsfs><crypto-profiles>{prof}'
+                f"</crypto-profiles>{pol}</flow-protection></config>")
+
+
+def poll(pred: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll with a deadline (never sleep-to-wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)

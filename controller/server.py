@@ -1,0 +1,181 @@
+"""The controller's northbound: the shared NETCONF server core serving `i2nsf-flow-policy`.
+
+Configuration edits go through the ordinary datastores (candidate, confirmed commit, locks,
+libyang validation); `FlowApplier` is the controller's applier: on every commit into running
+it runs the checks libyang cannot do (`model.check_config`: unknown NSF, overlapping
+selectors, lifetimes, ...) — a failure is the commit's rpc-error and nothing reaches an NSF —
+then hands the new desired state to the `FlowService`, which provisions the NSFs
+asynchronously. `get` merges the service's operational state (policy status, SAs, sessions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from lxml import etree
+
+from controller.config import ControllerConfig
+from controller.model import NS as FP_NS
+from controller.model import check_config, parse_config
+from controller.service import FlowService
+from controller.store import SqliteStore
+from netconf_core.applier import ConfigChange, Notify
+from netconf_core.auth import UserDb
+from netconf_core.datastore import Datastores
+from netconf_core.errors import RpcError
+from netconf_core.features import set_features
+from netconf_core.schema import YangSchema
+from netconf_core.server import NetconfServer, ServerConfig
+from netconf_core.session import NetconfSession
+from netconf_core.ssh import SshConfig, SshTransport
+from netconf_core.yang_context import create_context
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_MODULES = ("ietf-netconf", "ietf-netconf-monitoring", "ietf-netconf-notifications")
+NETCONF_FEATURES = ("writable-running", "candidate", "confirmed-commit", "rollback-on-error",
+                    "validate", "startup", "xpath")
+MODULES = (*PROTOCOL_MODULES, "i2nsf-flow-policy")
+Q = f"{{{FP_NS}}}"
+
+
+class FlowApplier:
+    """Committed i2nsf-flow-policy configuration → the flow service."""
+
+    name = "flow-policy"
+
+    def __init__(self, service: FlowService) -> None:
+        self.service = service
+
+    def bind(self, notify: Notify) -> None:
+        self.service.notify = notify
+
+    def reconcile(self, running: etree._Element) -> None:
+        cfg = parse_config(running)
+        try:
+            check_config(cfg)
+        except RpcError as exc:  # accepted before; keep serving rather than refuse to start
+            log.error("stored configuration fails a check (%s); applying it anyway",
+                      exc.message)
+        self.service.apply_config(cfg)
+
+    def validate(self, change: ConfigChange) -> None:
+        check_config(parse_config(change.new))
+
+    def prepare(self, change: ConfigChange) -> None:
+        change.scratch["flow.cfg"] = parse_config(change.new)
+
+    def apply(self, change: ConfigChange) -> None:
+        self.service.apply_config(change.scratch["flow.cfg"])  # type: ignore[arg-type]
+
+    def abort(self, change: ConfigChange) -> None:
+        self.service.apply_config(parse_config(change.old))
+
+    def state(self, running: etree._Element) -> list[etree._Element]:
+        return self.service.state()
+
+    def close(self) -> None:
+        return None
+
+
+def _arg(op: etree._Element, name: str) -> str:
+    el = op.find(Q + name)
+    if el is None or not (el.text or "").strip():
+        raise RpcError("protocol", "missing-element", f"{op.tag.rpartition('}')[2]} needs "
+                       f"<{name}>", info={"bad-element": name})
+    for child in op:
+        if isinstance(child.tag, str) and child.tag != Q + name:
+            raise RpcError("protocol", "unknown-element",
+                           f"unexpected parameter {child.tag.rpartition('}')[2]!r}",
+                           info={"bad-element": child.tag.rpartition("}")[2]})
+    return (el.text or "").strip()
+
+
+class ControllerServer:
+    """Store + flow service + NETCONF server + SSH; `start`/`stop` on a running loop."""
+
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(config.state_dir, 0o700)
+        self.store = SqliteStore(config.db_path)
+        self.service = FlowService(self.store, config.options)
+        self.server: NetconfServer | None = None
+        self.ssh: SshTransport | None = None
+        self.datastores: Datastores | None = None
+
+    async def start(self) -> None:
+        ctx = create_context(MODULES)
+        set_features(ctx, "ietf-netconf", list(NETCONF_FEATURES))
+        schema = YangSchema(ctx)
+        nc_dir = self.config.state_dir / "netconf"
+        nc_dir.mkdir(exist_ok=True)
+        server = NetconfServer(schema, ServerConfig(state_dir=nc_dir))
+        server.bind_loop(asyncio.get_running_loop())
+        server.register_rpc(FP_NS, "rekey-policy", self._rekey_policy)
+        server.register_rpc(FP_NS, "resync-nsf", self._resync_nsf)
+        applier = FlowApplier(self.service)
+        applier.bind(server.notify)
+        self.service.load()
+        self.service.start()
+        self.datastores = Datastores(schema, [applier], nc_dir)
+        server.attach(self.datastores)
+        self.datastores.reconcile()
+        self.server = server
+        self.ssh = SshTransport(server, UserDb(self.config.users), SshConfig(
+            host=self.config.host, port=self.config.port,
+            host_key_path=self.config.host_key_path))
+        await self.ssh.start()
+        log.info("controller ready: NETCONF on %s port %d, store %s", self.config.host,
+                 self.port, self.config.db_path)
+
+    @property
+    def port(self) -> int:
+        assert self.ssh is not None
+        return self.ssh.port
+
+    async def stop(self) -> None:
+        if self.ssh is not None:
+            await self.ssh.stop()
+        await self.service.stop()
+        self.store.close()
+
+    # ---- RPCs of i2nsf-flow-policy ----------------------------------------------------------
+
+    def _rekey_policy(self, srv: NetconfServer, sess: NetconfSession, op: etree._Element
+                      ) -> list[etree._Element]:
+        policy = _arg(op, "policy")
+        try:
+            gen = self.service.request_rekey(policy)
+        except KeyError:
+            raise RpcError("application", "invalid-value", f"no policy {policy!r}",
+                           info={"bad-element": "policy"}) from None
+        except ValueError as exc:
+            raise RpcError("application", "operation-failed", str(exc)) from None
+        out = etree.Element(Q + "generation", nsmap={None: FP_NS})
+        out.text = str(gen)
+        return [out]
+
+    def _resync_nsf(self, srv: NetconfServer, sess: NetconfSession, op: etree._Element
+                    ) -> None:
+        nsf = _arg(op, "nsf")
+        s = self.service.south.sessions.get(nsf)
+        if s is None:
+            raise RpcError("application", "invalid-value", f"no NSF {nsf!r} in the inventory",
+                           info={"bad-element": "nsf"})
+        if s.state != "connected":
+            s.kick()  # reconnecting resyncs anyway
+            raise RpcError("application", "resource-denied",
+                           f"NSF {nsf} is not connected ({s.state}: "
+                           f"{s.last_error or 'no session'}); reconnecting")
+
+        async def run() -> None:
+            try:
+                await self.service.resync(nsf, force=True)
+            except Exception as exc:
+                log.warning("NSF %s: resync failed: %s", nsf, exc)
+
+        self.service._spawn(run())
+        return None

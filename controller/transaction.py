@@ -1,0 +1,201 @@
+"""All-or-nothing edits across several NSFs (ARCHITECTURE decision 6).
+
+A flow touches two NSFs; a half-built tunnel (SAs on one side only) is worse than none. So:
+
+  1. prepare, on every NSF at once: lock candidate, edit-config candidate, validate;
+  2. commit with <confirmed/> and a persist token on every NSF;
+  3. confirm (commit with <persist-id>) on every NSF; unlock.
+
+Any failure before step 3 undoes everything: discard-changes on NSFs that were prepared,
+cancel-commit (by persist-id) on NSFs that committed. The persist token lets the controller
+confirm or cancel from a new session if the one that committed is lost; an NSF whose
+controller vanished rolls back by itself when the confirm timeout runs out.
+
+Callers hold every involved `NsfSession.lock` (taken in name order, so two transactions never
+wait on each other in a cycle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from lxml import etree
+
+from controller.nc_client import NcClient, NcError, NcRpcError, op
+from controller.southbound import NsfSession
+
+log = logging.getLogger(__name__)
+
+
+class TransactionError(Exception):
+    """The transaction failed and was rolled back on every NSF."""
+
+    def __init__(self, nsf: str, step: str, cause: str) -> None:
+        self.nsf, self.step, self.cause = nsf, step, cause
+        super().__init__(f"NSF {nsf}: {step} failed: {cause}")
+
+
+@asynccontextmanager
+async def locked(sessions: Mapping[str, NsfSession]) -> AsyncIterator[None]:
+    """Hold the controller-side lock of every NSF in `sessions` (name order)."""
+    async with AsyncExitStack() as stack:
+        for name in sorted(sessions):
+            await stack.enter_async_context(sessions[name].lock)
+        yield
+
+
+def _client(s: NsfSession) -> NcClient:
+    c = s.client
+    if c is None or c.closed.is_set():
+        raise NcError("no session (NSF unreachable)")
+    return c
+
+
+async def _prepare(s: NsfSession, edit: etree._Element, timeout: float) -> None:
+    c = _client(s)
+    try:
+        await c.rpc(op("lock", {"target": ["candidate"]}), timeout)
+    except NcRpcError as exc:
+        if exc.tag not in ("lock-denied", "in-use", "resource-denied"):
+            raise
+        # Leftover candidate changes (e.g. of a session that died) block the lock: drop them.
+        await c.rpc(op("discard-changes"), timeout)
+        await c.rpc(op("lock", {"target": ["candidate"]}), timeout)
+    # Start from running, whatever the candidate held.
+    await c.rpc(op("discard-changes"), timeout)
+    body = (b'<edit-config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
+            b"<target><candidate/></target><default-operation>merge</default-operation>"
+            b"<test-option>test-then-set</test-option><error-option>rollback-on-error"
+            b"</error-option>") + etree.tostring(edit) + b"</edit-config>"
+    await c.rpc(body, timeout)
+    await c.rpc(op("validate", {"source": ["candidate"]}), timeout)
+
+
+async def _undo_prepare(s: NsfSession, timeout: float) -> None:
+    c = s.client
+    if c is None or c.closed.is_set():
+        return  # the agent discards a dead session's candidate and releases its lock
+    with contextlib.suppress(NcError, asyncio.TimeoutError):
+        await c.rpc(op("discard-changes"), timeout)
+    with contextlib.suppress(NcError, asyncio.TimeoutError):
+        await c.rpc(op("unlock", {"target": ["candidate"]}), timeout)
+
+
+async def _with_session(s: NsfSession, body: bytes, timeout: float, patience: float
+                        ) -> None:
+    """Send `body`, waiting up to `patience` for the session to come back if it is down
+    (confirm/cancel by persist-id works from any session)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    while True:
+        try:
+            await _client(s).rpc(body, timeout)
+            return
+        except NcRpcError:
+            raise
+        except NcError:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise
+            await s.wait_up(left)
+
+
+Journal = Callable[[list[str], str | None], None]
+
+
+async def transact(sessions: Mapping[str, NsfSession], edits: Mapping[str, etree._Element],
+                   *, timeout: float = 30.0, confirm_timeout: int = 60,
+                   journal: Journal | None = None) -> None:
+    """Apply `edits` (NSF name → `<config>`) on all NSFs or on none. Raises TransactionError.
+
+    `journal(nsfs, persist_id)` is called before the confirmed commits and with None once
+    they are confirmed or cancelled, so that a controller that crashed in between can
+    cancel them from its next life instead of waiting for the NSFs' confirm timeout."""
+    names = sorted(edits)
+    for n in names:  # fail before touching anything if an NSF is known to be down
+        if sessions[n].client is None or sessions[n].client.closed.is_set():  # type: ignore[union-attr]
+            raise TransactionError(n, "connect", sessions[n].last_error or "NSF unreachable")
+    persist = uuid.uuid4().hex
+    results = await asyncio.gather(*(_prepare(sessions[n], edits[n], timeout) for n in names),
+                                   return_exceptions=True)
+    failed = [(n, r) for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
+    if failed:
+        await asyncio.gather(*(_undo_prepare(sessions[n], timeout) for n in names))
+        n, err = failed[0]
+        raise TransactionError(n, "edit/validate", str(err) or type(err).__name__)
+
+    if journal is not None:
+        journal(names, persist)
+    unresolved: list[str] = []
+    try:
+        await _commit_and_confirm(sessions, names, persist, timeout, confirm_timeout,
+                                  unresolved)
+    finally:
+        # NSFs whose confirmed commit could be neither confirmed nor cancelled keep their
+        # journal entry: the next transaction or connection cancels it by persist-id.
+        if journal is not None:
+            journal([n for n in names if n not in unresolved], None)
+
+
+async def _commit_and_confirm(sessions: Mapping[str, NsfSession], names: list[str],
+                              persist: str, timeout: float, confirm_timeout: int,
+                              unresolved: list[str]) -> None:
+    commit = op("commit", {"confirmed": None, "confirm-timeout": confirm_timeout,
+                           "persist": persist})
+    results = await asyncio.gather(*(_client(sessions[n]).rpc(commit, timeout) for n in names),
+                                   return_exceptions=True)
+    committed = [n for n, r in zip(names, results, strict=True)
+                 if not isinstance(r, BaseException)]
+    failed = [(n, r) for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
+    # A commit whose reply was lost may have happened: cancel it later by persist-id.
+    unresolved.extend(n for n, r in failed if not isinstance(r, NcRpcError))
+    if failed:
+        cancel = op("cancel-commit", {"persist-id": persist})
+        undo = await asyncio.gather(
+            *(_with_session(sessions[n], cancel, timeout, min(10.0, confirm_timeout / 2))
+              for n in committed), return_exceptions=True)
+        for n, r in zip(committed, undo, strict=True):
+            if isinstance(r, BaseException):
+                unresolved.append(n)
+                log.error("NSF %s: cancel-commit failed (%s); its confirmed commit rolls back "
+                          "by itself within %d s", n, r, confirm_timeout)
+        await asyncio.gather(*(_undo_prepare(sessions[n], timeout) for n in names))
+        n, err = failed[0]
+        raise TransactionError(n, "confirmed commit", str(err) or type(err).__name__)
+
+    confirm = op("commit", {"persist-id": persist})
+    results = await asyncio.gather(
+        *(_with_session(sessions[n], confirm, timeout, min(10.0, confirm_timeout / 2))
+          for n in names), return_exceptions=True)
+    await asyncio.gather(*(_unlock(sessions[n], timeout) for n in names))
+    failed = [(n, r) for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
+    unresolved.extend(n for n, _ in failed)
+    if failed:
+        # Confirmed elsewhere, rolling back here: the caller retries the (idempotent) edit.
+        n, err = failed[0]
+        raise TransactionError(n, "confirm", str(err) or type(err).__name__)
+
+
+async def _unlock(s: NsfSession, timeout: float) -> None:
+    c = s.client
+    if c is not None and not c.closed.is_set():
+        with contextlib.suppress(NcError, asyncio.TimeoutError):
+            await c.rpc(op("unlock", {"target": ["candidate"]}), timeout)
+
+
+async def cancel_leftover(s: NsfSession, persist: str, timeout: float) -> bool:
+    """Cancel a confirmed commit left by an earlier transaction (crash, lost session).
+    True if it is gone (cancelled now, or already confirmed/rolled back)."""
+    try:
+        await _client(s).rpc(op("cancel-commit", {"persist-id": persist}), timeout)
+        log.warning("NSF %s: cancelled a confirmed commit left unconfirmed", s.name)
+    except NcRpcError:
+        pass  # nothing pending under that id any more
+    except NcError:
+        return False
+    return True
