@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import libyang
 from lxml import etree
 
 from netconf_core.applier import Applier, ConfigChange
@@ -90,6 +91,11 @@ class Datastores:
             running = copy.deepcopy(startup) if startup is not None else empty_data()
         self._trees["running"] = running
         self._trees["startup"] = startup if startup is not None else copy.deepcopy(running)
+        # running's libyang tree, kept so that a commit's diff costs no parsing; and what
+        # the last change of running was (RFC 6470 netconf-config-change reads it).
+        self._running_dn: libyang.DNode | None = self.schema.parse_config(running)
+        self.running_generation = 0
+        self.last_running_diff: etree._Element | None = None
         self._trees["candidate"] = running
         if state_dir is not None and not (state_dir / "startup.xml").exists():
             self._persist("startup")
@@ -123,18 +129,26 @@ class Datastores:
 
     def _canonical(self, root: etree._Element, validate: bool = True) -> etree._Element:
         """Validate `root` and return it in libyang's canonical XML form."""
+        out, tree = self._canonical_tree(root, validate)
+        if tree is not None:
+            tree.free()
+        return out
+
+    def _canonical_tree(
+        self, root: etree._Element, validate: bool = True
+    ) -> tuple[etree._Element, libyang.DNode | None]:
+        """The canonical XML and the libyang tree it came from (the caller frees it)."""
         tree = self.schema.parse_config(root, validate=validate)
-        out = empty_data()
         if tree is None:
-            return out
+            return empty_data(), None
         try:
             text = tree.print_mem("xml", with_siblings=True, pretty=False)
-        finally:
+        except BaseException:
             tree.free()
-        if text:
-            parsed = etree.fromstring(f'<data xmlns="{NC_NS}">{text}</data>'.encode())
-            out = parsed
-        return out
+            raise
+        if not text:
+            return empty_data(), tree
+        return etree.fromstring(f'<data xmlns="{NC_NS}">{text}</data>'.encode()), tree
 
     @staticmethod
     def _check_name(name: str, allowed: Sequence[str], what: str) -> None:
@@ -202,6 +216,14 @@ class Datastores:
         )
         # A running datastore is never left invalid: the kernel appliers rely on it.
         validate = test_option != "set" or target == "running"
+        if target == "running":
+            canonical, dn = self._canonical_tree(new, validate=validate)
+            if test_option == "test-only":
+                if dn is not None:
+                    dn.free()
+                return result.errors
+            self._commit_running(canonical, dn)
+            return result.errors
         canonical = self._canonical(new, validate=validate)
         if test_option == "test-only":
             return result.errors
@@ -225,11 +247,24 @@ class Datastores:
                 raise RpcError("application", "operation-failed",
                                f"cannot write startup: {exc}") from exc
 
-    def _commit_running(self, new: etree._Element) -> None:
+    def _commit_running(self, new: etree._Element, new_dn: libyang.DNode | None = None,
+                        ) -> None:
+        """Make `new` (canonical) running through the appliers. `new_dn` is its libyang tree
+        if the caller has it; this method owns it from here on."""
         old = self._trees["running"]
         if etree.tostring(old) == etree.tostring(new):
+            if new_dn is not None:
+                new_dn.free()
             return
-        change = ConfigChange(old=old, new=new, differ=self.schema.diff)
+        if new_dn is None:
+            new_dn = self.schema.parse_config(new, validate=False)
+        try:
+            diff = self.schema.diff_trees(self._running_dn, new_dn)
+        except BaseException:
+            if new_dn is not None:
+                new_dn.free()
+            raise
+        change = ConfigChange(old=old, new=new, differ=lambda _o, _n: diff)
         done: list[Applier] = []
         try:
             for ap in self.appliers:
@@ -245,6 +280,8 @@ class Datastores:
                 self._trees["candidate"] = new
         except BaseException as exc:
             self._trees["running"] = old
+            if new_dn is not None:
+                new_dn.free()
             for ap in reversed(done):
                 try:
                     ap.abort(change)
@@ -257,6 +294,11 @@ class Datastores:
                                f"cannot persist running: {exc}") from exc
             log.exception("commit failed")
             raise RpcError("application", "operation-failed", f"commit failed: {exc}") from exc
+        if self._running_dn is not None:
+            self._running_dn.free()
+        self._running_dn = new_dn
+        self.running_generation += 1
+        self.last_running_diff = diff
         log.info("running configuration changed (%d appliers)", len(self.appliers))
 
     def copy_config(self, target: str, source: str | etree._Element) -> None:

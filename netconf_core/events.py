@@ -63,11 +63,13 @@ class ConfigChangeTracker:
     @contextlib.contextmanager
     def track(self, sess: NetconfSession | None) -> Iterator[None]:
         ds = self.server.datastores
-        before = ds.get_config("running")
+        before = ds.running_generation
         yield
         try:
-            after = ds.get_config("running")
-            diff = self.server.schema.diff(before, after)
+            # The datastore keeps libyang's diff of its last change of running.
+            if ds.running_generation == before:
+                return
+            diff = ds.last_running_diff
             if diff is None:
                 return
             edits = self._edits(diff)

@@ -233,30 +233,36 @@ class YangSchema:
         a = self.parse_config(old, validate=False)
         b = self.parse_config(new, validate=False)
         try:
-            if a is None and b is None:
-                return None
-            out = ffi.new("struct lyd_node **")
-            ret = lib.lyd_diff_siblings(
-                a.cdata if a is not None else ffi.NULL,
-                b.cdata if b is not None else ffi.NULL,
-                0,
-                out,
-            )
-            if ret != lib.LY_SUCCESS:
-                raise self._errors_to_rpc_error()
-            if out[0] == ffi.NULL:
-                return None
-            d = libyang.DNode.new(self.ctx, out[0])
-            try:
-                text = d.print_mem("xml", with_siblings=True, pretty=False)
-            finally:
-                lib.lyd_free_all(out[0])
-            return etree.fromstring(f'<data xmlns="{NC_NS}">{text}</data>'.encode())
+            return self.diff_trees(a, b)
         finally:
             if a is not None:
                 a.free()
             if b is not None:
                 b.free()
+
+    def diff_trees(
+        self, a: libyang.DNode | None, b: libyang.DNode | None
+    ) -> etree._Element | None:
+        """The same for two already parsed libyang trees (no parsing: cheap)."""
+        if a is None and b is None:
+            return None
+        out = ffi.new("struct lyd_node **")
+        ret = lib.lyd_diff_siblings(
+            a.cdata if a is not None else ffi.NULL,
+            b.cdata if b is not None else ffi.NULL,
+            0,
+            out,
+        )
+        if ret != lib.LY_SUCCESS:
+            raise self._errors_to_rpc_error()
+        if out[0] == ffi.NULL:
+            return None
+        d = libyang.DNode.new(self.ctx, out[0])
+        try:
+            text = d.print_mem("xml", with_siblings=True, pretty=False)
+        finally:
+            lib.lyd_free_all(out[0])
+        return etree.fromstring(f'<data xmlns="{NC_NS}">{text}</data>'.encode())
 
     def validate_notification(self, elem: etree._Element) -> None:
         """Check that `elem` is a valid instance of a YANG notification (raise RpcError)."""
