@@ -252,10 +252,6 @@ class Datastores:
         """Make `new` (canonical) running through the appliers. `new_dn` is its libyang tree
         if the caller has it; this method owns it from here on."""
         old = self._trees["running"]
-        if etree.tostring(old) == etree.tostring(new):
-            if new_dn is not None:
-                new_dn.free()
-            return
         if new_dn is None:
             new_dn = self.schema.parse_config(new, validate=False)
         try:
@@ -264,6 +260,10 @@ class Datastores:
             if new_dn is not None:
                 new_dn.free()
             raise
+        if diff is None:  # nothing changes: no transaction, no notification
+            if new_dn is not None:
+                new_dn.free()
+            return
         change = ConfigChange(old=old, new=new, differ=lambda _o, _n: diff)
         done: list[Applier] = []
         try:
