@@ -98,7 +98,9 @@ def load_or_create_host_key(path: Path, algorithm: str = "ssh-ed25519") -> async
     """Read the persisted host key, or generate one and store it (mode 0600, atomically) so
     clients see the same key across restarts."""
     if path.exists():
-        return asyncssh.read_private_key(str(path))
+        key = asyncssh.read_private_key(str(path))
+        _write_public(path, key)
+        return key
     path.parent.mkdir(parents=True, exist_ok=True)
     key = asyncssh.generate_private_key(algorithm)
     tmp = path.with_name(path.name + ".tmp")
@@ -115,4 +117,17 @@ def load_or_create_host_key(path: Path, algorithm: str = "ssh-ed25519") -> async
     finally:
         os.close(dfd)
     log.info("generated host key %s (%s)", path, key.get_fingerprint())
+    _write_public(path, key)
     return key
+
+
+def _write_public(path: Path, key: asyncssh.SSHKey) -> None:
+    """`<key>.pub` in OpenSSH format: what an operator pins in the controller's inventory
+    (or a known_hosts file) to verify this host."""
+    pub = path.with_name(path.name + ".pub")
+    text = key.export_public_key()
+    if not pub.exists() or pub.read_bytes() != text:
+        tmp = pub.with_name(pub.name + ".tmp")
+        tmp.write_bytes(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, pub)
