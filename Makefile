@@ -6,7 +6,7 @@ APT_PACKAGES := libyang2-dev libyang2-tools iproute2 tcpdump iputils-ping ethtoo
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup test lint bench clean
+.PHONY: setup test lint bench clean demo
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
+
+# Gateway-to-gateway IPsec managed by the controller, on network namespaces (needs root).
+demo: setup
+	bash examples/gateway_to_gateway.sh
 
 test: setup
 	$(PY) -m pytest -q

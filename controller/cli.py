@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="controller overview: NSF sessions, policies")
     rs = sub.add_parser("resync", help="rewrite an NSF's entries from the controller's store")
     rs.add_argument("nsf")
+    kg = sub.add_parser("keygen", help="write a new ed25519 SSH key (for the controller's "
+                        "logins to agents, or an agent's host key) and print its public key",
+                        description="Write an OpenSSH ed25519 private key to PATH (mode "
+                        "0600) and its public key to PATH.pub; print the public key line "
+                        "(what 'nsf add --host-key' or an agent's authorized_keys want).")
+    kg.add_argument("path", type=Path)
+    kg.add_argument("--public", action="store_true",
+                    help="only print the public key of an existing private key at PATH")
     return p
 
 
@@ -486,10 +494,37 @@ def _run_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    import asyncssh
+
+    path: Path = args.path
+    if args.public:
+        try:
+            key = asyncssh.read_private_key(str(path))
+        except (OSError, asyncssh.KeyImportError) as exc:
+            print(f"i2nsf-controller: cannot read {path}: {exc}", file=sys.stderr)
+            return 1
+        print(key.export_public_key().decode().strip())
+        return 0
+    if path.exists():
+        print(f"i2nsf-controller: {path} exists; not overwriting", file=sys.stderr)
+        return 1
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.export_private_key())
+    pub = key.export_public_key().decode().strip()
+    Path(f"{path}.pub").write_text(pub + "\n")
+    print(pub)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _cmd_serve(args)
+    if args.command == "keygen":
+        return _cmd_keygen(args)
     try:
         return _run_client(args)
     except CliError as exc:

@@ -72,15 +72,20 @@ class Stats:
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
-def fingerprint(pol: Policy, cfg: FlowConfig) -> str:
-    """What a policy's NSF configuration depends on; a change means re-create."""
+def fingerprint(pol: Policy, cfg: FlowConfig, lifetimes: bool = True) -> str:
+    """What a policy's NSF configuration depends on; a change means re-create. Without
+    `lifetimes`: the part a lifetime change leaves alone (then a rekey is enough)."""
     prof = cfg.profiles.get(pol.params.crypto_profile)
-    doc = {
+    doc: dict[str, Any] = {
         "policy": pol.to_dict(),
         "a": cfg.nsfs[pol.a.nsf].to_dict() if pol.a.nsf in cfg.nsfs else None,
         "b": cfg.nsfs[pol.b.nsf].to_dict() if pol.b.nsf in cfg.nsfs else None,
         "profile": prof.to_dict() if prof else None,
     }
+    if not lifetimes:
+        for d in (doc["policy"]["params"], doc["profile"] or {}):
+            d.pop("soft", None)
+            d.pop("hard", None)
     for k in ("a", "b"):  # connection details do not change what is installed
         if doc[k]:
             for c in ("address", "port", "username", "host_key", "private_key_file",
@@ -167,7 +172,7 @@ class FlowService:
         now = self.clock()
         old = {r.name: r for r in self.store.list_policies()}
         new = cfg.all_policies()
-        added, changed = [], []
+        added, changed, relifed = [], [], []
         with self.store.transaction():
             for nsf in cfg.nsfs.values():
                 self.store.put_nsf(nsf.to_dict())
@@ -181,10 +186,17 @@ class FlowService:
                         rec.status != "deleting"):
                     plans[name] = translate.make_plan(pol, cfg, rec.policy_id)
                     continue
-                pid = self.store.put_policy(name, {**pol.to_dict(), "fingerprint": fp},
-                                            pol.group)
+                sfp = fingerprint(pol, cfg, lifetimes=False)
+                pid = self.store.put_policy(
+                    name, {**pol.to_dict(), "fingerprint": fp, "structure": sfp}, pol.group)
                 plans[name] = translate.make_plan(pol, cfg, pid)
-                (added if rec is None else changed).append(name)
+                if rec is None:
+                    added.append(name)
+                elif (rec.status != "deleting" and rec.data.get("structure") == sfp
+                      and name in self.sched.timers):
+                    relifed.append(name)
+                else:
+                    changed.append(name)
             removed = [n for n in old if n not in new and old[n].status != "deleting"]
             for name in removed:
                 self.store.set_policy_status(name, "deleting")
@@ -195,14 +207,16 @@ class FlowService:
             for name in changed:
                 self.deleting.pop(name, None)
                 self._recreate(name, now, "configuration changed")
+            for name in relifed:
+                self._new_lifetimes(name, now)
             for name in removed:
                 self.sched.remove(name)
                 self.deleting[name] = now
-            for name in (*added, *changed):
+            for name in (*added, *changed, *relifed):
                 self._persist(name)
-        if added or changed or removed:
-            log.info("configuration: %d policies added, %d changed, %d removed",
-                     len(added), len(changed), len(removed))
+        if added or changed or removed or relifed:
+            log.info("configuration: %d policies added, %d changed, %d with new lifetimes, "
+                     "%d removed", len(added), len(changed), len(relifed), len(removed))
         self._sync_sessions()
         self.wake()
 
@@ -215,6 +229,16 @@ class FlowService:
         if gens and t.target is not None:  # leftovers of an earlier life of this name
             t.target = max(gens) + 1
         self.store.set_policy_status(name, "pending")
+
+    def _new_lifetimes(self, name: str, now: float) -> None:
+        """Only lifetimes changed: the next generation gets them; rekey now
+        (make-before-break) so that they apply at once without a traffic gap."""
+        plan = self.plans[name]
+        self.sched.set_lifetimes(name, plan.soft.time, plan.hard.time)
+        t = self.sched.timers[name]
+        if t.generation is not None and t.phase not in (Phase.INSTALL, Phase.INSTALL_SPD,
+                                                         Phase.WAITING_ACQUIRE):
+            self.sched.request_rekey(name, now, "lifetimes changed")
 
     def _recreate(self, name: str, now: float, reason: str) -> None:
         plan = self.plans[name]
