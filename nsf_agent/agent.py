@@ -64,6 +64,7 @@ class Agent:
             ),
         )
         server.bind_loop(asyncio.get_running_loop())
+        self._register_rpcs(server, schema)
         for a in self.appliers:
             a.bind(server.notify)
         self.datastores = Datastores(schema, self.appliers, cfg.state_dir)
@@ -83,6 +84,24 @@ class Agent:
             "agent ready: %d modules, appliers %s, state in %s",
             len(schema.module_list()), ",".join(a.name for a in self.appliers), cfg.state_dir,
         )
+
+    def _register_rpcs(self, server: NetconfServer, schema: YangSchema) -> None:
+        """Serve the RPCs appliers implement (`rpcs()` → {(namespace, name): handler}), e.g.
+        i2nsf-sadb:allocate-spi; only those whose module is loaded, so that the schema the
+        clients see and the operations served agree."""
+        for a in self.appliers:
+            rpcs = getattr(a, "rpcs", None)
+            if not callable(rpcs):
+                continue
+            for (ns, name), handler in rpcs().items():
+                if not schema.namespace_known(ns):
+                    log.info("applier %s: rpc %s not served, its module (%s) is not loaded",
+                             a.name, name, ns)
+                    continue
+                if (ns, name) in server.handlers:
+                    log.warning("applier %s: rpc %s was already served by another applier; "
+                                "%s now serves it", a.name, name, a.name)
+                server.register_rpc(ns, name, handler)
 
     @property
     def port(self) -> int:

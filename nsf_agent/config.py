@@ -12,7 +12,8 @@ Example (`i2nsf-agent init-config` writes one):
     replay_size = 1024        # notifications kept for replay (RFC 5277 startTime)
 
     [yang]
-    modules = ["ietf-i2nsf-ikec", "ietf-i2nsf-ike", "ietf-i2nsf-ikeless", "i2nsf-ike-events"]
+    modules = ["ietf-i2nsf-ikec", "ietf-i2nsf-ike", "ietf-i2nsf-ikeless", "i2nsf-ike-events",
+               "i2nsf-sadb"]
     # dir = "/usr/share/i2nsf/yang"
     [yang.features]
     # "ietf-i2nsf-ikec" = ["ikeless-notification"]   # missing module → all features
@@ -55,8 +56,10 @@ class AgentConfig:
     confirm_timeout: int = 600
     replay_size: int = 1024
     yang_dir: Path | None = None
-    # The RFC 9061 modules and our IKE event notifications (emitted by the `ike` applier).
-    modules: list[str] = field(default_factory=lambda: [*IPSEC_MODULES, "i2nsf-ike-events"])
+    # The RFC 9061 modules, our IKE event notifications (emitted by the `ike` applier) and
+    # our SADB operations RFC 9061 lacks (allocate-spi, served by `xfrm` and `userspace`).
+    modules: list[str] = field(
+        default_factory=lambda: [*IPSEC_MODULES, "i2nsf-ike-events", "i2nsf-sadb"])
     features: dict[str, list[str]] = field(default_factory=dict)
     appliers: list[str] = field(default_factory=lambda: ["null"])
     users: list[User] = field(default_factory=list)

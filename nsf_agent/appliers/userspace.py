@@ -9,30 +9,39 @@ directory), so a restarted agent does not interrupt protected traffic.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import logging
 import os
+import secrets
 import select
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lxml import etree
 
 from netconf_core.applier import ConfigChange, Notify
 from netconf_core.errors import RpcError
-from nsf_agent import ikeless
+from netconf_core.rpc import Handler
+from nsf_agent import ikeless, sadb
 from nsf_agent.ikeless import IkelessConfig, SadEntry
 from nsf_agent.ikeless import SpdEntry as CfgSpd
 from nsf_agent.userspace import model as um
 from nsf_agent.userspace.client import DatapathClient, DatapathError, spawn
+
+if TYPE_CHECKING:
+    from netconf_core.server import NetconfServer
+    from netconf_core.session import NetconfSession
 
 log = logging.getLogger(__name__)
 
 NS = ikeless.NS
 Q = ikeless.Q
 PORT_SUFFIX = "#"  # an SPD entry with several port ranges becomes name#1, name#2, ...
+SPI_RESERVE_SECONDS = 30.0  # how long an allocate-spi reservation lasts (as Linux's default)
 
 
 def _path(kind: str, name: str) -> str:
@@ -127,6 +136,9 @@ class UserspaceApplier:
         self._stop = threading.Event()
         self._cfg = IkelessConfig()
         self._pump: threading.Thread | None = None
+        # allocate-spi reservations: (dst, spi) → monotonic expiry time
+        self._reserved: dict[tuple[str, int], float] = {}
+        self._spi_lock = threading.Lock()
 
     def _connect_or_spawn(self, netns: str | None, tun: str, extra: tuple[str, ...],
                           timeout: float, log_path: str) -> DatapathClient:
@@ -196,6 +208,9 @@ class UserspaceApplier:
             raise RpcError("application", "operation-failed",
                            f"userspace data path refused the change: {exc}") from exc
         self._cfg = change.scratch["userspace.new"]  # type: ignore[assignment]
+        with self._spi_lock:  # reserved SPIs now held by SAs are no longer reservations
+            for e in self._cfg.sad:
+                self._reserved.pop((str(e.dst), e.spi), None)
 
     def abort(self, change: ConfigChange) -> None:
         old = ikeless.parse(change.old)
@@ -206,6 +221,36 @@ class UserspaceApplier:
         cfg = ikeless.parse(running)
         self._replace(*translate(cfg))
         self._cfg = cfg
+
+    # ---- i2nsf-sadb RPCs (SADB_GETSPI) ------------------------------------------------------
+
+    def rpcs(self) -> dict[tuple[str, str], Handler]:
+        return {sadb.ALLOCATE_SPI: self._allocate_spi}
+
+    def _allocate_spi(self, srv: NetconfServer, sess: NetconfSession,
+                      op: etree._Element) -> list[etree._Element]:
+        """A random SPI in range that no SA of the running config (same destination) holds
+        and no live reservation holds; reserved for SPI_RESERVE_SECONDS (there is no kernel
+        larval state here: the SAD entry with that SPI simply uses it)."""
+        req = sadb.parse_allocate_spi(srv, op)
+        if req.protocol != "esp":
+            raise RpcError("application", "operation-not-supported",
+                           "the userspace data path does ESP only",
+                           path="/i2nsf-sadb:allocate-spi/protocol",
+                           info={"bad-element": "protocol"})
+        dst = str(req.dst)
+        with self._spi_lock:
+            now = time.monotonic()
+            self._reserved = {k: t for k, t in self._reserved.items() if t > now}
+            used = {e.spi for e in self._cfg.sad if ipaddress.ip_address(e.dst) == req.dst}
+            used |= {spi for (d, spi) in self._reserved if d == dst}
+            spi = _free_spi(req.spi_min, req.spi_max, used)
+            if spi is None:
+                raise RpcError("application", "resource-denied",
+                               f"no unused esp SPI for {dst} in [{req.spi_min}, {req.spi_max}]")
+            self._reserved[(dst, spi)] = now + SPI_RESERVE_SECONDS
+        log.info("userspace: reserved SPI 0x%08x for %s -> %s", spi, req.src, dst)
+        return sadb.spi_reply(spi)
 
     # ---- operational state ---------------------------------------------------------------
 
@@ -293,6 +338,21 @@ class UserspaceApplier:
             proto = ev.get("protocol")
             etree.SubElement(ts, Q + "inner-protocol").text = str(proto) if proto else "any"
             self.notify(n)
+
+
+def _free_spi(lo: int, hi: int, used: set[int]) -> int | None:
+    """A uniformly random SPI in [lo, hi] not in `used` (None if there is none)."""
+    size = hi - lo + 1
+    taken = {s for s in used if lo <= s <= hi}
+    if len(taken) >= size:
+        return None
+    if size > 4 * len(taken) + 64:  # sparse: random draws almost always hit a free one
+        while True:
+            spi = lo + secrets.randbelow(size)
+            if spi not in taken:
+                return spi
+    free = [s for s in range(lo, hi + 1) if s not in taken]
+    return free[secrets.randbelow(len(free))]
 
 
 def _host(addr: object) -> str:

@@ -11,6 +11,7 @@ in the agent's state directory. Reconciliation never touches anything else.
 
 from __future__ import annotations
 
+import errno
 import functools
 import ipaddress
 import json
@@ -20,13 +21,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lxml import etree
 
 from netconf_core.applier import ConfigChange, Notify
 from netconf_core.datastore import write_atomic
 from netconf_core.errors import RpcError
-from nsf_agent import ikeless
+from netconf_core.rpc import Handler
+from nsf_agent import ikeless, sadb
 from nsf_agent.ikeless import IkelessConfig, PortRange, SadEntry, SpdEntry
 from nsf_agent.xfrm.api import Xfrm, explain
 from nsf_agent.xfrm.model import (
@@ -45,6 +48,10 @@ from nsf_agent.xfrm.model import (
     Template,
 )
 from nsf_agent.xfrm.nlsocket import XfrmError
+
+if TYPE_CHECKING:
+    from netconf_core.server import NetconfServer
+    from netconf_core.session import NetconfSession
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +243,8 @@ class XfrmApplier:
         self._running_cfg = IkelessConfig()
         self._running_tree: etree._Element | None = None
         self._lock = threading.Lock()
+        # SPIs reserved with allocate-spi (larval kernel states) that no SAD entry holds yet.
+        self._larval: dict[tuple[str, int, int], State] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -280,6 +289,8 @@ class XfrmApplier:
         old, new = self._parsed(change)
         change.scratch["xfrm.ops"] = self._ops(desired(old), desired(new))
         change.scratch["xfrm.new"] = new
+        if self._larval:
+            change.scratch["xfrm.larval"] = self._adopt_larval(change.scratch["xfrm.ops"])  # type: ignore[arg-type]
 
     def _ops(self, old: Desired, new: Desired) -> list[Op]:
         ops: list[Op] = []
@@ -322,8 +333,11 @@ class XfrmApplier:
             if failed:
                 done = [o for o, r in zip(ops, results, strict=True) if r is None]
                 self._undo(done)
+                self._restore_larval(change, done)
                 op, err = failed[0]
                 raise self._rpc_error(op, err)
+            for k in change.scratch.get("xfrm.larval", {}):  # type: ignore[attr-defined]
+                self._larval.pop(k, None)  # completed: now an SA of the running config
             new_cfg: IkelessConfig = change.scratch["xfrm.new"]  # type: ignore[assignment]
             self._save_ledger(state_key(sad_state(e)) for e in new_cfg.sad)
             self._running_cfg = new_cfg
@@ -343,6 +357,7 @@ class XfrmApplier:
         ops: list[Op] = change.scratch.get("xfrm.ops", [])  # type: ignore[assignment]
         with self._lock:
             self._undo(ops)
+            self._restore_larval(change, ops)
             self._running_cfg = ikeless.parse(change.old)
             self._running_tree = change.old
             self._save_ledger(state_key(sad_state(e)) for e in self._running_cfg.sad)
@@ -357,6 +372,81 @@ class XfrmApplier:
             f"{what} entry {op.name!r}: the kernel refused {op.kind.replace('_', ' ')}: {err}",
             path=f"/ietf-i2nsf-ikeless:ipsec-ikeless/{lst}[name='{op.name}']",
         )
+
+    # ---- i2nsf-sadb RPCs (SADB_GETSPI) ------------------------------------------------------
+
+    def rpcs(self) -> dict[tuple[str, str], Handler]:
+        return {sadb.ALLOCATE_SPI: self._allocate_spi}
+
+    def _allocate_spi(self, srv: NetconfServer, sess: NetconfSession,
+                      op: etree._Element) -> list[etree._Element]:
+        """XFRM_MSG_ALLOCSPI: the kernel picks the SPI and keeps a larval state for it, which
+        the SAD entry with that SPI completes (see _adopt_larval)."""
+        req = sadb.parse_allocate_spi(srv, op)
+        if req.reqid > 0xFFFFFFFF:
+            raise RpcError("application", "invalid-value",
+                           f"reqid {req.reqid} does not fit the kernel's 32-bit reqid",
+                           path="/i2nsf-sadb:allocate-spi/reqid", info={"bad-element": "reqid"})
+        proto = Proto.ESP if req.protocol == "esp" else Proto.AH
+        mode = Mode.TUNNEL if req.mode == "tunnel" else Mode.TRANSPORT
+        with self._lock:
+            try:
+                st = self.xfrm.allocspi(str(req.src), str(req.dst), proto,
+                                        spi_min=req.spi_min, spi_max=req.spi_max,
+                                        reqid=req.reqid, mode=mode)
+            except XfrmError as err:
+                if err.errno == errno.ENOENT:  # (6.1 gives no extack text for it)
+                    raise RpcError(
+                        "application", "resource-denied",
+                        f"no unused {req.protocol} SPI for {req.dst} in "
+                        f"[{req.spi_min}, {req.spi_max}]") from None
+                raise RpcError("application", "operation-failed",
+                               f"the kernel refused to allocate an SPI: {err}") from None
+            self._larval[state_key(st)] = st
+        log.info("xfrm: allocated %s SPI 0x%08x for %s -> %s (larval)", req.protocol, st.spi,
+                 req.src, req.dst)
+        return sadb.spi_reply(st.spi)
+
+    def _adopt_larval(self, ops: list[Op]) -> dict[tuple[str, int, int], State]:
+        """New SAD entries whose SPI allocate-spi reserved complete the kernel's larval
+        state (UPDSA; NEWSA would fail with EEXIST). Returns the adopted reservations."""
+        adopted: dict[tuple[str, int, int], State] = {}
+        for i, op in enumerate(ops):
+            if op.kind != "add_state" or not isinstance(op.obj, State):
+                continue
+            k = state_key(op.obj)
+            larval = self._larval.get(k)
+            if larval is None:
+                continue
+            try:
+                cur = self.xfrm.get_state(op.obj.dst, op.obj.spi, op.obj.proto)
+            except XfrmError:
+                self._larval.pop(k, None)  # the reservation expired: a plain add
+                continue
+            a = cur.algorithms
+            if a.aead or a.crypt or a.auth or a.comp:
+                continue  # no longer larval (someone completed it): let the add fail
+            ops[i] = Op("update_state", op.obj, op.name, ("delete_state", op.obj))
+            adopted[k] = larval
+        return adopted
+
+    def _restore_larval(self, change: ConfigChange, undone: list[Op]) -> None:
+        """After undoing a commit that completed reserved SPIs, reserve them again."""
+        adopted: dict[tuple[str, int, int], State] = change.scratch.get(  # type: ignore[assignment]
+            "xfrm.larval", {})
+        for op in undone:
+            if op.kind != "update_state" or not isinstance(op.obj, State):
+                continue
+            larval = adopted.get(state_key(op.obj))
+            if larval is None:
+                continue
+            try:
+                self.xfrm.allocspi(larval.src, larval.dst, larval.proto, spi_min=larval.spi,
+                                   spi_max=larval.spi, reqid=larval.reqid, mode=larval.mode)
+                self._larval[state_key(larval)] = larval
+            except XfrmError as err:
+                log.warning("xfrm: cannot re-reserve SPI 0x%08x after rollback: %s",
+                            larval.spi, err)
 
     # ---- start-up reconciliation -----------------------------------------------------------
 
