@@ -158,10 +158,10 @@ def test_missing_destination_and_unknown_leaf(agent: ApplierAgent) -> None:
         assert ei.value.tag == "unknown-element"
 
 
+@pytest.mark.parametrize("agent", ["userspace"], indirect=True)
 def test_userspace_ah_is_refused_and_sa_consumes_reservation(
         agent: ApplierAgent) -> None:
-    if agent.applier.name != "userspace":
-        pytest.skip("userspace applier only (the xfrm side is in tests/kernel)")
+    """(The xfrm side, a larval SA completed by the SAD entry, needs ESP: tests/kernel.)"""
     with agent.connect() as m:
         with pytest.raises(RPCError) as ei:
             allocate_spi(m, "198.51.100.1", "198.51.100.2", protocol="ah")
