@@ -127,6 +127,9 @@ def state_xml(store: Store, sched: RekeyScheduler) -> etree._Element:
         if text is not None:
             etree.SubElement(parent, q + name).text = str(text)
 
+    by_policy: dict[str, list[SaRecord]] = {}
+    for sa in store.get_sas():  # one query, not one per policy
+        by_policy.setdefault(sa.policy, []).append(sa)
     for rec in store.list_policies():
         p = etree.SubElement(root, q + "policy")
         sub(p, "name", rec.name)
@@ -143,7 +146,7 @@ def state_xml(store: Store, sched: RekeyScheduler) -> etree._Element:
         sub(p, "last-change", _time(rec.updated))
         nxt = sched.next_rekey(rec.name) if timer is not None else None
         sub(p, "next-rekey", _time(nxt))
-        for sa in store.get_sas(rec.name):
+        for sa in by_policy.get(rec.name, []):
             views = ((sa.sender, "outbound", sa.sender_src, sa.sender_dst),
                      (sa.receiver, "inbound", sa.receiver_src, sa.receiver_dst))
             for nsf, direction, src, dst in views:

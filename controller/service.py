@@ -51,8 +51,8 @@ IK = f"{{{IKELESS_NS}}}"
 class ServiceOptions:
     grace: float = 2.0  # seconds an old inbound SA stays after the outbound switch
     confirm_timeout: int = 60  # NSF confirmed-commit timeout
-    rpc_timeout: float = 30.0
-    batch_max: int = 512  # actions per batched transaction
+    rpc_timeout: float = 15.0
+    batch_max: int = 1024  # actions per batched transaction
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     retry_base: float = 1.0
@@ -120,6 +120,7 @@ class FlowService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loaded = False
         self._leftover_checked: set[str] = set()
+        self._runner_busy = False
 
     # ---- start / stop ---------------------------------------------------------------------
 
@@ -355,14 +356,18 @@ class FlowService:
         assert self._wake is not None
         while True:
             now = self.clock()
-            actions = self.sched.due(now)
-            if actions:
-                self._spawn(self._run_actions(actions))
+            # One runner at a time: what falls due while it works is taken in one batch
+            # when it is done, instead of many small transactions queueing for NSF locks.
+            if not self._runner_busy:
+                actions = self.sched.due(now)
+                if actions:
+                    self._runner_busy = True
+                    self._spawn(self._runner(actions))
             for name, due in list(self.deleting.items()):
                 if due <= now and name not in self._busy:
                     self._busy.add(name)
                     self._spawn(self._delete(name))
-            nxt = self.sched.next_wakeup()
+            nxt = None if self._runner_busy else self.sched.next_wakeup()
             dues = [d for n, d in self.deleting.items() if n not in self._busy]
             if dues:
                 nxt = min(dues) if nxt is None else min(nxt, *dues)
@@ -406,6 +411,13 @@ class FlowService:
                 return f"NSF {n} is unreachable ({s.state}: {s.last_error or 'no session'})"
             out[n] = s
         return out
+
+    async def _runner(self, actions: list[Action]) -> None:
+        try:
+            await self._run_actions(actions)
+        finally:
+            self._runner_busy = False
+            self.wake()
 
     async def _run_actions(self, actions: list[Action]) -> None:
         nsfs = {n for a in actions if (p := self.plans.get(a.policy)) is not None

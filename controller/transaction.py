@@ -2,7 +2,8 @@
 
 A flow touches two NSFs; a half-built tunnel (SAs on one side only) is worse than none. So:
 
-  1. prepare, on every NSF at once: lock candidate, edit-config candidate, validate;
+  1. prepare, on every NSF at once: lock candidate, edit-config candidate with
+     test-then-set (the NSF validates the complete candidate);
   2. commit with <confirmed/> and a persist token on every NSF;
   3. confirm (commit with <persist-id>) on every NSF; unlock.
 
@@ -66,14 +67,15 @@ async def _prepare(s: NsfSession, edit: etree._Element, timeout: float) -> None:
         # Leftover candidate changes (e.g. of a session that died) block the lock: drop them.
         await c.rpc(op("discard-changes"), timeout)
         await c.rpc(op("lock", {"target": ["candidate"]}), timeout)
-    # Start from running, whatever the candidate held.
-    await c.rpc(op("discard-changes"), timeout)
+    # A granted lock means the candidate equals running (a modified candidate refuses the
+    # lock), so the edit starts from running. test-then-set validates the whole resulting
+    # candidate with libyang: that is the validation step (a separate <validate> would
+    # validate the same tree a second time on every NSF).
     body = (b'<edit-config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
             b"<target><candidate/></target><default-operation>merge</default-operation>"
             b"<test-option>test-then-set</test-option><error-option>rollback-on-error"
             b"</error-option>") + etree.tostring(edit) + b"</edit-config>"
     await c.rpc(body, timeout)
-    await c.rpc(op("validate", {"source": ["candidate"]}), timeout)
 
 
 async def _undo_prepare(s: NsfSession, timeout: float) -> None:

@@ -1,0 +1,328 @@
+"""Controller scale: provisioning rate, rekey rate and session count against many agents.
+
+Setup (all on 127.0.0.1, three processes so that each is measured on its own):
+  * an agent farm: up to 1,000 NETCONF servers (the shared server core with the null
+    applier, one per port, no persistence) in one process, public key login;
+  * the controller: `i2nsf-controller serve`, as in production (SQLite store, WAL, FULL sync);
+  * this script: an ncclient client of the controller's northbound, like any user.
+
+Phases
+  1. provisioning: N site-pair policies across 50 agents in one edit-config; time until
+     every policy is `active` (both NSFs committed) → policies/s, time to full protection;
+  2. rekeys: lifetimes cut to soft 2 s / hard 6 s; count completed make-before-break rekeys
+     (generation increments) over a window → rekeys/s sustained;
+  3. sessions: add the remaining agents to the inventory (1,000 in all); time until every
+     session is up; the controller's RSS.
+
+Targets: ≥ 500 policies/s with 50 agents; ≥ 1,000 rekeys/s; 1,000 sessions in ≤ 60 s with
+RSS ≤ 1 GiB. Usage: `python bench/controller_scale.py [--policies N] [--sessions S]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lxml import etree
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FP = "urn:i2nsf-sdn:yang:i2nsf-flow-policy"
+NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
+Q = f"{{{FP}}}"
+PASSWORD = "bench-pw"
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+# ---- the agent farm (child process) ---------------------------------------------------------
+
+
+async def farm(n: int, workdir: Path) -> None:
+    from netconf_core.applier import NullApplier
+    from netconf_core.auth import User, UserDb
+    from netconf_core.datastore import Datastores
+    from netconf_core.features import set_features
+    from netconf_core.schema import YangSchema
+    from netconf_core.server import NetconfServer, ServerConfig
+    from netconf_core.ssh import SshConfig, SshTransport
+    from netconf_core.yang_context import IPSEC_MODULES, create_context
+    from nsf_agent.agent import NETCONF_FEATURES, PROTOCOL_MODULES
+
+    ctx = create_context([*PROTOCOL_MODULES, *IPSEC_MODULES])
+    set_features(ctx, "ietf-netconf", list(NETCONF_FEATURES))
+    schema = YangSchema(ctx)
+    users = UserDb([User("controller", None,
+                         [(workdir / "client_key.pub").read_text().strip()])])
+    loop = asyncio.get_running_loop()
+    ports = []
+    for _ in range(n):
+        srv = NetconfServer(schema, ServerConfig(confirm_timeout=60))
+        srv.bind_loop(loop)
+        srv.attach(Datastores(schema, [NullApplier()]))
+        ssh = SshTransport(srv, users, SshConfig(host="127.0.0.1", port=0,
+                                                 host_key_path=workdir / "farm_host_key"))
+        await ssh.start()
+        ports.append(ssh.port)
+    tmp = workdir / "farm.json.tmp"
+    tmp.write_text(json.dumps(ports))
+    tmp.rename(workdir / "farm.json")
+    stop = asyncio.Event()
+    import signal
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident set size of a process in MiB."""
+    cur = peak = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            cur = int(line.split()[1]) / 1024
+        elif line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return cur, peak
+
+
+def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} not ready within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+class Client:
+    """ncclient session to the controller's northbound."""
+
+    def __init__(self, port: int) -> None:
+        import ncclient.transport.session as nc_session
+        from ncclient import manager
+
+        nc_session.TICK = 0.001
+        self.m = manager.connect(host="127.0.0.1", port=port, username="admin",
+                                 password=PASSWORD, hostkey_verify=False, allow_agent=False,
+                                 look_for_keys=False, timeout=600)
+
+    def edit(self, body: str) -> None:
+        self.m.edit_config(target="running", config=f'<config xmlns="{NC}"><flow-protection '
+                           f'xmlns="{FP}">{body}</flow-protection></config>')
+
+    def policies(self) -> list[tuple[str, int]]:
+        # the whole container (a plain selection: no per-node filtering on the server)
+        filt = f'<flow-protection-state xmlns="{FP}"/>'
+        d = etree.fromstring(self.m.get(filter=("subtree", filt)).data_xml.encode())
+        return [(p.findtext(Q + "status") or "", int(p.findtext(Q + "generation") or 0))
+                for p in d.iter(Q + "policy")]
+
+    def sessions(self) -> dict[str, int]:
+        filt = f'<flow-protection xmlns="{FP}"><nsfs/></flow-protection>'
+        d = etree.fromstring(self.m.get(filter=("subtree", filt)).data_xml.encode())
+        out: dict[str, int] = {}
+        for s in d.iter(f"{Q}state"):
+            out[s.text or ""] = out.get(s.text or "", 0) + 1
+        return out
+
+
+def nsf_xml(i: int, port: int, key: Path, host_key: str) -> str:
+    return (f"<nsf><name>n{i}</name><management><address>127.0.0.1</address><port>{port}</port>"
+            f"<username>controller</username><private-key-file>{key}</private-key-file>"
+            f"<host-key>{host_key}</host-key></management>"
+            f"<data-plane-address>198.18.{i // 250}.{i % 250 + 1}</data-plane-address></nsf>")
+
+
+def policy(i: int, agents: int) -> str:
+    a = i % agents
+    b = (a + 1 + (i // agents) % (agents - 1)) % agents
+    # pair i: a's /32 198.19.x.y <-> b's /32 198.20.x.y (RFC 2544 benchmarking space,
+    # never routed here); no two pairs overlap
+    x, y = divmod(i, 256)
+    pa, pb = f"198.19.{x}.{y}/32", f"198.20.{x}.{y}/32"
+    return (f"<policy><name>p{i}</name><endpoint-a><nsf>n{a}</nsf><prefix>{pa}</prefix>"
+            f"</endpoint-a><endpoint-b><nsf>n{b}</nsf><prefix>{pb}</prefix></endpoint-b>"
+            "<crypto-profile>bench</crypto-profile></policy>")
+
+
+def profile(soft: int, hard: int) -> str:
+    return (f"<crypto-profiles><crypto-profile><name>bench</name><lifetime-soft><time>{soft}"
+            f"</time></lifetime-soft><lifetime-hard><time>{hard}</time></lifetime-hard>"
+            "</crypto-profile></crypto-profiles>")
+
+
+def ratio(value: float, target: float, higher_better: bool = True) -> str:
+    r = value / target if higher_better else target / value if value else float("inf")
+    return f"{r:5.2f}x target ({'ok' if r >= 1 else 'MISSED'})"
+
+
+# ---- the benchmark ----------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--agents", type=int, default=50, help="agents for phases 1-2 (50)")
+    ap.add_argument("--policies", type=int, default=2000, help="site-pair policies (2000)")
+    ap.add_argument("--sessions", type=int, default=1000, help="agent sessions in phase 3")
+    ap.add_argument("--rekey-window", type=float, default=20.0, help="seconds measured")
+    ap.add_argument("--farm", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    raise_fd_limit()
+    if args.farm:
+        asyncio.run(farm(args.farm, args.workdir))
+        return 0
+
+    from controller.cli import main as _cli  # noqa: F401 - fail early if not installed
+    from netconf_core.auth import hash_password
+
+    work = Path(tempfile.mkdtemp(prefix="i2nsf-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        import asyncssh
+
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        (work / "client_key").write_bytes(key.export_private_key())
+        os.chmod(work / "client_key", 0o600)
+        (work / "client_key.pub").write_text(key.export_public_key().decode())
+        hk = asyncssh.generate_private_key("ssh-ed25519")
+        (work / "farm_host_key").write_bytes(hk.export_private_key())
+        os.chmod(work / "farm_host_key", 0o600)
+        host_key = hk.export_public_key().decode().strip()
+
+        n_srv = max(args.sessions, args.agents)
+        t0 = time.monotonic()
+        fprof = os.environ.get("BENCH_FARM_PROFILE")
+        pre = [sys.executable, "-m", "cProfile", "-o", fprof] if fprof else [sys.executable]
+        farm_p = subprocess.Popen([*pre, __file__, "--farm", str(n_srv), "--workdir",
+                                   str(work)], stdout=subprocess.DEVNULL,
+                                  stderr=open(work / "farm.log", "wb"))  # noqa: SIM115
+        procs.append(farm_p)
+        wait_file(work / "farm.json", farm_p, 300, "agent farm")
+        ports = json.loads((work / "farm.json").read_text())
+        print(f"agent farm: {n_srv} NETCONF servers up in {time.monotonic() - t0:.1f} s")
+
+        (work / "ctl.toml").write_text(
+            f'[server]\nhost = "127.0.0.1"\nport = 0\nstate_dir = "{work / "ctl"}"\n\n'
+            "[controller]\nrekey_grace = 0.2\nreconnect_min = 0.5\nreconnect_max = 5\n\n"
+            f'[[users]]\nname = "admin"\npassword_hash = "{hash_password(PASSWORD)}"\n')
+        prof = os.environ.get("BENCH_PROFILE")  # a file: profile the controller into it
+        cmd = ([sys.executable, "-m", "cProfile", "-o", prof, "-m", "controller.cli"] if prof
+               else [str(Path(sys.executable).parent / "i2nsf-controller")])
+        ctl_p = subprocess.Popen(
+            [*cmd, "serve", "-c",
+             str(work / "ctl.toml"), "--ready-file", str(work / "ctl.ready"),
+             "--log-level", "WARNING"],
+            stdout=subprocess.DEVNULL, stderr=open(work / "ctl.log", "wb"))  # noqa: SIM115
+        procs.append(ctl_p)
+        wait_file(work / "ctl.ready", ctl_p, 60, "controller")
+        c = Client(int((work / "ctl.ready").read_text()))
+        results: dict[str, Any] = {}
+
+        # -- phase 1: provisioning -------------------------------------------------------
+        m, n = args.agents, args.policies
+        c.edit("<nsfs>" + "".join(nsf_xml(i, ports[i], work / "client_key", host_key)
+                                  for i in range(m)) + "</nsfs>" + profile(3240, 3600))
+        deadline = time.monotonic() + 60
+        while c.sessions().get("connected", 0) < m:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"sessions: {c.sessions()}")
+            time.sleep(0.2)
+        body = "<policies>" + "".join(policy(i, m) for i in range(n)) + "</policies>"
+        t0 = time.monotonic()
+        c.edit(body)
+        t_accept = time.monotonic() - t0
+        while True:
+            st = c.policies()
+            active = sum(1 for s, _ in st if s == "active")
+            if active == n:
+                break
+            if time.monotonic() - t0 > 300:
+                raise SystemExit(f"only {active}/{n} policies active after 300 s")
+            time.sleep(0.25)
+        t_full = time.monotonic() - t0
+        pps = n / t_full
+        results["policies_per_s"] = pps
+        results["time_to_full_protection_s"] = t_full
+        print(f"\nphase 1: {n} policies across {m} agents")
+        print(f"  commit accepted by the controller in {t_accept:.2f} s (validation, store)")
+        print(f"  time to full protection          {t_full:8.2f} s")
+        print(f"  policies/s                       {pps:8.0f}    {ratio(pps, 500)}")
+
+        # -- phase 2: sustained rekeys ----------------------------------------------------
+        c.edit(profile(2, 6))  # lifetimes only: each policy rekeys now, then every ~1.8 s
+        time.sleep(4)  # let the first (simultaneous) wave pass; measure the steady state
+        g0, t0 = sum(g for _, g in c.policies()), time.monotonic()
+        time.sleep(args.rekey_window)
+        st = c.policies()
+        g1, t1 = sum(g for _, g in st), time.monotonic()
+        rps = (g1 - g0) / (t1 - t0)
+        offered = n / 1.8
+        results["rekeys_per_s"] = rps
+        failed = sum(1 for s, _ in st if s == "failed")
+        print(f"\nphase 2: {n} policies, soft lifetime 2 s (offered ~{offered:.0f} rekeys/s)")
+        print(f"  rekeys completed in {t1 - t0:.0f} s     {g1 - g0:8d}")
+        print(f"  rekeys/s sustained               {rps:8.0f}    {ratio(rps, 1000)}")
+        print(f"  policies failed at the end       {failed:8d}")
+        c.edit(profile(3240, 3600))  # one more rekey each, then quiet: wait for it
+        deadline = time.monotonic() + 300
+        while any(s != "active" for s, _ in c.policies()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+        # -- phase 3: 1,000 sessions ------------------------------------------------------
+        s = args.sessions
+        t0 = time.monotonic()
+        c.edit("<nsfs>" + "".join(nsf_xml(i, ports[i], work / "client_key", host_key)
+                                  for i in range(m, s)) + "</nsfs>")
+        while True:
+            up = c.sessions().get("connected", 0)
+            if up >= s:
+                break
+            if time.monotonic() - t0 > 180:
+                print(f"  only {up}/{s} sessions after 180 s")
+                break
+            time.sleep(0.25)
+        t_up = time.monotonic() - t0
+        cur, peak = rss_mib(ctl_p.pid)
+        results.update(sessions=up, sessions_up_s=t_up, rss_mib=cur, rss_peak_mib=peak)
+        print(f"\nphase 3: {s} agent sessions ({s - m} added at once)")
+        print(f"  all sessions up in               {t_up:8.2f} s  "
+              f"{ratio(t_up, 60, higher_better=False)}")
+        print(f"  controller RSS (now / peak)      {cur:5.0f} / {peak:.0f} MiB  "
+              f"{ratio(peak, 1024, higher_better=False)}")
+        print("\n" + json.dumps({k: round(v, 2) for k, v in results.items()}))
+        c.m.close_session()
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
