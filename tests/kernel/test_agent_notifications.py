@@ -18,7 +18,6 @@ from ncclient import manager
 from ncclient.operations.rpc import RPCError
 
 from netconf_core.schema import YangSchema
-from netconf_core.yang_context import IPSEC_MODULES, create_context
 from nsf_agent.agent import Agent
 from nsf_agent.appliers.xfrm import XfrmApplier
 from nsf_agent.sadb import NS as SADB_NS
@@ -42,11 +41,6 @@ class XfrmAgent(AgentThread):
         self.agent = Agent(self.agent.config, appliers=[self.applier])
 
 
-@pytest.fixture(scope="module")
-def schema() -> YangSchema:
-    return YangSchema(create_context([*IPSEC_MODULES, "i2nsf-sadb"]))
-
-
 @pytest.fixture
 def agent(netns: str, tmp_path: Path) -> Iterator[XfrmAgent]:
     # The VM's own loopback (where the agent listens) starts down.
@@ -60,6 +54,12 @@ def agent(netns: str, tmp_path: Path) -> Iterator[XfrmAgent]:
         yield a.start()
     finally:
         a.stop()
+
+
+@pytest.fixture
+def schema(agent: XfrmAgent) -> YangSchema:
+    """The agent's own schema (ietf-i2nsf-ikeless and i2nsf-sadb), to check notifications."""
+    return agent.server.schema
 
 
 @pytest.fixture
