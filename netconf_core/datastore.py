@@ -85,6 +85,9 @@ class Datastores:
         self.state_dir = state_dir
         self._trees: dict[str, etree._Element] = {}
         self._candidate_modified = False
+        # candidate's libyang tree when its last edit validated it: commit then needs no
+        # second parse (the controller's edit → commit → confirm cycle is the hot path).
+        self._cand_dn: libyang.DNode | None = None
         startup = self._load("startup")
         running = self._load("running")
         if running is None:
@@ -224,19 +227,37 @@ class Datastores:
                 return result.errors
             self._commit_running(canonical, dn)
             return result.errors
-        canonical = self._canonical(new, validate=validate)
-        if test_option == "test-only":
-            return result.errors
-        self._set(target, canonical)
+        canonical, dn = self._canonical_tree(new, validate=validate)
+        if test_option == "test-only" or not validate:
+            if dn is not None:
+                dn.free()
+            dn = None
+            if test_option == "test-only":
+                return result.errors
+        self._set_candidate(canonical, dn)
         return result.errors
+
+    def _set_candidate(self, new: etree._Element, dn: libyang.DNode | None) -> None:
+        """Make `new` the candidate; `dn` is its validated libyang tree (owned from here)."""
+        if etree.tostring(new) == etree.tostring(self._trees["candidate"]):
+            if dn is not None:
+                dn.free()
+            return
+        self._drop_candidate_tree()
+        self._trees["candidate"] = new
+        self._cand_dn = dn
+        self._candidate_modified = True
+
+    def _drop_candidate_tree(self) -> None:
+        if self._cand_dn is not None:
+            self._cand_dn.free()
+            self._cand_dn = None
 
     def _set(self, target: str, new: etree._Element) -> None:
         if target == "running":
             self._commit_running(new)
         elif target == "candidate":
-            if etree.tostring(new) != etree.tostring(self._trees["candidate"]):
-                self._trees["candidate"] = new
-                self._candidate_modified = True
+            self._set_candidate(new, None)
         elif target == "startup":
             old = self._trees["startup"]
             self._trees["startup"] = new
@@ -321,12 +342,18 @@ class Datastores:
 
     def commit(self) -> None:
         """candidate → running through the appliers (all-or-nothing)."""
-        new = self._canonical(copy.deepcopy(self._trees["candidate"]))
-        self._commit_running(new)
+        cand = self._trees["candidate"]
+        if not self._candidate_modified or cand is self._trees["running"]:
+            return  # candidate mirrors running: nothing to do (e.g. a confirming commit)
+        dn, self._cand_dn = self._cand_dn, None
+        if dn is None:
+            cand, dn = self._canonical_tree(cand)
+        self._commit_running(cand, dn)
         self._trees["candidate"] = self._trees["running"]
         self._candidate_modified = False
 
     def discard_changes(self) -> None:
+        self._drop_candidate_tree()
         self._trees["candidate"] = self._trees["running"]
         self._candidate_modified = False
 

@@ -79,6 +79,7 @@ def _filter_children(
             continue
         sn = schema.lookup(psn, d.tag) if schema is not None else None
         picked: etree._Element | None = None
+        merged = 0  # filter nodes whose results went into `picked`
         for f in others:
             if not _matches(f, d) or not _attrs_match(f, d):
                 continue
@@ -93,8 +94,15 @@ def _filter_children(
                 if picked is None:
                     picked = etree.Element(d.tag, nsmap=d.nsmap)
                     _add_keys(picked, d, sn)
+                keys = len(picked)
                 for item in sub:
-                    _add_unique(picked, item)
+                    # Only a second filter node for the same data node can select an item
+                    # twice (and key leaves were added above): dedupe only then.
+                    if merged or (keys and item.tag in {k.tag for k in picked[:keys]}):
+                        _add_unique(picked, item)
+                    else:
+                        picked.append(item)
+                merged += 1
         if picked is not None:
             result.append(picked)
     return result
