@@ -30,20 +30,16 @@ Example (`i2nsf-agent init-config` writes one):
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from netconf_core.auth import User
+from netconf_core.configfile import ConfigError, check_table, parse_users, read_toml
 from netconf_core.framing import DEFAULT_MAX_MESSAGE
 from netconf_core.yang_context import IPSEC_MODULES
 
 DEFAULT_STATE_DIR = Path("/var/lib/i2nsf-agent")
-
-
-class ConfigError(ValueError):
-    """The configuration file is missing something or has a wrong value."""
 
 
 @dataclass
@@ -71,14 +67,6 @@ _SERVER_KEYS = {
 }
 
 
-def _check(table: dict[str, Any], allowed: dict[str, Any], where: str) -> None:
-    for k, v in table.items():
-        if k not in allowed:
-            raise ConfigError(f"[{where}] unknown key {k!r}")
-        if not isinstance(v, allowed[k]) or isinstance(v, bool):
-            raise ConfigError(f"[{where}] {k} has the wrong type ({type(v).__name__})")
-
-
 def parse_config(data: dict[str, Any], base: Path | None = None) -> AgentConfig:
     """Build an AgentConfig from parsed TOML; relative paths are taken from `base`."""
     base = base or Path.cwd()
@@ -87,7 +75,7 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> AgentConfig:
             raise ConfigError(f"unknown section [{k}]")
     cfg = AgentConfig()
     srv = data.get("server", {})
-    _check(srv, _SERVER_KEYS, "server")
+    check_table(srv, _SERVER_KEYS, "server")
     for k, v in srv.items():
         setattr(cfg, k, v)
     cfg.state_dir = base / Path(srv.get("state_dir", str(DEFAULT_STATE_DIR)))
@@ -96,7 +84,7 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> AgentConfig:
     if cfg.max_message_size < 4096:
         raise ConfigError("[server] max_message_size must be at least 4096")
     yang = data.get("yang", {})
-    _check(yang, {"modules": list, "features": dict, "dir": str}, "yang")
+    check_table(yang, {"modules": list, "features": dict, "dir": str}, "yang")
     if "modules" in yang:
         cfg.modules = [str(m) for m in yang["modules"]]
     if "features" in yang:
@@ -104,71 +92,12 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> AgentConfig:
     if "dir" in yang:
         cfg.yang_dir = base / yang["dir"]
     dp = data.get("dataplane", {})
-    _check(dp, {"appliers": list}, "dataplane")
+    check_table(dp, {"appliers": list}, "dataplane")
     if "appliers" in dp:
         cfg.appliers = [str(a) for a in dp["appliers"]]
-    for i, u in enumerate(data.get("users", [])):
-        _check(
-            u,
-            {"name": str, "password_hash": str, "authorized_keys": list,
-             "authorized_keys_file": str},
-            f"users #{i + 1}",
-        )
-        if "name" not in u:
-            raise ConfigError(f"[[users]] #{i + 1} has no name")
-        keys = [str(k) for k in u.get("authorized_keys", [])]
-        if "authorized_keys_file" in u:
-            path = base / u["authorized_keys_file"]
-            try:
-                keys += [
-                    ln.strip() for ln in path.read_text().splitlines()
-                    if ln.strip() and not ln.lstrip().startswith("#")
-                ]
-            except OSError as exc:
-                raise ConfigError(f"user {u['name']}: cannot read {path}: {exc}") from exc
-        if "password_hash" not in u and not keys:
-            raise ConfigError(f"user {u['name']} has neither password_hash nor keys")
-        cfg.users.append(User(u["name"], u.get("password_hash"), keys))
+    cfg.users = parse_users(data.get("users", []), base)
     return cfg
 
 
 def load_config(path: Path) -> AgentConfig:
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    return parse_config(data, path.resolve().parent)
-
-
-def render_config(cfg: AgentConfig) -> str:
-    """TOML text for a configuration (what `init-config` writes)."""
-
-    def s(v: str) -> str:
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines = [
-        "[server]",
-        f"host = {s(cfg.host)}",
-        f"port = {cfg.port}",
-        f"state_dir = {s(str(cfg.state_dir))}",
-        f"max_message_size = {cfg.max_message_size}",
-        f"hello_timeout = {cfg.hello_timeout}",
-        f"confirm_timeout = {cfg.confirm_timeout}",
-        f"replay_size = {cfg.replay_size}",
-        "",
-        "[yang]",
-        "modules = [" + ", ".join(s(m) for m in cfg.modules) + "]",
-        "",
-        "[dataplane]",
-        "appliers = [" + ", ".join(s(a) for a in cfg.appliers) + "]",
-    ]
-    for u in cfg.users:
-        lines += ["", "[[users]]", f"name = {s(u.name)}"]
-        if u.password_hash:
-            lines.append(f"password_hash = {s(u.password_hash)}")
-        if u.authorized_keys:
-            lines.append("authorized_keys = [" + ", ".join(s(k) for k in u.authorized_keys) + "]")
-    return "\n".join(lines) + "\n"
+    return parse_config(read_toml(path), path.resolve().parent)
