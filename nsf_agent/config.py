@@ -101,3 +101,35 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> AgentConfig:
 
 def load_config(path: Path) -> AgentConfig:
     return parse_config(read_toml(path), path.resolve().parent)
+
+
+
+def render_config(cfg: AgentConfig) -> str:
+    """TOML text for a configuration (what `init-config` writes)."""
+
+    def s(v: str) -> str:
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [
+        "[server]",
+        f"host = {s(cfg.host)}",
+        f"port = {cfg.port}",
+        f"state_dir = {s(str(cfg.state_dir))}",
+        f"max_message_size = {cfg.max_message_size}",
+        f"hello_timeout = {cfg.hello_timeout}",
+        f"confirm_timeout = {cfg.confirm_timeout}",
+        f"replay_size = {cfg.replay_size}",
+        "",
+        "[yang]",
+        "modules = [" + ", ".join(s(m) for m in cfg.modules) + "]",
+        "",
+        "[dataplane]",
+        "appliers = [" + ", ".join(s(a) for a in cfg.appliers) + "]",
+    ]
+    for u in cfg.users:
+        lines += ["", "[[users]]", f"name = {s(u.name)}"]
+        if u.password_hash:
+            lines.append(f"password_hash = {s(u.password_hash)}")
+        if u.authorized_keys:
+            lines.append("authorized_keys = [" + ", ".join(s(k) for k in u.authorized_keys) + "]")
+    return "\n".join(lines) + "\n"
