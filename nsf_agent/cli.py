@@ -12,6 +12,7 @@ from pathlib import Path
 
 from netconf_core import __version__
 from netconf_core.auth import User, hash_password
+from netconf_core.daemon import serve_until_signalled, setup_logging
 from nsf_agent import dataplane
 from nsf_agent.config import AgentConfig, ConfigError, load_config, render_config
 
@@ -74,30 +75,6 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        import json
-
-        out = {
-            "time": self.formatTime(record), "level": record.levelname,
-            "logger": record.name, "message": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
-def _setup_logging(level: str, as_json: bool) -> None:
-    handler = logging.StreamHandler()
-    if as_json:
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
-    logging.getLogger("asyncssh").setLevel(max(logging.WARNING, logging.getLevelName(level)))
-
-
 def _read_password(from_stdin: bool) -> str:
     if from_stdin or not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\n")
@@ -123,7 +100,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg.state_dir = args.state_dir
     if args.dataplane:
         cfg.appliers = args.dataplane
-    _setup_logging(args.log_level, args.log_json)
+    setup_logging(args.log_level, args.log_json)
     if not cfg.users:
         log.warning("no [[users]] configured: nobody can log in")
     try:
@@ -131,30 +108,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"i2nsf-agent: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(agent, args.ready_file))
+    asyncio.run(serve_until_signalled(agent.start, agent.stop, lambda: agent.port,
+                                      args.ready_file))
     return 0
-
-
-async def _serve(agent: object, ready_file: str | None) -> None:
-    from nsf_agent.agent import Agent
-
-    assert isinstance(agent, Agent)
-    tmp = f"{ready_file}.tmp" if ready_file else None
-
-    await agent.start()
-    if ready_file and tmp:
-        with open(tmp, "w") as f:
-            f.write(f"{agent.port}\n")
-        os.replace(tmp, ready_file)
-    import signal
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await agent.stop()
 
 
 def _cmd_init_config(args: argparse.Namespace) -> int:
