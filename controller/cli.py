@@ -96,6 +96,30 @@ def build_parser() -> argparse.ArgumentParser:
     nsf.add_parser("list", help="list NSFs and their session state")
     r = nsf.add_parser("remove", help="remove an NSF (its policies must be gone)")
     r.add_argument("name")
+    rc = nsf.add_parser("rotate-cert", help="IKE case: issue a new key and certificate to "
+                        "an NSF and push them (established IKE SAs stay up)")
+    rc.add_argument("name")
+
+    ca = sub.add_parser("ca", help="the controller's certificate authority (IKE case)"
+                        ).add_subparsers(dest="sub", metavar="ACTION", required=True)
+    ca.add_parser("rotate", help="new CA key and certificate; re-issue and push every "
+                  "certificate (the previous CA stays trusted)")
+    rw = sub.add_parser("roadwarrior", help="remote hosts connecting to a gateway (IKE case)"
+                        ).add_subparsers(dest="sub", metavar="ACTION", required=True)
+    rwa = rw.add_parser("add", help="add or replace a road warrior")
+    rwa.add_argument("name")
+    rwa.add_argument("--gateway", required=True, help="gateway NSF")
+    rwa.add_argument("--identity", required=True, help="the host's IKE identity (FQDN)")
+    rwa.add_argument("--inner-address", required=True, help="the host's address inside "
+                     "the tunnel")
+    rwa.add_argument("--prefix", action="append", default=[], help="network behind the "
+                     "gateway (default: its protected prefixes)")
+    rwa.add_argument("--profile", default="default", help="crypto profile")
+    rwe = rw.add_parser("export", help="write the host's credential bundle (swanctl.conf, "
+                        "key, certificate, CA certificate) for 'swanctl --load-all'")
+    rwe.add_argument("name")
+    rwe.add_argument("--out", type=Path, required=True, help="directory to write")
+    rw.add_parser("list", help="road warriors and whether they are connected")
 
     pol = sub.add_parser("policy", help="flow protection policies").add_subparsers(
         dest="sub", metavar="ACTION", required=True)
@@ -117,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--protocol", default="any", help="inner protocol number or 'any'")
     pa.add_argument("--on-demand", action="store_true",
                     help="install SPD entries only; create SAs on the first sadb-acquire")
+    pa.add_argument("--ike", choices=["psk", "certificate"],
+                    help="IKE case: the NSFs negotiate with IKEv2, authenticated by a "
+                    "generated pre-shared key or by certificates from the controller's CA")
+    pa.add_argument("--psk-file", help="IKE case: pre-shared key file on the controller host "
+                    "instead of a generated key")
     pol.add_parser("list", help="list policies with status and generation")
     sh = pol.add_parser("show", help="a policy's configuration, status and SAs")
     sh.add_argument("name")
@@ -359,6 +388,11 @@ def _policy_apply(m: Any, a: argparse.Namespace) -> None:
              _e("mode", a.mode), _e("crypto-profile", a.profile))
     if a.on_demand:
         pol.append(_e("ikeless", None, _e("on-demand", "true")))
+    if a.ike:
+        ike = _e("ike", None, _e("auth-method", a.ike))
+        if a.psk_file:
+            ike.append(_e("pre-shared-key-file", os.path.abspath(a.psk_file)))
+        pol.append(ike)
     pol.set(f"{{{NC_NS}}}operation", "replace")
     _edit(m, _config(_e("crypto-profiles", None, prof), _e("policies", None, pol)))
     print(f"policy {a.name} applied; the controller is provisioning it "
@@ -428,6 +462,36 @@ def _rpc(m: Any, name: str, arg: str, value: str) -> etree._Element:
     return etree.fromstring(reply.xml.encode())
 
 
+def _rw_add(m: Any, a: argparse.Namespace) -> None:
+    rw = _e("road-warrior", None, _e("name", a.name), _e("gateway", a.gateway),
+            _e("identity", a.identity), _e("inner-address", a.inner_address),
+            *(_e("prefix", p) for p in a.prefix), _e("crypto-profile", a.profile))
+    rw.set(f"{{{NC_NS}}}operation", "replace")
+    _edit(m, _config(_e("road-warriors", None, rw)))
+    print(f"road warrior {a.name} saved; export its credentials with "
+          f"'i2nsf-controller roadwarrior export {a.name} --out DIR'")
+
+
+def _rw_export(m: Any, name: str, out: Path) -> None:
+    from controller.ike import write_bundle
+
+    reply = m.dispatch(_e("export-road-warrior", None, _e("name", name)))
+    root = etree.fromstring(reply.xml.encode())
+    bundle = {k: root.findtext(".//" + Q + k) or "" for k in
+              ("swanctl-conf", "certificate", "private-key", "ca-certificate")}
+    files = write_bundle(bundle, out)
+    print(f"road warrior {name}: wrote {', '.join(str(f) for f in files)}")
+    print(f"on the host: SWANCTL_DIR={out} swanctl --load-all --file {out}/swanctl.conf")
+
+
+def _rw_list(m: Any) -> None:
+    st = _state(m)
+    rows = [[_t(r, "name"), _t(r, "gateway"), _t(r, "status"), _t(r, "peer") or "-",
+             _t(r, "error-message")] for r in st.iter(Q + "road-warrior")]
+    print(_table(rows, ["ROAD WARRIOR", "GATEWAY", "STATUS", "FROM", "ERROR"])
+          if rows else "no road warriors")
+
+
 def _status(m: Any) -> None:
     data = _get(m, f'<flow-protection xmlns="{FP}"><nsfs/></flow-protection>')
     st = _state(m)
@@ -460,6 +524,20 @@ def _run_client(args: argparse.Namespace) -> int:
             _nsf_list(m)
         elif cmd == "nsf" and sub == "remove":
             _nsf_remove(m, args.name)
+        elif cmd == "nsf" and sub == "rotate-cert":
+            out = _rpc(m, "rotate-nsf-certificate", "nsf", args.name)
+            print(f"NSF {args.name}: new certificate (serial "
+                  f"{out.findtext('.//' + Q + 'serial')}) issued and being pushed")
+        elif cmd == "ca" and sub == "rotate":
+            out = etree.fromstring(m.dispatch(_e("rotate-ca")).xml.encode())
+            print(f"new CA certificate (serial {out.findtext('.//' + Q + 'serial')}); "
+                  "certificates re-issued and being pushed")
+        elif cmd == "roadwarrior" and sub == "add":
+            _rw_add(m, args)
+        elif cmd == "roadwarrior" and sub == "export":
+            _rw_export(m, args.name, args.out)
+        elif cmd == "roadwarrior" and sub == "list":
+            _rw_list(m)
         elif cmd == "policy" and sub == "apply":
             _policy_apply(m, args)
         elif cmd == "policy" and sub == "list":

@@ -35,6 +35,15 @@ class Nat:
 
 
 @dataclass(frozen=True)
+class NsfIke:
+    """An NSF's IKE identity and operator-supplied credentials (IKE case)."""
+
+    fqdn: str | None = None
+    certificate_file: str | None = None
+    private_key_file: str | None = None
+
+
+@dataclass(frozen=True)
 class Nsf:
     name: str
     address: str
@@ -48,6 +57,8 @@ class Nsf:
     protected_prefixes: tuple[IpNet, ...] = ()
     nat: Nat | None = None
     dataplane: str = "kernel"
+    # Not in to_dict: IKE settings must not change the IKE-less fingerprints.
+    ike: NsfIke = NsfIke()
 
     @property
     def reachable_address(self) -> IpAddr:
@@ -114,6 +125,18 @@ class LimitsOverride:
 
 
 @dataclass(frozen=True)
+class IkeSaParams:
+    """IKE SA settings of a crypto profile (IKE case)."""
+
+    encryption: int = 20
+    key_length: int = 128
+    integrity: int = 12
+    dh_group: int = 19
+    pfs_group: int = 0
+    rekey_time: int = 14400
+
+
+@dataclass(frozen=True)
 class CryptoProfile:
     name: str
     encryption: int = 20
@@ -123,6 +146,7 @@ class CryptoProfile:
     hard: Limits = Limits(time=3600)
     anti_replay_window: int = 64
     ext_seq_num: bool = True
+    ike: IkeSaParams = IkeSaParams()  # not in to_dict (IKE-less fingerprints)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,6 +182,8 @@ class FlowParams:
     hard: LimitsOverride = LimitsOverride()
     key_management: KeyManagement = "ikeless"
     on_demand: bool = False
+    auth_method: str = "psk"  # IKE case: psk | certificate
+    psk_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +211,9 @@ class Policy:
                 "crypto_profile": p.crypto_profile, "inner_protocol": p.inner_protocol,
                 "mode": p.mode, "soft": vars(p.soft), "hard": vars(p.hard),
                 "key_management": p.key_management, "on_demand": p.on_demand,
+                # only for IKE-case policies, so IKE-less fingerprints stay as they were
+                **({"auth_method": p.auth_method, "psk_file": p.psk_file}
+                   if p.key_management == "ike" else {}),
             },
         }
 
@@ -201,7 +230,8 @@ class Policy:
                 crypto_profile=p["crypto_profile"], inner_protocol=p["inner_protocol"],
                 mode=p["mode"], soft=LimitsOverride(**p["soft"]),
                 hard=LimitsOverride(**p["hard"]), key_management=p["key_management"],
-                on_demand=p["on_demand"],
+                on_demand=p["on_demand"], auth_method=p.get("auth_method", "psk"),
+                psk_file=p.get("psk_file"),
             ),
         )
 
@@ -230,11 +260,24 @@ def group_policy_name(group: str, a: str, b: str) -> str:
 
 
 @dataclass(frozen=True)
+class RoadWarrior:
+    """A remote host connecting to a gateway NSF (RFC 9061 host-to-gateway, IKE case)."""
+
+    name: str
+    gateway: str
+    identity: str  # FQDN, a DNS SAN of its certificate
+    inner_address: IpAddr
+    crypto_profile: str
+    prefixes: tuple[IpNet, ...] = ()  # empty: the gateway's protected prefixes
+
+
+@dataclass(frozen=True)
 class FlowConfig:
     nsfs: dict[str, Nsf] = field(default_factory=dict)
     profiles: dict[str, CryptoProfile] = field(default_factory=dict)
     policies: dict[str, Policy] = field(default_factory=dict)
     groups: dict[str, PolicyGroup] = field(default_factory=dict)
+    road_warriors: dict[str, RoadWarrior] = field(default_factory=dict)
 
     def all_policies(self) -> dict[str, Policy]:
         """Configured policies plus those generated from policy groups."""
@@ -297,6 +340,8 @@ def _params(el: etree._Element) -> FlowParams:
         hard=_override(el.find(Q + "lifetime-hard")),
         key_management="ike" if el.find(Q + "ike") is not None else "ikeless",
         on_demand=_t(el, "ikeless/on-demand") == "true",
+        auth_method=_t(el, "ike/auth-method") or "psk",
+        psk_file=_t(el, "ike/pre-shared-key-file"),
     )
 
 
@@ -321,6 +366,8 @@ def parse_nsf(el: etree._Element) -> Nsf:
                                  for p in el.iterfind(Q + "protected-prefix") if p.text),
         nat=nat,
         dataplane=_t(el, "dataplane") or "kernel",
+        ike=NsfIke(_t(el, "ike/identity-fqdn"), _t(el, "ike/certificate-file"),
+                   _t(el, "ike/private-key-file")),
     )
 
 
@@ -335,6 +382,14 @@ def parse_profile(el: etree._Element) -> CryptoProfile:
         hard=_limits(el.find(Q + "lifetime-hard"), d.hard),
         anti_replay_window=int(_t(el, "anti-replay-window-size") or d.anti_replay_window),
         ext_seq_num=(_t(el, "ext-seq-num") or "true") == "true",
+        ike=IkeSaParams(
+            encryption=int(_t(el, "ike-sa/encryption-algorithm") or 20),
+            key_length=int(_t(el, "ike-sa/key-length") or 128),
+            integrity=int(_t(el, "ike-sa/integrity-algorithm") or 12),
+            dh_group=int(_t(el, "ike-sa/dh-group") or 19),
+            pfs_group=int(_t(el, "ike-sa/pfs-group") or 0),
+            rekey_time=int(_t(el, "ike-sa/rekey-time") or 14400),
+        ),
     )
 
 
@@ -357,6 +412,18 @@ def parse_group(el: etree._Element) -> PolicyGroup:
     )
 
 
+def parse_road_warrior(el: etree._Element) -> RoadWarrior:
+    return RoadWarrior(
+        name=_t(el, "name") or "",
+        gateway=_t(el, "gateway") or "",
+        identity=_t(el, "identity") or "",
+        inner_address=ipaddress.ip_address(_t(el, "inner-address") or ""),
+        crypto_profile=_t(el, "crypto-profile") or "",
+        prefixes=tuple(ipaddress.ip_network(p.text.strip(), strict=False)
+                       for p in el.iterfind(Q + "prefix") if p.text),
+    )
+
+
 def parse_config(data: etree._Element) -> FlowConfig:
     """`data` holds `<flow-protection>` (a `<data>`/`<config>` root) or is it; already
     validated by libyang, so structure is trusted and only values are interpreted."""
@@ -367,11 +434,14 @@ def parse_config(data: etree._Element) -> FlowConfig:
     profiles = [parse_profile(e) for e in root.iterfind(f"{Q}crypto-profiles/{Q}crypto-profile")]
     policies = [parse_policy(e) for e in root.iterfind(f"{Q}policies/{Q}policy")]
     groups = [parse_group(e) for e in root.iterfind(f"{Q}policy-groups/{Q}policy-group")]
+    rws = [parse_road_warrior(e)
+           for e in root.iterfind(f"{Q}road-warriors/{Q}road-warrior")]
     return FlowConfig(
         nsfs={n.name: n for n in nsfs},
         profiles={p.name: p for p in profiles},
         policies={p.name: p for p in policies},
         groups={g.name: g for g in groups},
+        road_warriors={r.name: r for r in rws},
     )
 
 
@@ -458,10 +528,6 @@ def check_config(cfg: FlowConfig) -> None:
         path = _ppath(pol)
         what = f"policy {pol.name!r}"
         prm = pol.params
-        if prm.key_management == "ike":
-            err(path + "/ike", f"{what}: the IKE case is not supported yet; use ikeless",
-                tag="operation-not-supported")
-            continue
         a, b = cfg.nsfs.get(pol.a.nsf), cfg.nsfs.get(pol.b.nsf)
         if a is None or b is None:
             missing = pol.a.nsf if a is None else pol.b.nsf
@@ -524,6 +590,10 @@ def check_config(cfg: FlowConfig) -> None:
                         break
                 seen.setdefault(nsf, []).append((loc, rem, prm.inner_protocol, lp, rp,
                                                  pol.name))
+    from controller.ike import check_ike  # the IKE case's own rules (pairs, road warriors)
+
+    for path, msg, tag, app_tag in check_ike(cfg):
+        err(path, msg, tag, app_tag)
     if errors:
         first, *rest = errors
         first.others = rest

@@ -101,7 +101,7 @@ class ControllerServer:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(config.state_dir, 0o700)
         self.store = SqliteStore(config.db_path)
-        self.service = FlowService(self.store, config.options)
+        self.service = FlowService(self.store, config.options, state_dir=config.state_dir)
         self.server: NetconfServer | None = None
         self.ssh: SshTransport | None = None
         self.datastores: Datastores | None = None
@@ -116,6 +116,9 @@ class ControllerServer:
         server.bind_loop(asyncio.get_running_loop())
         server.register_rpc(FP_NS, "rekey-policy", self._rekey_policy)
         server.register_rpc(FP_NS, "resync-nsf", self._resync_nsf)
+        server.register_rpc(FP_NS, "rotate-ca", self._rotate_ca)
+        server.register_rpc(FP_NS, "rotate-nsf-certificate", self._rotate_nsf_certificate)
+        server.register_rpc(FP_NS, "export-road-warrior", self._export_road_warrior)
         applier = FlowApplier(self.service)
         applier.bind(server.notify)
         self.service.load()
@@ -179,3 +182,43 @@ class ControllerServer:
 
         self.service._spawn(run())
         return None
+
+    # ---- IKE case: credentials ------------------------------------------------------------
+
+    def _serial(self, serial: int) -> list[etree._Element]:
+        out = etree.Element(Q + "serial", nsmap={None: FP_NS})
+        out.text = f"{serial:x}"
+        return [out]
+
+    def _rotate_ca(self, srv: NetconfServer, sess: NetconfSession, op: etree._Element
+                   ) -> list[etree._Element]:
+        return self._serial(self.service.ike.rotate_ca().serial_number)
+
+    def _rotate_nsf_certificate(self, srv: NetconfServer, sess: NetconfSession,
+                                op: etree._Element) -> list[etree._Element]:
+        nsf = _arg(op, "nsf")
+        try:
+            cert = self.service.ike.rotate_nsf(nsf)
+        except KeyError:
+            raise RpcError("application", "invalid-value", f"no NSF {nsf!r} in the inventory",
+                           info={"bad-element": "nsf"}) from None
+        except ValueError as exc:
+            raise RpcError("application", "operation-failed", str(exc)) from None
+        return self._serial(cert.serial_number)
+
+    def _export_road_warrior(self, srv: NetconfServer, sess: NetconfSession,
+                             op: etree._Element) -> list[etree._Element]:
+        name = _arg(op, "name")
+        try:
+            bundle = self.service.ike.road_warrior_bundle(name)
+        except KeyError:
+            raise RpcError("application", "invalid-value", f"no road warrior {name!r}",
+                           info={"bad-element": "name"}) from None
+        log.info("road warrior %s: credential bundle exported to %s", name,
+                 getattr(sess, "username", "?"))
+        out = []
+        for k, v in bundle.items():
+            e = etree.Element(Q + k, nsmap={None: FP_NS})
+            e.text = v
+            out.append(e)
+        return out

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lxml import etree
@@ -96,7 +97,10 @@ def fingerprint(pol: Policy, cfg: FlowConfig, lifetimes: bool = True) -> str:
 
 class FlowService:
     def __init__(self, store: Store, opts: ServiceOptions | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 state_dir: Path | None = None) -> None:
+        from controller.ike import IkeManager
+
         self.store = store
         self.opts = opts or ServiceOptions()
         self.clock = clock
@@ -121,6 +125,7 @@ class FlowService:
         self._loaded = False
         self._leftover_checked: set[str] = set()
         self._runner_busy = False
+        self.ike = IkeManager(self, state_dir)  # the IKE case (controller/ike.py)
 
     # ---- start / stop ---------------------------------------------------------------------
 
@@ -146,8 +151,10 @@ class FlowService:
             self.load()
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self.run(), name="flow-engine")
+        self.ike.start()
 
     async def stop(self) -> None:
+        await self.ike.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -172,7 +179,9 @@ class FlowService:
         """Make `cfg` the desired state (already checked by `model.check_config`)."""
         now = self.clock()
         old = {r.name: r for r in self.store.list_policies()}
-        new = cfg.all_policies()
+        # IKE-case policies are the IKE manager's (no SAs, keys or rekeys here)
+        new = {n: p for n, p in cfg.all_policies().items()
+               if p.params.key_management != "ike"}
         added, changed, relifed = [], [], []
         with self.store.transaction():
             for nsf in cfg.nsfs.values():
@@ -218,6 +227,7 @@ class FlowService:
         if added or changed or removed or relifed:
             log.info("configuration: %d policies added, %d changed, %d with new lifetimes, "
                      "%d removed", len(added), len(changed), len(relifed), len(removed))
+        self.ike.apply_config(cfg)
         self._sync_sessions()
         self.wake()
 
@@ -330,12 +340,14 @@ class FlowService:
                 self._leftover_checked.add(name)
 
     async def _transact(self, sessions: dict[str, NsfSession],
-                        edits: dict[str, etree._Element]) -> None:
+                        edits: dict[str, etree._Element],
+                        commit_order: list[str] | None = None) -> None:
         await self._clear_leftovers(sessions)
         self.stats.transactions += 1
         try:
             await transact(sessions, edits, timeout=self.opts.rpc_timeout,
-                           confirm_timeout=self.opts.confirm_timeout, journal=self._journal)
+                           confirm_timeout=self.opts.confirm_timeout, journal=self._journal,
+                           commit_order=commit_order)
         except BaseException:
             self.stats.transactions_failed += 1
             self._leftover_checked.difference_update(sessions)
@@ -563,6 +575,8 @@ class FlowService:
 
     def _on_notification(self, nsf: str, n: etree._Element) -> None:
         self.stats.notifications += 1
+        if self.ike.on_notification(nsf, n):
+            return
         now = self.clock()
         if n.tag == IK + "sadb-expire":
             sa = (n.findtext(IK + "ipsec-sa-name") or "").strip()
@@ -595,6 +609,7 @@ class FlowService:
     async def _on_connected(self, sess: NsfSession) -> None:
         """After every (re)connection: put back what the store says the NSF should hold,
         and retry at once the actions that failed while it was away."""
+        self.ike.on_connected(sess.name)
         await self.resync(sess.name)
         now = self.clock()
         for name, t in self.sched.timers.items():
@@ -641,6 +656,8 @@ class FlowService:
         sess = self.south.sessions.get(nsf)
         if sess is None or sess.state != CONNECTED:
             raise NcError(f"NSF {nsf} is not connected")
+        if force:
+            self.ike.resync(nsf)
         async with sess.lock:
             self._leftover_checked.discard(nsf)  # a new session: look again
             await self._clear_leftovers({nsf: sess})
@@ -693,4 +710,19 @@ class FlowService:
         return gen
 
     def state(self) -> list[etree._Element]:
-        return [state_xml(self.store, self.sched), *self.south.state_elements()]
+        st = state_xml(self.store, self.sched)
+        q = f"{{{FP_NS}}}"
+        for p in self.ike.state_policies(q):
+            st.append(p)
+        for name, (status, err, peer) in sorted(self.ike.rw_state().items()):
+            rw = etree.SubElement(st, q + "road-warrior")
+            etree.SubElement(rw, q + "name").text = name
+            gw = self.ike.cfg.road_warriors.get(name)
+            if gw is not None:
+                etree.SubElement(rw, q + "gateway").text = gw.gateway
+            etree.SubElement(rw, q + "status").text = status
+            if err:
+                etree.SubElement(rw, q + "error-message").text = err
+            if peer:
+                etree.SubElement(rw, q + "peer").text = peer
+        return [st, *self.south.state_elements()]

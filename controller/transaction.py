@@ -110,10 +110,19 @@ async def _with_session(s: NsfSession, body: bytes, timeout: float, patience: fl
 Journal = Callable[[list[str], str | None], None]
 
 
+class _NotCommitted(NcRpcError):
+    """An NSF left out of an ordered commit because an earlier one failed."""
+
+
 async def transact(sessions: Mapping[str, NsfSession], edits: Mapping[str, etree._Element],
                    *, timeout: float = 30.0, confirm_timeout: int = 60,
-                   journal: Journal | None = None) -> None:
+                   journal: Journal | None = None,
+                   commit_order: list[str] | None = None) -> None:
     """Apply `edits` (NSF name → `<config>`) on all NSFs or on none. Raises TransactionError.
+
+    `commit_order` (IKE case) makes the confirmed commits one NSF after the other in that
+    order instead of all at once: an IKE responder must hold its connection before the
+    initiator's charon starts negotiating, or the first exchange fails for good.
 
     `journal(nsfs, persist_id)` is called before the confirmed commits and with None once
     they are confirmed or cancelled, so that a controller that crashed in between can
@@ -136,7 +145,7 @@ async def transact(sessions: Mapping[str, NsfSession], edits: Mapping[str, etree
     unresolved: list[str] = []
     try:
         await _commit_and_confirm(sessions, names, persist, timeout, confirm_timeout,
-                                  unresolved)
+                                  unresolved, commit_order)
     finally:
         # NSFs whose confirmed commit could be neither confirmed nor cancelled keep their
         # journal entry: the next transaction or connection cancels it by persist-id.
@@ -146,11 +155,25 @@ async def transact(sessions: Mapping[str, NsfSession], edits: Mapping[str, etree
 
 async def _commit_and_confirm(sessions: Mapping[str, NsfSession], names: list[str],
                               persist: str, timeout: float, confirm_timeout: int,
-                              unresolved: list[str]) -> None:
+                              unresolved: list[str], order: list[str] | None = None) -> None:
     commit = op("commit", {"confirmed": None, "confirm-timeout": confirm_timeout,
                            "persist": persist})
-    results = await asyncio.gather(*(_client(sessions[n]).rpc(commit, timeout) for n in names),
-                                   return_exceptions=True)
+    if order is None:
+        results: list[object] = list(await asyncio.gather(
+            *(_client(sessions[n]).rpc(commit, timeout) for n in names),
+            return_exceptions=True))
+    else:
+        seq = [n for n in order if n in names] + [n for n in names if n not in order]
+        by_name: dict[str, object] = {}
+        for n in seq:  # stop at the first failure; the rest count as not committed
+            try:
+                by_name[n] = await _client(sessions[n]).rpc(commit, timeout)
+            except Exception as exc:  # reported like gather's results
+                by_name[n] = exc
+                for rest in seq[seq.index(n) + 1:]:
+                    by_name[rest] = _NotCommitted([])
+                break
+        results = [by_name[n] for n in names]
     committed = [n for n, r in zip(names, results, strict=True)
                  if not isinstance(r, BaseException)]
     failed = [(n, r) for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
@@ -167,7 +190,7 @@ async def _commit_and_confirm(sessions: Mapping[str, NsfSession], names: list[st
                 log.error("NSF %s: cancel-commit failed (%s); its confirmed commit rolls back "
                           "by itself within %d s", n, r, confirm_timeout)
         await asyncio.gather(*(_undo_prepare(sessions[n], timeout) for n in names))
-        n, err = failed[0]
+        n, err = next((f for f in failed if not isinstance(f[1], _NotCommitted)), failed[0])
         raise TransactionError(n, "confirmed commit", str(err) or type(err).__name__)
 
     confirm = op("commit", {"persist-id": persist})
