@@ -260,7 +260,8 @@ class _Editor:
         if existing is None and op != "none" and not _has_edit_attributes(edit):
             # Nothing to merge with and no nested operations: the subtree is the result.
             # libyang's strict parse of the whole tree then checks every node in it.
-            node = self._copy_plain(edit)
+            node = copy.deepcopy(edit)
+            node.attrib.pop(OPERATION, None)
             self._insert(target, node, edit, sn, path)
             self._indexed(target, sn, node)
             return
