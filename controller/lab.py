@@ -102,6 +102,7 @@ class GatewayLab:
     soft: int = 3
     hard: int = 8
     ctl_options: dict[str, Any] = field(default_factory=dict)
+    appliers: tuple[str, ...] = ("userspace",)  # ("userspace", "ike") for the IKE case
     lab: Lab = field(init=False)
     agents: dict[str, Daemon] = field(default_factory=dict)
     controller: Daemon | None = None
@@ -158,7 +159,8 @@ class GatewayLab:
         cfg = self.workdir / f"agent-{side}.toml"
         cfg.write_text(
             f'[server]\nhost = "{MGMT[side][1]}"\nport = {AGENT_PORT}\nstate_dir = "{st}"\n'
-            'confirm_timeout = 60\n\n[dataplane]\nappliers = ["userspace"]\n\n'
+            'confirm_timeout = 60\n\n[dataplane]\nappliers = ['
+            + ", ".join(f'"{a}"' for a in self.appliers) + ']\n\n'
             f'[[users]]\nname = "controller"\nauthorized_keys = ["{self.client_pub}"]\n')
         self.agents[side] = Daemon(
             f"agent {side}", self.gw_ns(side),
