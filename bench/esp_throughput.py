@@ -27,8 +27,12 @@ log = logging.getLogger("bench.esp_throughput")
 PSK = "0sv+NkxY9LLZvwj4qCC2o/gGrWDF2d21jL"
 
 
+MSS: list[int] = []  # iperf3's reported MSS per run, in run order
+
+
 def iperf(lab: L.Lab, seconds: float, parallel: int) -> float:
-    """Receiver-side TCP goodput in Gbit/s."""
+    """Receiver-side TCP goodput in Gbit/s. Every path gets the same iperf3 command (default
+    window autotuning, default MSS); the MSS each path ends up with is recorded in `MSS`."""
     srv = lab.popen(lab.host_b, ["iperf3", "-s", "-1", "--forceflush"],
                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert srv.stdout is not None
@@ -44,6 +48,7 @@ def iperf(lab: L.Lab, seconds: float, parallel: int) -> float:
     if r.returncode != 0:
         raise RuntimeError(f"iperf3 failed: {r.stdout[-500:]} {r.stderr[-500:]}")
     res = json.loads(r.stdout)
+    MSS.append(int(res["start"].get("tcp_mss_default", 0)))
     return res["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
@@ -195,6 +200,9 @@ def main() -> int:
                     help="also measure our data path with UDP encapsulation (as libipsec uses)")
     ap.add_argument("--no-offload", action="store_true",
                     help="also measure our data path without TSO/GRO on the TUN")
+    ap.add_argument("--segmented", action="store_true",
+                    help="also measure our data path with one ESP packet per MSS segment "
+                         "(--no-big-esp)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if os.geteuid() != 0:
@@ -202,33 +210,41 @@ def main() -> int:
         return 2
     lab = L.Lab(L.unique_prefix("i2b"))
     results: dict[str, float] = {}
+    mss: dict[str, int] = {}
+
+    def put(name: str, bps: float) -> None:
+        results[name] = bps
+        mss[name] = MSS[-1] if MSS else 0
+
     tmp = Path(tempfile.mkdtemp(prefix="i2u-bench-"))
     try:
         lab.build()
         bps, stats = run_ours(lab, tmp, a.time, a.parallel)
-        results["userspace ESP (ours, raw ESP)"] = bps
+        put("userspace ESP (ours, raw ESP)", bps)
         print(f"ours: {bps:.3f} Gbit/s   gwA {stats['a']}\n      gwB {stats['b']}",
               flush=True)
         if a.no_offload:
             bps, _ = run_ours(lab, tmp, a.time, a.parallel, extra=("--no-offload",))
-            results["userspace ESP (ours, no TUN offload)"] = bps
+            put("userspace ESP (ours, no TUN offload)", bps)
+        if a.segmented:
+            bps, _ = run_ours(lab, tmp, a.time, a.parallel, extra=("--no-big-esp",))
+            put("userspace ESP (ours, segmented)", bps)
         if a.encap:
             bps, _ = run_ours(lab, tmp, a.time, a.parallel, encap=True)
-            results["userspace ESP (ours, UDP 4500)"] = bps
+            put("userspace ESP (ours, UDP 4500)", bps)
         if not a.skip_strongswan:
             try:
-                results["strongSwan kernel-libipsec"] = run_strongswan(lab, tmp, a.time,
-                                                                       a.parallel)
+                put("strongSwan kernel-libipsec", run_strongswan(lab, tmp, a.time, a.parallel))
             except Exception as e:
                 print(f"strongSwan run failed: {e}", file=sys.stderr)
-        results["plain forwarding"] = run_plain(lab, a.time, a.parallel)
+        put("plain forwarding", run_plain(lab, a.time, a.parallel))
     finally:
         lab.destroy()
         shutil.rmtree(tmp, ignore_errors=True)
     ours = results["userspace ESP (ours, raw ESP)"]
     print(f"\niperf3 TCP, {a.time:g} s, -P {a.parallel}, hostA -> hostB, {os.cpu_count()} CPUs")
     for name, bps in results.items():
-        print(f"  {name:38s} {bps * 1000:9.1f} Mbit/s")
+        print(f"  {name:38s} {bps * 1000:9.1f} Mbit/s   (iperf3 MSS {mss[name]})")
     ss = results.get("strongSwan kernel-libipsec")
     if ss:
         print(f"  ours / strongSwan kernel-libipsec      {ours / ss:6.2f}x")

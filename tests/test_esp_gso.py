@@ -77,3 +77,52 @@ def test_coalesce_round_trip() -> None:
     assert body[52:] == payload
     assert IP(body).len == len(body) and IP(body)[TCP].flags == "PA"
     assert frames[1][:gso.VNET_LEN] == gso.PLAIN_HDR
+
+
+def test_csum_chunked_equals_plain_sum() -> None:
+    for n in (0, 1, 2, 8191, 8192, 8193, 20_001, 65_000):
+        d = os.urandom(n)
+        padded = d + b"\0" * (n & 1)
+        assert gso.csum_add(d) == int.from_bytes(padded, "big") % 0xFFFF
+        assert gso.csum_add(memoryview(d), 7) == int.from_bytes(padded, "big") % 0xFFFF + 7
+
+
+def test_segment_big_keeps_super_packet_whole_and_valid() -> None:
+    payload = os.urandom(1348 * 40 + 77)
+    for v6 in (False, True):
+        pkt = _super(v6, payload)
+        hl = (40 if v6 else 20) + 32
+        vh = gso.VNET_HDR.pack(gso.F_NEEDS_CSUM, gso.GSO_TCPV6 if v6 else gso.GSO_TCPV4, hl,
+                               1348, 40 if v6 else 20, 16)
+        ((whole, nseg, mss),) = gso.segment_big(vh + pkt, 65_000)
+        assert (nseg, mss) == (41, 1348) and whole[hl:] == payload and _valid(whole)
+        # cut at a multiple of the MSS when over the limit; counts add up, flags as TSO does
+        parts = gso.segment_big(vh + pkt, hl + 1348 * 16 + 100)
+        assert [n for _, n, _ in parts] == [16, 16, 9]
+        assert b"".join(p[hl:] for p, _, _ in parts) == payload
+        for i, (p, _, _) in enumerate(parts):
+            assert _valid(p)
+            t = (IPv6(p) if v6 else IP(p))[TCP]
+            assert t.seq == (4_294_960_000 + 1348 * 16 * i) & 0xFFFFFFFF
+            assert ("P" in str(t.flags)) == (i == 2)
+        # and it can still be cut into ordinary segments later
+        segs = gso.segment(gso.gso_header(whole, mss) + whole)
+        assert len(segs) == 41 and all(_valid(s) for s in segs)
+        assert b"".join(s[hl:] for s in segs) == payload
+
+
+def test_to_tun_big_packet_becomes_gso() -> None:
+    payload = os.urandom(30_000)
+    pkt = _super(False, payload)
+    frame = gso.to_tun(pkt, 1400)
+    flags, gso_type, hl, size, cs, co = gso.VNET_HDR.unpack_from(frame)
+    assert (flags, gso_type, hl, size, cs, co) == (gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 1348, 20,
+                                                   16)
+    # what the kernel will do with it: segments that fit the MTU, with valid checksums
+    segs = gso.segment(frame)
+    assert all(len(s) <= 1400 and _valid(s) for s in segs)
+    assert b"".join(s[52:] for s in segs) == payload
+    small = _super(False, os.urandom(500))
+    assert gso.to_tun(small, 1400) == gso.PLAIN_HDR + small
+    v6 = _super(True, payload)
+    assert gso.VNET_HDR.unpack_from(gso.to_tun(v6, 1400))[1] == gso.GSO_TCPV6

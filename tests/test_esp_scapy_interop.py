@@ -123,3 +123,26 @@ def test_scapy_rejects_our_packet_when_tampered() -> None:
     raw[-20] ^= 1
     with pytest.raises(IPSecIntegrityError):
         scapy_sa(out_cfg).decrypt(IP(bytes(raw)))
+
+
+@pytest.mark.parametrize("encap", [False, True])
+def test_big_esp_fragmented_then_reassembled_decrypts_with_scapy(encap: bool) -> None:
+    """A whole TCP super-packet as one ESP packet, IP-fragmented on the wire (as the data
+    path's big-ESP mode sends it): scapy reassembles the fragments and decrypts the result."""
+    from scapy.layers.inet import defragment, fragment
+
+    out_cfg, in_cfg = sa_pair("gcm128", Mode.TUNNEL,
+                              encap=UdpEncap(4500, 4500) if encap else None)
+    ours = SaState(out_cfg)
+    big = IP(bytes(IP(src="198.51.100.7", dst="203.0.113.9") /
+                   TCP(sport=40000, dport=5201, flags="A", seq=1) / Raw(bytes(60_000))))
+    wire = IP(encapsulate_packet(ours, bytes(big), count=45))
+    assert ours.counters.packets == 45 and ours.counters.bytes == len(big)
+    frags = fragment(wire, fragsize=1480)
+    assert len(frags) > 40
+    (whole,) = defragment(frags)
+    got = scapy_sa(out_cfg).decrypt(IP(bytes(whole)))
+    assert bytes(got[IP]) == bytes(big)
+    # and our receiving side opens the reassembled packet too
+    _, _, esp = split_outer(bytes(whole))
+    assert decapsulate(SaState(in_cfg), esp) == bytes(big)

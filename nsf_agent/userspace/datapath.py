@@ -50,7 +50,16 @@ from .tun import TUNSETOFFLOAD, open_tun
 log = logging.getLogger("nsf_agent.userspace.datapath")
 
 SO_MARK = 36
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+IP_PKTINFO = 8
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DONT = 0
 IPPROTO_ESP = 50
+# Largest inner packet sent whole as one (IP-fragmented) ESP packet: the outer packet must stay
+# within 65535 bytes with outer IPv4 (20), UDP (8), ESP header (8), IV (<= 16), padding
+# (<= 15), trailer (2) and ICV (<= 32).
+BIG_LIMIT = 65535 - 20 - 8 - 8 - 16 - 15 - 2 - 32
 _LEN = struct.Struct("!I")
 MAX_MSG = 16 * 1024 * 1024
 
@@ -78,6 +87,7 @@ class Options:
     batch: int = 64
     tick: float = 0.25
     offload: bool = True
+    big_esp: bool = True
 
 
 @dataclass(slots=True)
@@ -90,7 +100,8 @@ class _Conn:
 class _Sa:
     """An installed SA: ESP state plus the pre-computed bits the fast path needs."""
 
-    __slots__ = ("dst_addr", "hdr_tail", "limit_bytes", "limit_packets", "state", "udp", "v4")
+    __slots__ = ("cmsg", "dst_addr", "hdr_tail", "limit_bytes", "limit_packets", "state", "udp",
+                 "udp_dst", "v4")
 
     def __init__(self, cfg: SaConfig) -> None:
         self.state = SaState(cfg)
@@ -100,7 +111,13 @@ class _Sa:
         self.limit_bytes = 0
         self.limit_packets = 0
         proto = 17 if cfg.encap is not None else IPPROTO_ESP
+        # big ESP packets go through sockets that build the outer header (and fragment):
+        # IP_PKTINFO pins the SA's source address
+        self.cmsg: list[tuple[int, int, bytes]] = []
+        self.udp_dst = (str(cfg.dst), cfg.encap.dport if cfg.encap is not None else 0)
         if cfg.src.version == 4:
+            self.cmsg = [(socket.IPPROTO_IP, IP_PKTINFO,
+                          struct.pack("@i4s4s", 0, cfg.src.packed, bytes(4)))]
             # id, frag, ttl, proto, checksum 0 (the kernel fills id and checksum), addresses
             self.hdr_tail = struct.pack("!HHBBH4s4s", 0, 0, 64, proto, 0, cfg.src.packed,
                                         cfg.dst.packed)
@@ -146,6 +163,8 @@ class Datapath:
         self._rule_installed: list[int] = []
         self._gro = gso.Coalescer() if opts.offload else None
         self._to_tun: list[bytes] = []
+        # whole super-packets as single ESP packets (outer IPv4, fragmented by the kernel)
+        self._big = opts.big_esp and opts.offload
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -159,10 +178,15 @@ class Datapath:
         self._setup_link()
         self.esp4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_ESP)
         self.esp4.setblocking(False)
-        self.esp4.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        _bufsize(self.esp4, socket.SO_RCVBUF, SO_RCVBUFFORCE, 32 << 20)
+        # big ESP leaves through esp4 itself: the kernel builds the outer header and, with
+        # PMTU discovery off (DF clear), fragments it; the mark keeps it out of our table
+        self.esp4.setsockopt(socket.SOL_SOCKET, SO_MARK, o.mark)
+        self.esp4.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+        _bufsize(self.esp4, socket.SO_SNDBUF, SO_SNDBUFFORCE, 8 << 20)
         self.raw4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.raw4.setsockopt(socket.SOL_SOCKET, SO_MARK, o.mark)
-        self.raw4.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        _bufsize(self.raw4, socket.SO_SNDBUF, SO_SNDBUFFORCE, 8 << 20)
         self.esp6: socket.socket | None = None
         self.raw6: socket.socket | None = None
         try:
@@ -187,8 +211,8 @@ class Datapath:
         self.ep.register(self.listener.fileno(), select.EPOLLIN)
         self.mm4 = mmsg.RecvBatch(self.esp4.fileno(), self.opts.batch, 65536) \
             if mmsg.available() else None
-        log.info("data path up: tun=%s mtu=%d table=%d control=%s", o.tun, o.mtu, o.table,
-                 o.control)
+        log.info("data path up: tun=%s mtu=%d table=%d control=%s offload=%s big_esp=%s",
+                 o.tun, o.mtu, o.table, o.control, o.offload, self._big)
 
     def _setup_link(self) -> None:
         from pyroute2 import IPRoute
@@ -293,9 +317,13 @@ class Datapath:
         return True
 
     def _udp_ports(self) -> None:
-        """Listen on the UDP ports inbound encapsulated SAs arrive on, and only those."""
+        """Listen on the UDP ports inbound encapsulated SAs arrive on, and only those (with big
+        ESP also the source ports of outbound ones: big packets leave through these sockets)."""
         want = {sa.state.cfg.encap.dport for sa in self.inbound.values()
                 if sa.state.cfg.encap is not None}
+        if self._big:
+            want |= {sa.state.cfg.encap.sport for lst in self.outbound.values() for sa in lst
+                     if sa.state.cfg.encap is not None and sa.v4}
         for port in set(self._udp) - want:
             s = self._udp.pop(port)
             self.ep.unregister(s.fileno())
@@ -310,6 +338,8 @@ class Datapath:
                 s.close()
                 continue
             s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, SO_MARK, self.opts.mark)
+            s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
             self._udp[port] = s
             self.ep.register(s.fileno(), select.EPOLLIN)
 
@@ -412,6 +442,7 @@ class Datapath:
         """Outbound: packets the kernel routed into the TUN (super-packets cut to MSS)."""
         fd = self.tun_fd
         offload = self.opts.offload
+        big = self._big
         out = self._outbound
         for _ in range(self.opts.batch):
             try:
@@ -421,6 +452,15 @@ class Datapath:
             if not offload:
                 out(frame)
                 continue
+            if big:
+                try:
+                    parts = gso.segment_big(frame, BIG_LIMIT)
+                except (ValueError, IndexError):
+                    self.stats["malformed"] += 1
+                    continue
+                for pkt, nseg, mss in parts:
+                    out(pkt, nseg, mss)
+                continue
             try:
                 pkts = gso.segment(frame)
             except (ValueError, IndexError):
@@ -429,26 +469,43 @@ class Datapath:
             for pkt in pkts:
                 out(pkt)
 
-    def _outbound(self, pkt: bytes) -> None:
+    def _outbound(self, pkt: bytes, nseg: int = 1, mss: int = 0) -> None:
+        """One IP packet from the TUN; with big ESP possibly a whole TCP super-packet that
+        stands for `nseg` segments of `mss` bytes."""
         stats = self.stats
-        stats["tun_rx"] += 1
         flow = flow_of(pkt)
         if flow is None:
+            stats["tun_rx"] += 1
             stats["malformed"] += 1
             return
         entry = self.spd.outbound(flow)
+        big = False
+        sa = None
+        if entry is not None and entry.action is Action.PROTECT:
+            lst = self.outbound.get(entry.reqid)
+            if lst:
+                sa = lst[-1]
+                big = nseg > 1 and sa.v4 and (sa.udp is None or sa.udp.sport in self._udp)
+        if nseg > 1 and not big:
+            # it cannot travel whole: cut it into MSS segments, each handled on its own
+            for seg in gso.segment(gso.gso_header(pkt, mss) + pkt):
+                self._outbound(seg)
+            return
+        stats["tun_rx"] += nseg
         if entry is None:
             stats["no_policy"] += 1
             return
         action = entry.action
         if action is Action.PROTECT:
-            lst = self.outbound.get(entry.reqid)
-            if not lst:
+            if sa is None:
                 self._acquire(entry, flow)
                 return
-            sa = lst[-1]
             try:
-                wire = sa.wire(encapsulate(sa.state, pkt))
+                esp = encapsulate(sa.state, pkt, count=nseg)
+                if big:
+                    self._send_big(sa, esp)
+                    return
+                wire = sa.wire(esp)
             except SequenceOverflow:
                 stats["seq_overflow"] += 1
                 self._unlink(sa)
@@ -474,6 +531,22 @@ class Datapath:
             self._reinject(pkt, flow[0])
         else:
             stats["discarded"] += 1
+
+    def _send_big(self, sa: _Sa, esp: bytes) -> None:
+        """One ESP packet larger than the link MTU: the kernel adds the outer IPv4 (and UDP)
+        header and fragments it (RFC 4303 3.3.4: the receiver reassembles before ESP)."""
+        try:
+            if sa.udp is None:
+                self.esp4.sendmsg([esp], sa.cmsg, 0, sa.dst_addr)
+            else:
+                self._udp[sa.udp.sport].sendmsg([esp], sa.cmsg, 0, sa.udp_dst)
+            self.stats["esp_tx"] += 1
+        except OSError as e:
+            self.stats["esp_tx_errors"] += 1
+            log.debug("big ESP send failed: %s", e)
+        c = sa.state.counters
+        if c.bytes >= sa.limit_bytes or c.packets >= sa.limit_packets:
+            self._check_lifetime(sa)
 
     def _reinject(self, pkt: bytes, version: int) -> None:
         """Bypass for a packet already in the TUN: resend it marked, so it skips our table."""
@@ -578,6 +651,23 @@ class Datapath:
         if entry is None or entry.action is not Action.PROTECT or \
                 entry.reqid != st.cfg.reqid:
             stats["policy_violation"] += 1  # decrypted fine, but not what this SA may carry
+        elif len(inner) > self.opts.mtu:
+            # a whole super-packet sent as one (fragmented) ESP packet: back to the kernel as
+            # GSO, counted as the segments it will become
+            frame = gso.to_tun(inner, self.opts.mtu)
+            nseg = 1
+            if frame[1] != gso.GSO_NONE:
+                _, _, hl, mss, _, _ = gso.VNET_HDR.unpack_from(frame)
+                nseg = -(-(len(inner) - hl) // mss)
+                st.counters.packets += nseg - 1
+            stats["tun_tx"] += nseg
+            if self._gro is not None:
+                self._gro.flush()
+                self._gro.out.append(frame)
+            elif nseg > 1:  # no offload on our TUN: cut it here
+                self._to_tun.extend(gso.segment(frame))
+            else:
+                self._to_tun.append(inner)
         else:
             stats["tun_tx"] += 1
             if self._gro is not None:
@@ -756,6 +846,14 @@ class Datapath:
             self._flush(c)
 
 
+def _bufsize(sock: socket.socket, opt: int, force: int, size: int) -> None:
+    """Socket buffer of `size` bytes: past net.core.*mem_max when we may (CAP_NET_ADMIN)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, opt, size)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="userspace ESP data path (run inside the NSF netns)")
     p.add_argument("--control", required=True, help="Unix socket path for the agent")
@@ -770,6 +868,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--no-offload", action="store_true",
                    help="no IFF_VNET_HDR/TSO on the TUN: one packet per read and write")
+    p.add_argument("--big-esp", action=argparse.BooleanOptionalAction, default=True,
+                   help="send each TCP super-packet from the TUN whole, as one ESP packet that "
+                        "the kernel fragments (outer IPv4 only; needs offload)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -781,7 +882,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(control=a.control, tun=a.tun, mtu=a.mtu, table=a.table,
                    rule_priority=a.rule_priority, mark=a.mark, manage_routes=not a.no_routes,
                    acquire_interval=a.acquire_interval, counters_interval=a.counters_interval,
-                   batch=a.batch, offload=not a.no_offload)
+                   batch=a.batch, offload=not a.no_offload, big_esp=a.big_esp)
     dp = Datapath(opts)
     dp.open()
     signal.signal(signal.SIGTERM, lambda *_: dp.stop())

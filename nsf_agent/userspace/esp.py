@@ -275,8 +275,11 @@ class SaState:
 
     # -- outbound -------------------------------------------------------------------------
 
-    def seal(self, payload: bytes, next_header: int) -> bytes:
-        """ESP header, IV, encrypted payload+padding+trailer and ICV for one packet."""
+    def seal(self, payload: bytes, next_header: int, count: int = 1) -> bytes:
+        """ESP header, IV, encrypted payload+padding+trailer and ICV for one packet.
+
+        `count` is how many packets it stands for in the packet counter (a TCP super-packet
+        sent whole counts as the segments it carries)."""
         seq = self.seq + 1
         if seq >= (1 << 64 if self.cfg.esn else _SEQ32):
             self.counters.seq_overflow += 1
@@ -289,7 +292,7 @@ class SaState:
         out = header + self._suite.seal(header, seqh, seq, plaintext)
         c = self.counters
         c.bytes += len(payload)
-        c.packets += 1
+        c.packets += count
         return out
 
     # -- inbound --------------------------------------------------------------------------
@@ -389,7 +392,7 @@ def _ip_split(packet: bytes) -> tuple[int, int, int]:
     raise MalformedError(f"IP version {v}")
 
 
-def encapsulate(sa: SaState, packet: bytes) -> bytes:
+def encapsulate(sa: SaState, packet: bytes, count: int = 1) -> bytes:
     """The ESP packet protecting one IP packet, without outer IP header.
 
     Tunnel mode carries the whole packet (next header 4 or 41); transport mode carries the
@@ -399,14 +402,14 @@ def encapsulate(sa: SaState, packet: bytes) -> bytes:
         v = packet[0] >> 4 if packet else 0
         if v not in (4, 6):
             raise MalformedError(f"IP version {v}")
-        return sa.seal(packet, IPPROTO_IPIP if v == 4 else IPPROTO_IPV6)
+        return sa.seal(packet, IPPROTO_IPIP if v == 4 else IPPROTO_IPV6, count)
     _, hl, proto = _ip_split(packet)
-    return sa.seal(packet[hl:], proto)
+    return sa.seal(packet[hl:], proto, count)
 
 
-def encapsulate_packet(sa: SaState, packet: bytes, *, ident: int = 0) -> bytes:
+def encapsulate_packet(sa: SaState, packet: bytes, *, ident: int = 0, count: int = 1) -> bytes:
     """Full outer IP packet (with UDP when the SA is encapsulated), as seen on the wire."""
-    esp = encapsulate(sa, packet)
+    esp = encapsulate(sa, packet, count)
     cfg = sa.cfg
     if cfg.encap is not None:
         return build_ip_packet(cfg.src, cfg.dst, IPPROTO_UDP,

@@ -43,10 +43,15 @@ class Tunnel:
     pb: object
     cap: socket.socket
     logs: list[Path]
+    big: bool
 
 
-@pytest.fixture(scope="module")
-def tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tunnel]:
+# "big": TCP super-packets travel whole as one IP-fragmented ESP packet (the default);
+# "segmented": every MSS segment is its own ESP packet (--no-big-esp)
+@pytest.fixture(scope="module", params=["big", "segmented"])
+def tunnel(tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[Tunnel]:
+    big = request.param == "big"
     lab = L.Lab(L.unique_prefix("i2u"))
     tmp = tmp_path_factory.mktemp("esp")
     clients: list[DatapathClient] = []
@@ -60,7 +65,7 @@ def tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tunnel]:
             sock = str(tmp / f"{side}.sock")
             log = tmp / f"{side}.log"
             p = spawn(sock, tun="i2u0", netns=ns, log_path=str(log),
-                      extra=["--acquire-interval", "5"])
+                      extra=["--acquire-interval", "5", "--big-esp" if big else "--no-big-esp"])
             lab.procs.append(p)
             procs.append(p)
             logs.append(log)
@@ -73,7 +78,7 @@ def tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tunnel]:
         cap.bind((lab.gw_link_a, 0))
         cap.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
         cap.setblocking(False)
-        yield Tunnel(lab, keys, clients[0], clients[1], procs[0], procs[1], cap, logs)
+        yield Tunnel(lab, keys, clients[0], clients[1], procs[0], procs[1], cap, logs, big)
     finally:
         for c in clients:
             c.close()
@@ -121,10 +126,9 @@ s.sendall(data); s.close()
 """
 
 
-def test_ping_and_tcp_transfer(tunnel: Tunnel, tmp_path: Path) -> None:
-    t = tunnel
-    assert ping(t), "ping hostA -> hostB through the tunnel failed"
-    data = os.urandom(3 << 20)
+def transfer(t: Tunnel, tmp_path: Path, size: int) -> None:
+    """TCP hostA -> hostB through the tunnel; the receiver's sha256 must match."""
+    data = os.urandom(size)
     f = tmp_path / "payload"
     f.write_bytes(data)
     srv = t.lab.popen(t.lab.host_b, [sys.executable, "-c", SERVER], stdout=-1, text=True)
@@ -135,12 +139,26 @@ def test_ping_and_tcp_transfer(tunnel: Tunnel, tmp_path: Path) -> None:
     out, _ = srv.communicate(timeout=30)
     n, digest = out.split()
     assert int(n) == len(data) and digest == hashlib.sha256(data).hexdigest()
-    sa = {s["sa"]: s for s in t.a.stats()["sas"]}
-    assert sa["t-ab"]["packets"] > 2000  # the bytes really went through our SA
+
+
+def test_ping_and_tcp_transfer(tunnel: Tunnel, tmp_path: Path) -> None:
+    t = tunnel
+    assert ping(t), "ping hostA -> hostB through the tunnel failed"
+    transfer(t, tmp_path, 3 << 20)
+    sa_a = {s["sa"]: s for s in t.a.stats()["sas"]}
+    sa_b = {s["sa"]: s for s in t.b.stats()["sas"]}
+    assert sa_a["t-ab"]["packets"] > 2000  # the bytes really went through our SA
+    assert sa_a["t-ab"]["bytes"] > 3 << 20
+    # both ends count the segments a whole super-packet carries, not ESP packets
+    assert abs(sa_b["t-ab"]["packets"] - sa_a["t-ab"]["packets"]) < 0.05 * sa_a["t-ab"]["packets"]
+    esp_tx = counters(t.a)["esp_tx"]
+    if t.big:
+        assert esp_tx < sa_a["t-ab"]["packets"] / 4  # many segments per ESP packet
+        assert sa_a["t-ab"]["seq"] == esp_tx  # one sequence number per ESP packet
 
 
 def test_wire_carries_only_esp_that_scapy_decrypts(tunnel: Tunnel) -> None:
-    from scapy.layers.inet import IP
+    from scapy.layers.inet import IP, defragment
     from scapy.layers.ipsec import ESP, SecurityAssociation
 
     t = tunnel
@@ -159,10 +177,22 @@ def test_wire_carries_only_esp_that_scapy_decrypts(tunnel: Tunnel) -> None:
     others = {f[12:14].hex() for f in frames if f[12:14] not in (b"\x08\x00", b"\x08\x06")}
     assert not others, f"non-IPv4/ARP frames on the gateway link: {others}"
     assert len(ip_frames) > 1000  # the TCP transfer and pings of the previous test
+    pkts = [IP(f[14:]) for f in ip_frames]
+    fragments = [p for p in pkts if p.flags.MF or p.frag]
+    if t.big:
+        # whole super-packets: the outer IPv4 packets are fragmented (DF clear); reassemble
+        # them as any receiver would before ESP processing (RFC 4303 3.4.1)
+        assert fragments, "big ESP mode but no fragmented ESP on the wire"
+        assert all(not p.flags.DF for p in fragments)
+        pkts = [p for p in pkts if not (p.flags.MF or p.frag)] + \
+            [IP(bytes(p)) for p in defragment(fragments)]
+        assert not [p for p in pkts if p.flags.MF or p.frag], "fragments left unassembled"
+        assert max(len(p) for p in pkts) > 30_000  # whole super-packets did travel
+    else:
+        assert not fragments
     seen = set()
     inner_nets = (L.NET_A, L.NET_B)
-    for f in ip_frames:
-        pkt = IP(f[14:])
+    for pkt in pkts:
         assert pkt.proto == 50, f"non-ESP IPv4 packet on the gateway link: {pkt.summary()}"
         spi = pkt[ESP].spi
         assert spi in sas, f"unexpected SPI {spi:#x}"
@@ -255,9 +285,9 @@ def test_soft_then_hard_byte_lifetime(tunnel: Tunnel) -> None:
     assert 20 <= in_b["lt-in"]["packets"] <= 40  # the new SA carried traffic until removed
 
 
-def test_udp_encapsulated_tunnel(tunnel: Tunnel) -> None:
+def test_udp_encapsulated_tunnel(tunnel: Tunnel, tmp_path: Path) -> None:
     """Full replacement to an RFC 3948 UDP-encapsulated SA pair; the wire shows UDP 4500."""
-    from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet import IP, UDP, defragment
     from scapy.layers.ipsec import ESP, SecurityAssociation
 
     t = tunnel
@@ -267,7 +297,12 @@ def test_udp_encapsulated_tunnel(tunnel: Tunnel) -> None:
         c.replace(*L.gateway_config(side, keys, encap=UdpEncap(4500, 4500)))
     drain_capture(t)
     assert ping(t, count=3)
+    transfer(t, tmp_path, 1 << 20)
     udp = [IP(f[14:]) for f in drain_capture(t) if f[12:14] == b"\x08\x00"]
+    fragments = [p for p in udp if p.flags.MF or p.frag]
+    assert bool(fragments) == t.big
+    udp = [p for p in udp if not (p.flags.MF or p.frag)] + \
+        [IP(bytes(p)) for p in defragment(fragments)]
     assert udp and all(p.proto == 17 and p[UDP].dport == 4500 for p in udp)
     sa = SecurityAssociation(ESP, spi=keys.spi_ab, crypt_algo="AES-GCM", crypt_key=keys.key_ab,
                              tunnel_header=IP(src=L.GW_A, dst=L.GW_B),
