@@ -25,17 +25,13 @@ The inventory, profiles and policies are not here: they are the northbound confi
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from controller.service import ServiceOptions
 from netconf_core.auth import User
-
-
-class ConfigError(ValueError):
-    """Missing or wrong value in the configuration file."""
+from netconf_core.configfile import ConfigError, check_table, parse_users, read_toml
 
 
 @dataclass
@@ -62,23 +58,13 @@ _CONTROLLER = {"rekey_grace": (int, float), "confirm_timeout": int, "rpc_timeout
                "retry_max": (int, float), "batch_max": int}
 
 
-def _check(table: dict[str, Any], allowed: dict[str, Any], where: str) -> None:
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{where}] must be a table")
-    for k, v in table.items():
-        if k not in allowed:
-            raise ConfigError(f"[{where}] unknown key {k!r}")
-        if not isinstance(v, allowed[k]) or isinstance(v, bool):
-            raise ConfigError(f"[{where}] {k} has the wrong type ({type(v).__name__})")
-
-
 def parse_config(data: dict[str, Any], base: Path) -> ControllerConfig:
     for k in data:
         if k not in ("server", "controller", "users"):
             raise ConfigError(f"unknown section [{k}]")
     cfg = ControllerConfig()
     srv = data.get("server", {})
-    _check(srv, _SERVER, "server")
+    check_table(srv, _SERVER, "server")
     cfg.host = srv.get("host", cfg.host)
     cfg.port = srv.get("port", cfg.port)
     if not 0 <= cfg.port <= 65535:
@@ -87,7 +73,7 @@ def parse_config(data: dict[str, Any], base: Path) -> ControllerConfig:
     if "database" in srv:
         cfg.database = cfg.state_dir / srv["database"]
     ctl = data.get("controller", {})
-    _check(ctl, _CONTROLLER, "controller")
+    check_table(ctl, _CONTROLLER, "controller")
     o = cfg.options
     o.grace = float(ctl.get("rekey_grace", o.grace))
     o.confirm_timeout = int(ctl.get("confirm_timeout", o.confirm_timeout))
@@ -96,23 +82,9 @@ def parse_config(data: dict[str, Any], base: Path) -> ControllerConfig:
     o.reconnect_max = float(ctl.get("reconnect_max", o.reconnect_max))
     o.retry_max = float(ctl.get("retry_max", o.retry_max))
     o.batch_max = int(ctl.get("batch_max", o.batch_max))
-    for i, u in enumerate(data.get("users", [])):
-        _check(u, {"name": str, "password_hash": str, "authorized_keys": list}, f"users #{i + 1}")
-        if "name" not in u:
-            raise ConfigError(f"[[users]] #{i + 1} has no name")
-        keys = [str(k) for k in u.get("authorized_keys", [])]
-        if "password_hash" not in u and not keys:
-            raise ConfigError(f"user {u['name']} has neither password_hash nor keys")
-        cfg.users.append(User(u["name"], u.get("password_hash"), keys))
+    cfg.users = parse_users(data.get("users", []), base)
     return cfg
 
 
 def load_config(path: Path) -> ControllerConfig:
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    return parse_config(data, path.resolve().parent)
+    return parse_config(read_toml(path), path.resolve().parent)

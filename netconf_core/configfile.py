@@ -15,6 +15,8 @@ class ConfigError(ValueError):
 
 
 def check_table(table: dict[str, Any], allowed: dict[str, Any], where: str) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{where}] must be a table")
     for k, v in table.items():
         if k not in allowed:
             raise ConfigError(f"[{where}] unknown key {k!r}")
