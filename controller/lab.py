@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,11 +269,4 @@ class GatewayLab:
 
 def poll(pred: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll with a deadline (never sleep-to-wait)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(pred, timeout, what, interval)

@@ -13,12 +13,13 @@ import logging
 import os
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute, NetNS, netns
+
+from netconf_core.polling import wait_until as wait_until  # re-exported for labs and tests
 
 from .model import (
     Action,
@@ -44,19 +45,6 @@ GW_A_IN = "198.51.100.1"
 GW_B_IN = "203.0.113.1"
 GW_A = "192.0.2.1"
 GW_B = "192.0.2.2"
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.02) -> Any:
-    """Poll `pred` until it returns something truthy or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +17,7 @@ from ncclient import manager
 
 from netconf_core.applier import NullApplier
 from netconf_core.auth import User, hash_password
+from netconf_core.polling import wait_until
 from nsf_agent.agent import Agent
 from nsf_agent.config import AgentConfig
 
@@ -32,16 +32,7 @@ T = TypeVar("T")
 
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     """Poll `cond` until it returns something truthy or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+    return wait_until(cond, timeout, what, interval=0.005)
 
 
 class AgentThread:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from lxml import etree
 
 from netconf_core.datastore import Datastores
 from netconf_core.errors import NC_NS, RpcError
+from netconf_core.polling import wait_until
 from netconf_core.schema import YangSchema
 from netconf_core.yang_context import create_context
 from nsf_agent.appliers.userspace import UserspaceApplier
@@ -124,11 +124,7 @@ def sa_bytes(gw: Gateway, name: str) -> int:
 
 
 def poll(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    wait_until(pred, timeout, what, interval=0.05)
 
 
 def test_tunnel_carries_traffic_and_reports_state(lab) -> None:
