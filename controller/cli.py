@@ -110,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     rwa.add_argument("name")
     rwa.add_argument("--gateway", required=True, help="gateway NSF")
     rwa.add_argument("--identity", required=True, help="the host's IKE identity (FQDN)")
-    rwa.add_argument("--inner-address", required=True, help="the host's address inside "
-                     "the tunnel")
+    inner = rwa.add_mutually_exclusive_group(required=True)
+    inner.add_argument("--inner-address", help="the host's fixed address inside the tunnel "
+                       "(configured on the host)")
+    inner.add_argument("--pool", help="prefix the gateway hands the host a virtual IP "
+                       "address from")
     rwa.add_argument("--prefix", action="append", default=[], help="network behind the "
                      "gateway (default: its protected prefixes)")
     rwa.add_argument("--profile", default="default", help="crypto profile")
@@ -464,7 +467,8 @@ def _rpc(m: Any, name: str, arg: str, value: str) -> etree._Element:
 
 def _rw_add(m: Any, a: argparse.Namespace) -> None:
     rw = _e("road-warrior", None, _e("name", a.name), _e("gateway", a.gateway),
-            _e("identity", a.identity), _e("inner-address", a.inner_address),
+            _e("identity", a.identity),
+            (_e("pool", a.pool) if a.pool else _e("inner-address", a.inner_address)),
             *(_e("prefix", p) for p in a.prefix), _e("crypto-profile", a.profile))
     rw.set(f"{{{NC_NS}}}operation", "replace")
     _edit(m, _config(_e("road-warriors", None, rw)))

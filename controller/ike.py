@@ -217,10 +217,21 @@ def check_ike(cfg: FlowConfig) -> list[Problem]:
             out.append((path + "/prefix", f"road warrior {rw.name!r}: no network to reach "
                         f"(give prefix or set {gw.name}'s protected-prefix)", "data-missing",
                         None))
-        if any(p.version != rw.inner_address.version
-               for p in (rw.prefixes or gw.protected_prefixes)):
-            out.append((path + "/inner-address", f"road warrior {rw.name!r}: inner address "
-                        "and prefixes must be of one address family", "invalid-value", None))
+        inner = rw.pool if rw.pool is not None else rw.inner_address
+        leaf = "pool" if rw.pool is not None else "inner-address"
+        if inner is not None and any(p.version != inner.version
+                                     for p in (rw.prefixes or gw.protected_prefixes)):
+            out.append((f"{path}/{leaf}", f"road warrior {rw.name!r}: {leaf} and prefixes "
+                        "must be of one address family", "invalid-value", None))
+        if rw.pool is not None:
+            for other in sorted(cfg.road_warriors.values(), key=lambda r: r.name):
+                if (other.name < rw.name and other.gateway == rw.gateway
+                        and other.pool is not None
+                        and other.pool.version == rw.pool.version
+                        and other.pool.overlaps(rw.pool)):  # type: ignore[arg-type]
+                    out.append((path + "/pool", f"road warrior {rw.name!r}: pool {rw.pool} "
+                                f"overlaps road warrior {other.name!r}'s pool {other.pool} "
+                                f"on gateway {rw.gateway}", "invalid-value", "pool-overlap"))
     for name in sorted(used_profiles):
         for m in _check_algorithms(cfg.profiles[name]):
             out.append((_fp(f"crypto-profiles/crypto-profile[name='{name}']/ike-sa"),
@@ -344,7 +355,7 @@ def _spd_el(parent: etree._Element, s: Spd, prof: CryptoProfile) -> None:
 
 def conn_entry(name: str, *, autostartup: str, local_pad: str, remote_pad: str,
                prof: CryptoProfile, soft: Any, hard: Any, spds: list[Spd],
-               udp: bool = False) -> etree._Element:
+               udp: bool = False, pool: str | None = None) -> etree._Element:
     ike = prof.ike
     e = etree.Element(Q + "conn-entry")
     _el(e, "name", name)
@@ -371,10 +382,13 @@ def conn_entry(name: str, *, autostartup: str, local_pad: str, remote_pad: str,
         _el(lt, "time", lim.time)
         _el(lt, "bytes", lim.bytes)
         _el(lt, "packets", lim.packets)
+    if pool is not None:  # i2nsf-ike-events augment: virtual IPs for road warriors
+        etree.SubElement(e, EV + "virtual-ip-pool", nsmap={"i2nsf-ikev": EV_NS}).text = pool
     return e
 
 
-def _host_net(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+def _host_net(addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> str:
+    assert addr is not None
     return str(ipaddress.ip_network(addr))
 
 
@@ -514,7 +528,8 @@ def build(cfg: FlowConfig, creds: Credentials) -> Desired:
         name = rw_name(rw.name)
         rpad = pad_entry(name, rw.identity, cas=cas)
         any_addr = "0.0.0.0" if gw.data_plane_address.version == 4 else "::"
-        spds = [Spd(f"{name}/{i}", str(p), _host_net(rw.inner_address),
+        inner = str(rw.pool) if rw.pool is not None else _host_net(rw.inner_address)
+        spds = [Spd(f"{name}/{i}", str(p), inner,
                     tunnel=(str(gw.data_plane_address), any_addr))
                 for i, p in enumerate(rw.prefixes or gw.protected_prefixes)]
         nsf_cfg = d.nsfs.setdefault(gw.name, NsfIke())
@@ -523,7 +538,8 @@ def build(cfg: FlowConfig, creds: Credentials) -> Desired:
         soft, hard = prof.soft, prof.hard
         nsf_cfg.conns[name] = conn_entry(
             name, autostartup="add", local_pad=lpad.findtext(Q + "name") or "",
-            remote_pad=name, prof=prof, soft=soft, hard=hard, spds=spds)
+            remote_pad=name, prof=prof, soft=soft, hard=hard, spds=spds,
+            pool=str(rw.pool) if rw.pool is not None else None)
     return d
 
 
@@ -803,6 +819,25 @@ class IkeManager:
             if not ups and st is not None and st.status == "active":
                 self._set(pol, "pending", reason)
 
+    def _child_failed(self, nsf: str, conn: str, spd: str, why: str) -> None:
+        """A Child SA that did not come up fails its policy. Without an SPD entry (the
+        responder cannot tell which flow the peer wanted) every policy of the connection
+        that has no Child SA up."""
+        if conn.startswith(f"{PREFIX}/rw/"):
+            targets = [f"rw:{conn.removeprefix(PREFIX + '/rw/')}"]
+        elif spd:
+            targets = [p for p in [self.desired.spd_policy.get(spd)] if p is not None]
+        else:
+            targets = [p for p in self.desired.conn_policies.get(conn, [])
+                       if not self.up.get(p)]
+        log.warning("NSF %s: %s (connection %s%s)", nsf, why, conn,
+                    f", SPD entry {spd}" if spd else "")
+        for pol in targets:
+            if pol in self.status:
+                if spd:
+                    self.up.get(pol, set()).discard((nsf, spd))
+                self._set(pol, "failed", why)
+
     def on_notification(self, nsf: str, n: etree._Element) -> bool:
         """Handle an i2nsf-ike-events notification; False if it is not one."""
         if not n.tag.startswith(EV):
@@ -822,6 +857,10 @@ class IkeManager:
         elif kind == "ike-sa-up" and conn.startswith(f"{PREFIX}/rw/"):
             self.rw_peer[conn.removeprefix(f"{PREFIX}/rw/")] = (
                 n.findtext(EV + "peer") or "").strip()
+        elif kind == "child-sa-failed":
+            spd = (n.findtext(EV + "spd-entry-name") or "").strip()
+            self._child_failed(nsf, conn, spd, f"Child SA failed on {nsf}: "
+                               f"{reason or 'no reason given'}")
         elif kind == "auth-failure":
             why = f"IKE authentication failed on {nsf}: {reason or 'no reason given'}"
             log.warning("NSF %s: %s (connection %s)", nsf, why, conn)
@@ -933,13 +972,24 @@ def swanctl_conf(rw: RoadWarrior, gw: Nsf, prof: CryptoProfile) -> str:
     if hard.time:
         life.append(f"        life_time = {hard.time}s")
     lines = "\n".join(life)
+    if rw.pool is not None:
+        # ask the gateway for an address of its pool; charon installs it (with
+        # kernel-libipsec on the TUN device) and narrows the selector to it
+        inner_note = f"# The gateway hands out an address of {rw.pool} (virtual IP)."
+        vips = "\n        vips = " + ("0.0.0.0" if rw.pool.version == 4 else "::")
+        local_ts = "dynamic"
+    else:
+        inner_note = (f"# Inner address {rw.inner_address} must be configured on the host "
+                      "(e.g. on lo).")
+        vips = ""
+        local_ts = _host_net(rw.inner_address)
     return f"""# i2nsf road warrior {rw.name}: connects to gateway {gw.name}
 # Credentials: x509/host.pem, private/host.pem, x509ca/ca.pem (next to this file).
-# Inner address {rw.inner_address} must be configured on the host (e.g. on lo).
+{inner_note}
 connections {{
     i2nsf-{rw.name} {{
         version = 2
-        remote_addrs = {gw.reachable_address}
+        remote_addrs = {gw.reachable_address}{vips}
         proposals = {ike}
         send_cert = always
         encap = {"yes" if gw.nat else "no"}
@@ -955,7 +1005,7 @@ connections {{
         }}
         children {{
             i2nsf {{
-                local_ts = {_host_net(rw.inner_address)}
+                local_ts = {local_ts}
                 remote_ts = {remote_ts}
                 mode = tunnel
                 esp_proposals = {esp}

@@ -266,9 +266,10 @@ class RoadWarrior:
     name: str
     gateway: str
     identity: str  # FQDN, a DNS SAN of its certificate
-    inner_address: IpAddr
+    inner_address: IpAddr | None
     crypto_profile: str
     prefixes: tuple[IpNet, ...] = ()  # empty: the gateway's protected prefixes
+    pool: IpNet | None = None  # virtual IPs handed out by the gateway (else inner_address)
 
 
 @dataclass(frozen=True)
@@ -417,8 +418,9 @@ def parse_road_warrior(el: etree._Element) -> RoadWarrior:
         name=_t(el, "name") or "",
         gateway=_t(el, "gateway") or "",
         identity=_t(el, "identity") or "",
-        inner_address=ipaddress.ip_address(_t(el, "inner-address") or ""),
+        inner_address=(ipaddress.ip_address(v) if (v := _t(el, "inner-address")) else None),
         crypto_profile=_t(el, "crypto-profile") or "",
+        pool=ipaddress.ip_network(v, strict=False) if (v := _t(el, "pool")) else None,
         prefixes=tuple(ipaddress.ip_network(p.text.strip(), strict=False)
                        for p in el.iterfind(Q + "prefix") if p.text),
     )

@@ -28,7 +28,7 @@ HOSTKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyForTests"
 
 @pytest.fixture(scope="module")
 def schema() -> Iterator[YangSchema]:
-    ctx = create_context([*IPSEC_MODULES, "i2nsf-flow-policy"])
+    ctx = create_context([*IPSEC_MODULES, "i2nsf-flow-policy", "i2nsf-ike-events"])
     yield YangSchema(ctx)
     ctx.destroy()
 
@@ -205,3 +205,24 @@ def test_checks(schema: YangSchema, tmp_path: Path) -> None:
     # an unknown auth method is refused by the northbound YANG model itself
     with pytest.raises(RpcError):
         flow_config(schema, policies=policy_xml("p1", "gw1", "gw2", "kerberos"))
+
+
+def test_road_warrior_with_a_virtual_ip_pool(schema: YangSchema, tmp_path: Path) -> None:
+    rw = ("<road-warrior><name>bob</name><gateway>gw2</gateway>"
+          "<identity>bob.rw.example</identity><pool>10.98.0.0/24</pool>"
+          "<crypto-profile>gcm</crypto-profile></road-warrior>")
+    cfg = flow_config(schema, rws=rw)
+    d = ike.build(cfg, ike.Credentials(MemStore(), ControllerCA(tmp_path)))
+    vici = push(schema, d)
+    c = vici["gw2"].conns["i2nsf-fp/rw/bob"]
+    assert c.message["pools"] == ["i2nsf-fp/rw/bob"]
+    assert vici["gw2"].pools == {"i2nsf-fp/rw/bob": {"addrs": "10.98.0.0/24"}}
+    ch = c.message["children"]["fp/rw/bob/0"]  # type: ignore[index]
+    assert ch["remote_ts"] == ["dynamic"] and ch["local_ts"] == ["203.0.113.0/24"]
+    conf = ike.swanctl_conf(cfg.road_warriors["bob"], cfg.nsfs["gw2"], cfg.profiles["gcm"])
+    assert "vips = 0.0.0.0" in conf and "local_ts = dynamic" in conf
+    # overlapping pools of two road warriors on one gateway are refused
+    rw2 = rw.replace("bob", "carol").replace("10.98.0.0/24", "10.98.0.128/25")
+    with pytest.raises(RpcError) as ei:
+        flow_config(schema, rws=rw + rw2)
+    assert "overlaps" in ei.value.message

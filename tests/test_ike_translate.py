@@ -600,3 +600,46 @@ def test_state_is_valid_yang(schema: YangSchema) -> None:
     tree = schema._parse(xml, lib.LYD_PARSE_STRICT | lib.LYD_PARSE_ONLY, 0)  # types, names
     assert tree is not None
     tree.free()
+
+
+def test_virtual_ip_pool(schema: YangSchema) -> None:
+    root = example()
+    conn = find(root, "conn-entry")
+    find(conn, "autostartup").text = "add"
+    etree.SubElement(conn, f"{{{EV_NS}}}virtual-ip-pool").text = "203.0.113.0/24"
+    cfg = translate.parse(canonical(schema, root))
+    msg = conn_of(cfg)
+    assert msg["pools"] == ["i2nsf-nsf_h1-nsf_h2"]
+    assert cfg.pools == {"i2nsf-nsf_h1-nsf_h2": {"addrs": "203.0.113.0/24"}}
+    [child] = msg["children"].values()
+    assert child["remote_ts"] == ["dynamic"]  # inside the pool: the peer's virtual IP
+    steps = plan(IkeConfig(), cfg)
+    assert [s.kind for s in steps] == ["load-shared", "load-pool", "load-conn"]
+    assert steps[1].message == {"i2nsf-nsf_h1-nsf_h2": {"addrs": "203.0.113.0/24"}}
+    assert [u.kind for u in steps[1].undo] == ["unload-pool"]
+    assert [s.kind for s in plan(cfg, IkeConfig())] == [
+        "unload-conn", "terminate", "unload-pool", "unload-shared"]
+    # a pool is for peers that connect to us
+    find(conn, "autostartup").text = "start"
+    assert error_of(root).app_tag == "pool-needs-responder"
+
+
+def test_child_sa_failure_from_the_log(schema: YangSchema, tmp_path: Path) -> None:
+    ap = _applier_offline(tmp_path)
+    base = {"group": b"IKE", "level": b"0", "ikesa-name": b"i2nsf-nsf_h1-nsf_h2",
+            "ikesa-uniqueid": b"4"}
+    assert ap.on_event("log", {**base, "msg": b"establishing CHILD_SA nsf_h1-nsf_h2{2}"}) == []
+    [n] = ap.on_event("log", {**base, "level": b"1",
+                              "msg": b"received TS_UNACCEPTABLE notify, no CHILD_SA built"})
+    schema.validate_notification(n)
+    assert etree.QName(n).localname == "child-sa-failed"
+    assert n.findtext(f"{{{EV_NS}}}spd-entry-name") == "nsf_h1-nsf_h2"
+    assert "TS_UNACCEPTABLE" in n.findtext(f"{{{EV_NS}}}reason")
+    # the follow-up line of the same attempt is not a second failure
+    assert ap.on_event("log", {**base, "msg": b"failed to establish CHILD_SA, keeping IKE_SA"
+                               }) == []
+    # the responder does not know which child: the connection only
+    [n] = ap.on_event("log", {**base, "ikesa-uniqueid": b"5", "msg":
+                              b"traffic selectors 10.0.0.0/24 === 10.9.0.0/24 unacceptable"})
+    assert n.find(f"{{{EV_NS}}}spd-entry-name") is None
+    schema.validate_notification(n)

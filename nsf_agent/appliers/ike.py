@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -58,6 +59,14 @@ AUTH_FAILURE_LOCAL = (
     "constraint check failed", "EAP method", "no private key found", "verification of",
 )
 AUTH_FAILURE_REMOTE = ("received AUTHENTICATION_FAILED notify",)
+# charon log lines (strongSwan 5.9) that mean a Child SA did not come up: charon sends no
+# vici event for it (child-updown only covers installed Child SAs)
+CHILD_FAILURE = re.compile(
+    r"no CHILD_SA built"  # received TS_UNACCEPTABLE / NO_PROPOSAL_CHOSEN / ... notify
+    r"|traffic selectors .* unacceptable"  # the responder's side of TS_UNACCEPTABLE
+    r"|unable to install"  # IPsec policies (SPD) / SAs (SAD): libipsec without a route
+    r"|failed to establish CHILD_SA")
+_CHILD_START = re.compile(r"establishing CHILD_SA (\S+?)\{\d+\}")
 
 
 @dataclass
@@ -99,6 +108,14 @@ def plan(old: IkeConfig, new: IkeConfig, terminate_ms: int = 2000) -> list[Step]
     def unkey(ref: str) -> Step:
         return Step("unload-key", f"private key {ref}", translate.ROOT + "/pad", {"ref": ref})
 
+    def pool(name: str, p: dict[str, object]) -> Step:
+        return Step("load-pool", f"virtual IP pool {name!r}", translate.ROOT,
+                    {name: p})
+
+    def unpool(name: str) -> Step:
+        return Step("unload-pool", f"virtual IP pool {name!r}", translate.ROOT,
+                    {"name": name})
+
     def conn(c: Conn) -> Step:
         return Step("load-conn", f"connection {c.name!r}", translate.conn_path(c.name),
                     c.load_message())
@@ -123,6 +140,11 @@ def plan(old: IkeConfig, new: IkeConfig, terminate_ms: int = 2000) -> list[Step]
         if ref not in old.crls:
             steps.append(Step("load-cert", "CRL", translate.ROOT + "/pad",
                               {"type": "X509_CRL", "flag": "NONE", "data": crl}))
+    for name, p in new.pools.items():
+        if name not in old.pools:
+            steps.append(_with(pool(name, p), [unpool(name)]))
+        elif old.pools[name] != p:
+            steps.append(_with(pool(name, p), [pool(name, old.pools[name])]))
     for name, c in new.conns.items():
         if name not in old.conns:
             steps.append(_with(conn(c), unconn(c)))
@@ -133,6 +155,9 @@ def plan(old: IkeConfig, new: IkeConfig, terminate_ms: int = 2000) -> list[Step]
             first, term = unconn(c)
             first.undo = [conn(c)]
             steps += [first, term]
+    for name, p in old.pools.items():
+        if name not in new.pools:  # after its connection is gone: no online leases
+            steps.append(_with(unpool(name), [pool(name, p)]))
     for sid, sec in old.secrets.items():
         if sid not in new.secrets:
             steps.append(_with(unshared(sid), [shared(sec)]))
@@ -193,6 +218,8 @@ class IkeApplier:
         self._events_thread: threading.Thread | None = None
         self._reasons: OrderedDict[str, str] = OrderedDict()  # IKE SA uniqueid → last words
         self._auth_reported: OrderedDict[str, bool] = OrderedDict()
+        self._child_attempt: OrderedDict[str, str] = OrderedDict()  # IKE SA → Child SA name
+        self._child_reported: OrderedDict[tuple[str, str], bool] = OrderedDict()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -331,18 +358,24 @@ class IkeApplier:
         prefix = self.options.prefix
         loaded = {_s(n) for n in self.vici.request("get-conns").get("conns", [])}
         shared = {_s(n) for n in self.vici.request("get-shared").get("keys", [])}
+        pools = {_s(n) for n in self.vici.request("get-pools")}
         ledger = self._ledger()
         failures = 0
         steps: list[Step] = []
         # keys are loaded again even if the ledger has them: a restarted charon lost them
         # (loading a key charon holds is harmless, it keeps one copy)
-        steps += plan(IkeConfig(), IkeConfig(secrets=cfg.secrets, keys=cfg.keys, crls=cfg.crls))
+        steps += plan(IkeConfig(), IkeConfig(secrets=cfg.secrets, keys=cfg.keys, crls=cfg.crls,
+                                              pools=cfg.pools))
         for c in cfg.conns.values():
             steps.append(Step("load-conn", f"connection {c.name!r}",
                               translate.conn_path(c.name), c.load_message()))
         for name in sorted(loaded):
             if name.startswith(prefix) and name not in cfg.conns:
                 steps.append(Step("unload-conn", f"connection {name!r}", "", {"name": name}))
+        for name in sorted(pools):
+            if name.startswith(prefix) and name not in cfg.pools:
+                steps.append(Step("unload-pool", f"virtual IP pool {name!r}", "",
+                                  {"name": name}))
         for sid in sorted(shared):
             if sid.startswith(prefix) and sid not in cfg.secrets:
                 steps.append(Step("unload-shared", f"shared secret {sid!r}", "", {"id": sid}))
@@ -467,6 +500,12 @@ class IkeApplier:
             self._reasons[uid] = text
             while len(self._reasons) > 256:
                 self._reasons.popitem(last=False)
+        if uid and (m := _CHILD_START.search(text)):
+            self._child_attempt[uid] = m.group(1)
+            self._child_reported.pop((uid, m.group(1)), None)
+            _trim(self._child_attempt)
+        if CHILD_FAILURE.search(text):
+            return self._child_failed(uid, vname, text)
         local = any(p in text for p in AUTH_FAILURE_LOCAL)
         remote = any(p in text for p in AUTH_FAILURE_REMOTE)
         if not (local or remote) or (uid and uid in self._auth_reported):
@@ -492,7 +531,42 @@ class IkeApplier:
         return [n]
 
 
+    def _child_failed(self, uid: str, vname: str, text: str) -> list[etree._Element]:
+        """One `child-sa-failed` per Child SA attempt: charon logs a failure in several
+        lines ("received TS_UNACCEPTABLE notify, no CHILD_SA built", then "failed to
+        establish CHILD_SA, keeping IKE_SA"); the first one is the reason."""
+        name = self._conn_name(vname) if vname else None
+        if name is None:
+            log.info("ike: Child SA failure without a connection: %s", text)
+            return []
+        child = self._child_attempt.get(uid, "") if uid else ""
+        key = (uid, child)
+        if uid and key in self._child_reported:
+            return []
+        if uid:
+            self._child_reported[key] = True
+            _trim(self._child_reported)
+        n = etree.Element(EV + "child-sa-failed", nsmap={None: EV_NS})
+        _leaf(n, "connection-name", name)
+        conn = self._cfg.conns.get(vname)
+        if conn is not None:
+            peer = (conn.message.get("remote_addrs") or [None])[0]  # type: ignore[index]
+            _leaf(n, "peer", _ip(peer))
+            _leaf(n, "remote-id", _s(conn.message["remote"]["id"]))  # type: ignore[index]
+            if child not in conn.children:
+                child = ""
+        _leaf(n, "spd-entry-name", child or None)
+        _leaf(n, "reason", text)
+        log.warning("ike: Child SA %s of connection %r failed: %s", child or "?", name, text)
+        return [n]
+
+
 # ---- helpers ---------------------------------------------------------------------------------
+
+
+def _trim(d: OrderedDict[Any, Any], keep: int = 256) -> None:
+    while len(d) > keep:
+        d.popitem(last=False)
 
 
 def _kernel_lacks_esp(netns: str | None) -> bool:

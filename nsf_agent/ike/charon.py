@@ -68,6 +68,8 @@ class CharonSettings:
     retransmit_timeout: float = 2.0
     retransmit_tries: int = 3
     loglevel: int = 1  # never above 2: level 4 would log key material
+    # a gateway hands out virtual IPs but never takes one; a road-warrior host (tests) does
+    install_virtual_ip: bool = False
     extra: dict[str, str] = field(default_factory=dict)  # more charon.<key> = value
 
     def render(self, vici_socket: Path, logfile: Path) -> str:
@@ -87,7 +89,7 @@ class CharonSettings:
             f"  cookie_threshold = {self.cookie_threshold}\n"
             f"  retransmit_timeout = {self.retransmit_timeout}\n"
             f"  retransmit_tries = {self.retransmit_tries}\n"
-            "  install_virtual_ip = no\n"
+            f"  install_virtual_ip = {'yes' if self.install_virtual_ip else 'no'}\n"
             f"{extra}"
             "  filelog {\n"
             "    agent {\n"

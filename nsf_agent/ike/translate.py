@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 NS = "urn:ietf:params:xml:ns:yang:ietf-i2nsf-ike"
 Q = f"{{{NS}}}"
+EXT_NS = "urn:i2nsf-sdn:yang:i2nsf-ike-events"  # our augments (virtual-ip-pool)
+EXT = f"{{{EXT_NS}}}"
 ROOT = "/ietf-i2nsf-ike:ipsec-ike"
 
 # ---- IANA IKEv2 transform numbers → strongSwan proposal keywords ------------------------
@@ -154,6 +156,7 @@ class IkeConfig:
     secrets: dict[str, Secret] = field(default_factory=dict)  # by id
     keys: dict[str, PrivateKey] = field(default_factory=dict)  # by ref
     crls: dict[str, bytes] = field(default_factory=dict)  # sha256 → PEM
+    pools: dict[str, dict[str, object]] = field(default_factory=dict)  # vici name → pool
 
     def by_entry(self) -> dict[str, Conn]:
         return {c.name: c for c in self.conns.values()}
@@ -489,10 +492,16 @@ def esp_proposals(sa_cfg: etree._Element, groups: list[int], path: str, where: s
 # ---- traffic selectors --------------------------------------------------------------------
 
 
-def _ts(sel: etree._Element, side: str) -> list[str]:
+def _ts(sel: etree._Element, side: str,
+        pool: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None) -> list[str]:
     """strongSwan traffic selectors: `prefix[proto/port-range]`; the protocol `any` is
-    written as such, a full port range is left out (charon has no `%any` port)."""
-    prefix = str(ipaddress.ip_network(_t(sel, f"{side}-prefix") or "", strict=False))
+    written as such, a full port range is left out (charon has no `%any` port). A remote
+    prefix inside the connection's virtual IP pool becomes `dynamic`: charon narrows it to
+    the address it handed to the peer, so one peer cannot claim another's address."""
+    net = ipaddress.ip_network(_t(sel, f"{side}-prefix") or "", strict=False)
+    prefix = str(net)
+    if pool is not None and net.version == pool.version and net.subnet_of(pool):  # type: ignore[arg-type]
+        prefix = "dynamic"
     proto = _t(sel, "inner-protocol", "any") or "any"
     ports = [(int(p.findtext(Q + "start") or 0), int(p.findtext(Q + "end") or 0))
              for p in sel.iterfind(Q + f"{side}-ports")]
@@ -630,8 +639,9 @@ def _lifetimes(info: etree._Element | None, path: str, where: str) -> dict[str, 
 
 
 def _child(spd: etree._Element, conn_name: str, cpath: str, autostartup: str,
-           groups: list[int], lifetimes: dict[str, str],
-           opts: Options) -> tuple[str, dict[str, object], tuple[str, str] | None]:
+           groups: list[int], lifetimes: dict[str, str], opts: Options,
+           pool: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None,
+           ) -> tuple[str, dict[str, object], tuple[str, str] | None]:
     name = _t(spd, "name") or ""
     path = f"{cpath}/spd/spd-entry[name='{name}']/ipsec-policy-config"
     where = f"connection {conn_name!r}, SPD entry {name!r}"
@@ -640,7 +650,8 @@ def _child(spd: etree._Element, conn_name: str, cpath: str, autostartup: str,
     if sel is None:
         raise _err(f"{where}: traffic-selector is missing", path + "/traffic-selector",
                    "data-missing")
-    child: dict[str, object] = {"local_ts": _ts(sel, "local"), "remote_ts": _ts(sel, "remote")}
+    child: dict[str, object] = {"local_ts": _ts(sel, "local"),
+                                "remote_ts": _ts(sel, "remote", pool)}
     pinfo = cfg.find(Q + "processing-info")  # type: ignore[union-attr]
     action = _t(pinfo, "action", "discard") or "discard"
     if action != "protect":
@@ -720,8 +731,19 @@ def _conn(ent: etree._Element, pads: dict[str, Pad], opts: Options, cfg: IkeConf
     lifetimes = _lifetimes(info, path, where)
     children: dict[str, object] = {}
     local_eps, remote_eps = [], []
+    pool = None
+    if (ptxt := ent.findtext(EXT + "virtual-ip-pool")) is not None:
+        pool = ipaddress.ip_network(ptxt.strip(), strict=False)
+        if autostartup != "add":
+            raise _err(f"{where}: a virtual IP pool serves remote hosts that connect to "
+                       f"this NSF; autostartup must be add, not {autostartup}",
+                       path + "/autostartup", app_tag="pool-needs-responder")
+        pname = opts.prefix + name
+        cfg.pools[pname] = {"addrs": str(pool)}
+        msg["pools"] = [pname]
     for spd in ent.iterfind(f"{Q}spd/{Q}spd-entry"):
-        cname, child, eps = _child(spd, name, path, autostartup, groups, lifetimes, opts)
+        cname, child, eps = _child(spd, name, path, autostartup, groups, lifetimes, opts,
+                                   pool)
         children[cname] = child
         if eps is not None:
             local_eps.append(eps[0])

@@ -358,19 +358,18 @@ def test_bad_input_leaves_charon_unchanged(gl: Any, tmp_path: Path) -> None:
     poll(lambda: "fp/" not in conns(gl, "a"), 20, "connections unloaded")
 
 
-def test_road_warrior(gl: Any) -> None:
+def _rw_host(gl: Any, suffix: str, outer: str, gw_addr: str) -> str:
+    """A road-warrior namespace linked to gwB by its own veth pair (/30)."""
     from pyroute2 import IPRoute, NetNS, netns
 
-    from nsf_agent.ike.charon import Charon, CharonSettings
-
-    rw_ns = f"{gl.prefix}-rw"
+    rw_ns = f"{gl.prefix}-{suffix}"
     netns.create(rw_ns)
     gl.lab.namespaces.append(rw_ns)  # destroyed with the lab
     with IPRoute() as ipr:
-        t1, t2 = f"{gl.prefix[:8]}rw1", f"{gl.prefix[:8]}rw2"
+        t1, t2 = f"{gl.prefix[:8]}{suffix}1", f"{gl.prefix[:8]}{suffix}2"
         ipr.link("add", ifname=t1, kind="veth", peer=t2)
-        for tmp, ns, name, addr in ((t1, rw_ns, "eth0", RW_OUTER), (t2, gl.lab.gw_b, "rw",
-                                                                      RW_GW)):
+        for tmp, ns, name, addr in ((t1, rw_ns, "eth0", outer), (t2, gl.lab.gw_b, suffix,
+                                                                   gw_addr)):
             ipr.link("set", index=ipr.link_lookup(ifname=tmp)[0], net_ns_fd=ns)
             with NetNS(ns) as nsr:
                 j = nsr.link_lookup(ifname=tmp)[0]
@@ -378,32 +377,93 @@ def test_road_warrior(gl: Any) -> None:
                 nsr.addr("add", index=j, address=addr, prefixlen=30)
                 nsr.link("set", index=j, state="up")
                 nsr.link("set", index=nsr.link_lookup(ifname="lo")[0], state="up")
-    gl.lab.run(rw_ns, ["ip", "route", "add", "192.0.2.2/32", "via", RW_GW])
-    gl.lab.run(rw_ns, ["ip", "addr", "add", f"{RW_INNER}/32", "dev", "lo"])
+    gl.lab.run(rw_ns, ["ip", "route", "add", "192.0.2.2/32", "via", gw_addr])
+    return rw_ns
 
+
+def _load_bundle(gl: Any, name: str, rw_ns: str, vip: bool = False) -> Any:
+    """Export the road warrior's bundle and load it into a stock charon in `rw_ns`."""
+    from nsf_agent.ike.charon import Charon, CharonSettings
+
+    bundle = gl.workdir / name
+    r = gl.cli("roadwarrior", "export", name, "--out", str(bundle))
+    assert r.returncode == 0, r.stderr
+    assert oct((bundle / "private" / "host.pem").stat().st_mode & 0o777) == "0o600"
+    poll(lambda: f"fp/rw/{name}" in conns(gl, "b"), 20, f"gwB accepts road warrior {name}")
+    charon = Charon(gl.workdir / f"{name}-charon",
+                    CharonSettings(libipsec=True, install_virtual_ip=vip), netns=rw_ns)
+    charon.start()
+    r = subprocess.run(["swanctl", "--load-all", "--file", str(bundle / "swanctl.conf"),
+                        "--uri", f"unix://{charon.vici_socket}"], capture_output=True,
+                       text=True, timeout=30, env={**os.environ, "SWANCTL_DIR": str(bundle)})
+    if r.returncode != 0:
+        charon.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    return charon
+
+
+def _remove_rw(gl: Any, name: str) -> None:
+    edit(gl, f'<road-warriors><road-warrior xmlns:nc="{NC}" nc:operation="delete">'
+             f"<name>{name}</name></road-warrior></road-warriors>")
+    poll(lambda: f"fp/rw/{name}" not in conns(gl, "b"), 20, "road warrior removed from gwB")
+
+
+def test_road_warrior(gl: Any) -> None:
+    rw_ns = _rw_host(gl, "rw", RW_OUTER, RW_GW)
+    gl.lab.run(rw_ns, ["ip", "addr", "add", f"{RW_INNER}/32", "dev", "lo"])
     r = gl.cli("roadwarrior", "add", "alice", "--gateway", "gwb", "--identity",
                "alice.rw.test", "--inner-address", RW_INNER, "--profile", "lab")
     assert r.returncode == 0, r.stderr
-    bundle = gl.workdir / "alice"
-    r = gl.cli("roadwarrior", "export", "alice", "--out", str(bundle))
-    assert r.returncode == 0, r.stderr
-    assert oct((bundle / "private" / "host.pem").stat().st_mode & 0o777) == "0o600"
-    poll(lambda: "fp/rw/alice" in conns(gl, "b"), 20, "gwB accepts road warrior alice")
-
-    charon = Charon(gl.workdir / "rw-charon", CharonSettings(libipsec=True), netns=rw_ns)
+    charon = _load_bundle(gl, "alice", rw_ns)
     try:
-        charon.start()
-        r = subprocess.run(["swanctl", "--load-all", "--file", str(bundle / "swanctl.conf"),
-                            "--uri", f"unix://{charon.vici_socket}"], capture_output=True,
-                           text=True, timeout=30, env={**os.environ,
-                                                       "SWANCTL_DIR": str(bundle)})
-        assert r.returncode == 0, r.stdout + r.stderr
         poll(lambda: ping(gl, HOST_B, RW_INNER, ns=rw_ns), 30,
              "road warrior → hostB through gwB", interval=0.3)
         poll(lambda: status(gl, "alice", "road-warrior")[0] == "active", 10,
              "road warrior active in the controller's state")
     finally:
         charon.stop()
-    edit(gl, f'<road-warriors><road-warrior xmlns:nc="{NC}" nc:operation="delete">'
-             "<name>alice</name></road-warrior></road-warriors>")
-    poll(lambda: "fp/rw/alice" not in conns(gl, "b"), 20, "road warrior removed from gwB")
+    _remove_rw(gl, "alice")
+
+
+def test_road_warrior_virtual_ip_from_a_pool(gl: Any) -> None:
+    import ipaddress
+
+    pool = ipaddress.ip_network("10.79.0.0/28")
+    rw_ns = _rw_host(gl, "rv", "10.78.0.2", "10.78.0.1")
+    r = gl.cli("roadwarrior", "add", "bob", "--gateway", "gwb", "--identity",
+               "bob.rw.test", "--pool", str(pool), "--profile", "lab")
+    assert r.returncode == 0, r.stderr
+    poll(lambda: "i2nsf-fp/rw/bob" in swanctl(gl, "b", "--list-pools"), 20,
+         "gwB holds the pool")
+    charon = _load_bundle(gl, "bob", rw_ns, vip=True)
+    uri = f"unix://{charon.vici_socket}"
+    try:
+        def vip() -> str | None:
+            out = gl.lab.run(rw_ns, ["ip", "-4", "-o", "addr", "show"]).stdout
+            for line in out.splitlines():
+                addr = line.split()[3].split("/")[0]
+                if ipaddress.ip_address(addr) in pool:
+                    return addr
+            return None
+
+        try:
+            addr = poll(vip, 30, "a virtual IP from the pool on the road warrior",
+                        interval=0.3)
+        except TimeoutError:
+            print((gl.workdir / "bob-charon" / "charon.log").read_text()[-3000:])
+            print((gl.agent_state("b") / "ike" / "charon.log").read_text()[-3000:])
+            raise
+        listed = subprocess.run(["swanctl", "--list-sas", "--uri", uri], capture_output=True,
+                                text=True, timeout=20).stdout
+        assert f"{addr}/32" in listed, listed  # the host's selector is its virtual IP
+        poll(lambda: ping(gl, HOST_B, addr, ns=rw_ns), 30,
+             "road warrior (virtual IP) → hostB through gwB", interval=0.3)
+        poll(lambda: status(gl, "bob", "road-warrior")[0] == "active", 10,
+             "road warrior active in the controller's state")
+        leases = swanctl(gl, "b", "--list-pools", "--leases")
+        assert addr in leases and "online" in leases, leases
+    finally:
+        charon.stop()
+    _remove_rw(gl, "bob")
+    poll(lambda: "i2nsf-fp/rw/bob" not in swanctl(gl, "b", "--list-pools"), 20,
+         "pool unloaded from gwB")
