@@ -59,6 +59,8 @@ class User:
     name: str
     password_hash: str | None = None
     authorized_keys: list[str] = field(default_factory=list)  # OpenSSH public key lines
+    # May this user see and set key material (RFC 8341 default-deny-all nodes)?
+    read_secrets: bool = True
 
     def keys(self) -> asyncssh.SSHAuthorizedKeys | None:
         if not self.authorized_keys:

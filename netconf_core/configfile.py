@@ -1,5 +1,6 @@
 """What the agent's and the controller's TOML configuration files have in common: strict
-tables (unknown keys and wrong types are errors, not silently ignored) and [[users]]."""
+tables (unknown keys and wrong types are errors, not silently ignored) and [[users]]
+(`read_secrets = false` hides key material from a user: see netconf_core.secrets_access)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def parse_users(entries: list[dict[str, Any]], base: Path) -> list[User]:
         check_table(
             u,
             {"name": str, "password_hash": str, "authorized_keys": list,
-             "authorized_keys_file": str},
+             "authorized_keys_file": str, "read_secrets": bool},
             f"users #{i + 1}",
         )
         if "name" not in u:
@@ -59,5 +60,6 @@ def parse_users(entries: list[dict[str, Any]], base: Path) -> list[User]:
                 raise ConfigError(f"user {u['name']}: cannot read {path}: {exc}") from exc
         if "password_hash" not in u and not keys:
             raise ConfigError(f"user {u['name']} has neither password_hash nor keys")
-        users.append(User(u["name"], u.get("password_hash"), keys))
+        users.append(User(u["name"], u.get("password_hash"), keys,
+                          read_secrets=u.get("read_secrets", True)))
     return users

@@ -17,6 +17,7 @@ from netconf_core import params as P
 from netconf_core.errors import NC_NS, RpcError
 from netconf_core.monitoring import NCM_NS, YANGLIB_NS
 from netconf_core.notifications import NOTIF_NS, parse_time
+from netconf_core.secrets_access import check_no_secrets, strip_secrets
 
 if TYPE_CHECKING:
     from netconf_core.server import NetconfServer
@@ -84,6 +85,7 @@ def op_get(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body
         data.append(srv.netconf_state())
     if _wants(filt, YANGLIB_NS):
         data.extend(srv.yang_library())
+    _hide_secrets(srv, sess, data)
     return [apply_filter(data, filt)]
 
 
@@ -93,7 +95,18 @@ def op_get_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element) 
     source = P.datastore(P.require(p, "source", "get-config"), P.DATASTORE_NAMES, "source")
     with srv.ds_lock:
         data = srv.datastores.get_config(str(source))
+    _hide_secrets(srv, sess, data)
     return [apply_filter(data, p.get("filter"))]
+
+
+def _hide_secrets(srv: NetconfServer, sess: NetconfSession, data: etree._Element) -> None:
+    if sess.username in srv.config.no_secrets_users:
+        strip_secrets(srv.schema, data)
+
+
+def _guard_secrets(srv: NetconfServer, sess: NetconfSession, config: etree._Element) -> None:
+    if sess.username in srv.config.no_secrets_users:
+        check_no_secrets(srv.schema, config, sess.username)
 
 
 def _no_with_defaults(p: dict[str, etree._Element]) -> None:
@@ -136,6 +149,7 @@ def op_edit_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element)
                        info={"bad-element": "url"})
     config = P.require(p, "config", "edit-config")
     check_namespaces(srv, config)
+    _guard_secrets(srv, sess, config)
     srv.locks.check_write(target, sess.id)
     with srv.ds_lock, srv.config_change(sess, target):
         skipped = srv.datastores.edit_config(target, config, default_op, test_opt, error_opt)
@@ -161,6 +175,10 @@ def op_copy_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element)
                        info={"bad-element": "target"})
     if not isinstance(source, str):
         check_namespaces(srv, source)
+        _guard_secrets(srv, sess, source)
+    elif sess.username in srv.config.no_secrets_users:
+        with srv.ds_lock:
+            _guard_secrets(srv, sess, srv.datastores.get_config(source))
     srv.locks.check_write(target, sess.id)
     with srv.ds_lock, srv.config_change(sess, target):
         srv.datastores.copy_config(target, source)

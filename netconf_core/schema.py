@@ -44,6 +44,8 @@ class SchemaNode:
     keys: tuple[str, ...] = ()
     user_ordered: bool = False
     presence: bool = False
+    # RFC 8341 nacm:default-deny-all (key material): hidden from users without the right.
+    deny_all: bool = False
     snode: libyang.SNode | None = field(default=None, repr=False)
     _children: dict[tuple[str, str], SchemaNode] | None = field(default=None, repr=False)
 
@@ -126,6 +128,10 @@ class YangSchema:
             user_ordered = sn.ordered()
         elif kind == "container":
             presence = bool(sn.presence()) if hasattr(sn, "presence") else False
+        deny_all = any(
+            e.name() == "default-deny-all" and e.module().name() == "ietf-netconf-acm"
+            for e in sn.extensions()
+        )
         return SchemaNode(
             name=sn.name(),
             namespace=c2str(mod.cdata.ns),
@@ -135,6 +141,7 @@ class YangSchema:
             keys=keys,
             user_ordered=user_ordered,
             presence=presence,
+            deny_all=deny_all,
             snode=sn,
         )
 

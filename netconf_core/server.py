@@ -44,6 +44,8 @@ class ServerConfig:
     confirm_timeout: int = DEFAULT_CONFIRM_TIMEOUT
     replay_size: int = 1024
     state_dir: Path | None = None
+    # Users who may neither see nor write nacm:default-deny-all nodes (key material).
+    no_secrets_users: frozenset[str] = frozenset()
 
 
 class NetconfServer:

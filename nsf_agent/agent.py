@@ -61,6 +61,7 @@ class Agent:
                 confirm_timeout=cfg.confirm_timeout,
                 replay_size=cfg.replay_size,
                 state_dir=cfg.state_dir,
+                no_secrets_users=frozenset(u.name for u in cfg.users if not u.read_secrets),
             ),
         )
         server.bind_loop(asyncio.get_running_loop())
