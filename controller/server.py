@@ -112,7 +112,10 @@ class ControllerServer:
         schema = YangSchema(ctx)
         nc_dir = self.config.state_dir / "netconf"
         nc_dir.mkdir(exist_ok=True)
-        server = NetconfServer(schema, ServerConfig(state_dir=nc_dir))
+        server = NetconfServer(schema, ServerConfig(
+            state_dir=nc_dir,
+            no_secrets_users=frozenset(u.name for u in self.config.users if not u.read_secrets),
+        ))
         server.bind_loop(asyncio.get_running_loop())
         server.register_rpc(FP_NS, "rekey-policy", self._rekey_policy)
         server.register_rpc(FP_NS, "resync-nsf", self._resync_nsf)

@@ -145,6 +145,18 @@ class YangSchema:
             snode=sn,
         )
 
+    def rpc_denies_all(self, namespace: str, name: str) -> bool:
+        """Whether the rpc `name` of the module with `namespace` is nacm:default-deny-all."""
+        mod = self._modules_by_ns.get(namespace)
+        if mod is None:
+            return False
+        for sn in mod.children(types=(libyang.SNode.RPC,)):
+            if sn.name() == name:
+                return any(e.name() == "default-deny-all"
+                           and e.module().name() == "ietf-netconf-acm"
+                           for e in sn.extensions())
+        return False
+
     # ---- modules -------------------------------------------------------------------------
 
     def module_list(self) -> list[ModuleInfo]:

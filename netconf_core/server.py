@@ -61,6 +61,7 @@ class NetconfServer:
         self.sessions: dict[int, NetconfSession] = {}
         self._ids = itertools.count(1)
         self.handlers: dict[tuple[str, str], Handler] = dict(HANDLERS)
+        self._secret_rpcs: set[tuple[str, str]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._changes = ConfigChangeTracker(self)
         self.capabilities = self._build_capabilities()
@@ -85,8 +86,12 @@ class NetconfServer:
             self.confirmed.clear_leftover()
 
     def register_rpc(self, namespace: str, name: str, handler: Handler) -> None:
-        """Serve a YANG-defined rpc of one of our modules (e.g. the controller's)."""
+        """Serve a YANG-defined rpc of one of our modules (e.g. the controller's). An rpc
+        marked nacm:default-deny-all (it hands out secrets) is refused to users without
+        `read_secrets`."""
         self.handlers[(namespace, name)] = handler
+        if self.schema.rpc_denies_all(namespace, name):
+            self._secret_rpcs.add((namespace, name))
 
     def _build_capabilities(self) -> list[str]:
         module_caps = [
@@ -168,6 +173,10 @@ class NetconfServer:
                                info={"bad-element": name, "bad-namespace": ns})
             raise RpcError("protocol", "operation-not-supported",
                            f"operation {name!r} is not supported",
+                           info={"bad-element": name})
+        if (ns, name) in self._secret_rpcs and sess.username in self.config.no_secrets_users:
+            raise RpcError("application", "access-denied",
+                           f"user {sess.username!r} may not call {name!r} (it returns secrets)",
                            info={"bad-element": name})
         return handler(self, sess, op)
 

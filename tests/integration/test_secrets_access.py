@@ -58,3 +58,32 @@ def test_read_secrets_in_config_file(tmp_path: Path) -> None:
     users = parse_users([{"name": "a", "password_hash": "x"},
                          {"name": "b", "password_hash": "x", "read_secrets": False}], tmp_path)
     assert [u.read_secrets for u in users] == [True, False]
+
+
+def test_rpc_handing_out_secrets_is_refused_to_such_users() -> None:
+    from types import SimpleNamespace
+
+    from lxml import etree
+
+    from netconf_core.errors import RpcError
+    from netconf_core.schema import YangSchema
+    from netconf_core.server import NetconfServer, ServerConfig
+    from netconf_core.yang_context import create_context
+
+    fp = "urn:i2nsf-sdn:yang:i2nsf-flow-policy"
+    srv = NetconfServer(YangSchema(create_context(["i2nsf-flow-policy"])),
+                        ServerConfig(no_secrets_users=frozenset({"auditor"})))
+    calls = []
+    for name in ("export-road-warrior", "rekey-policy"):
+        srv.register_rpc(fp, name, lambda s, sess, op: calls.append(op) or None)
+    rpc = etree.fromstring(f'<rpc xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
+                           f'<export-road-warrior xmlns="{fp}"/></rpc>')
+    with pytest.raises(RpcError) as ei:
+        srv.dispatch(SimpleNamespace(username="auditor"), rpc)  # type: ignore[arg-type]
+    assert ei.value.error_tag == "access-denied"
+    assert calls == []
+    srv.dispatch(SimpleNamespace(username="admin"), rpc)  # type: ignore[arg-type]
+    other = etree.fromstring(f'<rpc xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
+                             f'<rekey-policy xmlns="{fp}"/></rpc>')
+    srv.dispatch(SimpleNamespace(username="auditor"), other)  # type: ignore[arg-type]
+    assert len(calls) == 2
