@@ -448,9 +448,19 @@ def test_certificates(schema: YangSchema) -> None:
     cfg = translate.parse(canonical(schema, root))
     msg = conn_of(cfg)
     assert msg["local"]["auth"] == "pubkey"
-    assert msg["local"]["certs"] == [gw1[1].public_bytes(serialization.Encoding.PEM)]
-    assert msg["remote"]["cacerts"] == [ca[1].public_bytes(serialization.Encoding.PEM)]
+    # credentials outside the connection: a rotation must not change its definition
+    assert "certs" not in msg["local"] and "cacerts" not in msg["remote"]
+    assert list(cfg.certs.values()) == [gw1[1].public_bytes(serialization.Encoding.PEM)]
+    assert list(cfg.authorities.values()) == [ca[1].public_bytes(serialization.Encoding.PEM)]
     assert msg["send_cert"] == "always"
+    assert [s.kind for s in plan(IkeConfig(), cfg)] == [
+        "load-key", "load-cert", "load-authority", "load-conn"]
+    # a new certificate and key for the same identity: credentials only, no load-conn
+    gw1b = make_cert(ca, "gw1", "198.51.100.1")
+    root2 = example()
+    _signature_pads(root2, gw1b, ca[1])
+    cfg2 = translate.parse(canonical(schema, root2))
+    assert [s.kind for s in plan(cfg, cfg2)] == ["load-key", "load-cert", "unload-key"]
     assert not cfg.secrets
     [key] = cfg.keys.values()
     assert key.type == "ecdsa" and key.pem.startswith(b"-----BEGIN PRIVATE KEY-----")

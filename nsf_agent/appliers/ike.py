@@ -116,6 +116,14 @@ def plan(old: IkeConfig, new: IkeConfig, terminate_ms: int = 2000) -> list[Step]
         return Step("unload-pool", f"virtual IP pool {name!r}", translate.ROOT,
                     {"name": name})
 
+    def authority(name: str, pem: bytes) -> Step:
+        return Step("load-authority", f"CA certificate {name!r}", translate.ROOT + "/pad",
+                    {name: {"cacert": pem}})
+
+    def unauthority(name: str) -> Step:
+        return Step("unload-authority", f"CA certificate {name!r}", translate.ROOT + "/pad",
+                    {"name": name})
+
     def conn(c: Conn) -> Step:
         return Step("load-conn", f"connection {c.name!r}", translate.conn_path(c.name),
                     c.load_message())
@@ -136,6 +144,13 @@ def plan(old: IkeConfig, new: IkeConfig, terminate_ms: int = 2000) -> list[Step]
     for ref, k in new.keys.items():
         if ref not in old.keys:
             steps.append(_with(key(k), [unkey(ref)]))
+    for ref, pem in new.certs.items():
+        if ref not in old.certs:  # vici has no unload-cert; without its key it is inert
+            steps.append(Step("load-cert", "certificate", translate.ROOT + "/pad",
+                              {"type": "X509", "flag": "NONE", "data": pem}))
+    for name, pem in new.authorities.items():
+        if name not in old.authorities:
+            steps.append(_with(authority(name, pem), [unauthority(name)]))
     for ref, crl in new.crls.items():
         if ref not in old.crls:
             steps.append(Step("load-cert", "CRL", translate.ROOT + "/pad",
@@ -148,7 +163,9 @@ def plan(old: IkeConfig, new: IkeConfig, terminate_ms: int = 2000) -> list[Step]
     for name, c in new.conns.items():
         if name not in old.conns:
             steps.append(_with(conn(c), unconn(c)))
-        elif old.conns[name] != c:
+        elif old.conns[name].message != c.message:
+            # only a changed definition is loaded again: charon restarts the Child SAs
+            # of a replaced `start` connection (new keys or certificates do not count)
             steps.append(_with(conn(c), [conn(old.conns[name])]))
     for name, c in old.conns.items():
         if name not in new.conns:
@@ -158,6 +175,9 @@ def plan(old: IkeConfig, new: IkeConfig, terminate_ms: int = 2000) -> list[Step]
     for name, p in old.pools.items():
         if name not in new.pools:  # after its connection is gone: no online leases
             steps.append(_with(unpool(name), [pool(name, p)]))
+    for name, pem in old.authorities.items():
+        if name not in new.authorities:
+            steps.append(_with(unauthority(name), [authority(name, pem)]))
     for sid, sec in old.secrets.items():
         if sid not in new.secrets:
             steps.append(_with(unshared(sid), [shared(sec)]))
@@ -359,13 +379,16 @@ class IkeApplier:
         loaded = {_s(n) for n in self.vici.request("get-conns").get("conns", [])}
         shared = {_s(n) for n in self.vici.request("get-shared").get("keys", [])}
         pools = {_s(n) for n in self.vici.request("get-pools")}
+        authorities = {_s(n) for n in
+                       self.vici.request("get-authorities").get("authorities", [])}
         ledger = self._ledger()
         failures = 0
         steps: list[Step] = []
         # keys are loaded again even if the ledger has them: a restarted charon lost them
         # (loading a key charon holds is harmless, it keeps one copy)
         steps += plan(IkeConfig(), IkeConfig(secrets=cfg.secrets, keys=cfg.keys, crls=cfg.crls,
-                                              pools=cfg.pools))
+                                              pools=cfg.pools, certs=cfg.certs,
+                                              authorities=cfg.authorities))
         for c in cfg.conns.values():
             steps.append(Step("load-conn", f"connection {c.name!r}",
                               translate.conn_path(c.name), c.load_message()))
@@ -375,6 +398,10 @@ class IkeApplier:
         for name in sorted(pools):
             if name.startswith(prefix) and name not in cfg.pools:
                 steps.append(Step("unload-pool", f"virtual IP pool {name!r}", "",
+                                  {"name": name}))
+        for name in sorted(authorities):
+            if name.startswith(prefix) and name not in cfg.authorities:
+                steps.append(Step("unload-authority", f"CA certificate {name!r}", "",
                                   {"name": name}))
         for sid in sorted(shared):
             if sid.startswith(prefix) and sid not in cfg.secrets:

@@ -4,9 +4,12 @@ One `conn-entry` becomes one vici connection (`load-conn`), named with a prefix 
 applier can tell its own connections from any others loaded in the same charon; its SPD
 entries become the connection's CHILD_SA configs. PAD entries give identities and
 credentials: pre-shared and EAP secrets go to `load-shared` (by id, so they can be unloaded
-one by one), private keys to `load-key`, certificates, CA certificates and raw public keys
-are carried inside the connection itself (they go away when the connection is unloaded,
-which `load-cert` could not offer: vici has no unload-cert).
+one by one), private keys to `load-key`, the local certificate to `load-cert` (charon finds
+it by the connection's local identity) and CA certificates to `load-authority` (named, so
+they can be unloaded). Keeping credentials out of the connection means a certificate or CA
+rotation leaves the connection definition unchanged: charon 5.9 closes and restarts the
+Child SAs of a replaced `start` connection, which would cost the initiator a gap. A remote
+peer's pinned certificate and raw public keys stay inside the connection.
 
 Everything strongSwan cannot express is rejected here with an RpcError pointing at the node,
 so that a commit fails before charon is touched.
@@ -157,6 +160,8 @@ class IkeConfig:
     keys: dict[str, PrivateKey] = field(default_factory=dict)  # by ref
     crls: dict[str, bytes] = field(default_factory=dict)  # sha256 → PEM
     pools: dict[str, dict[str, object]] = field(default_factory=dict)  # vici name → pool
+    certs: dict[str, bytes] = field(default_factory=dict)  # sha256 → local cert PEM
+    authorities: dict[str, bytes] = field(default_factory=dict)  # vici name → CA PEM
 
     def by_entry(self) -> dict[str, Conn]:
         return {c.name: c for c in self.conns.values()}
@@ -552,7 +557,11 @@ def _auth_section(pad: Pad, *, local: bool, conn: str, opts: Options,
                        ppath + "/digital-signature", "data-missing", app_tag="missing-cert")
         if pad.cert is not None:
             _check_cert_identity(pad, pad_path(pad.name))
-            sec["certs"] = [_pem_cert(pad.cert)]
+            if local:  # load-cert; charon finds it by `id` (see the module docstring)
+                pem = _pem_cert(pad.cert)
+                cfg.certs[hashlib.sha256(pem).hexdigest()] = pem
+            else:
+                sec["certs"] = [_pem_cert(pad.cert)]
         if pad.raw_public_key is not None:
             try:
                 pub = serialization.load_der_public_key(pad.raw_public_key)
@@ -562,8 +571,8 @@ def _auth_section(pad: Pad, *, local: bool, conn: str, opts: Options,
                            app_tag="bad-public-key") from exc
             sec["pubkeys"] = [pub.public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)]
-        if pad.ca and not local:
-            sec["cacerts"] = [_pem_cert(c) for c in pad.ca]
+        for ca in pad.ca:  # trust anchors: load-authority, whichever entry holds them
+            _authority(ca, opts, cfg)
         if local and pad.private_key is not None:
             key = _private_key(pad, ppath + "/digital-signature/private-key")
             cfg.keys[key.ref] = key
@@ -582,6 +591,13 @@ def _auth_section(pad: Pad, *, local: bool, conn: str, opts: Options,
         raise _err(f"PAD entry {pad.name!r}: unknown auth-method {pad.method!r}",
                    ppath + "/auth-method")
     return sec, secrets, keys
+
+
+def _authority(ca: x509.Certificate, opts: Options, cfg: IkeConfig) -> str:
+    pem = _pem_cert(ca)
+    name = f"{opts.prefix}ca-{hashlib.sha256(pem).hexdigest()[:16]}"
+    cfg.authorities[name] = pem
+    return name
 
 
 def _psk(local: Pad, remote: Pad, cpath: str, opts: Options, cfg: IkeConfig) -> str | None:
@@ -815,9 +831,7 @@ def _conn(ent: etree._Element, pads: dict[str, Pad], opts: Options, cfg: IkeConf
 
     lsec, s1, k1 = _auth_section(local, local=True, conn=name, opts=opts, cfg=cfg, path=path)
     rsec, s2, k2 = _auth_section(remote, local=False, conn=name, opts=opts, cfg=cfg, path=path)
-    if local.method == "digital-signature" and "cacerts" not in rsec and local.ca:
-        rsec["cacerts"] = [_pem_cert(c) for c in local.ca]  # one CA for both ends
-    if "certs" in lsec or "pubkeys" in lsec:
+    if local.cert is not None or "pubkeys" in lsec:
         msg["send_cert"] = "always"
     psk = _psk(local, remote, path, opts, cfg)
     msg["local"] = lsec

@@ -262,6 +262,52 @@ def test_wrong_psk_reports_auth_failure(gl: Any) -> None:
     poll(lambda: "fp/" not in conns(gl, "a"), 20, "connections unloaded")
 
 
+def test_mismatched_traffic_selector_reports_child_sa_failed(gl: Any) -> None:
+    edit(gl, policy("ikt"))
+    wait_active(gl, "ikt")
+    m = gl.connect("a")
+    try:
+        running = etree.fromstring(m.get_config("running", filter=(
+            "subtree", f'<ipsec-ike xmlns="{IKE}"><conn-entry><name>fp/gwa/gwb</name><spd>'
+            "<spd-entry><name/></spd-entry></spd></conn-entry></ipsec-ike>")).data_xml.encode())
+        [spd] = [e.text for e in running.iter(f"{{{IKE}}}name") if e.text.startswith("fp/ikt/")]
+        # gwA now asks for a remote network gwB does not protect: TS_UNACCEPTABLE
+        m.edit_config(target="running", config=(
+            f'<config xmlns="{NC}"><ipsec-ike xmlns="{IKE}"><conn-entry><name>fp/gwa/gwb</name>'
+            f"<spd><spd-entry><name>{spd}</name><ipsec-policy-config><traffic-selector>"
+            "<remote-prefix>10.123.0.0/24</remote-prefix></traffic-selector>"
+            "</ipsec-policy-config></spd-entry></spd></conn-entry></ipsec-ike></config>"))
+    finally:
+        m.close_session()
+    poll(lambda: status(gl, "ikt")[0] == "failed", 30, "policy failed after the Child SA "
+         f"failure (last: {status(gl, 'ikt')})", interval=0.2)
+    err = status(gl, "ikt")[1] or ""
+    assert "child sa failed" in err.lower() and "unacceptable" in err.lower(), err
+    r = gl.cli("resync", "gwa")
+    assert r.returncode == 0, r.stderr
+    wait_active(gl, "ikt")
+    poll(lambda: ping(gl), 20, "ping after the resync", interval=0.2)
+    delete_policy(gl, "ikt")
+    poll(lambda: "fp/" not in conns(gl, "a") + conns(gl, "b"), 20, "connections unloaded")
+
+
+def _under_ping(gl: Any, action: Any, settle: Any) -> tuple[int, int, str]:
+    """Run `action` while hostA pings hostB every 50 ms; (sent, received, ping's output)."""
+    pinger = gl.lab.popen(gl.lab.host_a, ["ping", "-n", "-i", "0.05", "-W", "1", HOST_B],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.5)
+        action()
+        settle()
+        time.sleep(1.0)
+    finally:
+        pinger.send_signal(signal.SIGINT)  # ping prints its statistics on SIGINT
+        out, _ = pinger.communicate(timeout=10)
+    tx = int(out.split(" packets transmitted")[0].rsplit("\n", 1)[-1])
+    rx = int(out.split(" received")[0].rsplit(", ", 1)[-1])
+    return tx, rx, out
+
+
 def test_certificates_and_rotation_without_tunnel_loss(gl: Any) -> None:
     r = gl.cli("policy", "apply", "ikc", "-a", "gwa", "-b", "gwb", "--profile", "lab",
                "--ike", "certificate")
@@ -271,24 +317,37 @@ def test_certificates_and_rotation_without_tunnel_loss(gl: Any) -> None:
     assert "public key" in conns(gl, "a").lower()  # "local public key authentication"
     spi = ike_spi(gl, "a")
     assert spi
-    pinger = gl.lab.popen(gl.lab.host_a, ["ping", "-n", "-i", "0.05", "-W", "1", HOST_B],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        time.sleep(0.5)
-        before = (gl.agent_state("b") / "ike-keys.json").read_text()
-        r = gl.cli("nsf", "rotate-cert", "gwb")
-        assert r.returncode == 0, r.stderr
-        poll(lambda: (gl.agent_state("b") / "ike-keys.json").read_text() != before, 20,
-             "gwB's new key loaded into its charon")
-        time.sleep(1.0)
-    finally:
-        pinger.send_signal(signal.SIGINT)  # ping prints its statistics on SIGINT
-        out, _ = pinger.communicate(timeout=10)
-    tx = int(out.split(" packets transmitted")[0].rsplit("\n", 1)[-1])
-    rx = int(out.split(" received")[0].rsplit(", ", 1)[-1])
-    assert tx >= 20 and tx - rx <= 1, out[-300:]
-    assert ike_spi(gl, "a") == spi  # the same IKE SA: charon kept it
-    assert status(gl, "ikc")[0] == "active"
+    child = child_spis(gl, "a")
+
+    def keys(side: str) -> str:
+        return (gl.agent_state(side) / "ike-keys.json").read_text()
+
+    # responder (gwb), initiator (gwa: autostartup start), then a new CA for everyone
+    for cmd, sides in ((("nsf", "rotate-cert", "gwb"), "b"), (("nsf", "rotate-cert", "gwa"),
+                                                              "a"), (("ca", "rotate"), "ab")):
+        before = {s: keys(s) for s in sides}
+
+        def act(cmd: tuple[str, ...] = cmd) -> None:
+            r = gl.cli(*cmd)
+            assert r.returncode == 0, r.stderr
+
+        def settle(before: dict[str, str] = before) -> None:
+            poll(lambda: all(keys(s) != k for s, k in before.items()), 20,
+                 f"new keys loaded into {sorted(before)}'s charon")
+
+        tx, rx, out = _under_ping(gl, act, settle)
+        assert tx >= 20 and tx - rx <= 1, (cmd, out[-300:])
+        # the same IKE SA and Child SA: charon kept both, no renegotiation
+        assert ike_spi(gl, "a") == spi, cmd
+        assert child_spis(gl, "a") == child, cmd
+        assert status(gl, "ikc")[0] == "active"
+    assert "fp/gwa/gwb" in conns(gl, "a")
+    # the new credentials work: reauthentication makes a new IKE SA with them
+    r = subprocess.run(["swanctl", "--rekey", "--reauth", "--ike", "i2nsf-fp/gwa/gwb", "--uri",
+                        f"unix://{vici(gl, 'a')}"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    poll(lambda: ike_spi(gl, "a") not in (None, spi), 30, "a new IKE SA after reauth")
+    poll(lambda: ping(gl), 20, "ping through the re-established tunnel", interval=0.2)
     delete_policy(gl, "ikc")
     poll(lambda: "fp/" not in conns(gl, "a") + conns(gl, "b"), 20, "connections unloaded")
 
