@@ -18,14 +18,15 @@ the agents' `ike` applier) and follows what they report:
   responder first (`transact(commit_order=...)`): an initiator that speaks before its peer
   has the connection gets NO_PROPOSAL_CHOSEN and charon does not try again.
 * **Road warriors** (host-to-gateway): on the gateway a connection per host (`fp/rw/<name>`,
-  peer address any, the host's certificate identity, its fixed inner address as remote
-  traffic selector); the host gets a swanctl bundle (`road_warrior_bundle`).
+  peer address any, the host's certificate identity, its fixed inner address or its
+  virtual IP pool as remote traffic selector); the host gets a swanctl bundle
+  (`road_warrior_bundle`) that asks for a virtual IP when there is a pool.
 
 Every NSF's `fp/` entries are written whole (`replace`) and stale ones removed (`remove`),
 in one all-or-nothing transaction per connected group of NSFs; agents that are unchanged
 are not touched. Status comes from the agents' `i2nsf-ike-events` notifications: a
 `child-sa-up` for a policy's SPD entry makes it active, `auth-failure` makes its pair's
-policies failed with charon's reason.
+policies failed with charon's reason, `child-sa-failed` the policy of the SPD entry.
 """
 
 from __future__ import annotations
