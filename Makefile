@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libyang2-dev libyang2-tools iproute2 tcpdump iputils-ping ethtool iperf3 \
+APT_PACKAGES := libyang2-dev libyang2-tools iproute2 tcpdump iputils-ping ethtool iperf3 nftables \
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
 STAMP := $(VENV)/.setup-stamp
 

@@ -6,6 +6,16 @@ Topology (network namespaces, names prefixed per run):
               │      │
               └ mgmt ┘                     management: controller ⇄ agents (SSH, NETCONF)
 
+With `nat=True` gwB sits behind a NAT namespace (seed section 6, NAT traversal):
+
+    hostA ── gwA ══ natB ── gwB ── hostB   natB masquerades gwB's private address
+                                           (NAT_PRIVATE_B) to NAT_PUBLIC_B; ESP-in-UDP
+                                           from gwB's port 4500 leaves from `nat_port`
+
+natB is a filtering NAT (nftables): from outside, only replies to what gwB sent get in.
+The inventory then gives gwB its private data-plane address and a `nat` container with the
+public address and port.
+
 Agents run as `i2nsf-agent run` subprocesses inside gwA/gwB (userspace ESP data plane), the
 controller as `i2nsf-controller serve` inside mgmt, each with its own log file. Host keys are
 generated beforehand so the inventory can pin them; the controller logs in to the agents
@@ -29,7 +39,16 @@ import asyncssh
 from pyroute2 import IPRoute, NetNS, netns
 
 from netconf_core.auth import hash_password
-from nsf_agent.userspace.lab import GW_A, GW_B, NET_A, NET_B, Lab, in_netns, wait_until
+from nsf_agent.userspace.lab import (
+    GW_A,
+    GW_B,
+    NET_A,
+    NET_B,
+    Lab,
+    in_netns,
+    sysctl,
+    wait_until,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +57,34 @@ CTL_PORT = 8300
 AGENT_PORT = 830
 ADMIN_PASSWORD = "lab-admin-pw"
 MGMT = {"a": ("10.254.1.1", "10.254.1.2"), "b": ("10.254.2.1", "10.254.2.2")}
+NAT_PUBLIC_B = "192.0.2.20"  # natB's outside address, on the gateway link
+NAT_INSIDE_B = "10.77.0.1"  # natB's inside address (namespace-local, never routed out)
+NAT_PRIVATE_B = "10.77.0.2"  # gwB's data-plane address behind natB
+NATT_PORT = 4500
+
+
+def nat_ruleset(inside: str, outside: str, private: str, port: int) -> str:
+    """nftables for natB: masquerade gwB (its ESP-in-UDP to `port`), and like a home router
+    let in from outside only what belongs to connections gwB opened."""
+    return f"""
+table ip i2nsf_nat {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "{outside}" ip saddr {private} udp sport {NATT_PORT} masquerade to :{port}
+        oifname "{outside}" ip saddr {private} masquerade
+    }}
+    chain input {{
+        type filter hook input priority filter; policy drop;
+        ct state established,related accept
+        iifname {{ "lo", "{inside}" }} accept
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "{inside}" oifname "{outside}" accept
+    }}
+}}
+"""
 
 
 def write_key(path: Path) -> str:
@@ -102,6 +149,8 @@ class GatewayLab:
     hard: int = 8
     ctl_options: dict[str, Any] = field(default_factory=dict)
     appliers: tuple[str, ...] = ("userspace",)  # ("userspace", "ike") for the IKE case
+    nat: bool = False  # gwB behind the NAT namespace natB
+    nat_port: int = NATT_PORT  # the public port natB maps gwB's UDP 4500 to
     lab: Lab = field(init=False)
     agents: dict[str, Daemon] = field(default_factory=dict)
     controller: Daemon | None = None
@@ -115,13 +164,24 @@ class GatewayLab:
     def mgmt(self) -> str:
         return f"{self.prefix}-mg"
 
+    @property
+    def nat_ns(self) -> str:
+        return f"{self.prefix}-nb"
+
     def gw_ns(self, side: str) -> str:
         return self.lab.gw_a if side == "a" else self.lab.gw_b
+
+    def data_plane_address(self, side: str) -> str:
+        if side == "b" and self.nat:
+            return NAT_PRIVATE_B
+        return GW_A if side == "a" else GW_B
 
     # ---- topology ---------------------------------------------------------------------------
 
     def build(self) -> None:
         self.lab.build(gro=False)
+        if self.nat:
+            self._build_nat()
         netns.create(self.mgmt)
         self.lab.namespaces.insert(0, self.mgmt)  # Lab.destroy removes it too
         with NetNS(self.mgmt) as nsr:
@@ -139,6 +199,42 @@ class GatewayLab:
                         nsr.link("set", index=j, ifname=name)
                         nsr.addr("add", index=j, address=addr, prefixlen=30)
                         nsr.link("set", index=j, state="up")
+
+    def _build_nat(self) -> None:
+        """Put natB between the gateway link and gwB: gwB's link end moves into natB (as
+        `out`, the public address) and a new veth pair joins natB (`in`) and gwB (`gba`,
+        the private address, default route through natB)."""
+        nat, gw_b = self.nat_ns, self.lab.gw_b
+        netns.create(nat)
+        self.lab.namespaces.append(nat)  # Lab.destroy removes it too
+        with NetNS(gw_b) as nsr:
+            j = nsr.link_lookup(ifname="gba")[0]
+            nsr.link("set", index=j, state="down")
+            nsr.link("set", index=j, net_ns_fd=nat)  # addresses stay behind: none move
+        tmp1, tmp2 = f"{self.prefix[:8]}n1", f"{self.prefix[:8]}n2"
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=tmp1, kind="veth", peer=tmp2)
+            for tmp, ns in ((tmp1, nat), (tmp2, gw_b)):
+                ipr.link("set", index=ipr.link_lookup(ifname=tmp)[0], net_ns_fd=ns)
+        for ns, old, new, addr in ((nat, "gba", "out", NAT_PUBLIC_B), (nat, tmp1, "in",
+                                                                          NAT_INSIDE_B),
+                                   (gw_b, tmp2, "gba", NAT_PRIVATE_B)):
+            with NetNS(ns) as nsr:
+                j = nsr.link_lookup(ifname=old)[0]
+                nsr.link("set", index=j, ifname=new)
+                nsr.addr("add", index=j, address=addr,
+                         prefixlen=24 if addr == NAT_PUBLIC_B else 30)
+                nsr.link("set", index=j, state="up")
+                nsr.link("set", index=nsr.link_lookup(ifname="lo")[0], state="up")
+        with NetNS(gw_b) as nsr:
+            nsr.route("replace", dst="0.0.0.0/0", gateway=NAT_INSIDE_B)
+        sysctl(nat, "net.ipv4.ip_forward", "1")
+        sysctl(nat, "net.ipv6.conf.all.disable_ipv6", "1")
+        r = subprocess.run(["ip", "netns", "exec", nat, "nft", "-f", "-"], text=True,
+                           input=nat_ruleset("in", "out", NAT_PRIVATE_B, self.nat_port),
+                           capture_output=True, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError(f"nft in {nat}: {r.stderr.strip()}")
 
     # ---- daemons ----------------------------------------------------------------------------
 
@@ -244,14 +340,18 @@ class GatewayLab:
         from controller.model import NS
 
         key = self.workdir / "controller_id_ed25519"
-        nets = {"a": (GW_A, NET_A), "b": (GW_B, NET_B)}
+        nets = {"a": (self.data_plane_address("a"), NET_A),
+                "b": (self.data_plane_address("b"), NET_B)}
+        nat = {"a": "", "b": (f"<nat><public-address>{NAT_PUBLIC_B}</public-address>"
+                              f"<public-port>{self.nat_port}</public-port></nat>"
+                              if self.nat else "")}
         nsfs = "".join(
             f"<nsf><name>gw{s}</name><management><address>{MGMT[s][1]}</address>"
             f"<port>{AGENT_PORT}</port><username>controller</username>"
             f"<private-key-file>{key}</private-key-file>"
             f"<host-key>{self.host_keys[s]}</host-key></management>"
             f"<data-plane-address>{nets[s][0]}</data-plane-address>"
-            f"<protected-prefix>{nets[s][1]}</protected-prefix>"
+            f"<protected-prefix>{nets[s][1]}</protected-prefix>{nat[s]}"
             "<dataplane>userspace</dataplane></nsf>" for s in sides)
         prof = (f"<crypto-profile><name>{profile}</name><lifetime-soft><time>{self.soft}</time>"
                 f"</lifetime-soft><lifetime-hard><time>{self.hard}</time></lifetime-hard>"

@@ -36,6 +36,7 @@ from typing import Any
 
 from . import gso, mmsg
 from .esp import (
+    NAT_KEEPALIVE,
     EspError,
     SaState,
     SequenceOverflow,
@@ -67,7 +68,7 @@ GLOBAL_COUNTERS = (
     "tun_rx", "tun_tx", "tun_tx_errors", "esp_tx", "esp_rx", "esp_tx_errors", "unknown_spi",
     "malformed", "integrity_failed", "replay", "decrypt_failed", "policy_violation",
     "no_policy", "discarded", "bypassed", "no_sa", "acquires", "udp_non_esp", "seq_overflow",
-    "dummy",
+    "dummy", "nat_keepalives",
 )
 
 
@@ -88,6 +89,8 @@ class Options:
     tick: float = 0.25
     offload: bool = True
     big_esp: bool = True
+    # RFC 3948 2.3 NAT-keepalive period (s) for outbound ESP-in-UDP SAs; 0 = never
+    nat_keepalive: float = 20.0
 
 
 @dataclass(slots=True)
@@ -165,6 +168,8 @@ class Datapath:
         self._to_tun: list[bytes] = []
         # whole super-packets as single ESP packets (outer IPv4, fragmented by the kernel)
         self._big = opts.big_esp and opts.offload
+        # (src, dst, sport, dport) of outbound ESP-in-UDP SAs -> next NAT-keepalive due
+        self._keepalive_due: dict[tuple[str, str, int, int], float] = {}
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -293,6 +298,8 @@ class Datapath:
         if old is not None:
             self._unlink(old, keep=sa)
         self._udp_ports()
+        if cfg.direction is Direction.OUTBOUND and sa.udp is not None:
+            self._keepalives(time.monotonic())
 
     def _unlink(self, sa: _Sa, keep: _Sa | None = None) -> None:
         cfg = sa.state.cfg
@@ -397,8 +404,41 @@ class Datapath:
             self.emit("expire", hard=False, trigger=trigger, **self._sa_event_fields(sa))
         sa.set_limits()
 
+    def _keepalives(self, now: float) -> None:
+        """RFC 3948 2.3: a one-byte 0xFF datagram on each outbound ESP-in-UDP path, at once
+        for a new path and then every `nat_keepalive` seconds. It opens (and keeps) the
+        mapping of a NAT in front of this NSF, so that the peer can reach it before this
+        NSF sent any ESP. (IPv4 only: NAT-T is an IPv4 matter, and IPv6 UDP needs a checksum
+        the raw path does not compute.)"""
+        raw4: socket.socket | None = getattr(self, "raw4", None)  # None before open()
+        if not self.opts.nat_keepalive or raw4 is None:
+            return
+        due = self._keepalive_due
+        live: set[tuple[str, str, int, int]] = set()
+        for lst in self.outbound.values():
+            for sa in lst:
+                if sa.udp is None or not sa.v4:
+                    continue
+                cfg = sa.state.cfg
+                key = (str(cfg.src), str(cfg.dst), sa.udp.sport, sa.udp.dport)
+                if key in live:
+                    continue
+                live.add(key)
+                if due.get(key, 0.0) > now:
+                    continue
+                due[key] = now + self.opts.nat_keepalive
+                try:
+                    raw4.sendto(sa.wire(NAT_KEEPALIVE), sa.dst_addr)
+                    self.stats["nat_keepalives"] += 1
+                except OSError as e:
+                    self.stats["esp_tx_errors"] += 1
+                    log.debug("NAT-keepalive to %s:%d failed: %s", key[1], key[3], e)
+        for key in set(due) - live:
+            del due[key]
+
     def _tick(self) -> None:
         now = time.monotonic()
+        self._keepalives(now)
         for sa in list(self.by_name.values()):
             cfg = sa.state.cfg
             if cfg.soft.time or cfg.hard.time or cfg.soft.idle or cfg.hard.idle:
@@ -871,6 +911,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--big-esp", action=argparse.BooleanOptionalAction, default=True,
                    help="send each TCP super-packet from the TUN whole, as one ESP packet that "
                         "the kernel fragments (outer IPv4 only; needs offload)")
+    p.add_argument("--nat-keepalive", type=float, default=20.0,
+                   help="seconds between RFC 3948 NAT-keepalives on outbound ESP-in-UDP SAs "
+                        "(0: never)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -882,7 +925,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(control=a.control, tun=a.tun, mtu=a.mtu, table=a.table,
                    rule_priority=a.rule_priority, mark=a.mark, manage_routes=not a.no_routes,
                    acquire_interval=a.acquire_interval, counters_interval=a.counters_interval,
-                   batch=a.batch, offload=not a.no_offload, big_esp=a.big_esp)
+                   batch=a.batch, offload=not a.no_offload, big_esp=a.big_esp,
+                   nat_keepalive=a.nat_keepalive)
     dp = Datapath(opts)
     dp.open()
     signal.signal(signal.SIGTERM, lambda *_: dp.stop())
