@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from lxml import etree
 
+from netconf_core import polling
 from netconf_core.datastore import Datastores
 from netconf_core.errors import NC_NS, RpcError
 from netconf_core.schema import YangSchema
@@ -59,15 +60,7 @@ PSK = "0f:1e:2d:3c:4b:5a:69:78:87:96:a5:b4:c3:d2:e1:f0"
 
 def wait_until(pred: Callable[[], Any], timeout: float, what: str,
                interval: float = 0.1) -> Any:
-    """Poll `pred` until it returns something truthy, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    return polling.wait_until(pred, timeout, what, interval)
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
