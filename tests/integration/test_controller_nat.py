@@ -164,7 +164,7 @@ def test_policy_through_nat_uses_esp_in_udp(gl: Any) -> None:
         # the strict checks below start once the policy is active.
         for f in drain(cap):
             if f[12:14] == b"\x08\x00":
-                assert f[14 + 9] in (1, 17), "raw ESP (or other) during the install"
+                assert f[14 + 9] != 50, "raw ESP during the install"
                 assert socket.inet_aton(NAT_PRIVATE_B) not in (f[26:30], f[30:34])
 
         # what the controller wrote: ESP-in-UDP, the NAT's public address and port on gwA,
