@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from lxml import etree
 
 from netconf_core import __version__
+from netconf_core.daemon import serve_until_signalled, setup_logging
 
 log = logging.getLogger("controller")
 
@@ -187,9 +187,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"i2nsf-controller: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    setup_logging(args.log_level)
     if not cfg.users:
         log.warning("no [[users]] configured: nobody can use the northbound interface")
     asyncio.run(_serve(cfg, args.ready_file))
@@ -200,19 +198,7 @@ async def _serve(cfg: Any, ready_file: str | None) -> None:
     from controller.server import ControllerServer
 
     ctl = ControllerServer(cfg)
-    await ctl.start()
-    if ready_file:
-        tmp = f"{ready_file}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{ctl.port}\n")
-        os.replace(tmp, ready_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await ctl.stop()
+    await serve_until_signalled(ctl.start, ctl.stop, lambda: ctl.port, ready_file)
 
 
 # ---- client side --------------------------------------------------------------------------------
