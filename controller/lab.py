@@ -316,6 +316,22 @@ class GatewayLab:
              "--port", str(CTL_PORT), "--user", "admin", *args],
             capture_output=True, text=True, timeout=timeout, env=env)
 
+    def policy_state(self, name: str) -> Any:
+        """The controller's operational state of policy `name` (an lxml element), or None."""
+        from lxml import etree
+
+        fp = "urn:i2nsf-sdn:yang:i2nsf-flow-policy"
+        m = self.connect()
+        try:
+            reply = m.get(filter=("subtree", f'<flow-protection-state xmlns="{fp}"/>'))
+            data = etree.fromstring(reply.xml.encode())
+        finally:
+            m.close_session()
+        for p in data.iter(f"{{{fp}}}policy"):
+            if p.findtext(f"{{{fp}}}name") == name:
+                return p
+        return None
+
     def connect(self, side: str | None = None) -> Any:
         """An ncclient session to the controller (side None) or to an agent, opened from
         inside the management namespace."""

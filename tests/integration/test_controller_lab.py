@@ -66,16 +66,7 @@ def poll(pred: Any, timeout: float, what: str) -> Any:
 
 
 def policy_state(gl: Any, name: str) -> etree._Element | None:
-    m = gl.connect()
-    try:
-        data = etree.fromstring(m.get(filter=("subtree", f'<flow-protection-state xmlns="{FP}"/>'
-                                              )).xml.encode())
-    finally:
-        m.close_session()
-    for p in data.iter(f"{{{FP}}}policy"):
-        if p.findtext(f"{{{FP}}}name") == name:
-            return p
-    return None
+    return gl.policy_state(name)  # type: ignore[no-any-return]
 
 
 def status(gl: Any, name: str) -> str | None:
