@@ -31,6 +31,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,3 +387,27 @@ class GatewayLab:
 def poll(pred: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll with a deadline (never sleep-to-wait)."""
     return wait_until(pred, timeout, what, interval)
+
+
+@contextlib.contextmanager
+def gateway_lab(tag: str, **kw: Any) -> Iterator[GatewayLab]:
+    """A started GatewayLab in a fresh work directory, with the two NSFs (and no policy) in
+    the controller's inventory; always torn down."""
+    import shutil
+    import tempfile
+
+    from nsf_agent.userspace.lab import unique_prefix
+
+    work = Path(tempfile.mkdtemp(prefix=f"i2nsf-{tag}-"))
+    lab = GatewayLab(unique_prefix(tag), work, **kw)
+    try:
+        lab.start()
+        m = lab.connect()
+        try:
+            m.edit_config(target="running", config=lab.inventory_xml(policy=None))
+        finally:
+            m.close_session()
+        yield lab
+    finally:
+        lab.destroy()
+        shutil.rmtree(work, ignore_errors=True)

@@ -15,10 +15,8 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,20 +38,10 @@ ALL_KEYS: set[str] = set()  # every key seen in the controller's store during th
 
 @pytest.fixture(scope="module")
 def gl() -> Iterator[Any]:
-    from controller.lab import GatewayLab
-    from nsf_agent.userspace.lab import unique_prefix
+    from controller.lab import gateway_lab
 
-    work = Path(tempfile.mkdtemp(prefix="i2nsf-ctl-"))
-    lab = GatewayLab(unique_prefix("i2c"), work, soft=3, hard=8)
-    try:
-        lab.start()
-        m = lab.connect()
-        m.edit_config(target="running", config=lab.inventory_xml(policy=None))
-        m.close_session()
+    with gateway_lab("i2c", soft=3, hard=8) as lab:
         yield lab
-    finally:
-        lab.destroy()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 # ---- helpers --------------------------------------------------------------------------------

@@ -20,9 +20,7 @@ import socket
 import sqlite3
 import struct
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,21 +43,11 @@ PUBLIC_PORT = 14500
 
 @pytest.fixture(scope="module")
 def gl() -> Iterator[Any]:
-    from controller.lab import GatewayLab
-    from nsf_agent.userspace.lab import unique_prefix
+    from controller.lab import gateway_lab
 
-    work = Path(tempfile.mkdtemp(prefix="i2nsf-nat-"))
-    lab = GatewayLab(unique_prefix("i2n"), work, soft=3, hard=8, nat=True,
-                     nat_port=PUBLIC_PORT)
-    try:
-        lab.start()
-        m = lab.connect()
-        m.edit_config(target="running", config=lab.inventory_xml(policy=None))
-        m.close_session()
+    with gateway_lab("i2n", soft=3, hard=8, nat=True,
+                     nat_port=PUBLIC_PORT) as lab:
         yield lab
-    finally:
-        lab.destroy()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def poll(pred: Any, timeout: float, what: str) -> Any:
