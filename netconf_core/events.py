@@ -3,6 +3,7 @@ commit events and netconf-config-change with the edited instance-identifiers."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from netconf_core.errors import NC_NS
 from netconf_core.schema import YANG_NS, SchemaNode
 
 if TYPE_CHECKING:
+    from netconf_core.datastore import PendingDiff
     from netconf_core.server import NetconfServer
     from netconf_core.session import NetconfSession
 
@@ -65,11 +67,22 @@ class ConfigChangeTracker:
         ds = self.server.datastores
         before = ds.running_generation
         yield
+        # The datastore keeps libyang's diff of its last change of running, computed on
+        # demand: build the notification after the reply has gone out (the diff of a big
+        # change costs as much as its validation), or at once outside the server's loop.
+        if ds.running_generation == before or ds.last_change is None:
+            return
+        pending = ds.last_change
+        pending.wanted = True
+        loop = self.server.loop
+        if loop is not None and loop.is_running() and _in_loop(loop):
+            loop.call_soon(self._emit, sess, pending)
+        else:
+            self._emit(sess, pending)
+
+    def _emit(self, sess: NetconfSession | None, pending: PendingDiff) -> None:
         try:
-            # The datastore keeps libyang's diff of its last change of running.
-            if ds.running_generation == before:
-                return
-            diff = ds.last_running_diff
+            diff = pending.result()
             if diff is None:
                 return
             edits = self._edits(diff)
@@ -127,6 +140,13 @@ def _prefix_for(node: SchemaNode, prefixes: dict[str, str]) -> str:
 
 def _quote(v: str) -> str:
     return f"'{v}'" if "'" not in v else f'"{v}"'
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 __all__ = ["NCN_NS", "NC_NS", "ConfigChangeTracker", "config_change", "nc_notification"]

@@ -117,3 +117,5 @@ class Agent:
                 a.close()
             except Exception:
                 log.exception("applier %s failed to close", a.name)
+        if self.datastores is not None:
+            self.datastores.close()

@@ -302,7 +302,7 @@ def test_agent_restart_with_lost_config_is_resynced(gl: Any) -> None:
     assert ping(gl, 2).returncode == 0
     gl.agents["b"].stop()
     st = gl.agent_state("b")
-    for f in ("running.xml", "startup.xml"):  # the NSF lost its configuration
+    for f in ("running.xml", "running.journal", "startup.xml"):  # the NSF lost its config
         (st / f).unlink(missing_ok=True)
     gl.agents["b"].start()
     poll(lambda: {"fp/g2g/0/out", "fp/g2g/0/in"} <= entries(agent_running(gl, "b"),
