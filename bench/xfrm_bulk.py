@@ -9,6 +9,11 @@ re-apply); the target is at most 2x iproute2's time for 10,000 policies.
 Each method is a ``Measurement`` (setup / run / verify); add the agent's full
 NETCONF path later as another entry in ``MEASUREMENTS`` — the baseline stays
 ``ip -batch``.  Needs root.  Usage: bench/xfrm_bulk.py [--count N] [--repeat R]
+
+``--applier`` instead times the xfrm applier's own work in process (no root, no
+kernel: the netlink batch is stubbed): validate + prepare of one commit from an
+empty running to N entries, and of a one-entry change, addition and removal in an
+N-entry running, i.e. the part of the agent path this project's code controls.
 """
 
 from __future__ import annotations
@@ -166,6 +171,93 @@ def run_netconf_agent(ns: str, policies: list[Policy]) -> None:
             th.join(30)
 
 
+def canonical_data(config_xml: str) -> object:
+    """`<config>` text -> the `<data>` root the datastore hands appliers (libyang's
+    canonical print of the validated tree)."""
+    from lxml import etree
+
+    from netconf_core.errors import NC_NS
+    from netconf_core.schema import YangSchema
+    from netconf_core.yang_context import create_context
+
+    schema = canonical_data.__dict__.get("schema")
+    if schema is None:
+        schema = canonical_data.schema = YangSchema(create_context())  # type: ignore[attr-defined]
+    cfg = etree.fromstring(config_xml.encode())
+    data = etree.Element(f"{{{NC_NS}}}data", nsmap={None: NC_NS})
+    for child in cfg:
+        data.append(child)
+    tree = schema.parse_config(data)
+    try:
+        text = tree.print_mem("xml", with_siblings=True, pretty=False)
+    finally:
+        tree.free()
+    return etree.fromstring(f'<data xmlns="{NC_NS}">{text}</data>'.encode())
+
+
+def applier_bench(count: int, repeat: int) -> int:
+    """In-process timings of XfrmApplier.validate + prepare (+ apply bookkeeping)."""
+    import copy
+
+    from netconf_core.applier import ConfigChange
+    from netconf_core.datastore import empty_data
+    from nsf_agent.appliers.xfrm import XfrmApplier
+
+    q = f"{{{IKELESS}}}"
+    policies = make_policies(count + 1)
+    big = canonical_data(ikeless_config(policies[:count]))
+    bigger = canonical_data(ikeless_config(policies))  # one more entry at the end
+    changed = copy.deepcopy(big)
+    ent = changed.find(f"{q}ipsec-ikeless/{q}spd")[count // 2]
+    ports = ent.find(f"{q}ipsec-policy-config/{q}traffic-selector/{q}remote-ports")
+    ports.find(q + "start").text = ports.find(q + "end").text = "65000"
+    removed = copy.deepcopy(big)
+    spd = removed.find(f"{q}ipsec-ikeless/{q}spd")
+    spd.remove(spd[count // 2])
+
+    def fresh() -> XfrmApplier:
+        ap = XfrmApplier(None)
+        ap._run = lambda ops: [None] * len(ops)  # type: ignore[method-assign]
+        return ap
+
+    def timed(ap: XfrmApplier, old: object, new: object, apply: bool) -> tuple[float, int]:
+        ch = ConfigChange(old=old, new=new)  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        ap.validate(ch)
+        ap.prepare(ch)
+        el = time.perf_counter() - t0
+        if apply:
+            ap.apply(ch)
+        return el, len(ch.scratch.get("xfrm.ops", []))  # type: ignore[arg-type]
+
+    rows: dict[str, tuple[float, int]] = {}
+
+    def keep(name: str, el: float, n: int) -> None:
+        if name not in rows or el < rows[name][0]:
+            rows[name] = (el, n)
+
+    for _ in range(repeat):
+        ap = fresh()
+        empty = empty_data()
+        el, n = timed(ap, empty, big, apply=False)
+        keep(f"empty -> {count} (validate+prepare)", el, n)
+        ch = ConfigChange(old=empty, new=big)
+        ap.validate(ch)
+        ap.prepare(ch)
+        t0 = time.perf_counter()
+        ap.apply(ch)
+        keep("  apply bookkeeping (kernel stubbed)", time.perf_counter() - t0, 0)
+        for what, new in (("1 entry changed", changed), ("1 entry added", bigger),
+                          ("1 entry removed", removed)):
+            el, n = timed(ap, big, new, apply=False)  # not applied: running stays `big`
+            keep(f"{count} -> {what}", el, n)
+        ap.xfrm.close()
+    print(f"xfrm applier in process, {count} SPD entries, best of {repeat}:")
+    for name, (el, n) in rows.items():
+        print(f"  {name:42s} {el * 1e3:9.1f} ms  {n:6d} kernel ops")
+    return 0
+
+
 MEASUREMENTS: list[Measurement] = [
     Measurement("ip -batch (baseline)", run_ip_batch),
     Measurement("netlink batch (nsf_agent.xfrm)", run_netlink_batch),
@@ -177,7 +269,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=3, help="best of R runs")
+    ap.add_argument("--applier", action="store_true",
+                    help="time the xfrm applier in process instead (no root needed)")
     args = ap.parse_args()
+    if args.applier:
+        return applier_bench(args.count, args.repeat)
     if os.geteuid() != 0:
         print("xfrm_bulk: needs root (network namespaces); skipped")
         return 0
