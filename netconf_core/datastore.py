@@ -23,6 +23,7 @@ from lxml import etree
 from netconf_core.applier import Applier, ConfigChange
 from netconf_core.edit import apply_edit
 from netconf_core.errors import NC_NS, RpcError
+from netconf_core.incremental import rebuild
 from netconf_core.schema import YangSchema
 
 log = logging.getLogger(__name__)
@@ -317,6 +318,11 @@ class Datastores:
         tree = self.schema.parse_config(root, validate=validate)
         if tree is None:
             return Canonical(empty_data(), None, b"")
+        return self._print_canonical(tree)
+
+    @staticmethod
+    def _print_canonical(tree: libyang.DNode) -> Canonical:
+        """The canonical form of a libyang tree, which the result then owns."""
         try:
             text = tree.print_mem("xml", with_siblings=True, pretty=False)
         except BaseException:
@@ -394,7 +400,15 @@ class Datastores:
         )
         # A running datastore is never left invalid: the kernel appliers rely on it.
         validate = test_option != "set" or target == "running"
-        canon = self._canonical_tree(new, validate=validate)
+        canon = None
+        if validate:
+            base = self._running_dn if self._trees[target] is self._trees["running"] \
+                else self._cand_dn
+            dn = rebuild(self.schema.ctx, base, new, result)
+            if dn is not None:
+                canon = self._print_canonical(dn)
+        if canon is None:
+            canon = self._canonical_tree(new, validate=validate)
         if test_option == "test-only":
             if canon.dn is not None:
                 canon.dn.free()

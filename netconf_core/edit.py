@@ -25,9 +25,16 @@ DEFAULT_OPERATIONS = ("merge", "replace", "none")
 
 @dataclass
 class EditResult:
-    """Errors collected under continue-on-error (empty otherwise: errors raise)."""
+    """Errors collected under continue-on-error (empty otherwise: errors raise), and where
+    the edit changed the tree, so that libyang need not re-parse what did not change:
+    `units` are list entries of the new tree (with their data paths) whose content is new
+    or changed, `deleted` the data paths of removed list entries. `whole` says the changes
+    cannot be described that way (top-level nodes, ordering by insert, anydata)."""
 
     errors: list[RpcError] = field(default_factory=list)
+    units: list[tuple[etree._Element, str]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    whole: bool = False
 
 
 def apply_edit(
@@ -45,7 +52,7 @@ def apply_edit(
         )
     ed = _Editor(schema, continue_on_error)
     ed.edit_children(target, config, None, default_operation, "")
-    return EditResult(ed.errors)
+    return EditResult(ed.errors, ed.units, ed.deleted, ed.whole)
 
 
 def _local(tag: str) -> str:
@@ -68,6 +75,26 @@ class _Editor:
         # (parent element, list tag) → {key values: entry}; built once per parent so that an
         # edit of n entries costs O(n), not O(n²). Holding the parent proxy keeps id() stable.
         self._lists: dict[tuple[int, str], tuple[etree._Element, dict]] = {}
+        # change tracking (see EditResult); `_unit` is the list entry being edited
+        self.units: list[tuple[etree._Element, str]] = []
+        self.deleted: list[str] = []
+        self.whole = False
+        self._unit: list[tuple[etree._Element, str]] = []
+
+    def _touch(self) -> None:
+        """Something inside the list entry being edited changed."""
+        if self._unit:
+            self.units.append(self._unit[-1])
+        else:
+            self.whole = True
+
+    def _changed(self, node: etree._Element, sn: SchemaNode, parent_sn: SchemaNode | None,
+                 path: str) -> None:
+        """`node` (in the new tree) was created or replaced."""
+        if sn.kind == "list" and parent_sn is not None:
+            self.units.append((node, path))
+        else:
+            self._touch()
 
     def _list_index(self, target: etree._Element, sn: SchemaNode) -> dict:
         k = (id(target), sn.tag)
@@ -101,10 +128,18 @@ class _Editor:
             for k in sn.keys:
                 kel = edit.find(f"{{{sn.namespace}}}{k}")
                 if kel is not None:
-                    seg += f"[{k}='{_text(kel)}']"
+                    seg += f"[{k}={self._quote(_text(kel))}]"
         elif sn.kind == "leaf-list" and edit is not None:
-            seg += f"[.='{_text(edit)}']"
+            seg += f"[.={self._quote(_text(edit))}]"
         return seg
+
+    def _quote(self, v: str) -> str:
+        if "'" not in v:
+            return f"'{v}'"
+        if '"' not in v:
+            return f'"{v}"'
+        self.whole = True  # no XPath literal holds both quotes: not addressable by path
+        return f"'{v}'"
 
     def edit_children(
         self,
@@ -236,11 +271,13 @@ class _Editor:
                 )
             self._unindexed(target, sn, existing)
             target.remove(existing)
+            self._removed(sn, parent_sn, path)
             return
         if op == "remove":
             if existing is not None:
                 self._unindexed(target, sn, existing)
                 target.remove(existing)
+                self._removed(sn, parent_sn, path)
             return
         if op == "create" and existing is not None:
             raise RpcError(
@@ -253,6 +290,7 @@ class _Editor:
             target.remove(existing)
             self._indexed(target, sn, node)
             self._maybe_move(target, node, edit, sn, path, replaced=True)
+            self._changed(node, sn, parent_sn, path)
             self._fill(node, edit, sn, "replace", path)
             return
 
@@ -264,6 +302,7 @@ class _Editor:
             node.attrib.pop(OPERATION, None)
             self._insert(target, node, edit, sn, path)
             self._indexed(target, sn, node)
+            self._changed(node, sn, parent_sn, path)
             return
         if existing is None:
             if op == "none" and (
@@ -275,13 +314,15 @@ class _Editor:
             node = self._new_node(sn, edit)
             self._insert(target, node, edit, sn, path)
             self._indexed(target, sn, node)
+            self._changed(node, sn, parent_sn, path)
             self._fill(node, edit, sn, op, path)
             return
 
         # existing node, merge or none (or create handled above)
         if sn.kind == "leaf":
-            if op != "none":
+            if op != "none" and existing.text != edit.text:
                 existing.text = edit.text
+                self._touch()
             return
         if sn.kind == "leaf-list":
             if op != "none":
@@ -292,10 +333,24 @@ class _Editor:
                 new = self._copy_plain(edit)
                 existing.addprevious(new)
                 target.remove(existing)
+                self.whole = True
             return
         if sn.kind == "list" and op != "none":
             self._maybe_move(target, existing, edit, sn, path, replaced=False)
-        self.edit_children(existing, edit, sn, op, path)
+        unit = sn.kind == "list" and parent_sn is not None
+        if unit:
+            self._unit.append((existing, path))
+        try:
+            self.edit_children(existing, edit, sn, op, path)
+        finally:
+            if unit:
+                self._unit.pop()
+
+    def _removed(self, sn: SchemaNode, parent_sn: SchemaNode | None, path: str) -> None:
+        if sn.kind == "list" and parent_sn is not None:
+            self.deleted.append(path)
+        else:
+            self._touch()
 
     def _needs_creation(self, edit: etree._Element, sn: SchemaNode) -> bool:
         """Under operation 'none' a missing interior node is created only when a descendant
@@ -328,7 +383,14 @@ class _Editor:
         """Populate a node that did not exist (or was replaced) from the edit content."""
         if sn.kind in ("container", "list"):
             child_op = "merge" if op in ("none", "create", "replace") else op
-            self.edit_children(node, edit, sn, child_op, path)
+            unit = sn.kind == "list"
+            if unit:
+                self._unit.append((node, path))
+            try:
+                self.edit_children(node, edit, sn, child_op, path)
+            finally:
+                if unit:
+                    self._unit.pop()
 
     def _copy_plain(self, edit: etree._Element) -> etree._Element:
         node = copy.deepcopy(edit)
@@ -349,6 +411,8 @@ class _Editor:
                 f"'insert' on {sn.name!r}, which is not ordered-by user",
                 path=path, info={"bad-attribute": "insert", "bad-element": sn.name},
             )
+        if insert is not None:
+            self.whole = True  # positions: libyang re-reads the whole tree
         if insert in (None, "last"):
             # Only the order among instances of one list or leaf-list carries meaning (the
             # stored tree is re-printed in schema order), so appending is "last".
@@ -380,6 +444,7 @@ class _Editor:
                     sn: SchemaNode, path: str, replaced: bool) -> None:
         if edit.get(INSERT) is None:
             return
+        self.whole = True
         target.remove(node)
         self._insert(target, node, edit, sn, path)
 
