@@ -163,6 +163,9 @@ class _Editor:
         self, edit: etree._Element, parent_sn: SchemaNode | None, parent_path: str
     ) -> SchemaNode:
         tag = edit.tag
+        sn = self.schema.lookup(parent_sn, tag) if tag[:1] == "{" else None
+        if sn is not None and sn.config:
+            return sn
         ns = _ns(tag)
         if not ns or not self.schema.namespace_known(ns):
             raise RpcError(

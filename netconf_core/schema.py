@@ -48,6 +48,7 @@ class SchemaNode:
     deny_all: bool = False
     snode: libyang.SNode | None = field(default=None, repr=False)
     _children: dict[tuple[str, str], SchemaNode] | None = field(default=None, repr=False)
+    _tags: dict[str, SchemaNode | None] = field(default_factory=dict, repr=False)
 
     @property
     def tag(self) -> str:
@@ -79,6 +80,7 @@ class YangSchema:
     def __init__(self, ctx: libyang.Context) -> None:
         self.ctx = ctx
         self._top: dict[tuple[str, str], SchemaNode] | None = None
+        self._top_tags: dict[str, SchemaNode | None] = {}
         self._modules_by_ns: dict[str, libyang.Module] = {}
         for mod in ctx:
             self._modules_by_ns[c2str(mod.cdata.ns)] = mod
@@ -109,10 +111,18 @@ class YangSchema:
         return parent._children.get((namespace, name))
 
     def lookup(self, parent: SchemaNode | None, tag: str) -> SchemaNode | None:
+        """The schema node of element `tag` ('{ns}name') under `parent` (None: top level);
+        memoised per parent, as the edit engine asks this for every node of every edit."""
+        cache = self._top_tags if parent is None else parent._tags
+        try:
+            return cache[tag]
+        except KeyError:
+            pass
         ns, _, name = tag[1:].partition("}")
-        if parent is None:
-            return self.top(ns, name)
-        return self.child(parent, ns, name)
+        sn = self.top(ns, name) if parent is None else self.child(parent, ns, name)
+        if len(cache) < 4096:
+            cache[tag] = sn
+        return sn
 
     def _make(self, sn: libyang.SNode) -> SchemaNode:
         nodetype = sn.nodetype()
