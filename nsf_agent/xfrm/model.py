@@ -64,6 +64,8 @@ class PolicyType(IntEnum):
 
 
 def _enum(cls: type[IntEnum], v: Any) -> Any:
+    if type(v) is cls:  # already a member, as on the bulk path: skip the enum lookup
+        return v
     if isinstance(v, str):
         return cls[v.upper()]
     return cls(v)
