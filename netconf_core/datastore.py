@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import struct
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -407,6 +409,9 @@ class Datastores:
             dn = rebuild(self.schema.ctx, base, new, result)
             if dn is not None:
                 canon = self._print_canonical(dn)
+        if canon is None and target == "running" and test_option != "test-only" \
+                and self._speculative_commit(new):
+            return result.errors
         if canon is None:
             canon = self._canonical_tree(new, validate=validate)
         if test_option == "test-only":
@@ -468,9 +473,75 @@ class Datastores:
                 raise RpcError("application", "operation-failed",
                                f"cannot write startup: {exc}") from exc
 
-    def _commit_running(self, canon: Canonical) -> None:
+    def _speculative_commit(self, new: etree._Element) -> bool:
+        """A big tree parsed in full: let libyang parse, validate and print it in a worker
+        thread (its C code runs without the GIL) while the appliers validate and prepare
+        the change on the edited tree (both are free of side effects). When libyang's
+        canonical print equals the tree as edited, which is the rule for configuration
+        written by a controller, the appliers' work stands and the canonical tree needs no
+        re-parse; otherwise the commit is redone from the canonical tree. Errors are
+        reported as in the sequential order: libyang's first, then the appliers'.
+        False: not worth it (small tree, no appliers); nothing was done."""
+        if not self.appliers:
+            return False
+        xml = _clean_children_xml(new)
+        if len(xml) < SPECULATE_BYTES:
+            return False
+        box: dict[str, object] = {}
+
+        def parse() -> None:
+            try:
+                dn = self.schema.parse_config_xml(xml)
+                box["dn"] = dn
+                box["text"] = (dn.print_mem("xml", with_siblings=True, pretty=False).encode()
+                               if dn is not None else b"")
+            except BaseException as exc:  # handed to the committing thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=parse, name="libyang-validate", daemon=True)
+        worker.start()
+
+        def differ(_o: etree._Element, _n: etree._Element) -> etree._Element | None:
+            worker.join()
+            if "error" in box:
+                raise box["error"]  # type: ignore[misc]
+            return self.schema.diff_trees(self._running_dn, box["dn"])  # type: ignore[arg-type]
+
+        spec = ConfigChange(old=self._trees["running"], new=new, differ=differ)
+        spec_error: BaseException | None = None
+        try:
+            for ap in self.appliers:
+                ap.validate(spec)
+            for ap in self.appliers:
+                ap.prepare(spec)
+        except Exception as exc:
+            spec_error = exc
+        finally:
+            worker.join()
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        dn: libyang.DNode | None = box["dn"]  # type: ignore[assignment]
+        text: bytes = box["text"]  # type: ignore[assignment]
+        if text != xml:
+            canon = Canonical(etree.fromstring(b'<data xmlns="' + NC_NS.encode() + b'">' + text
+                                               + b"</data>"), dn, text)
+            self._commit_running(canon)
+            return True
+        if spec_error is not None:
+            if dn is not None:
+                dn.free()
+            if isinstance(spec_error, RpcError):
+                raise spec_error
+            log.error("commit failed", exc_info=spec_error)
+            raise RpcError("application", "operation-failed",
+                           f"commit failed: {spec_error}") from spec_error
+        self._commit_running(Canonical(new, dn, text), prepared=spec)
+        return True
+
+    def _commit_running(self, canon: Canonical, prepared: ConfigChange | None = None) -> None:
         """Make `canon` (canonical, validated) running through the appliers. This method
-        owns its libyang tree from here on."""
+        owns its libyang tree from here on. `prepared`: the appliers have validated and
+        prepared this change already."""
         old = self._trees["running"]
         new, new_dn = canon.elem, canon.dn
         if canon.text == self._running_text:  # nothing changes: no transaction, no event
@@ -478,14 +549,16 @@ class Datastores:
                 new_dn.free()
             return
         pending = PendingDiff(self.schema, self._running_dn, new_dn)
-        change = ConfigChange(old=old, new=new, differ=lambda _o, _n: pending.result())
+        change = prepared if prepared is not None else ConfigChange(
+            old=old, new=new, differ=lambda _o, _n: pending.result())
         old_text = self._running_text
         done: list[Applier] = []
         try:
-            for ap in self.appliers:
-                ap.validate(change)
-            for ap in self.appliers:
-                ap.prepare(change)
+            if prepared is None:
+                for ap in self.appliers:
+                    ap.validate(change)
+                for ap in self.appliers:
+                    ap.prepare(change)
             for ap in self.appliers:
                 ap.apply(change)
                 done.append(ap)
@@ -588,6 +661,22 @@ class Datastores:
         """Start-up: make every backend match running."""
         for ap in self.appliers:
             ap.reconcile(self._trees["running"])
+
+
+SPECULATE_BYTES = 256 << 10  # below this, a worker thread costs more than it overlaps
+_NC_DECL = re.compile(rb'\s+xmlns:[\w.-]+="' + re.escape(NC_NS.encode()) + rb'"')
+
+
+def _clean_children_xml(root: etree._Element) -> bytes:
+    """The children of a `<data>` root serialized as libyang prints them: lxml repeats the
+    declaration of the NETCONF namespace (in scope from `<data>`/`<config>`) on each of
+    them, which only their start tags can carry."""
+    parts = []
+    for c in root:
+        raw = etree.tostring(c)
+        end = raw.find(b">")
+        parts.append(_NC_DECL.sub(b"", raw[:end]) + raw[end:])
+    return b"".join(parts)
 
 
 def merge_tree(schema: YangSchema, data: etree._Element, elem: etree._Element) -> None:

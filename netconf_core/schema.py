@@ -206,7 +206,10 @@ class YangSchema:
         """Parse a `<data>` root's children as configuration; raise RpcError on any problem.
 
         Returns the libyang tree (caller frees it) or None for an empty datastore."""
-        xml = _children_xml(data_root)
+        return self.parse_config_xml(_children_xml(data_root), validate)
+
+    def parse_config_xml(self, xml: bytes, validate: bool = True) -> libyang.DNode | None:
+        """The same for the serialized children of a `<data>` root."""
         flags = lib.LYD_PARSE_STRICT | lib.LYD_PARSE_NO_STATE
         if not validate:
             flags |= lib.LYD_PARSE_ONLY
