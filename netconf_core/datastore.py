@@ -383,8 +383,10 @@ class Datastores:
         default_operation: str = "merge",
         test_option: str = "test-then-set",
         error_option: str = "stop-on-error",
+        consume: bool = False,
     ) -> list[RpcError]:
-        """Apply `<config>` (the element itself; its children are top-level data nodes).
+        """Apply `<config>` (the element itself; its children are top-level data nodes);
+        `consume`: the caller discards `config` afterwards (see `apply_edit`).
 
         Returns the errors skipped under continue-on-error (the reply must still report them).
         """
@@ -398,7 +400,7 @@ class Datastores:
         new = copy.deepcopy(self._trees[target])
         result = apply_edit(
             self.schema, new, config, default_operation,
-            continue_on_error=error_option == "continue-on-error",
+            continue_on_error=error_option == "continue-on-error", consume=consume,
         )
         # A running datastore is never left invalid: the kernel appliers rely on it.
         validate = test_option != "set" or target == "running"

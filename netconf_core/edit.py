@@ -43,14 +43,18 @@ def apply_edit(
     config: etree._Element,
     default_operation: str = "merge",
     continue_on_error: bool = False,
+    consume: bool = False,
 ) -> EditResult:
-    """Apply the children of `config` to the `<data>` root `target` in place."""
+    """Apply the children of `config` to the `<data>` root `target` in place. `consume`:
+    `config` is discarded afterwards (the parsed request), so new subtrees may be moved
+    into `target` instead of copied."""
     if default_operation not in DEFAULT_OPERATIONS:
         raise RpcError(
             "protocol", "invalid-value", f"bad default-operation {default_operation!r}",
             path="/rpc/edit-config/default-operation",
         )
     ed = _Editor(schema, continue_on_error)
+    ed.consume = consume
     ed.edit_children(target, config, None, default_operation, "")
     return EditResult(ed.errors, ed.units, ed.deleted, ed.whole)
 
@@ -80,6 +84,7 @@ class _Editor:
         self.deleted: list[str] = []
         self.whole = False
         self._unit: list[tuple[etree._Element, str]] = []
+        self.consume = False
 
     def _touch(self) -> None:
         """Something inside the list entry being edited changed."""
@@ -149,7 +154,8 @@ class _Editor:
         parent_op: str,
         parent_path: str,
     ) -> None:
-        for edit in edit_parent:
+        # a list copy: under `consume` the loop moves children out of `edit_parent`
+        for edit in list(edit_parent) if self.consume else edit_parent:
             if not isinstance(edit.tag, str):  # comments, processing instructions
                 continue
             try:
@@ -301,7 +307,7 @@ class _Editor:
         if existing is None and op != "none" and not _has_edit_attributes(edit):
             # Nothing to merge with and no nested operations: the subtree is the result.
             # libyang's strict parse of the whole tree then checks every node in it.
-            node = copy.deepcopy(edit)
+            node = edit if self.consume else copy.deepcopy(edit)
             node.attrib.pop(OPERATION, None)
             self._insert(target, node, edit, sn, path)
             self._indexed(target, sn, node)

@@ -152,7 +152,8 @@ def op_edit_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element)
     _guard_secrets(srv, sess, config)
     srv.locks.check_write(target, sess.id)
     with srv.ds_lock, srv.config_change(sess, target):
-        skipped = srv.datastores.edit_config(target, config, default_op, test_opt, error_opt)
+        skipped = srv.datastores.edit_config(target, config, default_op, test_opt, error_opt,
+                                             consume=True)
         if target == "running":
             _follow_running(srv)
     if skipped:
