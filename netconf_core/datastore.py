@@ -323,8 +323,11 @@ class Datastores:
         return self._print_canonical(tree)
 
     @staticmethod
-    def _print_canonical(tree: libyang.DNode) -> Canonical:
-        """The canonical form of a libyang tree, which the result then owns."""
+    def _print_canonical(tree: libyang.DNode, edited: etree._Element | None = None
+                         ) -> Canonical:
+        """The canonical form of a libyang tree, which the result then owns. `edited`: the
+        lxml tree it was built from, kept when it already prints the same (cheaper than
+        parsing the print)."""
         try:
             text = tree.print_mem("xml", with_siblings=True, pretty=False)
         except BaseException:
@@ -333,6 +336,8 @@ class Datastores:
         if not text:
             return Canonical(empty_data(), tree, b"")
         raw = text.encode()
+        if edited is not None and _clean_children_xml(edited) == raw:
+            return Canonical(edited, tree, raw)
         return Canonical(etree.fromstring(b'<data xmlns="' + NC_NS.encode() + b'">' + raw
                                           + b"</data>"), tree, raw)
 
@@ -410,7 +415,7 @@ class Datastores:
                 else self._cand_dn
             dn = rebuild(self.schema.ctx, base, new, result)
             if dn is not None:
-                canon = self._print_canonical(dn)
+                canon = self._print_canonical(dn, edited=new)
         if canon is None and target == "running" and test_option != "test-only" \
                 and self._speculative_commit(new):
             return result.errors
