@@ -187,33 +187,43 @@ class UserspaceApplier:
 
     # ---- transaction -------------------------------------------------------------------
 
+    def _translated(self, change: ConfigChange,
+                    ) -> tuple[IkelessConfig, tuple[list[um.SaConfig], list[um.SpdEntry]]]:
+        """The new configuration and the data path's messages for it, once per transaction;
+        entries whose XML is unchanged since the configuration in place are reused, not
+        parsed again. Writes only change.scratch (the commit may still be refused)."""
+        got = change.scratch.get("userspace.new")
+        if got is None:
+            with ikeless.paused_gc():
+                cfg = ikeless.parse(change.new, self._cfg)
+                got = change.scratch["userspace.new"] = (cfg, translate(cfg))
+        return got  # type: ignore[return-value]
+
     def validate(self, change: ConfigChange) -> None:
-        translate(ikeless.parse(change.new))
+        self._translated(change)
 
     def prepare(self, change: ConfigChange) -> None:
-        new = ikeless.parse(change.new)
-        change.scratch["userspace.new"] = new
-        change.scratch["userspace.msg"] = translate(new)
+        self._translated(change)
 
     def _replace(self, sas: list[um.SaConfig], spd: list[um.SpdEntry]) -> None:
         with self._lock:
             self.client.replace(sas, spd)
 
     def apply(self, change: ConfigChange) -> None:
-        sas, spd = change.scratch["userspace.msg"]  # type: ignore[misc]
+        cfg, (sas, spd) = self._translated(change)
         try:
             self._replace(sas, spd)
         except (DatapathError, OSError, TimeoutError) as exc:
             # A refused replace changes nothing in the data path.
             raise RpcError("application", "operation-failed",
                            f"userspace data path refused the change: {exc}") from exc
-        self._cfg = change.scratch["userspace.new"]  # type: ignore[assignment]
+        self._cfg = cfg
         with self._spi_lock:  # reserved SPIs now held by SAs are no longer reservations
             for e in self._cfg.sad:
                 self._reserved.pop((str(e.dst), e.spi), None)
 
     def abort(self, change: ConfigChange) -> None:
-        old = ikeless.parse(change.old)
+        old = ikeless.parse(change.old, self._cfg)
         self._replace(*translate(old))
         self._cfg = old
 
