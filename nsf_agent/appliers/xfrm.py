@@ -256,22 +256,21 @@ def translate(cfg: IkelessConfig, base: Translation | None = None) -> Translatio
     pols: dict[PolicyKey, tuple[Policy, str]] = {}
     for e in cfg.spd:
         b = bspd.get(e.name)
-        items = b[1] if b is not None and b[0] is e else spd_policies(e)
-        spd[e.name] = (e, items)
-        for k, v in items:
+        if b is None or b[0] is not e:
+            b = (e, spd_policies(e))
+        spd[e.name] = b
+        for k, v in b[1]:
             pols.setdefault(k, v)  # the first (higher) entry wins
     bsad = base.sad if base is not None else {}
     sad: dict[str, tuple[SadEntry, StateItem]] = {}
     sts: dict[StateKey, tuple[State, str]] = {}
     for s in cfg.sad:
         c = bsad.get(s.name)
-        if c is not None and c[0] is s:
-            item = c[1]
-        else:
+        if c is None or c[0] is not s:
             st = sad_state(s)
-            item = (state_key(st), (st, s.name))
-        sad[s.name] = (s, item)
-        sts[item[0]] = item[1]
+            c = (s, (state_key(st), (st, s.name)))
+        sad[s.name] = c
+        sts[c[1][0]] = c[1][1]
     return Translation(cfg, spd, sad, pols, sts)
 
 
