@@ -10,6 +10,7 @@ message parsed by pyroute2 (``from_msg``/``from_dict``).
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -76,6 +77,8 @@ def _nla(atype: int, payload: bytes) -> bytes:
     return _NLA.pack(ln, atype) + payload + b"\0" * ((-ln) & 3)
 
 
+# Packing a large SPD converts the same few address strings over and over: convert once.
+@functools.lru_cache(maxsize=65536)
 def _addr(a: str | None) -> tuple[bytes, int]:
     """(16-byte address, family) from a textual address (no prefix)."""
     if not a:
@@ -85,6 +88,7 @@ def _addr(a: str | None) -> tuple[bytes, int]:
     return socket.inet_pton(socket.AF_INET, a) + _V4PAD, socket.AF_INET
 
 
+@functools.lru_cache(maxsize=65536)
 def _prefix(p: str | None) -> tuple[bytes, int, int]:
     """(address, prefix length, family) from 'addr[/len]'; None is 'any'."""
     if not p:
