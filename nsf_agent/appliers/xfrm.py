@@ -176,12 +176,10 @@ def spd_policies(e: SpdEntry) -> list[tuple[PolicyKey, tuple[Policy, str]]]:
                              Mode.TUNNEL if e.mode == "tunnel" else Mode.TRANSPORT, e.reqid)
         for sport, smask in sports:
             for dport, dmask in dports:
-                pol = Policy(
-                    selector=Selector(src=src, dst=dst, proto=proto, sport=sport,
-                                      sport_mask=smask, dport=dport, dport_mask=dmask),
-                    dir=d, action=action, priority=priority,
-                    templates=[tmpl] if tmpl is not None else [], lifetime=_NO_LIFETIME,
-                )
+                # (positional: selector, dir, action, priority, templates, lifetime; and
+                # src, dst, proto, sport, dport, sport_mask, dport_mask)
+                pol = Policy(Selector(src, dst, proto, sport, dport, smask, dmask), d, action,
+                             priority, [tmpl] if tmpl is not None else [], _NO_LIFETIME)
                 key = _new_key(PolicyKey, (int(d), src, dst, proto, sport, smask, dport, dmask))
                 out.append((key, (pol, e.name)))
     return out
