@@ -228,8 +228,8 @@ class _Editor:
 
     def list_keys(self, edit: etree._Element, sn: SchemaNode, path: str) -> list[str]:
         vals = []
-        for kn in sn.keys:
-            kels = edit.findall(f"{{{sn.namespace}}}{kn}")
+        for kn, kt in zip(sn.keys, sn.key_tags, strict=True):
+            kels = edit.findall(kt)
             if not kels:
                 raise RpcError(
                     "protocol", "missing-element",
@@ -512,9 +512,9 @@ def _has_edit_attributes(edit: etree._Element) -> bool:
 
 def _key_tuple(entry: etree._Element, sn: SchemaNode) -> tuple[str, ...] | None:
     vals = []
-    for kn in sn.keys:
-        k = entry.find(f"{{{sn.namespace}}}{kn}")
+    for kt in sn.key_tags:
+        k = entry.find(kt)
         if k is None:
             return None
-        vals.append(_text(k))
+        vals.append((k.text or "").strip())
     return tuple(vals)

@@ -7,6 +7,7 @@ XML with the help of the lookups here and hands complete trees back to libyang.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -50,9 +51,14 @@ class SchemaNode:
     _children: dict[tuple[str, str], SchemaNode] | None = field(default=None, repr=False)
     _tags: dict[str, SchemaNode | None] = field(default_factory=dict, repr=False)
 
-    @property
+    @functools.cached_property
     def tag(self) -> str:
         return f"{{{self.namespace}}}{self.name}"
+
+    @functools.cached_property
+    def key_tags(self) -> tuple[str, ...]:
+        """The element tags of the list keys (keys share the list's namespace)."""
+        return tuple(f"{{{self.namespace}}}{k}" for k in self.keys)
 
 
 @dataclass(frozen=True)
