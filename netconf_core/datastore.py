@@ -63,6 +63,17 @@ def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
             os.close(dfd)
 
 
+def _writev_all(fd: int, parts: list[bytes]) -> None:
+    views = [memoryview(p) for p in parts if p]
+    while views:
+        n = os.writev(fd, views[:1024])
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if n:
+            views[0] = views[0][n:]
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -114,23 +125,30 @@ class RunningJournal:
             last = self.base.read_bytes()
         return last
 
-    def write(self, data: bytes) -> None:
+    def write(self, *parts: bytes) -> None:
+        """Append one version, given as parts to concatenate (no copy of a big text)."""
         if self._fd is None:
             self._open()
         assert self._fd is not None
-        if self._size and self._size + len(data) > max(
-            self.min_compact, self.compact_factor * len(data)
-        ):
-            self.compact(data)
+        size = sum(len(p) for p in parts)
+        if self._size and self._size + size > max(self.min_compact, self.compact_factor * size):
+            self.compact(b"".join(parts))
             return
-        rec = self.HEADER.pack(self.MAGIC, len(data), zlib.crc32(data)) + data
+        crc = 0
+        for p in parts:
+            crc = zlib.crc32(p, crc)
+        rec = [self.HEADER.pack(self.MAGIC, size, crc), *parts]
         try:
-            _write_all(self._fd, rec)
+            _writev_all(self._fd, rec)
         except BaseException:
-            # a partial record would hide every later one: start again from a clean state
+            # a partial record would hide every later one: cut it off again
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                log.exception("cannot truncate %s after a failed write", self.path)
             self.close()
             raise
-        self._size += len(rec)
+        self._size += self.HEADER.size + size
 
     def compact(self, data: bytes) -> None:
         """running.xml := data (atomically), then an empty journal."""
@@ -295,16 +313,20 @@ class Datastores:
         loss the kernel state it describes is gone too, and start-up re-applies it."""
         if name == "running":
             if self._journal is not None:
-                self._journal.write(self._data_bytes(self._running_text))
+                self._journal.write(*self._data_parts(self._running_text))
             return
         path = self._file(name)
         if path is not None:
             write_atomic(path, self.serialize(name))
 
     @staticmethod
-    def _data_bytes(text: bytes) -> bytes:
-        return b"<?xml version='1.0' encoding='utf-8'?>\n<data xmlns=\"" + NC_NS.encode() \
-            + b"\">" + text + b"</data>"
+    def _data_parts(text: bytes) -> tuple[bytes, bytes, bytes]:
+        return (b"<?xml version='1.0' encoding='utf-8'?>\n<data xmlns=\"" + NC_NS.encode()
+                + b"\">", text, b"</data>")
+
+    @classmethod
+    def _data_bytes(cls, text: bytes) -> bytes:
+        return b"".join(cls._data_parts(text))
 
     # ---- helpers -------------------------------------------------------------------------
 

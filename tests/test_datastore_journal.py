@@ -89,3 +89,23 @@ def test_unchanged_edit_is_no_commit(schema: YangSchema, tmp_path: Path) -> None
     diff = ds.last_running_diff
     assert diff is not None and b"create" in etree.tostring(diff)
     ds.close()
+
+
+def test_failed_append_is_cut_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import netconf_core.datastore as ds_mod
+
+    j = RunningJournal(tmp_path / "running.xml")
+    j.write(b"good")
+    real = ds_mod._writev_all
+
+    def torn(fd: int, parts: list[bytes]) -> None:
+        real(fd, [b"".join(parts)[:7]])  # part of the record reaches the file
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ds_mod, "_writev_all", torn)
+    with pytest.raises(OSError):
+        j.write(b"lost", b"-version")
+    monkeypatch.undo()
+    j.write(b"next")  # appended after the last good record, so it is found
+    assert RunningJournal(tmp_path / "running.xml").load() == b"next"
+    j.close()
