@@ -24,6 +24,7 @@ from netconf_core.schema import YangSchema
 from netconf_core.yang_context import create_context
 from nsf_agent import ikeless
 from nsf_agent.appliers import xfrm as X
+from nsf_agent.xfrm.api import Batch
 
 NS = ikeless.NS
 Q = ikeless.Q
@@ -415,10 +416,13 @@ def test_moving_an_entry_renumbers_what_follows(schema: YangSchema) -> None:
 
 
 class FakeXfrm:
-    """No kernel: records nothing, answers nothing (the applier's _run is stubbed)."""
+    """No kernel: batches are packed but never sent (the applier's _submit is stubbed)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
+
+    def batch(self) -> Batch:
+        return Batch(self)  # type: ignore[arg-type]
 
     def close(self) -> None:
         pass
@@ -431,7 +435,8 @@ def applier(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[X.XfrmApplier, li
     batches: list[list[tuple[str, object]]] = []
     fail: list[int] = []
 
-    def run(ops: list[tuple[str, object]]) -> list:
+    def submit(batch: Batch) -> list:
+        ops = [(o.msg_type, o.body) for o in batch.ops]
         batches.append(ops)
         res: list = [None] * len(ops)
         if fail and ops:
@@ -439,7 +444,7 @@ def applier(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[X.XfrmApplier, li
             res[-1] = X.XfrmError(17, "File exists")
         return res
 
-    ap._run = run  # type: ignore[method-assign]
+    ap._submit = submit  # type: ignore[method-assign]
     ap.fail = fail  # type: ignore[attr-defined]
     yield ap, batches
     ap.close()

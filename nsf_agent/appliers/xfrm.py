@@ -33,7 +33,7 @@ from netconf_core.errors import RpcError
 from netconf_core.rpc import Handler
 from nsf_agent import ikeless, sadb
 from nsf_agent.ikeless import IkelessConfig, PortRange, SadEntry, SpdEntry
-from nsf_agent.xfrm.api import Xfrm, explain
+from nsf_agent.xfrm.api import Batch, Xfrm, explain
 from nsf_agent.xfrm.model import (
     Action,
     AeadAlgorithm,
@@ -377,15 +377,27 @@ class XfrmApplier:
     def prepare(self, change: ConfigChange) -> None:
         old, new = self._translations(change)
         with ikeless.paused_gc():
-            change.scratch["xfrm.ops"] = kernel_ops(old, new)
+            ops = change.scratch["xfrm.ops"] = kernel_ops(old, new)
         if self._larval:
-            change.scratch["xfrm.larval"] = self._adopt_larval(change.scratch["xfrm.ops"])  # type: ignore[arg-type]
+            change.scratch["xfrm.larval"] = self._adopt_larval(ops)
+        # The netlink messages are packed here, not in apply: prepare may run while libyang
+        # still validates the tree, apply is on the commit's critical path.
+        if ops:
+            with ikeless.paused_gc():
+                change.scratch["xfrm.batch"] = self._pack([(o.kind, o.obj) for o in ops])
 
-    def _run(self, ops: list[tuple[str, Policy | State]]) -> list[XfrmError | None]:
+    def _pack(self, ops: list[tuple[str, Policy | State]]) -> Batch:
+        """The messages for `ops`, packed; nothing is sent."""
         batch = self.xfrm.batch()
         for kind, obj in ops:
             getattr(batch, kind)(obj)
+        return batch
+
+    def _submit(self, batch: Batch) -> list[XfrmError | None]:
         return batch.submit()
+
+    def _run(self, ops: list[tuple[str, Policy | State]]) -> list[XfrmError | None]:
+        return self._submit(self._pack(ops))
 
     def apply(self, change: ConfigChange) -> None:
         ops: list[Op] = change.scratch.get("xfrm.ops", [])  # type: ignore[assignment]
@@ -393,8 +405,10 @@ class XfrmApplier:
             self._running = (change.new, self._translations(change)[1])
             return
         with self._lock:
-            with ikeless.paused_gc():  # (packing 10,000 messages: no garbage to find)
-                results = self._run([(o.kind, o.obj) for o in ops])
+            batch: Batch | None = change.scratch.get("xfrm.batch")  # type: ignore[assignment]
+            if batch is None:
+                batch = self._pack([(o.kind, o.obj) for o in ops])
+            results = self._submit(batch)
             failed = [(o, r) for o, r in zip(ops, results, strict=True) if r is not None]
             if failed:
                 done = [o for o, r in zip(ops, results, strict=True) if r is None]
