@@ -395,15 +395,22 @@ def _lifetime(el: etree._Element | None) -> tuple[Lifetime, str | None]:
     """The lifetime and the soft one's `action` leaf."""
     if el is None:
         return _NO_LIMIT, None
-    v = {_TIME: None, _BYTES: None, _PACKETS: None, _IDLE: None}
-    action = None
+    time = bytes_ = packets = idle = action = None
     for c in el:
         t = c.tag
-        if t in v:
-            v[t] = _text(c)
+        if t == _TIME:
+            time = _text(c)
+        elif t == _BYTES:
+            bytes_ = _text(c)
+        elif t == _PACKETS:
+            packets = _text(c)
+        elif t == _IDLE:
+            idle = _text(c)
         elif t == _ACTION:
             action = _text(c)
-    return Lifetime(*(0 if x is None else int(x) for x in v.values())), action
+    return Lifetime(0 if time is None else int(time), 0 if bytes_ is None else int(bytes_),
+                    0 if packets is None else int(packets),
+                    0 if idle is None else int(idle)), action
 
 
 _NO_LIMIT = Lifetime()
@@ -709,30 +716,32 @@ def _sad_entry(ent: etree._Element, directions: dict[int, set[Direction]]) -> Sa
     encap = None if et is None else _encap(et)
     hard_lt, _ = _lifetime(hard)
     soft_lt, soft_action = _lifetime(soft)
-    return SadEntry(
-        name=name,
-        reqid=reqid,
-        spi=0 if spi is None else int(spi),
-        direction=direction,
-        src=src,
-        dst=dst,
-        selector=selector,
-        mode=mode,  # type: ignore[arg-type]
-        protocol=proto or "esp",
-        ext_seq_num=True if esn is None else esn == "true",
-        seq_overflow=False if seq_overflow is None else seq_overflow == "true",
-        anti_replay_window=64 if arw is None else int(arw),
-        encryption=enc,
-        enc_key=enc_key,
-        iv=_hex(iv_s),
-        integrity=integ,
-        integ_key=integ_key,
-        hard=hard_lt,
-        soft=soft_lt,
-        soft_action=soft_action or "replace",
-        tunnel=tunnel,
-        encap=encap,
-    )
+    e = _new(SadEntry)  # (see _spd_fast: the constructor would cost as much again)
+    _set(e, "__dict__", {
+        "name": name,
+        "reqid": reqid,
+        "spi": 0 if spi is None else int(spi),
+        "direction": direction,
+        "src": src,
+        "dst": dst,
+        "selector": selector,
+        "mode": mode,
+        "protocol": proto or "esp",
+        "ext_seq_num": True if esn is None else esn == "true",
+        "seq_overflow": False if seq_overflow is None else seq_overflow == "true",
+        "anti_replay_window": 64 if arw is None else int(arw),
+        "encryption": enc,
+        "enc_key": enc_key,
+        "iv": _hex(iv_s),
+        "integrity": integ,
+        "integ_key": integ_key,
+        "hard": hard_lt,
+        "soft": soft_lt,
+        "soft_action": soft_action or "replace",
+        "tunnel": tunnel,
+        "encap": encap,
+    })
+    return e
 
 
 def _encap(et: etree._Element) -> Encap | None:
@@ -902,9 +911,10 @@ def _check_keys(name: str, path: str, enc: EncAlg | None, enc_key: bytes,
 
 
 def _check_unique_spi(sad: tuple[SadEntry, ...]) -> None:
-    seen: dict[tuple[IpAddr, int, str], str] = {}
+    seen: dict[tuple[int, int, int, str], str] = {}
     for e in sad:
-        k = (e.dst, e.spi, e.protocol)
+        # (version and int: an ip_address hashes through hex(), slow for 10,000 SAs)
+        k = (e.dst.version, int(e.dst), e.spi, e.protocol)
         if k in seen:
             raise RpcError(
                 "application", "operation-failed",

@@ -71,7 +71,7 @@ def port_blocks(r: PortRange) -> list[tuple[int, int]]:
     return list(_blocks(r.start, r.end))
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)  # (a large SPD repeats a few ranges)
 def _blocks(start: int, end: int) -> tuple[tuple[int, int], ...]:
     if (start, end) == (0, 65535):
         return ((0, 0),)
@@ -266,7 +266,8 @@ def translate(cfg: IkelessConfig, base: Translation | None = None) -> Translatio
         c = bsad.get(s.name)
         if c is None or c[0] is not s:
             st = sad_state(s)
-            c = (s, (state_key(st), (st, s.name)))
+            # (= state_key(st): st.dst is the text of an ip_address, canonical already)
+            c = (s, ((st.dst, st.spi, int(st.proto)), (st, s.name)))
         sad[s.name] = c
         sts[c[1][0]] = c[1][1]
     return Translation(cfg, spd, sad, pols, sts)
