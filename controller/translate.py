@@ -18,8 +18,9 @@ Generations make make-before-break rekeys possible: generation n and n+1 coexist
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+from xml.sax.saxutils import escape
 
 from lxml import etree
 
@@ -150,6 +151,9 @@ class Plan:
     flows: tuple[FlowSpec, ...]
     soft: Limits
     hard: Limits
+    # rendered XML of the parts of its entries that never change (see _spd_xml)
+    xml_cache: dict[tuple[str, str, int, str], object] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -195,148 +199,168 @@ def new_sas(plan: Plan, km: KeyManager, generation: int) -> list[SaSpec]:
 
 
 # ---- XML ------------------------------------------------------------------------------------
+#
+# Entries are rendered as text and parsed by lxml (C) in one go per NSF edit: building them
+# node by node in Python cost more than everything else the controller does per SA. The
+# parts of an entry that depend only on the policy, the side and the flow are rendered once
+# per plan (`Plan.xml_cache`); per SA only its name, SPI and keys are filled in.
+
+_NC_DECL = f'xmlns:nc="{NC_NS}"'
+_CONFIG_HEAD = f'<nc:config {_NC_DECL}><ipsec-ikeless xmlns="{IKELESS_NS}">'
+_CONFIG_TAIL = "</ipsec-ikeless></nc:config>"
+_PARSER = etree.XMLParser(remove_blank_text=False, resolve_entities=False, no_network=True,
+                          huge_tree=True)
 
 
-def _sub(parent: etree._Element, name: str, text: object | None = None) -> etree._Element:
-    el = etree.SubElement(parent, Q + name)
-    if isinstance(text, bool):
-        el.text = "true" if text else "false"
-    elif text is not None:
-        el.text = str(text)
-    return el
+def _text(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return escape(str(v))
+
+
+def _leaf(name: str, v: object) -> str:
+    return f"<{name}>{_text(v)}</{name}>"
 
 
 def _hex(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in b)
+    return b.hex(":")
 
 
-def _ports(parent: etree._Element, name: str, ports: Iterable[PortRange]) -> None:
-    for r in ports:
-        p = _sub(parent, name)
-        _sub(p, "start", r.start)
-        _sub(p, "end", r.end)
+def _ports(name: str, ports: Iterable[PortRange]) -> str:
+    return "".join(f"<{name}><start>{r.start}</start><end>{r.end}</end></{name}>"
+                   for r in ports)
 
 
-def _selector(parent: etree._Element, plan: Plan, side: Side, flow: FlowSpec) -> None:
-    ts = _sub(parent, "traffic-selector")
+def _selector(plan: Plan, side: Side, flow: FlowSpec) -> str:
     local, remote = ((flow.a_prefix, flow.b_prefix) if side.role == "a"
                      else (flow.b_prefix, flow.a_prefix))
     ep, peer_ep = ((plan.policy.a, plan.policy.b) if side.role == "a"
                    else (plan.policy.b, plan.policy.a))
-    _sub(ts, "local-prefix", local)
-    _sub(ts, "remote-prefix", remote)
     proto = plan.policy.params.inner_protocol
-    _sub(ts, "inner-protocol", "any" if proto is None else proto)
-    _ports(ts, "local-ports", ep.ports)
-    _ports(ts, "remote-ports", peer_ep.ports)
+    return ("<traffic-selector>" + _leaf("local-prefix", local)
+            + _leaf("remote-prefix", remote)
+            + _leaf("inner-protocol", "any" if proto is None else proto)
+            + _ports("local-ports", ep.ports) + _ports("remote-ports", peer_ep.ports)
+            + "</traffic-selector>")
 
 
-def _tunnel(parent: etree._Element, side: Side) -> None:
-    t = _sub(parent, "tunnel")
-    _sub(t, "local", side.local_addr)
-    _sub(t, "remote", side.remote_addr)
-    _sub(t, "df-bit", "clear")
-    _sub(t, "bypass-dscp", True)
+def _tunnel(side: Side) -> str:
+    return ("<tunnel>" + _leaf("local", side.local_addr) + _leaf("remote", side.remote_addr)
+            + "<df-bit>clear</df-bit><bypass-dscp>true</bypass-dscp></tunnel>")
 
 
-def _lifetime(parent: etree._Element, name: str, lim: Limits, action: str | None) -> None:
-    el = _sub(parent, name)
-    _sub(el, "time", lim.time)
-    _sub(el, "bytes", lim.bytes)
-    _sub(el, "packets", lim.packets)
-    if action:
-        _sub(el, "action", action)
+def _lifetime(name: str, lim: Limits, action: str | None) -> str:
+    act = _leaf("action", action) if action else ""
+    return (f"<{name}><time>{lim.time}</time><bytes>{lim.bytes}</bytes>"
+            f"<packets>{lim.packets}</packets>{act}</{name}>")
 
 
-def spd_entry(plan: Plan, side: Side, flow: FlowSpec, direction: Direction) -> etree._Element:
+def _spd_xml(plan: Plan, side: Side, flow: FlowSpec, direction: Direction) -> str:
+    """An SPD entry's XML (without operation); entirely determined by the plan."""
+    key = ("spd", side.role, flow.index, direction)
+    hit = plan.xml_cache.get(key)
+    if hit is not None:
+        return hit
     prof = plan.profile
     mode = plan.policy.params.mode
-    ent = etree.Element(Q + "spd-entry", nsmap={None: IKELESS_NS})
-    _sub(ent, "name", spd_name(plan.name, flow.index, direction))
-    _sub(ent, "direction", direction)
-    _sub(ent, "reqid", reqid(plan.policy_id, flow.index, direction))
-    cfg = _sub(ent, "ipsec-policy-config")
-    _sub(cfg, "anti-replay-window-size", prof.anti_replay_window)
-    _selector(cfg, plan, side, flow)
-    pi = _sub(cfg, "processing-info")
-    _sub(pi, "action", "protect")
-    sa = _sub(pi, "ipsec-sa-cfg")
-    _sub(sa, "ext-seq-num", prof.ext_seq_num)
-    _sub(sa, "seq-overflow", False)
-    _sub(sa, "mode", mode)
-    _sub(sa, "protocol-parameters", "esp")
-    algs = _sub(sa, "esp-algorithms")
-    if prof.integrity:
-        _sub(algs, "integrity", prof.integrity)
+    algs = _leaf("integrity", prof.integrity) if prof.integrity else ""
     if prof.encryption != 11:
-        enc = _sub(algs, "encryption")
-        _sub(enc, "id", 1)
-        _sub(enc, "algorithm-type", prof.encryption)
-        _sub(enc, "key-length", prof.key_length)
-    if mode == "tunnel":
-        _tunnel(sa, side)
-    return ent
+        algs += (f"<encryption><id>1</id><algorithm-type>{prof.encryption}</algorithm-type>"
+                 f"<key-length>{prof.key_length}</key-length></encryption>")
+    out = ("<name>" + _text(spd_name(plan.name, flow.index, direction)) + "</name>"
+           + _leaf("direction", direction)
+           + _leaf("reqid", reqid(plan.policy_id, flow.index, direction))
+           + "<ipsec-policy-config>" + _leaf("anti-replay-window-size", prof.anti_replay_window)
+           + _selector(plan, side, flow)
+           + "<processing-info><action>protect</action><ipsec-sa-cfg>"
+           + _leaf("ext-seq-num", prof.ext_seq_num) + "<seq-overflow>false</seq-overflow>"
+           + _leaf("mode", mode) + "<protocol-parameters>esp</protocol-parameters>"
+           + f"<esp-algorithms>{algs}</esp-algorithms>"
+           + (_tunnel(side) if mode == "tunnel" else "")
+           + "</ipsec-sa-cfg></processing-info></ipsec-policy-config>")
+    plan.xml_cache[key] = out
+    return out
 
 
-def sad_entry(plan: Plan, side: Side, sa: SaSpec) -> etree._Element:
-    """The SAD entry of `sa` on `side`: outbound if the side sends it, inbound otherwise."""
+def _sad_parts(plan: Plan, side: Side, flow: FlowSpec, direction: Direction
+               ) -> tuple[str, str, str]:
+    """The fixed parts of a SAD entry on `side`: before the SPI, between the SPI and the
+    keys, after the keys."""
+    key = ("sad", side.role, flow.index, direction)
+    hit = plan.xml_cache.get(key)
+    if hit is not None:
+        return hit  # type: ignore[return-value]
     prof = plan.profile
     mode = plan.policy.params.mode
-    direction: Direction = "outbound" if sa.sender == side.role else "inbound"
-    flow = plan.flows[sa.flow]
-    ent = etree.Element(Q + "sad-entry", nsmap={None: IKELESS_NS})
-    _sub(ent, "name", sa.name)
-    _sub(ent, "reqid", reqid(plan.policy_id, sa.flow, direction))
-    cfg = _sub(ent, "ipsec-sa-config")
-    _sub(cfg, "spi", sa.spi)
-    _sub(cfg, "ext-seq-num", prof.ext_seq_num)
-    _sub(cfg, "seq-overflow", False)
-    _sub(cfg, "anti-replay-window-size", prof.anti_replay_window)
-    _selector(cfg, plan, side, flow)
-    _sub(cfg, "protocol-parameters", "esp")
-    _sub(cfg, "mode", mode)
-    esp = _sub(cfg, "esp-sa")
-    enc = _sub(esp, "encryption")
-    _sub(enc, "encryption-algorithm", prof.encryption)
-    if sa.keys.enc_key:
-        _sub(enc, "key", _hex(sa.keys.enc_key))
-    if sa.keys.iv:
-        _sub(enc, "iv", _hex(sa.keys.iv))
-    if prof.integrity:
-        integ = _sub(esp, "integrity")
-        _sub(integ, "integrity-algorithm", prof.integrity)
-        _sub(integ, "key", _hex(sa.keys.integ_key))
-    _lifetime(cfg, "sa-lifetime-hard", plan.hard, None)
-    _lifetime(cfg, "sa-lifetime-soft", plan.soft, "replace")
-    if mode == "tunnel":
-        _tunnel(cfg, side)
-    encap = _sub(cfg, "encapsulation-type")
+    head = (_leaf("reqid", reqid(plan.policy_id, flow.index, direction))
+            + "<ipsec-sa-config><spi>")
+    mid = ("</spi>" + _leaf("ext-seq-num", prof.ext_seq_num)
+           + "<seq-overflow>false</seq-overflow>"
+           + _leaf("anti-replay-window-size", prof.anti_replay_window)
+           + _selector(plan, side, flow)
+           + "<protocol-parameters>esp</protocol-parameters>" + _leaf("mode", mode)
+           + "<esp-sa><encryption>" + _leaf("encryption-algorithm", prof.encryption))
     if side.nat:
         # Ports of the SA's packets as this NSF sees them: its own port is 4500, the peer's
         # is the NAT's public port when the peer is behind NAT. oaddr: the peer's real
         # address, when a NAT hides it from this NSF.
-        _sub(encap, "espencap", "espinudp")
         sport, dport = ((NATT_PORT, side.peer_port) if direction == "outbound"
                         else (side.peer_port, NATT_PORT))
-        _sub(encap, "sport", sport)
-        _sub(encap, "dport", dport)
-        if side.peer.nat:
-            _sub(encap, "oaddr", side.peer.data_plane_address)
+        encap = (f"<espencap>espinudp</espencap><sport>{sport}</sport><dport>{dport}</dport>"
+                 + (_leaf("oaddr", side.peer.data_plane_address) if side.peer.nat else ""))
     else:
-        _sub(encap, "espencap", "none")
-    return ent
+        encap = "<espencap>none</espencap>"
+    tail = ("</esp-sa>" + _lifetime("sa-lifetime-hard", plan.hard, None)
+            + _lifetime("sa-lifetime-soft", plan.soft, "replace")
+            + (_tunnel(side) if mode == "tunnel" else "")
+            + f"<encapsulation-type>{encap}</encapsulation-type></ipsec-sa-config>")
+    out = (head, mid, tail)
+    plan.xml_cache[key] = out
+    return out
 
 
-def _remove(tag: str, name: str) -> etree._Element:
-    ent = etree.Element(Q + tag, nsmap={None: IKELESS_NS})
-    ent.set(OPERATION, "remove")
-    _sub(ent, "name", name)
-    return ent
+def _sad_xml(plan: Plan, side: Side, sa: SaSpec) -> str:
+    """The SAD entry of `sa` on `side` (without operation): outbound if the side sends it,
+    inbound otherwise."""
+    direction: Direction = "outbound" if sa.sender == side.role else "inbound"
+    head, mid, tail = _sad_parts(plan, side, plan.flows[sa.flow], direction)
+    k = sa.keys
+    keys = (f"<key>{_hex(k.enc_key)}</key>" if k.enc_key else "") + (
+        f"<iv>{_hex(k.iv)}</iv>" if k.iv else "") + "</encryption>"
+    if plan.profile.integrity:
+        keys += (f"<integrity><integrity-algorithm>{plan.profile.integrity}"
+                 f"</integrity-algorithm><key>{_hex(k.integ_key)}</key></integrity>")
+    return f"<name>{_text(sa.name)}</name>{head}{sa.spi}{mid}{keys}{tail}"
 
 
-def _replace(ent: etree._Element) -> etree._Element:
-    ent.set(OPERATION, "replace")
-    return ent
+def _entry(tag: str, body: str, operation: str | None) -> str:
+    op = f' nc:operation="{operation}"' if operation else ""
+    return f"<{tag}{op}>{body}</{tag}>"
+
+
+def _parse_entry(tag: str, body: str) -> etree._Element:
+    return etree.fromstring(f'<{tag} xmlns="{IKELESS_NS}">{body}</{tag}>', _PARSER)
+
+
+def spd_entry(plan: Plan, side: Side, flow: FlowSpec, direction: Direction) -> etree._Element:
+    return _parse_entry("spd-entry", _spd_xml(plan, side, flow, direction))
+
+
+def sad_entry(plan: Plan, side: Side, sa: SaSpec) -> etree._Element:
+    """The SAD entry of `sa` on `side`: outbound if the side sends it, inbound otherwise."""
+    return _parse_entry("sad-entry", _sad_xml(plan, side, sa))
+
+
+def _config_text(spd: Iterable[str], sad: Iterable[str]) -> etree._Element:
+    """`<config>` for edit-config from rendered entries (with their operations)."""
+    spd, sad = "".join(spd), "".join(sad)
+    return etree.fromstring(
+        _CONFIG_HEAD + (f"<spd>{spd}</spd>" if spd else "")
+        + (f"<sad>{sad}</sad>" if sad else "") + _CONFIG_TAIL, _PARSER)
+
+
+def _remove(tag: str, name: str) -> str:
+    return f'<{tag} nc:operation="remove"><name>{_text(name)}</name></{tag}>'
 
 
 def config_element(spd: Iterable[etree._Element] = (),
@@ -346,11 +370,11 @@ def config_element(spd: Iterable[etree._Element] = (),
     root = etree.SubElement(conf, Q + "ipsec-ikeless", nsmap={None: IKELESS_NS})
     spd, sad = list(spd), list(sad)
     if spd:
-        s = _sub(root, "spd")
+        s = etree.SubElement(root, Q + "spd")
         for e in spd:
             s.append(e)
     if sad:
-        s = _sub(root, "sad")
+        s = etree.SubElement(root, Q + "sad")
         for e in sad:
             s.append(e)
     return conf
@@ -365,19 +389,19 @@ def install_edit(plan: Plan, sas: Iterable[SaSpec] = ()) -> Edits:
     sas = list(sas)
     out: Edits = {}
     for side in plan.sides():
-        spd = [_replace(spd_entry(plan, side, f, d)) for f in plan.flows
+        spd = [_entry("spd-entry", _spd_xml(plan, side, f, d), "replace") for f in plan.flows
                for d in ("outbound", "inbound")]
-        sad = [_replace(sad_entry(plan, side, sa)) for sa in sas]
-        out[side.nsf.name] = config_element(spd, sad)
+        sad = [_entry("sad-entry", _sad_xml(plan, side, sa), "replace") for sa in sas]
+        out[side.nsf.name] = _config_text(spd, sad)
     return out
 
 
 def add_inbound_edit(plan: Plan, new: Iterable[SaSpec]) -> Edits:
     """Rekey step 1: every NSF learns the new SAs it will receive; nothing sends on them yet."""
     new = list(new)
-    return {side.nsf.name: config_element(
-        sad=[_replace(sad_entry(plan, side, sa)) for sa in new if sa.receiver == side.role])
-        for side in plan.sides()}
+    return {side.nsf.name: _config_text((), [
+        _entry("sad-entry", _sad_xml(plan, side, sa), "replace")
+        for sa in new if sa.receiver == side.role]) for side in plan.sides()}
 
 
 def switch_outbound_edit(plan: Plan, old: Iterable[SaSpec], new: Iterable[SaSpec]) -> Edits:
@@ -387,23 +411,24 @@ def switch_outbound_edit(plan: Plan, old: Iterable[SaSpec], new: Iterable[SaSpec
     out: Edits = {}
     for side in plan.sides():
         sad = [_remove("sad-entry", sa.name) for sa in old if sa.sender == side.role]
-        sad += [_replace(sad_entry(plan, side, sa)) for sa in new if sa.sender == side.role]
-        out[side.nsf.name] = config_element(sad=sad)
+        sad += [_entry("sad-entry", _sad_xml(plan, side, sa), "replace")
+                for sa in new if sa.sender == side.role]
+        out[side.nsf.name] = _config_text((), sad)
     return out
 
 
 def remove_old_edit(plan: Plan, old: Iterable[SaSpec]) -> Edits:
     """Rekey step 3 (after the grace period): the old inbound SAs go."""
     old = list(old)
-    return {side.nsf.name: config_element(
-        sad=[_remove("sad-entry", sa.name) for sa in old if sa.receiver == side.role])
+    return {side.nsf.name: _config_text((), [
+        _remove("sad-entry", sa.name) for sa in old if sa.receiver == side.role])
         for side in plan.sides()}
 
 
 def remove_sas_edit(plan: Plan, sas: Iterable[SaSpec]) -> Edits:
     """Remove SAs on both NSFs (both directions), e.g. before re-creating a policy."""
     names = [sa.name for sa in sas]
-    return {side.nsf.name: config_element(sad=[_remove("sad-entry", n) for n in names])
+    return {side.nsf.name: _config_text((), [_remove("sad-entry", n) for n in names])
             for side in plan.sides()}
 
 
@@ -411,22 +436,64 @@ def delete_edit(plan: Plan, sa_names: Iterable[str]) -> Edits:
     """Remove everything of the policy from both NSFs. `remove` (not `delete`) so that a
     retried or partial delete does not fail on entries already gone."""
     names = list(sa_names)
-    return {side.nsf.name: config_element(
-        spd=[_remove("spd-entry", n) for n in plan.spd_names()],
-        sad=[_remove("sad-entry", n) for n in names])
+    return {side.nsf.name: _config_text(
+        [_remove("spd-entry", n) for n in plan.spd_names()],
+        [_remove("sad-entry", n) for n in names])
         for side in plan.sides()}
 
 
 def delete_by_names_edit(spd_names: Iterable[str], sad_names: Iterable[str]) -> etree._Element:
     """One NSF's removal edit when only the stored entry names are left (the policy or an
     NSF is gone from the configuration)."""
-    return config_element(spd=[_remove("spd-entry", n) for n in spd_names],
-                          sad=[_remove("sad-entry", n) for n in sad_names])
+    return _config_text([_remove("spd-entry", n) for n in spd_names],
+                        [_remove("sad-entry", n) for n in sad_names])
+
+
+_SPD_PATH = f"{Q}ipsec-ikeless/{Q}spd/{Q}spd-entry"
+_SAD_PATH = f"{Q}ipsec-ikeless/{Q}sad/{Q}sad-entry"
+_CONFIG_OPEN = _CONFIG_HEAD.encode()
+_CONFIG_CLOSE = _CONFIG_TAIL.encode()
+# what lxml repeats on every entry serialised alone; the wrapper declares both already
+_REDUNDANT = (f' xmlns="{IKELESS_NS}"'.encode(), f" {_NC_DECL}".encode())
+
+
+def _entry_bytes(e: etree._Element) -> bytes:
+    b = etree.tostring(e)
+    head, sep, rest = b.partition(b">")
+    for r in _REDUNDANT:
+        head = head.replace(r, b"")
+    return head + sep + rest
+
+
+def serialize_edits(edits: Iterable[Edits]) -> dict[str, bytes]:
+    """The `<config>` of one edit-config per NSF carrying the entries of all `edits`, in
+    order, serialised. Unlike `merge_edits` the inputs are left intact (a failed combined
+    transaction is retried in smaller parts from the same edits), and no tree is built.
+    NSFs whose entries add up to nothing are left out: they need no transaction."""
+    spd: dict[str, list[bytes]] = {}
+    sad: dict[str, list[bytes]] = {}
+    for e in edits:
+        for nsf, conf in e.items():
+            spd.setdefault(nsf, []).extend(_entry_bytes(x) for x in conf.iterfind(_SPD_PATH))
+            sad.setdefault(nsf, []).extend(_entry_bytes(x) for x in conf.iterfind(_SAD_PATH))
+    out: dict[str, bytes] = {}
+    for nsf in spd:
+        if not spd[nsf] and not sad[nsf]:
+            continue
+        parts = [_CONFIG_OPEN]
+        if spd[nsf]:
+            parts += [b"<spd>", *spd[nsf], b"</spd>"]
+        if sad[nsf]:
+            parts += [b"<sad>", *sad[nsf], b"</sad>"]
+        parts.append(_CONFIG_CLOSE)
+        out[nsf] = b"".join(parts)
+    return out
 
 
 def merge_edits(*edits: Edits) -> Edits:
     """One `<config>` per NSF holding the entries of several edits, in order (applied as one
-    edit-config, so all-or-nothing on each NSF)."""
+    edit-config, so all-or-nothing on each NSF). The entries are moved: the inputs are
+    left empty."""
     spd: dict[str, list[etree._Element]] = {}
     sad: dict[str, list[etree._Element]] = {}
     for e in edits:
