@@ -67,6 +67,42 @@ class SaRecord:
         return SaSpec(self.policy, self.flow, self.a2b, self.generation, self.spi, self.keys)
 
 
+@dataclass(frozen=True)
+class PolicyView:
+    """What the operational state shows of a policy (no JSON to decode, no keys)."""
+
+    name: str
+    group: str | None
+    endpoint_a: str | None
+    endpoint_b: str | None
+    status: str
+    error: str | None
+    generation: int
+    updated: float
+
+
+@dataclass(frozen=True)
+class SaView:
+    """What the operational state shows of an SA: everything but its keys."""
+
+    policy: str
+    flow: int
+    a2b: bool
+    generation: int
+    spi: int
+    sender: str
+    receiver: str
+    sender_src: str
+    sender_dst: str
+    receiver_src: str
+    receiver_dst: str
+    created: float
+
+    @property
+    def name(self) -> str:
+        return sad_name(self.policy, self.flow, self.a2b, self.generation)
+
+
 class Store(abc.ABC):
     """What the controller needs from persistent storage."""
 
@@ -144,6 +180,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    # ---- views for the operational state (override with something cheaper) ----------------
+
+    def policy_views(self) -> list[PolicyView]:
+        return [PolicyView(r.name, r.group, r.data.get("a", {}).get("nsf"),
+                           r.data.get("b", {}).get("nsf"), r.status, r.error, r.generation,
+                           r.updated) for r in self.list_policies()]
+
+    def sa_views(self) -> list[SaView]:
+        return [SaView(s.policy, s.flow, s.a2b, s.generation, s.spi, s.sender, s.receiver,
+                       s.sender_src, s.sender_dst, s.receiver_src, s.receiver_dst, s.created)
+                for s in self.get_sas()]
+
 
 # Each migration is applied once, in order, inside a transaction; never edit a released one.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -198,6 +246,11 @@ MIGRATIONS: list[tuple[int, str]] = [
 ]
 
 
+def _sa_order(s: SaRecord) -> tuple[str, int, int, bool]:
+    """The order of `get_sas` (policy, generation, flow, a2b descending)."""
+    return (s.policy, s.generation, s.flow, not s.a2b)
+
+
 class SqliteStore(Store):
     """SQLite in WAL mode. One connection guarded by a lock: the controller's event loop is
     the main user, worker threads may read."""
@@ -220,6 +273,10 @@ class SqliteStore(Store):
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # Every policy's SAs as last read or written, keys decoded: each rekey step reads
+        # them, and decoding rows was a good part of a step's cost. Dropped wholesale on
+        # any rollback (the database is the truth; the cache refills per policy).
+        self._sa_cache: dict[str, list[SaRecord]] = {}
         self._migrate()
 
     # ---- plumbing --------------------------------------------------------------------------
@@ -255,6 +312,7 @@ class SqliteStore(Store):
                 yield
             except BaseException:
                 self._depth -= 1
+                self._sa_cache.clear()
                 self._db.execute("ROLLBACK" if outer else f"ROLLBACK TO {sp}")
                 if not outer:
                     self._db.execute(f"RELEASE {sp}")
@@ -339,7 +397,9 @@ class SqliteStore(Store):
 
     def delete_policy(self, name: str) -> bool:
         """Also drops the policy's SAs, SPD names and schedule (foreign key cascade)."""
-        return self._x("DELETE FROM policy WHERE name=?", (name,)).rowcount > 0
+        with self._lock:
+            self._sa_cache.pop(name, None)
+            return self._x("DELETE FROM policy WHERE name=?", (name,)).rowcount > 0
 
     def set_policy_status(self, name: str, status: str, error: str | None = None) -> None:
         cur = self._x("UPDATE policy SET status=?, error=?, updated=? WHERE name=?",
@@ -356,12 +416,18 @@ class SqliteStore(Store):
     # ---- SAs ----------------------------------------------------------------------------------
 
     def add_sas(self, sas: Iterable[SaRecord]) -> None:
+        sas = list(sas)
         with self.transaction():
-            for s in sas:
-                self._x("INSERT INTO sa VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (s.policy, s.flow, int(s.a2b), s.generation, s.spi,
-                         json.dumps(s.keys.to_dict()), s.sender, s.receiver, s.sender_src,
-                         s.sender_dst, s.receiver_src, s.receiver_dst, s.created))
+            self._db.executemany(
+                "INSERT INTO sa VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(s.policy, s.flow, int(s.a2b), s.generation, s.spi,
+                  json.dumps(s.keys.to_dict()), s.sender, s.receiver, s.sender_src,
+                  s.sender_dst, s.receiver_src, s.receiver_dst, s.created) for s in sas])
+            for name in {s.policy for s in sas}:
+                have = self._sa_cache.get(name)
+                if have is not None:
+                    self._sa_cache[name] = sorted(
+                        [*have, *(s for s in sas if s.policy == name)], key=_sa_order)
 
     @staticmethod
     def _sa(r: sqlite3.Row) -> SaRecord:
@@ -374,6 +440,16 @@ class SqliteStore(Store):
 
     def get_sas(self, policy: str | None = None, generation: int | None = None,
                 nsf: str | None = None) -> list[SaRecord]:
+        if policy is not None and nsf is None:
+            with self._lock:
+                have = self._sa_cache.get(policy)
+                if have is None:
+                    have = self._sa_cache[policy] = self._query_sas(policy, None, None)
+            return [s for s in have if generation is None or s.generation == generation]
+        return self._query_sas(policy, generation, nsf)
+
+    def _query_sas(self, policy: str | None, generation: int | None, nsf: str | None
+                   ) -> list[SaRecord]:
         where, args = [], []
         if policy is not None:
             where.append("policy=?")
@@ -389,14 +465,31 @@ class SqliteStore(Store):
         return [self._sa(r) for r in self._x(sql, args)]
 
     def delete_sas(self, policy: str, generations: Iterable[int] | None = None) -> int:
-        if generations is None:
-            return self._x("DELETE FROM sa WHERE policy=?", (policy,)).rowcount
-        gens = list(generations)
-        if not gens:
-            return 0
-        marks = ",".join("?" * len(gens))
-        return self._x(f"DELETE FROM sa WHERE policy=? AND generation IN ({marks})",
-                       (policy, *gens)).rowcount
+        with self._lock:
+            have = self._sa_cache.get(policy)
+            if generations is None:
+                self._sa_cache.pop(policy, None)
+                return self._x("DELETE FROM sa WHERE policy=?", (policy,)).rowcount
+            gens = list(generations)
+            if not gens:
+                return 0
+            if have is not None:
+                self._sa_cache[policy] = [s for s in have if s.generation not in gens]
+            marks = ",".join("?" * len(gens))
+            return self._x(f"DELETE FROM sa WHERE policy=? AND generation IN ({marks})",
+                           (policy, *gens)).rowcount
+
+    def policy_views(self) -> list[PolicyView]:
+        rows = self._x("SELECT name, grp, json_extract(data, '$.a.nsf'), "
+                       "json_extract(data, '$.b.nsf'), status, error, generation, updated "
+                       "FROM policy ORDER BY name").fetchall()
+        return [PolicyView(*r) for r in rows]
+
+    def sa_views(self) -> list[SaView]:
+        rows = self._x("SELECT policy, flow, a2b, generation, spi, sender, receiver, "
+                       "sender_src, sender_dst, receiver_src, receiver_dst, created FROM sa "
+                       "ORDER BY policy, generation, flow, a2b DESC").fetchall()
+        return [SaView(r[0], r[1], bool(r[2]), *r[3:]) for r in rows]
 
     def spi_in_use(self, nsf: str, dst: str, spi: int) -> bool:
         row = self._x(
