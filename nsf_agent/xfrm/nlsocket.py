@@ -200,8 +200,9 @@ class XfrmSocket:
     :class:`nsf_agent.xfrm.events.XfrmListener`).
 
     ``chunk_bytes`` bounds one ``send()`` in a batch: the kernel processes a send
-    synchronously and queues one ack per message, so a chunk must fit both the send
-    buffer and (as acks) the receive buffer; both are enlarged when running as root.
+    synchronously and queues an answer per failing message (and an ack for the last),
+    so a chunk must fit both the send buffer and (as errors, if all fail) the receive
+    buffer; both are enlarged when running as root.
     """
 
     def __init__(
@@ -348,9 +349,13 @@ class XfrmSocket:
     ) -> list[XfrmError | None]:
         """Send many (msg_type, flags, body) requests with few ``send()`` calls.
 
-        Every message carries NLM_F_ACK and its own sequence number; the kernel keeps
-        going after a failing message, so the result has one entry per request: None
-        for success, or an XfrmError whose ``index`` is the request's position.
+        Every message has its own sequence number; the kernel keeps going after a
+        failing message, so the result has one entry per request: None for success, or
+        an XfrmError whose ``index`` is the request's position. The kernel answers every
+        failing message with an error; only the last message of each ``send()`` asks for
+        an ack on success too (NLM_F_ACK): it handles the messages of a send in order and
+        queues its answers in order, so that ack comes after every error of the chunk,
+        and 10,000 successes cost one ``recv()`` instead of 10,000.
         """
         reqs: Sequence[tuple[int, int, bytes]] = (
             requests if isinstance(requests, Sequence) else list(requests)
@@ -373,17 +378,20 @@ class XfrmSocket:
                     if parts and size + ln > limit:
                         break
                     parts.append(
-                        _HDR.pack(ln, mtype, flags | NLM_F_REQUEST | NLM_F_ACK,
+                        _HDR.pack(ln, mtype, flags | NLM_F_REQUEST,
                                   (base + i - first) & 0xFFFFFFFF, 0)
                     )
                     parts.append(body)
                     size += ln
                     i += 1
                 count = i - first
+                mtype, flags, body = reqs[i - 1]
+                parts[-2] = _HDR.pack(16 + len(body), mtype, flags | NLM_F_REQUEST | NLM_F_ACK,
+                                      (base + count - 1) & 0xFFFFFFFF, 0)
                 # reserve the chunk's sequence numbers
                 self._seq = itertools.count(base + count + 1)
                 self.sock.send(b"".join(parts))
-                pending = count
+                pending = True
                 while pending:
                     data = self._recv()
                     for off, length, mtype, mflags, mseq in self._messages(data):
@@ -392,7 +400,8 @@ class XfrmSocket:
                         k = (mseq - base) & 0xFFFFFFFF
                         if k >= count:
                             continue
-                        pending -= 1
+                        if k == count - 1:
+                            pending = False  # the chunk's last answer
                         (err,) = _ERR.unpack_from(data, off + 16)
                         if err:
                             ack = parse_ack(data, off, length, mflags)
