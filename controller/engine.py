@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from xml.sax.saxutils import escape
 
 from lxml import etree
 
@@ -21,7 +22,7 @@ from controller import translate
 from controller.keys import KeyManager
 from controller.model import NS as FP_NS
 from controller.rekey import Action, Phase, RekeyScheduler
-from controller.store import SaRecord, Store
+from controller.store import SaRecord, SaView, Store
 from controller.translate import Edits, Plan, SaSpec
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,17 @@ class SaLedger:
             self.km.release(plan.spi_holders(sa.a2b), sa.spi)
         return specs
 
-    def _stored(self, plan: Plan, generation: int | None) -> list[SaSpec]:
-        if generation is None:
-            return []
-        return [r.spec() for r in self.store.get_sas(plan.name, generation=generation)]
-
     def prepare(self, plan: Plan, action: Action) -> Edits:
         """The edit-config for each of the two NSFs that carries out `action`."""
         k = action.kind
+        by_gen: dict[int, list[SaSpec]] = {}
+        if k in (Phase.SWITCH_OUTBOUND, Phase.REMOVE_OLD):  # one query for all generations
+            for r in self.store.get_sas(plan.name):
+                by_gen.setdefault(r.generation, []).append(r.spec())
+
+        def stored(generation: int | None) -> list[SaSpec]:
+            return [] if generation is None else by_gen.get(generation, [])
+
         if k is Phase.INSTALL_SPD:
             return translate.install_edit(plan, [])
         if k is Phase.INSTALL:
@@ -79,12 +83,19 @@ class SaLedger:
             assert action.generation is not None
             return translate.add_inbound_edit(plan, self.generation(plan, action.generation))
         if k is Phase.SWITCH_OUTBOUND:
-            return translate.switch_outbound_edit(
-                plan, self._stored(plan, action.old_generation),
-                self._stored(plan, action.generation))
-        if k is Phase.REMOVE_OLD:
-            return translate.remove_old_edit(plan, self._stored(plan, action.old_generation))
-        raise ValueError(f"no edit for action {k}")
+            edits = translate.switch_outbound_edit(
+                plan, stored(action.old_generation), stored(action.generation))
+            if action.also_remove is not None:  # the older generation's grace is over
+                edits = translate.merge_edits(edits, translate.remove_old_edit(
+                    plan, stored(action.also_remove)))
+        elif k is Phase.REMOVE_OLD:
+            edits = translate.remove_old_edit(plan, stored(action.old_generation))
+        else:
+            raise ValueError(f"no edit for action {k}")
+        if action.then_add is not None:  # the next rekey's step 1, in the same edit
+            edits = translate.merge_edits(edits, translate.add_inbound_edit(
+                plan, self.generation(plan, action.then_add)))
+        return edits
 
     def done(self, plan: Plan, action: Action) -> None:
         """Record that `action` is in place on both NSFs."""
@@ -100,6 +111,8 @@ class SaLedger:
                 self.store.set_policy_generation(plan.name, action.generation)
             if action.kind is Phase.REMOVE_OLD and action.old_generation is not None:
                 self.store.delete_sas(plan.name, [action.old_generation])
+            if action.kind is Phase.SWITCH_OUTBOUND and action.also_remove is not None:
+                self.store.delete_sas(plan.name, [action.also_remove])
 
     def delete_edits(self, policy: str) -> Edits:
         """Removal of everything the store says the policy has on each NSF (works when the
@@ -119,46 +132,46 @@ def _time(t: float | None) -> str | None:
 
 
 def state_xml(store: Store, sched: RekeyScheduler) -> etree._Element:
-    """`<flow-protection-state>`: status, generation and SAs (never keys) of every policy."""
-    q = f"{{{FP_NS}}}"
-    root = etree.Element(q + "flow-protection-state", nsmap={None: FP_NS})
+    """`<flow-protection-state>`: status, generation and SAs (never keys) of every policy.
 
-    def sub(parent: etree._Element, name: str, text: object | None) -> None:
-        if text is not None:
-            etree.SubElement(parent, q + name).text = str(text)
+    Rendered as text and parsed once: a `get` of thousands of policies must not hold the
+    event loop (and so every NSF transaction) for long."""
+    times: dict[float | None, str | None] = {}
 
-    by_policy: dict[str, list[SaRecord]] = {}
-    for sa in store.get_sas():  # one query, not one per policy
+    def when(t: float | None) -> str | None:
+        v = times.get(t, "")
+        if v == "":
+            v = times[t] = _time(t)
+        return v
+
+    def leaf(name: str, text: object | None) -> str:
+        return "" if text is None else f"<{name}>{escape(str(text))}</{name}>"
+
+    by_policy: dict[str, list[SaView]] = {}
+    for sa in store.sa_views():  # one query, not one per policy
         by_policy.setdefault(sa.policy, []).append(sa)
-    for rec in store.list_policies():
-        p = etree.SubElement(root, q + "policy")
-        sub(p, "name", rec.name)
-        sub(p, "group", rec.group)
-        sub(p, "endpoint-a", rec.data.get("a", {}).get("nsf"))
-        sub(p, "endpoint-b", rec.data.get("b", {}).get("nsf"))
+    out = [f'<flow-protection-state xmlns="{FP_NS}">']
+    for rec in store.policy_views():
         timer = sched.timers.get(rec.name)
         status = rec.status if rec.status == "deleting" or timer is None else (
             sched.status(rec.name))
-        sub(p, "status", status)
         err = timer.last_error if timer is not None and timer.attempts else rec.error
-        sub(p, "error-message", err)
-        sub(p, "generation", rec.generation)
-        sub(p, "last-change", _time(rec.updated))
-        nxt = sched.next_rekey(rec.name) if timer is not None else None
-        sub(p, "next-rekey", _time(nxt))
+        nxt = when(sched.next_rekey(rec.name) if timer is not None else None)
+        out.append("<policy>" + leaf("name", rec.name) + leaf("group", rec.group)
+                   + leaf("endpoint-a", rec.endpoint_a) + leaf("endpoint-b", rec.endpoint_b)
+                   + leaf("status", status) + leaf("error-message", err)
+                   + leaf("generation", rec.generation)
+                   + leaf("last-change", when(rec.updated)) + leaf("next-rekey", nxt))
         for sa in by_policy.get(rec.name, []):
-            views = ((sa.sender, "outbound", sa.sender_src, sa.sender_dst),
-                     (sa.receiver, "inbound", sa.receiver_src, sa.receiver_dst))
-            for nsf, direction, src, dst in views:
-                e = etree.SubElement(p, q + "sa")
-                sub(e, "nsf", nsf)
-                sub(e, "name", sa.name)
-                sub(e, "spi", sa.spi)
-                sub(e, "direction", direction)
-                sub(e, "source", src)
-                sub(e, "destination", dst)
-                sub(e, "generation", sa.generation)
-                sub(e, "created", _time(sa.created))
-                if sa.generation == rec.generation:
-                    sub(e, "next-rekey", _time(nxt))
-    return root
+            common = (leaf("name", sa.name) + leaf("spi", sa.spi))
+            tail = (leaf("generation", sa.generation) + leaf("created", when(sa.created))
+                    + (leaf("next-rekey", nxt) if sa.generation == rec.generation else ""))
+            out.append(f"<sa>{leaf('nsf', sa.sender)}{common}<direction>outbound</direction>"
+                       f"{leaf('source', sa.sender_src)}{leaf('destination', sa.sender_dst)}"
+                       f"{tail}</sa>"
+                       f"<sa>{leaf('nsf', sa.receiver)}{common}<direction>inbound</direction>"
+                       f"{leaf('source', sa.receiver_src)}"
+                       f"{leaf('destination', sa.receiver_dst)}{tail}</sa>")
+        out.append("</policy>")
+    out.append("</flow-protection-state>")
+    return etree.fromstring("".join(out))

@@ -13,12 +13,20 @@ A rekey is make-before-break, in three actions:
   3. REMOVE_OLD       after a grace period for packets in flight, the old inbound SAs go.
 Each action is idempotent (the executor re-sends the same stored SAs), so a failed or
 interrupted action is simply retried, with exponential backoff.
+
+When the next rekey is already due as step 3 starts (short lifetimes, a loaded controller,
+a queued `rekey-policy`), step 3 also carries the next rekey's step 1 (`Action.then_add`):
+removing the old inbound SAs and adding the next generation's are independent, so they go
+in one edit and a rekey costs two NSF transactions instead of three. A generation's age
+counts from when its step was issued (its SAs are written then), never from when the
+transaction finished, so the controller's idea of an SA's age is never younger than the
+NSF's.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
@@ -45,6 +53,12 @@ class Action:
     generation: int | None
     old_generation: int | None
     seq: int  # identifies this attempt; late reports of superseded attempts are ignored
+    issued: float = 0.0  # when due() handed it out: the new SAs are no older than this
+    # REMOVE_OLD, SWITCH_OUTBOUND: also add this generation's inbound SAs (the next
+    # rekey's step 1)
+    then_add: int | None = None
+    # SWITCH_OUTBOUND: also remove this older generation's inbound SAs (its grace is over)
+    also_remove: int | None = None
 
 
 @dataclass
@@ -58,15 +72,21 @@ class PolicyTimer:
     target: int | None = None  # generation being introduced
     target_created_at: float | None = None
     old: int | None = None  # generation waiting for removal
+    old_until: float | None = None  # end of its grace period
     due: float | None = None
     in_flight: int | None = None
     attempts: int = 0
     last_error: str | None = None
     reason: str = ""
     rekey_pending: bool = False  # a rekey was asked for while another was running
+    # hard deadline of the live / incoming generation, from the lifetimes it was written
+    # with (a later lifetime change does not shorten SAs already on the NSFs)
+    hard_at: float | None = None
+    target_hard_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # fields are plain values: no need for asdict's deep copy (stored on every step)
+        d = {f: getattr(self, f) for f in _TIMER_FIELDS}
         d["phase"] = self.phase.value
         d["in_flight"] = None  # an action in flight at shutdown is redone after restart
         return d
@@ -76,18 +96,24 @@ class PolicyTimer:
         return cls(**{**d, "phase": Phase(d["phase"])})
 
 
+_TIMER_FIELDS = tuple(f.name for f in fields(PolicyTimer))
+
+
 class RekeyScheduler:
     """Timers of all policies. Not thread-safe: one event loop drives it."""
 
     def __init__(self, *, margin_fraction: float = 0.1, max_margin: float = 60.0,
                  grace: float = 2.0, retry_base: float = 1.0, retry_max: float = 30.0,
-                 acquire_debounce: float = 2.0) -> None:
+                 acquire_debounce: float = 2.0, lookahead: float = 0.0) -> None:
         self.margin_fraction = margin_fraction
         self.max_margin = max_margin
         self.grace = grace
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.acquire_debounce = acquire_debounce
+        # A rekey due within this many seconds starts with the step before it (the loop
+        # sets it to how long its transactions take): one transaction fewer per rekey.
+        self.lookahead = lookahead
         self.timers: dict[str, PolicyTimer] = {}
         self._seq = 0
 
@@ -130,12 +156,29 @@ class RekeyScheduler:
             return None
         return t.created_at + t.soft_time - self.margin(t.soft_time)
 
+    def _hard_deadline(self, t: PolicyTimer) -> float | None:
+        if t.hard_at is not None:
+            return t.hard_at
+        if not t.hard_time or t.created_at is None:
+            return None
+        return t.created_at + t.hard_time  # a timer stored before hard_at existed
+
+    def _hard_from(self, t: PolicyTimer, created: float) -> float | None:
+        return created + t.hard_time if t.hard_time else None
+
+    def _due_by(self, t: PolicyTimer, created: float | None, when: float) -> bool:
+        """Is the time-based rekey of a generation written at `created` due by `when`?"""
+        if not t.soft_time or created is None:
+            return False
+        return created + t.soft_time - self.margin(t.soft_time) <= when
+
     def _recreate(self, t: PolicyTimer, now: float, reason: str) -> None:
         gens = [g for g in (t.generation, t.target, t.old) if g is not None]
         t.phase = Phase.INSTALL
         t.target = max(gens) + 1 if gens else 0
         t.target_created_at = None
-        t.old = None
+        t.target_hard_at = None
+        t.old = t.old_until = None
         t.due = now
         t.in_flight = None
         t.rekey_pending = False
@@ -147,14 +190,16 @@ class RekeyScheduler:
     def due(self, now: float) -> list[Action]:
         """Actions to start now; each stays in flight until completed() or failed()."""
         out = []
+        late: list[str] = []
         for t in self.timers.values():
             if t.in_flight is not None or t.due is None or t.due > now:
                 continue
-            if (t.phase in (Phase.IDLE, Phase.ADD_INBOUND, Phase.SWITCH_OUTBOUND)
-                    and t.hard_time and t.created_at is not None
-                    and now >= t.created_at + t.hard_time):
+            hard = self._hard_deadline(t)
+            if (t.phase in (Phase.IDLE, Phase.ADD_INBOUND, Phase.SWITCH_OUTBOUND,
+                            Phase.REMOVE_OLD) and hard is not None and now >= hard):
                 # The NSFs have dropped the live SAs by now: a rekey is too late.
                 self._recreate(t, now, "hard lifetime passed before the rekey finished")
+                late.append(t.policy)
             if t.phase is Phase.IDLE:
                 assert t.generation is not None
                 t.phase = Phase.ADD_INBOUND
@@ -163,18 +208,43 @@ class RekeyScheduler:
                 t.reason = t.reason or "soft lifetime"
                 log.info("policy %s: rekey to generation %d (%s)", t.policy, t.target,
                          t.reason)
+            if (t.phase is Phase.SWITCH_OUTBOUND and t.old is not None
+                    and t.old_until is not None and now < t.old_until):
+                t.due = t.old_until  # the previous switch's grace first: one old at a time
+                continue
             self._seq += 1
             t.in_flight = self._seq
             if t.phase in (Phase.INSTALL, Phase.INSTALL_SPD):
-                a = Action(t.policy, t.phase, t.target, None, self._seq)
-            elif t.phase in (Phase.ADD_INBOUND, Phase.SWITCH_OUTBOUND):
-                a = Action(t.policy, t.phase, t.target, t.generation, self._seq)
+                a = Action(t.policy, t.phase, t.target, None, self._seq, now)
+            elif t.phase is Phase.ADD_INBOUND:
+                a = Action(t.policy, t.phase, t.target, t.generation, self._seq, now)
+            elif t.phase is Phase.SWITCH_OUTBOUND:
+                assert t.target is not None
+                # The generation switched to will itself be due for a rekey by the time this
+                # step is done: bring its successor in now, in the same edit.
+                nxt = t.target + 1 if t.rekey_pending or self._due_by(
+                    t, t.target_created_at, now + self.lookahead) else None
+                a = Action(t.policy, t.phase, t.target, t.generation, self._seq, now, nxt,
+                           t.old)
             elif t.phase is Phase.REMOVE_OLD:
-                a = Action(t.policy, t.phase, t.generation, t.old, self._seq)
+                nxt = t.target  # set: an earlier attempt of this step carried it too
+                if nxt is None and (t.rekey_pending or self._due_by(
+                        t, t.created_at, now + self.lookahead)):
+                    assert t.generation is not None
+                    nxt = t.target = t.generation + 1
+                    t.reason = ("requested during the previous rekey" if t.rekey_pending
+                                else "soft lifetime")
+                    t.rekey_pending = False
+                    log.info("policy %s: rekey to generation %d (%s), with the removal of "
+                             "generation %s", t.policy, nxt, t.reason, t.old)
+                a = Action(t.policy, t.phase, t.generation, t.old, self._seq, now, nxt)
             else:  # WAITING_ACQUIRE has no deadline
                 t.in_flight = None
                 continue
             out.append(a)
+        if late:  # a traffic gap on these policies: worth one warning per wake-up
+            log.warning("%d policies re-created: hard lifetime passed before their rekey "
+                        "finished (e.g. %s)", len(late), ", ".join(late[:5]))
         return out
 
     def next_wakeup(self) -> float | None:
@@ -197,21 +267,41 @@ class RekeyScheduler:
         t.in_flight = None
         t.attempts = 0
         t.last_error = None
+        # the SAs were written when the action was issued: count their age from then
+        created = min(a.issued, now) if a.issued else now
         if t.phase is Phase.INSTALL_SPD:
             t.phase, t.due = Phase.WAITING_ACQUIRE, None
         elif t.phase is Phase.INSTALL:
-            t.generation, t.created_at, t.target = t.target, now, None
+            t.generation, t.created_at, t.target = t.target, created, None
+            t.hard_at = self._hard_from(t, created)
             self._idle(t, now)
         elif t.phase is Phase.ADD_INBOUND:
-            t.target_created_at = now
+            t.target_created_at = created
+            t.target_hard_at = self._hard_from(t, created)
             t.phase, t.due = Phase.SWITCH_OUTBOUND, now
         elif t.phase is Phase.SWITCH_OUTBOUND:
+            # a.also_remove (the older generation) is gone; the replaced one starts its grace
             t.old, t.generation = t.generation, t.target
-            t.created_at, t.target, t.target_created_at = t.target_created_at, None, None
-            t.phase, t.due = Phase.REMOVE_OLD, now + self.grace
+            t.old_until = now + self.grace
+            t.created_at, t.hard_at = t.target_created_at, t.target_hard_at
+            if a.then_add is not None:  # the next rekey's step 1 is done too
+                t.target, t.target_created_at = a.then_add, created
+                t.target_hard_at = self._hard_from(t, created)
+                t.rekey_pending = False
+                t.phase = Phase.SWITCH_OUTBOUND
+            else:
+                t.target = t.target_created_at = t.target_hard_at = None
+                t.phase = Phase.REMOVE_OLD
+            t.due = t.old_until
         elif t.phase is Phase.REMOVE_OLD:
-            t.old = None
-            self._idle(t, now)
+            t.old = t.old_until = None
+            if a.then_add is not None:  # the next rekey's step 1 is done too
+                t.target = a.then_add
+                t.target_created_at = created
+                t.target_hard_at = self._hard_from(t, created)
+                t.phase, t.due = Phase.SWITCH_OUTBOUND, now
+            else:
+                self._idle(t, now)
         return True
 
     def _idle(self, t: PolicyTimer, now: float) -> None:
@@ -269,7 +359,8 @@ class RekeyScheduler:
         t = self.timers.get(policy)
         if t is None:
             return False
-        if t.phase is Phase.REMOVE_OLD and generation == t.old:
+        if t.old is not None and generation == t.old:
+            t.old_until = now  # gone already: no grace left to wait for
             if t.in_flight is None:
                 t.due = now
             return True

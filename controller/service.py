@@ -9,10 +9,13 @@ operational status.
 
 The loop sleeps until the scheduler's next deadline (or a wake-up: a commit, a notification,
 an NSF coming back), takes every due action, prepares their edits (SAs stored first, see
-`SaLedger`), and runs them as all-or-nothing transactions: all actions of one wake-up in one
-batched transaction when possible, else one transaction per action so that one unreachable
-NSF only delays its own policies. Every transition of a timer is persisted, so a restarted
-controller resumes the schedule from SQLite.
+`SaLedger`), and runs them as all-or-nothing transactions: all actions of one wake-up that
+touch a connected group of NSFs go in one transaction — one edit-config carrying all their
+changes, one confirmed commit and one confirm per NSF — since an NSF's cost per transaction
+hardly depends on how many entries change. If such a transaction fails, the actions on an
+unreachable NSF fail at once and the others are retried in smaller transactions (see
+`_run_batch`), so one bad policy or one NSF only delays its own policies. Every transition
+of a timer is persisted, so a restarted controller resumes the schedule from SQLite.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class ServiceOptions:
     grace: float = 2.0  # seconds an old inbound SA stays after the outbound switch
     confirm_timeout: int = 60  # NSF confirmed-commit timeout
     rpc_timeout: float = 15.0
-    batch_max: int = 1024  # actions per batched transaction
+    batch_max: int = 8192  # actions per combined transaction (one edit-config per NSF)
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     retry_base: float = 1.0
@@ -71,6 +74,39 @@ class Stats:
     resyncs: int = 0
     notifications: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Item:
+    """A prepared action: the action, its policy's plan, and its edit for each NSF."""
+
+    action: Action
+    plan: Plan
+    edits: Edits
+
+
+def _components(items: list[Item]) -> list[list[Item]]:
+    """Split prepared actions into groups that share no NSF, so that independent groups of
+    sites commit side by side and never wait for each other (order kept within a group)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for it in items:
+        names = list(it.edits)
+        for other in names[1:]:
+            ra, rb = find(names[0]), find(other)
+            if ra != rb:
+                parent[rb] = ra
+    groups: dict[str, list[Item]] = {}
+    for it in items:
+        key = find(next(iter(it.edits))) if it.edits else ""
+        groups.setdefault(key, []).append(it)
+    return list(groups.values())
 
 
 def fingerprint(pol: Policy, cfg: FlowConfig, lifetimes: bool = True) -> str:
@@ -416,12 +452,10 @@ class FlowService:
     def _sessions_for(self, nsfs: set[str]) -> dict[str, NsfSession] | str:
         out = {}
         for n in sorted(nsfs):
-            s = self.south.sessions.get(n)
-            if s is None:
-                return f"NSF {n} is not in the inventory"
-            if s.state != CONNECTED:
-                return f"NSF {n} is unreachable ({s.state}: {s.last_error or 'no session'})"
-            out[n] = s
+            why = self._unreachable(n)
+            if why is not None:
+                return why
+            out[n] = self.south.sessions[n]
         return out
 
     async def _runner(self, actions: list[Action]) -> None:
@@ -435,8 +469,9 @@ class FlowService:
         nsfs = {n for a in actions if (p := self.plans.get(a.policy)) is not None
                 for n in (p.a.name, p.b.name)}
         await self._await_first_sessions(nsfs)
-        ready: list[tuple[Action, Plan, Edits]] = []
-        with self.store.transaction():
+        t0 = time.monotonic()
+        ready: list[Item] = []
+        with self.store.transaction():  # one SQLite transaction for all new SAs
             for a in actions:
                 plan = self.plans.get(a.policy)
                 if plan is None:
@@ -447,54 +482,108 @@ class FlowService:
                     log.exception("policy %s: cannot prepare %s", a.policy, a.kind)
                     self._failed(a, f"cannot prepare {a.kind}: {exc}")
                     continue
-                why = self._sessions_for(set(edits))
-                if isinstance(why, str):
-                    self._failed(a, why)
-                    continue
-                ready.append((a, plan, edits))
-        for i in range(0, len(ready), self.opts.batch_max):
-            chunk = ready[i:i + self.opts.batch_max]
-            if len(chunk) > 1 and await self._transaction(chunk, batch=True):
-                continue
-            await asyncio.gather(*(self._transaction([item]) for item in chunk))
+                ready.append(Item(a, plan, edits))
+        t1 = time.monotonic()
+        groups = [g[i:i + self.opts.batch_max] for g in _components(ready)
+                  for i in range(0, len(g), self.opts.batch_max)]
+        await asyncio.gather(*(self._run_batch(g) for g in groups))
+        if log.isEnabledFor(logging.DEBUG):
+            kinds: dict[str, int] = {}
+            for it in ready:
+                k = (it.action.kind.value
+                     + ("+remove" if it.action.also_remove is not None else "")
+                     + ("+add" if it.action.then_add is not None else ""))
+                kinds[k] = kinds.get(k, 0) + 1
+            log.debug("batch: %d actions %s on %d NSFs in %d groups: prepared in %.3f s, "
+                      "done in %.3f s", len(ready), kinds,
+                      len({n for it in ready for n in it.edits}), len(groups), t1 - t0,
+                      time.monotonic() - t1)
         self.wake()
 
-    async def _transaction(self, items: list[tuple[Action, Plan, Edits]],
-                           batch: bool = False) -> bool:
-        """One all-or-nothing transaction for `items`; True if it committed. A failed batch
-        reports nothing: the caller retries its actions one by one."""
-        edits = translate.merge_edits(*(e for _, _, e in items))
-        sessions = self._sessions_for(set(edits))
-        if isinstance(sessions, str):
-            if not batch:
-                with self.store.transaction():
-                    for a, _, _ in items:
-                        self._failed(a, sessions)
-            return False
+    async def _run_batch(self, items: list[Item]) -> None:
+        """Carry out `items` in one transaction: one edit-config per NSF holding all their
+        changes for it, one confirmed commit and one confirm per NSF. If it fails, nobody
+        waits for a culprit longer than needed: actions on an NSF that is down fail at once
+        with its error; when an NSF refused the content, the actions not touching it go
+        again together, and those touching it are halved until each failing action stands
+        alone — so every action is reported with its own outcome."""
+        if not items:
+            return
+        try:
+            err = await self._transaction(items)
+        except Exception as exc:  # a bug must not leave these actions in flight forever
+            log.exception("transaction of %d actions failed unexpectedly", len(items))
+            with self.store.transaction():
+                for it in items:
+                    self._failed(it.action, f"internal error: {exc}")
+            return
+        if err is None:
+            return
+        if len(items) == 1:
+            with self.store.transaction():
+                self._failed(items[0].action, self._reason(err, items[0]))
+            return
+        hit = [it for it in items if err.down & it.edits.keys()]
+        if hit:
+            with self.store.transaction():
+                for it in hit:
+                    self._failed(it.action, self._reason(err, it))
+        rest = [it for it in items if not err.down & it.edits.keys()]
+        suspects = [it for it in rest if err.refused & it.edits.keys()]
+        innocent = [it for it in rest if not err.refused & it.edits.keys()]
+        parts = [p for p in (suspects[:len(suspects) // 2], suspects[len(suspects) // 2:],
+                             innocent) if p]
+        if len(parts) == 1 and len(parts[0]) == len(items):  # learnt nothing: halve
+            parts = [items[:len(items) // 2], items[len(items) // 2:]]
+        log.info("transaction of %d actions failed (%s); %d failed with an unreachable NSF, "
+                 "retrying %d in %d parts", len(items), err, len(hit),
+                 sum(len(p) for p in parts), len(parts))
+        await asyncio.gather(*(self._run_batch(p) for p in parts))
+
+    @staticmethod
+    def _reason(err: TransactionError, it: Item) -> str:
+        """The error to report for one action of a failed transaction: its own NSF's."""
+        mine = sorted((err.down | err.refused) & it.edits.keys())
+        if not mine or err.nsf in mine:
+            return err.reasons.get(err.nsf, str(err))
+        return err.reasons.get(mine[0], f"NSF {mine[0]}: {err.step} failed")
+
+    async def _transaction(self, items: list[Item]) -> TransactionError | None:
+        """One all-or-nothing transaction for `items`; None if it committed (the actions are
+        then recorded as done), else what went wrong (nothing recorded)."""
+        nsfs = {n for it in items for n in it.edits}
+        down = {n: why for n in sorted(nsfs) if (why := self._unreachable(n)) is not None}
+        if down:
+            n = min(down)
+            err = TransactionError(n, "connect", down[n], down=down)
+            err.reasons.update(down)  # already phrased per NSF
+            return err
+        sessions = {n: self.south.sessions[n] for n in nsfs}
         async with locked(sessions):
             # A policy deleted or re-created while this waited for the locks: drop it.
-            live = [it for it in items if self._current(it[0])]
-            if not live:
-                return True
-            if len(live) != len(items):
-                items = live
-                edits = translate.merge_edits(*(e for _, _, e in items))
-            try:
-                await self._transact(sessions, edits)
-            except (TransactionError, NcError) as exc:
-                if batch:
-                    log.info("batched transaction of %d actions failed (%s); retrying them "
-                             "one by one", len(items), exc)
-                    return False
-                with self.store.transaction():
-                    for a, _, _ in items:
-                        self._failed(a, str(exc))
-                return False
+            items = [it for it in items if self._current(it.action)]
+            edits = translate.serialize_edits(it.edits for it in items)
+            if items and edits:
+                try:
+                    await self._transact({n: sessions[n] for n in edits}, edits)
+                except TransactionError as exc:
+                    return exc
+                except NcError as exc:
+                    return TransactionError(min(edits), "transaction", str(exc), refused=edits)
             now = self.clock()
             with self.store.transaction():
-                for a, plan, _ in items:
-                    self._completed(a, plan, now)
-        return True
+                for it in items:
+                    self._completed(it.action, it.plan, now)
+        return None
+
+    def _unreachable(self, nsf: str) -> str | None:
+        """Why `nsf` cannot take part in a transaction now (None: it can)."""
+        s = self.south.sessions.get(nsf)
+        if s is None:
+            return f"NSF {nsf} is not in the inventory"
+        if s.state != CONNECTED:
+            return f"NSF {nsf} is unreachable ({s.state}: {s.last_error or 'no session'})"
+        return None
 
     def _current(self, a: Action) -> bool:
         t = self.sched.timers.get(a.policy)

@@ -10,7 +10,8 @@ A flow touches two NSFs; a half-built tunnel (SAs on one side only) is worse tha
 Any failure before step 3 undoes everything: discard-changes on NSFs that were prepared,
 cancel-commit (by persist-id) on NSFs that committed. The persist token lets the controller
 confirm or cancel from a new session if the one that committed is lost; an NSF whose
-controller vanished rolls back by itself when the confirm timeout runs out.
+controller vanished rolls back by itself when the confirm timeout runs out. A transaction
+on a single NSF needs no second phase: its plain commit is atomic on that NSF.
 
 Callers hold every involved `NsfSession.lock` (taken in name order, so two transactions never
 wait on each other in a cycle).
@@ -22,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from lxml import etree
@@ -34,11 +35,39 @@ log = logging.getLogger(__name__)
 
 
 class TransactionError(Exception):
-    """The transaction failed and was rolled back on every NSF."""
+    """The transaction failed and was rolled back on every NSF.
 
-    def __init__(self, nsf: str, step: str, cause: str) -> None:
+    `refused`: NSFs that answered with an rpc-error about the content (a bad entry: the
+    culprit is among the changes sent to them); `down`: NSFs that could not take part (no
+    session, no reply, lost session, candidate locked by someone else). A caller that
+    combined many changes uses them to find out which changes to retry without the rest."""
+
+    def __init__(self, nsf: str, step: str, cause: str, *,
+                 refused: Iterable[str] = (), down: Iterable[str] = (),
+                 failed: Iterable[tuple[str, BaseException]] = ()) -> None:
         self.nsf, self.step, self.cause = nsf, step, cause
+        self.refused, self.down = set(refused), set(down)
+        if not self.refused and not self.down:
+            self.down.add(nsf)
+        # each failed NSF's own error, for reporting per NSF
+        self.reasons = {n: f"NSF {n}: {step} failed: {str(e) or type(e).__name__}"
+                        for n, e in failed if not isinstance(e, _NotCommitted)}
         super().__init__(f"NSF {nsf}: {step} failed: {cause}")
+
+
+_TRANSIENT_TAGS = ("lock-denied", "in-use", "resource-denied")
+
+
+def _classify(failed: list[tuple[str, BaseException]]) -> dict[str, set[str]]:
+    """Split failed NSFs into those that refused the content and those that were down."""
+    out: dict[str, set[str]] = {"refused": set(), "down": set()}
+    for n, err in failed:
+        content = isinstance(err, NcRpcError) and not isinstance(err, _NotCommitted) and (
+            err.tag not in _TRANSIENT_TAGS)
+        if isinstance(err, _NotCommitted):
+            continue  # left out of an ordered commit: neither guilty nor down
+        out["refused" if content else "down"].add(n)
+    return out
 
 
 @asynccontextmanager
@@ -57,7 +86,10 @@ def _client(s: NsfSession) -> NcClient:
     return c
 
 
-async def _prepare(s: NsfSession, edit: etree._Element, timeout: float) -> None:
+Edit = etree._Element | bytes  # a <config> element, or its serialisation
+
+
+async def _prepare(s: NsfSession, edit: Edit, timeout: float) -> None:
     c = _client(s)
     try:
         await c.rpc(op("lock", {"target": ["candidate"]}), timeout)
@@ -74,7 +106,8 @@ async def _prepare(s: NsfSession, edit: etree._Element, timeout: float) -> None:
     body = (b'<edit-config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
             b"<target><candidate/></target><default-operation>merge</default-operation>"
             b"<test-option>test-then-set</test-option><error-option>rollback-on-error"
-            b"</error-option>") + etree.tostring(edit) + b"</edit-config>"
+            b"</error-option>") + (edit if isinstance(edit, bytes) else etree.tostring(edit)
+                                    ) + b"</edit-config>"
     await c.rpc(body, timeout)
 
 
@@ -114,7 +147,7 @@ class _NotCommitted(NcRpcError):
     """An NSF left out of an ordered commit because an earlier one failed."""
 
 
-async def transact(sessions: Mapping[str, NsfSession], edits: Mapping[str, etree._Element],
+async def transact(sessions: Mapping[str, NsfSession], edits: Mapping[str, Edit],
                    *, timeout: float = 30.0, confirm_timeout: int = 60,
                    journal: Journal | None = None,
                    commit_order: list[str] | None = None) -> None:
@@ -128,9 +161,12 @@ async def transact(sessions: Mapping[str, NsfSession], edits: Mapping[str, etree
     they are confirmed or cancelled, so that a controller that crashed in between can
     cancel them from its next life instead of waiting for the NSFs' confirm timeout."""
     names = sorted(edits)
-    for n in names:  # fail before touching anything if an NSF is known to be down
-        if sessions[n].client is None or sessions[n].client.closed.is_set():  # type: ignore[union-attr]
-            raise TransactionError(n, "connect", sessions[n].last_error or "NSF unreachable")
+    down = [n for n in names  # fail before touching anything if an NSF is known to be down
+            if sessions[n].client is None or sessions[n].client.closed.is_set()]  # type: ignore[union-attr]
+    if down:
+        n = down[0]
+        raise TransactionError(n, "connect", sessions[n].last_error or "NSF unreachable",
+                               down=down)
     persist = uuid.uuid4().hex
     results = await asyncio.gather(*(_prepare(sessions[n], edits[n], timeout) for n in names),
                                    return_exceptions=True)
@@ -138,7 +174,11 @@ async def transact(sessions: Mapping[str, NsfSession], edits: Mapping[str, etree
     if failed:
         await asyncio.gather(*(_undo_prepare(sessions[n], timeout) for n in names))
         n, err = failed[0]
-        raise TransactionError(n, "edit/validate", str(err) or type(err).__name__)
+        raise TransactionError(n, "edit/validate", str(err) or type(err).__name__,
+                               failed=failed, **_classify(failed))
+    if len(names) == 1 and commit_order is None:
+        await _commit_one(sessions[names[0]], names[0], timeout)
+        return
 
     if journal is not None:
         journal(names, persist)
@@ -191,19 +231,38 @@ async def _commit_and_confirm(sessions: Mapping[str, NsfSession], names: list[st
                           "by itself within %d s", n, r, confirm_timeout)
         await asyncio.gather(*(_undo_prepare(sessions[n], timeout) for n in names))
         n, err = next((f for f in failed if not isinstance(f[1], _NotCommitted)), failed[0])
-        raise TransactionError(n, "confirmed commit", str(err) or type(err).__name__)
+        raise TransactionError(n, "confirmed commit", str(err) or type(err).__name__,
+                               failed=failed, **_classify(failed))
 
     confirm = op("commit", {"persist-id": persist})
-    results = await asyncio.gather(
-        *(_with_session(sessions[n], confirm, timeout, min(10.0, confirm_timeout / 2))
-          for n in names), return_exceptions=True)
-    await asyncio.gather(*(_unlock(sessions[n], timeout) for n in names))
+
+    async def confirm_and_unlock(n: str) -> None:
+        # each NSF is unlocked as soon as it is confirmed (no barrier across NSFs)
+        try:
+            await _with_session(sessions[n], confirm, timeout, min(10.0, confirm_timeout / 2))
+        finally:
+            await _unlock(sessions[n], timeout)
+
+    results = await asyncio.gather(*(confirm_and_unlock(n) for n in names),
+                                   return_exceptions=True)
     failed = [(n, r) for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
     unresolved.extend(n for n, _ in failed)
     if failed:
         # Confirmed elsewhere, rolling back here: the caller retries the (idempotent) edit.
         n, err = failed[0]
-        raise TransactionError(n, "confirm", str(err) or type(err).__name__)
+        raise TransactionError(n, "confirm", str(err) or type(err).__name__,
+                               down=[f[0] for f in failed], failed=failed)
+
+
+async def _commit_one(s: NsfSession, name: str, timeout: float) -> None:
+    """The commit of a one-NSF transaction: plain (nothing to keep in step with)."""
+    try:
+        await _client(s).rpc(op("commit"), timeout)
+    except NcError as exc:
+        await _undo_prepare(s, timeout)
+        raise TransactionError(name, "commit", str(exc) or type(exc).__name__,
+                               **_classify([(name, exc)])) from exc
+    await _unlock(s, timeout)
 
 
 async def _unlock(s: NsfSession, timeout: float) -> None:
