@@ -23,7 +23,8 @@ from lxml import etree
 
 from controller.model import NS as FP_NS
 from controller.model import Nsf
-from controller.nc_client import NOTIF_NS, HostKeyMismatch, NcClient, NcError
+from controller.nc_client import NOTIF_NS, HostKeyMismatch, NcClient, NcError, NcRpcError
+from netconf_core.errors import NC_NS
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,23 @@ ConnectedHandler = Callable[["NsfSession"], Awaitable[None]]
 
 DISCONNECTED, CONNECTING, CONNECTED, MISMATCH = (
     "disconnected", "connecting", "connected", "host-key-mismatch")
+
+# The notifications the controller acts on (service._on_notification, ike.on_notification).
+# Subscribing to these only spares the controller parsing a netconf-config-change and a
+# netconf-confirmed-commit for every commit it makes, and lets an agent skip building them.
+_IKELESS_NS = "urn:ietf:params:xml:ns:yang:ietf-i2nsf-ikeless"
+_IKE_EVENTS_NS = "urn:i2nsf-sdn:yang:i2nsf-ike-events"
+WANTED_NOTIFICATIONS = (
+    *((_IKELESS_NS, n) for n in ("sadb-acquire", "sadb-expire", "sadb-seq-overflow",
+                                 "sadb-bad-spi")),
+    *((_IKE_EVENTS_NS, n) for n in ("ike-sa-up", "ike-sa-down", "ike-sa-rekeyed",
+                                    "child-sa-up", "child-sa-down", "child-sa-rekeyed",
+                                    "auth-failure", "child-sa-failed")),
+)
+SUBSCRIBE = (f'<create-subscription xmlns="{NOTIF_NS}"><filter xmlns="{NC_NS}" '
+             f'type="subtree">'
+             + "".join(f'<{n} xmlns="{ns}"/>' for ns, n in WANTED_NOTIFICATIONS)
+             + "</filter></create-subscription>")
 
 
 def _read_password(nsf: Nsf) -> str | None:
@@ -127,8 +145,13 @@ class NsfSession:
             n.address, n.port, n.username, host_key=n.host_key, password=_read_password(n),
             client_keys=[n.private_key_file] if n.private_key_file else None,
             timeout=self.connect_timeout)
-        sub = f'<create-subscription xmlns="{NOTIF_NS}"/>'
-        await client.rpc(sub, timeout=self.connect_timeout)
+        try:
+            await client.rpc(SUBSCRIBE, timeout=self.connect_timeout)
+        except NcRpcError as exc:  # an NSF without subscription filters: take everything
+            log.info("NSF %s: filtered subscription refused (%s); subscribing to all",
+                     n.name, exc)
+            await client.rpc(f'<create-subscription xmlns="{NOTIF_NS}"/>',
+                             timeout=self.connect_timeout)
         return client
 
     async def _run(self) -> None:
