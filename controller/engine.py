@@ -135,43 +135,49 @@ def state_xml(store: Store, sched: RekeyScheduler) -> etree._Element:
     """`<flow-protection-state>`: status, generation and SAs (never keys) of every policy.
 
     Rendered as text and parsed once: a `get` of thousands of policies must not hold the
-    event loop (and so every NSF transaction) for long."""
-    times: dict[float | None, str | None] = {}
+    event loop (and so every NSF transaction) for long. Names, addresses and numbers need
+    no escaping (names are restricted by the model); error messages are escaped."""
+    times: dict[float | None, str] = {}
 
-    def when(t: float | None) -> str | None:
-        v = times.get(t, "")
-        if v == "":
-            v = times[t] = _time(t)
+    def when(t: float | None) -> str:
+        v = times.get(t)
+        if v is None:
+            v = times[t] = _time(t) or ""
         return v
-
-    def leaf(name: str, text: object | None) -> str:
-        return "" if text is None else f"<{name}>{escape(str(text))}</{name}>"
 
     by_policy: dict[str, list[SaView]] = {}
     for sa in store.sa_views():  # one query, not one per policy
         by_policy.setdefault(sa.policy, []).append(sa)
     out = [f'<flow-protection-state xmlns="{FP_NS}">']
     for rec in store.policy_views():
-        timer = sched.timers.get(rec.name)
+        name = rec.name
+        timer = sched.timers.get(name)
         status = rec.status if rec.status == "deleting" or timer is None else (
-            sched.status(rec.name))
+            sched.status(name))
         err = timer.last_error if timer is not None and timer.attempts else rec.error
-        nxt = when(sched.next_rekey(rec.name) if timer is not None else None)
-        out.append("<policy>" + leaf("name", rec.name) + leaf("group", rec.group)
-                   + leaf("endpoint-a", rec.endpoint_a) + leaf("endpoint-b", rec.endpoint_b)
-                   + leaf("status", status) + leaf("error-message", err)
-                   + leaf("generation", rec.generation)
-                   + leaf("last-change", when(rec.updated)) + leaf("next-rekey", nxt))
-        for sa in by_policy.get(rec.name, []):
-            common = (leaf("name", sa.name) + leaf("spi", sa.spi))
-            tail = (leaf("generation", sa.generation) + leaf("created", when(sa.created))
-                    + (leaf("next-rekey", nxt) if sa.generation == rec.generation else ""))
-            out.append(f"<sa>{leaf('nsf', sa.sender)}{common}<direction>outbound</direction>"
-                       f"{leaf('source', sa.sender_src)}{leaf('destination', sa.sender_dst)}"
-                       f"{tail}</sa>"
-                       f"<sa>{leaf('nsf', sa.receiver)}{common}<direction>inbound</direction>"
-                       f"{leaf('source', sa.receiver_src)}"
-                       f"{leaf('destination', sa.receiver_dst)}{tail}</sa>")
+        nxt = when(sched.next_rekey(name)) if timer is not None else ""
+        out.append(
+            f"<policy><name>{name}</name>"
+            + (f"<group>{rec.group}</group>" if rec.group is not None else "")
+            + (f"<endpoint-a>{rec.endpoint_a}</endpoint-a>" if rec.endpoint_a else "")
+            + (f"<endpoint-b>{rec.endpoint_b}</endpoint-b>" if rec.endpoint_b else "")
+            + f"<status>{status}</status>"
+            + (f"<error-message>{escape(err)}</error-message>" if err else "")
+            + f"<generation>{rec.generation}</generation>"
+            + f"<last-change>{when(rec.updated)}</last-change>"
+            + (f"<next-rekey>{nxt}</next-rekey>" if nxt else ""))
+        for sa in by_policy.get(name, ()):
+            common = f"<name>{sa.name}</name><spi>{sa.spi}</spi>"
+            tail = (f"<generation>{sa.generation}</generation>"
+                    f"<created>{when(sa.created)}</created>"
+                    + (f"<next-rekey>{nxt}</next-rekey>"
+                       if nxt and sa.generation == rec.generation else "") + "</sa>")
+            out.append(f"<sa><nsf>{sa.sender}</nsf>{common}<direction>outbound</direction>"
+                       f"<source>{sa.sender_src}</source>"
+                       f"<destination>{sa.sender_dst}</destination>{tail}"
+                       f"<sa><nsf>{sa.receiver}</nsf>{common}<direction>inbound</direction>"
+                       f"<source>{sa.receiver_src}</source>"
+                       f"<destination>{sa.receiver_dst}</destination>{tail}")
         out.append("</policy>")
     out.append("</flow-protection-state>")
     return etree.fromstring("".join(out))
