@@ -395,6 +395,17 @@ class Datastores:
         self._check_name(source, DATASTORES, "source datastore")
         return copy.deepcopy(self._trees[source])
 
+    def config_bytes(self, source: str) -> bytes | None:
+        """The named datastore's `<data>` root as canonical XML, when it is at hand without
+        copying or serializing the tree (running; a validated candidate), else None."""
+        self._check_name(source, DATASTORES, "source datastore")
+        if source == "startup":
+            return None
+        text = self._current_text(source)
+        if text is None:
+            return None
+        return b'<data xmlns="' + NC_NS.encode() + b'">' + text + b"</data>"
+
     def get_state(self) -> etree._Element:
         """running merged with the appliers' operational state (`<get>`)."""
         data = copy.deepcopy(self._trees["running"])

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NC = P.NC
-Body = list[etree._Element] | None
+# reply content: elements, or already serialized XML (a datastore's cached canonical text)
+Body = list[etree._Element | bytes] | None
 Handler = Callable[["NetconfServer", "NetconfSession", etree._Element], Body]
 
 TEST_OPTIONS = ("test-then-set", "set", "test-only")
@@ -93,7 +94,12 @@ def op_get_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element) 
     p = P.children(op, ("source", "filter", "with-defaults"))
     _no_with_defaults(p)
     source = P.datastore(P.require(p, "source", "get-config"), P.DATASTORE_NAMES, "source")
+    hide = sess.username in srv.config.no_secrets_users
     with srv.ds_lock:
+        if p.get("filter") is None and not hide:
+            raw = srv.datastores.config_bytes(str(source))
+            if raw is not None:
+                return [raw]  # no copy of the tree, no serialization
         data = srv.datastores.get_config(str(source))
     _hide_secrets(srv, sess, data)
     return [apply_filter(data, p.get("filter"))]

@@ -153,7 +153,8 @@ class NetconfServer:
 
     # -- dispatch ------------------------------------------------------------------------------
 
-    def dispatch(self, sess: NetconfSession, rpc: etree._Element) -> list[etree._Element] | None:
+    def dispatch(self, sess: NetconfSession, rpc: etree._Element
+                 ) -> list[etree._Element | bytes] | None:
         ops = [c for c in rpc if isinstance(c.tag, str)]
         if not ops:
             raise RpcError("protocol", "missing-element", "<rpc> names no operation",

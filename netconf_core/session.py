@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -247,11 +248,20 @@ def _reply_element(rpc: etree._Element | None) -> etree._Element:
     return etree.Element(NC + "rpc-reply", attrib=dict(rpc.attrib), nsmap=nsmap)
 
 
-def _reply(rpc: etree._Element, body: list[etree._Element] | None) -> bytes:
+def _reply(rpc: etree._Element, body: list[etree._Element | bytes] | None) -> bytes:
     reply = _reply_element(rpc)
     if body is None:
         etree.SubElement(reply, NC + "ok")
-    else:
-        for el in body:
+        return etree.tostring(reply)
+    raw = [b for b in body if isinstance(b, bytes)]
+    for el in body:
+        if not isinstance(el, bytes):
             reply.append(el)
-    return etree.tostring(reply)
+    if not raw:
+        return etree.tostring(reply)
+    # serialized content (in the base namespace, which is the reply's default) goes last
+    head = etree.tostring(reply)
+    qname = re.match(rb"<([^\s/>]+)", head).group(1)  # type: ignore[union-attr]
+    end = b"</" + qname + b">"
+    head = head[:-2] + b">" if head.endswith(b"/>") else head[:-len(end)]
+    return head + b"".join(raw) + end
