@@ -23,7 +23,7 @@ from controller.keys import KeyManager
 from controller.model import NS as FP_NS
 from controller.rekey import Action, Phase, RekeyScheduler
 from controller.store import SaRecord, SaView, Store
-from controller.translate import Edits, Plan, SaSpec
+from controller.translate import Edits, Parts, Plan, SaSpec
 
 log = logging.getLogger(__name__)
 
@@ -61,41 +61,42 @@ class SaLedger:
 
     def prepare(self, plan: Plan, action: Action) -> Edits:
         """The edit-config for each of the two NSFs that carries out `action`."""
+        return translate.parts_to_edits(self.prepare_parts(plan, action))
+
+    def prepare_parts(self, plan: Plan, action: Action) -> Parts:
+        """`prepare` as rendered entries, to be joined with other actions' (the engine)."""
         k = action.kind
+        if k is Phase.INSTALL_SPD:
+            return translate.install_parts(plan, [])
         by_gen: dict[int, list[SaSpec]] = {}
-        if k in (Phase.SWITCH_OUTBOUND, Phase.REMOVE_OLD):  # one query for all generations
-            for r in self.store.get_sas(plan.name):
-                by_gen.setdefault(r.generation, []).append(r.spec())
+        for r in self.store.get_sas(plan.name):  # one look for all generations
+            by_gen.setdefault(r.generation, []).append(r.spec())
 
         def stored(generation: int | None) -> list[SaSpec]:
             return [] if generation is None else by_gen.get(generation, [])
 
-        if k is Phase.INSTALL_SPD:
-            return translate.install_edit(plan, [])
         if k is Phase.INSTALL:
             assert action.generation is not None
             new = self.generation(plan, action.generation)
-            others = [r.spec() for r in self.store.get_sas(plan.name)
-                      if r.generation != action.generation]
-            return translate.merge_edits(translate.remove_sas_edit(plan, others),
-                                         translate.install_edit(plan, new))
+            others = [sa for g, sas in by_gen.items() if g != action.generation for sa in sas]
+            return translate.join_parts(translate.remove_sas_parts(plan, others),
+                                        translate.install_parts(plan, new))
         if k is Phase.ADD_INBOUND:
             assert action.generation is not None
-            return translate.add_inbound_edit(plan, self.generation(plan, action.generation))
+            return translate.add_inbound_parts(plan, self.generation(plan, action.generation))
         if k is Phase.SWITCH_OUTBOUND:
-            edits = translate.switch_outbound_edit(
-                plan, stored(action.old_generation), stored(action.generation))
+            parts = [translate.switch_outbound_parts(
+                plan, stored(action.old_generation), stored(action.generation))]
             if action.also_remove is not None:  # the older generation's grace is over
-                edits = translate.merge_edits(edits, translate.remove_old_edit(
-                    plan, stored(action.also_remove)))
+                parts.append(translate.remove_old_parts(plan, stored(action.also_remove)))
         elif k is Phase.REMOVE_OLD:
-            edits = translate.remove_old_edit(plan, stored(action.old_generation))
+            parts = [translate.remove_old_parts(plan, stored(action.old_generation))]
         else:
             raise ValueError(f"no edit for action {k}")
         if action.then_add is not None:  # the next rekey's step 1, in the same edit
-            edits = translate.merge_edits(edits, translate.add_inbound_edit(
+            parts.append(translate.add_inbound_parts(
                 plan, self.generation(plan, action.then_add)))
-        return edits
+        return translate.join_parts(*parts)
 
     def done(self, plan: Plan, action: Action) -> None:
         """Record that `action` is in place on both NSFs."""

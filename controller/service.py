@@ -43,7 +43,7 @@ from controller.rekey import Action, Phase, PolicyTimer, RekeyScheduler
 from controller.southbound import CONNECTED, NsfSession, Southbound
 from controller.store import Store
 from controller.transaction import TransactionError, cancel_leftover, locked, transact
-from controller.translate import Edits, Plan
+from controller.translate import Parts, Plan
 from nsf_agent.ikeless import NS as IKELESS_NS
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class Item:
 
     action: Action
     plan: Plan
-    edits: Edits
+    edits: Parts
 
 
 def _components(items: list[Item]) -> list[list[Item]]:
@@ -424,18 +424,18 @@ class FlowService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
-    def _edits(self, plan: Plan, action: Action) -> Edits:
-        edits = self.ledger.prepare(plan, action)
+    def _edits(self, plan: Plan, action: Action) -> Parts:
+        parts = self.ledger.prepare_parts(plan, action)
         if action.kind in (Phase.INSTALL, Phase.INSTALL_SPD):
             cleanup = self._cleanup_edits(plan)
             if cleanup:
-                edits = translate.merge_edits(cleanup, edits)
-        return edits
+                parts = translate.join_parts(cleanup, parts)
+        return parts
 
-    def _cleanup_edits(self, plan: Plan) -> Edits:
+    def _cleanup_edits(self, plan: Plan) -> Parts:
         """Entries a changed policy no longer has: SPD entries of flows that went away and
         everything on NSFs that are no longer its endpoints."""
-        out: Edits = {}
+        out: Parts = {}
         mine = {s.nsf.name for s in plan.sides()}
         want = set(plan.spd_names())
         sas = self.store.get_sas(plan.name)
@@ -443,9 +443,9 @@ class FlowService:
             if nsf in mine:
                 stale = [n for n in names if n not in want]
                 if stale:
-                    out[nsf] = translate.delete_by_names_edit(stale, [])
+                    out[nsf] = translate.delete_by_names_parts(stale, [])
             else:
-                out[nsf] = translate.delete_by_names_edit(
+                out[nsf] = translate.delete_by_names_parts(
                     names, [s.name for s in sas if nsf in (s.sender, s.receiver)])
         return out
 
@@ -562,7 +562,7 @@ class FlowService:
         async with locked(sessions):
             # A policy deleted or re-created while this waited for the locks: drop it.
             items = [it for it in items if self._current(it.action)]
-            edits = translate.serialize_edits(it.edits for it in items)
+            edits = translate.parts_to_bytes(it.edits for it in items)
             if items and edits:
                 try:
                     await self._transact({n: sessions[n] for n in edits}, edits)

@@ -383,111 +383,123 @@ def config_element(spd: Iterable[etree._Element] = (),
 Edits = dict[str, etree._Element]  # NSF name → <config> for its edit-config
 
 
+# Parts: per NSF, its rendered SPD and SAD entries (with operations). The engine joins the
+# parts of all actions of a transaction and renders one edit-config per NSF from them; the
+# *_edit functions give the same as `<config>` elements.
+Parts = dict[str, tuple[list[str], list[str]]]
+
+
+def install_parts(plan: Plan, sas: Iterable[SaSpec] = ()) -> Parts:
+    sas = list(sas)
+    return {side.nsf.name: (
+        [_entry("spd-entry", _spd_xml(plan, side, f, d), "replace") for f in plan.flows
+         for d in ("outbound", "inbound")],
+        [_entry("sad-entry", _sad_xml(plan, side, sa), "replace") for sa in sas])
+        for side in plan.sides()}
+
+
+def add_inbound_parts(plan: Plan, new: Iterable[SaSpec]) -> Parts:
+    new = list(new)
+    return {side.nsf.name: ([], [_entry("sad-entry", _sad_xml(plan, side, sa), "replace")
+                                 for sa in new if sa.receiver == side.role])
+            for side in plan.sides()}
+
+
+def switch_outbound_parts(plan: Plan, old: Iterable[SaSpec], new: Iterable[SaSpec]) -> Parts:
+    old, new = list(old), list(new)
+    return {side.nsf.name: ([], [_remove("sad-entry", sa.name) for sa in old
+                                 if sa.sender == side.role]
+                            + [_entry("sad-entry", _sad_xml(plan, side, sa), "replace")
+                               for sa in new if sa.sender == side.role])
+            for side in plan.sides()}
+
+
+def remove_old_parts(plan: Plan, old: Iterable[SaSpec]) -> Parts:
+    old = list(old)
+    return {side.nsf.name: ([], [_remove("sad-entry", sa.name) for sa in old
+                                 if sa.receiver == side.role])
+            for side in plan.sides()}
+
+
+def remove_sas_parts(plan: Plan, sas: Iterable[SaSpec]) -> Parts:
+    names = [sa.name for sa in sas]
+    return {side.nsf.name: ([], [_remove("sad-entry", n) for n in names])
+            for side in plan.sides()}
+
+
+def delete_by_names_parts(spd_names: Iterable[str], sad_names: Iterable[str]
+                          ) -> tuple[list[str], list[str]]:
+    return ([_remove("spd-entry", n) for n in spd_names],
+            [_remove("sad-entry", n) for n in sad_names])
+
+
+def join_parts(*parts: Parts) -> Parts:
+    """The entries of several parts, in order, per NSF."""
+    out: Parts = {}
+    for p in parts:
+        for nsf, (spd, sad) in p.items():
+            have = out.get(nsf)
+            if have is None:
+                out[nsf] = (list(spd), list(sad))
+            else:
+                have[0].extend(spd)
+                have[1].extend(sad)
+    return out
+
+
+def parts_to_edits(parts: Parts) -> Edits:
+    return {nsf: _config_text(spd, sad) for nsf, (spd, sad) in parts.items()}
+
+
+def parts_to_bytes(parts: Iterable[Parts]) -> dict[str, bytes]:
+    """The `<config>` of one edit-config per NSF carrying the entries of all `parts`, in
+    order, serialised. NSFs whose entries add up to nothing are left out: they need no
+    transaction."""
+    joined = join_parts(*parts)
+    return {nsf: "".join((_CONFIG_HEAD, f"<spd>{''.join(spd)}</spd>" if spd else "",
+                          f"<sad>{''.join(sad)}</sad>" if sad else "", _CONFIG_TAIL)).encode()
+            for nsf, (spd, sad) in joined.items() if spd or sad}
+
+
 def install_edit(plan: Plan, sas: Iterable[SaSpec] = ()) -> Edits:
     """Write (or overwrite) the policy's SPD entries and the given SAs on both NSFs.
     Entries are `replace`d so that retrying after a failure is harmless."""
-    sas = list(sas)
-    out: Edits = {}
-    for side in plan.sides():
-        spd = [_entry("spd-entry", _spd_xml(plan, side, f, d), "replace") for f in plan.flows
-               for d in ("outbound", "inbound")]
-        sad = [_entry("sad-entry", _sad_xml(plan, side, sa), "replace") for sa in sas]
-        out[side.nsf.name] = _config_text(spd, sad)
-    return out
+    return parts_to_edits(install_parts(plan, sas))
 
 
 def add_inbound_edit(plan: Plan, new: Iterable[SaSpec]) -> Edits:
     """Rekey step 1: every NSF learns the new SAs it will receive; nothing sends on them yet."""
-    new = list(new)
-    return {side.nsf.name: _config_text((), [
-        _entry("sad-entry", _sad_xml(plan, side, sa), "replace")
-        for sa in new if sa.receiver == side.role]) for side in plan.sides()}
+    return parts_to_edits(add_inbound_parts(plan, new))
 
 
 def switch_outbound_edit(plan: Plan, old: Iterable[SaSpec], new: Iterable[SaSpec]) -> Edits:
     """Rekey step 2: in one edit per NSF, the old outbound SAs go and the new ones come, so
     the outbound SPD entry always has exactly one SA; the peer already has its inbound twin."""
-    old, new = list(old), list(new)
-    out: Edits = {}
-    for side in plan.sides():
-        sad = [_remove("sad-entry", sa.name) for sa in old if sa.sender == side.role]
-        sad += [_entry("sad-entry", _sad_xml(plan, side, sa), "replace")
-                for sa in new if sa.sender == side.role]
-        out[side.nsf.name] = _config_text((), sad)
-    return out
+    return parts_to_edits(switch_outbound_parts(plan, old, new))
 
 
 def remove_old_edit(plan: Plan, old: Iterable[SaSpec]) -> Edits:
     """Rekey step 3 (after the grace period): the old inbound SAs go."""
-    old = list(old)
-    return {side.nsf.name: _config_text((), [
-        _remove("sad-entry", sa.name) for sa in old if sa.receiver == side.role])
-        for side in plan.sides()}
+    return parts_to_edits(remove_old_parts(plan, old))
 
 
 def remove_sas_edit(plan: Plan, sas: Iterable[SaSpec]) -> Edits:
     """Remove SAs on both NSFs (both directions), e.g. before re-creating a policy."""
-    names = [sa.name for sa in sas]
-    return {side.nsf.name: _config_text((), [_remove("sad-entry", n) for n in names])
-            for side in plan.sides()}
+    return parts_to_edits(remove_sas_parts(plan, sas))
 
 
 def delete_edit(plan: Plan, sa_names: Iterable[str]) -> Edits:
     """Remove everything of the policy from both NSFs. `remove` (not `delete`) so that a
     retried or partial delete does not fail on entries already gone."""
     names = list(sa_names)
-    return {side.nsf.name: _config_text(
-        [_remove("spd-entry", n) for n in plan.spd_names()],
-        [_remove("sad-entry", n) for n in names])
-        for side in plan.sides()}
+    return {side.nsf.name: _config_text(*delete_by_names_parts(plan.spd_names(), names))
+            for side in plan.sides()}
 
 
 def delete_by_names_edit(spd_names: Iterable[str], sad_names: Iterable[str]) -> etree._Element:
     """One NSF's removal edit when only the stored entry names are left (the policy or an
     NSF is gone from the configuration)."""
-    return _config_text([_remove("spd-entry", n) for n in spd_names],
-                        [_remove("sad-entry", n) for n in sad_names])
-
-
-_SPD_PATH = f"{Q}ipsec-ikeless/{Q}spd/{Q}spd-entry"
-_SAD_PATH = f"{Q}ipsec-ikeless/{Q}sad/{Q}sad-entry"
-_CONFIG_OPEN = _CONFIG_HEAD.encode()
-_CONFIG_CLOSE = _CONFIG_TAIL.encode()
-# what lxml repeats on every entry serialised alone; the wrapper declares both already
-_REDUNDANT = (f' xmlns="{IKELESS_NS}"'.encode(), f" {_NC_DECL}".encode())
-
-
-def _entry_bytes(e: etree._Element) -> bytes:
-    b = etree.tostring(e)
-    head, sep, rest = b.partition(b">")
-    for r in _REDUNDANT:
-        head = head.replace(r, b"")
-    return head + sep + rest
-
-
-def serialize_edits(edits: Iterable[Edits]) -> dict[str, bytes]:
-    """The `<config>` of one edit-config per NSF carrying the entries of all `edits`, in
-    order, serialised. Unlike `merge_edits` the inputs are left intact (a failed combined
-    transaction is retried in smaller parts from the same edits), and no tree is built.
-    NSFs whose entries add up to nothing are left out: they need no transaction."""
-    spd: dict[str, list[bytes]] = {}
-    sad: dict[str, list[bytes]] = {}
-    for e in edits:
-        for nsf, conf in e.items():
-            spd.setdefault(nsf, []).extend(_entry_bytes(x) for x in conf.iterfind(_SPD_PATH))
-            sad.setdefault(nsf, []).extend(_entry_bytes(x) for x in conf.iterfind(_SAD_PATH))
-    out: dict[str, bytes] = {}
-    for nsf in spd:
-        if not spd[nsf] and not sad[nsf]:
-            continue
-        parts = [_CONFIG_OPEN]
-        if spd[nsf]:
-            parts += [b"<spd>", *spd[nsf], b"</spd>"]
-        if sad[nsf]:
-            parts += [b"<sad>", *sad[nsf], b"</sad>"]
-        parts.append(_CONFIG_CLOSE)
-        out[nsf] = b"".join(parts)
-    return out
+    return _config_text(*delete_by_names_parts(spd_names, sad_names))
 
 
 def merge_edits(*edits: Edits) -> Edits:
