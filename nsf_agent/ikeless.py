@@ -727,7 +727,7 @@ def _sad_entry(ent: etree._Element, directions: dict[int, set[Direction]]) -> Sa
         "selector": selector,
         "mode": mode,
         "protocol": proto or "esp",
-        "ext_seq_num": True if esn is None else esn == "true",
+        "ext_seq_num": esn == "true",  # YANG default: false
         "seq_overflow": False if seq_overflow is None else seq_overflow == "true",
         "anti_replay_window": 64 if arw is None else int(arw),
         "encryption": enc,

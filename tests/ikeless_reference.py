@@ -250,7 +250,7 @@ def _parse_sad(root: etree._Element, directions: dict[int, set[Direction]]) -> I
             selector=selector,
             mode=mode,  # type: ignore[arg-type]
             protocol=_t(cfg, "protocol-parameters", "esp") or "esp",
-            ext_seq_num=_bool(cfg, "ext-seq-num", True),
+            ext_seq_num=_bool(cfg, "ext-seq-num", False),
             seq_overflow=_bool(cfg, "seq-overflow", False),
             anti_replay_window=_int(cfg, "anti-replay-window-size", 64),
             encryption=enc,
