@@ -62,10 +62,13 @@ class FlowApplier:
         self.service.apply_config(cfg)
 
     def validate(self, change: ConfigChange) -> None:
-        check_config(parse_config(change.new))
+        cfg = parse_config(change.new)
+        check_config(cfg)
+        change.scratch["flow.cfg"] = cfg  # prepare gets the same change: parse once
 
     def prepare(self, change: ConfigChange) -> None:
-        change.scratch["flow.cfg"] = parse_config(change.new)
+        if "flow.cfg" not in change.scratch:
+            change.scratch["flow.cfg"] = parse_config(change.new)
 
     def apply(self, change: ConfigChange) -> None:
         self.service.apply_config(change.scratch["flow.cfg"])  # type: ignore[arg-type]
