@@ -132,10 +132,32 @@ def _time(t: float | None) -> str | None:
         "+00:00", "Z")
 
 
-def state_xml(store: Store, sched: RekeyScheduler) -> etree._Element:
-    """`<flow-protection-state>`: status, generation and SAs (never keys) of every policy.
+class StateView:
+    """`state_xml` that re-uses its last rendering while nothing it shows has changed: the
+    store's version and, per policy, the status, error and next rekey the timers give. A
+    monitoring client polling a big controller then costs little between changes."""
 
-    Rendered as text and parsed once: a `get` of thousands of policies must not hold the
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] | None = None
+        self._text = b""
+
+    def __call__(self, store: Store, sched: RekeyScheduler) -> etree._Element:
+        timers = tuple((n, sched.status(n), t.last_error if t.attempts else None,
+                        sched.next_rekey(n)) for n, t in sched.timers.items())
+        key = (store.changed(), timers)
+        if key != self._key:
+            self._text = _state_text(store, sched).encode()
+            self._key = key
+        return etree.fromstring(self._text)
+
+
+def state_xml(store: Store, sched: RekeyScheduler) -> etree._Element:
+    """`<flow-protection-state>`: status, generation and SAs (never keys) of every policy."""
+    return etree.fromstring(_state_text(store, sched))
+
+
+def _state_text(store: Store, sched: RekeyScheduler) -> str:
+    """Rendered as text and parsed once: a `get` of thousands of policies must not hold the
     event loop (and so every NSF transaction) for long. Names, addresses and numbers need
     no escaping (names are restricted by the model); error messages are escaped."""
     times: dict[float | None, str] = {}
@@ -181,4 +203,4 @@ def state_xml(store: Store, sched: RekeyScheduler) -> etree._Element:
                        f"<destination>{sa.receiver_dst}</destination>{tail}")
         out.append("</policy>")
     out.append("</flow-protection-state>")
-    return etree.fromstring("".join(out))
+    return "".join(out)

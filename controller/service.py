@@ -34,7 +34,7 @@ from typing import Any
 from lxml import etree
 
 from controller import translate
-from controller.engine import SaLedger, state_xml
+from controller.engine import SaLedger, StateView
 from controller.keys import KeyManager
 from controller.model import NS as FP_NS
 from controller.model import FlowConfig, Nsf, Policy
@@ -161,6 +161,7 @@ class FlowService:
         self._loaded = False
         self._leftover_checked: set[str] = set()
         self._runner_busy = False
+        self._state_view = StateView()
         self.ike = IkeManager(self, state_dir)  # the IKE case (controller/ike.py)
 
     # ---- start / stop ---------------------------------------------------------------------
@@ -799,7 +800,7 @@ class FlowService:
         return gen
 
     def state(self) -> list[etree._Element]:
-        st = state_xml(self.store, self.sched)
+        st = self._state_view(self.store, self.sched)
         q = f"{{{FP_NS}}}"
         for p in self.ike.state_policies(q):
             st.append(p)

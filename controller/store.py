@@ -106,6 +106,16 @@ class SaView:
 class Store(abc.ABC):
     """What the controller needs from persistent storage."""
 
+    # Changes whenever anything may have changed (a write or a rollback): lets readers
+    # such as the operational state re-use what they derived from an unchanged store.
+    # A store that cannot tell keeps bumping it on every read (`changed`).
+    version: int = 0
+
+    def changed(self) -> int:
+        """The current version (this base class: a new one every time)."""
+        self.version += 1
+        return self.version
+
     @abc.abstractmethod
     def transaction(self) -> Any:
         """Context manager: everything inside commits together or not at all (nestable)."""
@@ -313,6 +323,7 @@ class SqliteStore(Store):
             except BaseException:
                 self._depth -= 1
                 self._sa_cache.clear()
+                self.version += 1
                 self._db.execute("ROLLBACK" if outer else f"ROLLBACK TO {sp}")
                 if not outer:
                     self._db.execute(f"RELEASE {sp}")
@@ -322,7 +333,12 @@ class SqliteStore(Store):
 
     def _x(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
         with self._lock:
+            if not sql.startswith("SELECT"):
+                self.version += 1
             return self._db.execute(sql, tuple(args))
+
+    def changed(self) -> int:
+        return self.version
 
     def close(self) -> None:
         with self._lock:
@@ -418,6 +434,7 @@ class SqliteStore(Store):
     def add_sas(self, sas: Iterable[SaRecord]) -> None:
         sas = list(sas)
         with self.transaction():
+            self.version += 1
             self._db.executemany(
                 "INSERT INTO sa VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(s.policy, s.flow, int(s.a2b), s.generation, s.spi,

@@ -215,7 +215,9 @@ _PARSER = etree.XMLParser(remove_blank_text=False, resolve_entities=False, no_ne
 def _text(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    return escape(str(v))
+    if isinstance(v, str):
+        return escape(v)
+    return str(v)  # numbers, addresses, prefixes: nothing to escape
 
 
 def _leaf(name: str, v: object) -> str:
@@ -232,16 +234,22 @@ def _ports(name: str, ports: Iterable[PortRange]) -> str:
 
 
 def _selector(plan: Plan, side: Side, flow: FlowSpec) -> str:
+    key = ("ts", side.role, flow.index, "")
+    hit = plan.xml_cache.get(key)
+    if hit is not None:
+        return hit  # type: ignore[return-value]
     local, remote = ((flow.a_prefix, flow.b_prefix) if side.role == "a"
                      else (flow.b_prefix, flow.a_prefix))
     ep, peer_ep = ((plan.policy.a, plan.policy.b) if side.role == "a"
                    else (plan.policy.b, plan.policy.a))
     proto = plan.policy.params.inner_protocol
-    return ("<traffic-selector>" + _leaf("local-prefix", local)
-            + _leaf("remote-prefix", remote)
-            + _leaf("inner-protocol", "any" if proto is None else proto)
-            + _ports("local-ports", ep.ports) + _ports("remote-ports", peer_ep.ports)
-            + "</traffic-selector>")
+    out = ("<traffic-selector>" + _leaf("local-prefix", local)
+           + _leaf("remote-prefix", remote)
+           + _leaf("inner-protocol", "any" if proto is None else proto)
+           + _ports("local-ports", ep.ports) + _ports("remote-ports", peer_ep.ports)
+           + "</traffic-selector>")
+    plan.xml_cache[key] = out
+    return out
 
 
 def _tunnel(side: Side) -> str:
