@@ -125,12 +125,14 @@ class CpuMeter:
     def start(self) -> None:
         self.t0 = time.monotonic()
         self.c0 = [cpu_s(p) for p in self.pids]
+        self.me0 = time.process_time()
 
     def report(self) -> str:
         wall = time.monotonic() - self.t0
         ctl, farm = (cpu_s(p) - c for p, c in zip(self.pids, self.c0, strict=True))
+        me = time.process_time() - self.me0
         return (f"  CPU over {wall:.1f} s: controller {ctl:.1f} s ({ctl / wall:.0%}), "
-                f"agent farm {farm:.1f} s ({farm / wall:.0%})")
+                f"agent farm {farm:.1f} s ({farm / wall:.0%}), this client {me:.1f} s")
 
 
 def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
@@ -311,6 +313,12 @@ def main() -> int:
         print(f"  time to full protection          {t_full:8.2f} s")
         print(f"  policies/s                       {pps:8.0f}    {ratio(pps, 500)}")
         print(cpu.report())
+        t0 = time.monotonic()
+        c.policies()
+        t_get = time.monotonic() - t0
+        results["state_get_s"] = t_get
+        print(f"  one get of all policies' state   {t_get:8.2f} s  (this bench polls every "
+              "0.25 s; the controller's loop is busy meanwhile)")
 
         # -- phase 2: sustained rekeys ----------------------------------------------------
         soft = args.rekey_soft  # lifetimes only: each policy rekeys now, then every 90 % soft
