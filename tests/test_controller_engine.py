@@ -162,3 +162,41 @@ def test_retry_resends_the_same_sas(schema: YangSchema, tmp_path: Path) -> None:
     assert first == again
     assert len(store.get_sas("p1")) == 2
     store.close()
+
+
+def test_state_view_rerenders_only_on_change(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached operational state follows every change of the store and of the timers."""
+    from controller import engine
+
+    store = SqliteStore(tmp_path / "c.db")
+    sched = RekeyScheduler()
+    store.put_policy("p1", {"name": "p1", "a": {"nsf": "gw1"}, "b": {"nsf": "gw2"}})
+    sched.add("p1", 100, 120, 0.0)
+    renders: list[int] = []
+    real = engine._state_text
+
+    def counting(st: SqliteStore, sc: RekeyScheduler) -> str:
+        renders.append(1)
+        return real(st, sc)
+
+    monkeypatch.setattr(engine, "_state_text", counting)
+    view = engine.StateView()
+    q = f"{{{FP}}}"
+
+    def status() -> str | None:
+        return view(store, sched).findtext(f"{q}policy/{q}status")
+
+    assert status() == "pending" and len(renders) == 1
+    assert status() == "pending" and len(renders) == 1  # nothing changed: re-used
+    (a,) = sched.due(0.0)
+    sched.completed(a, 0.0)  # a timer change alone
+    assert status() == "active" and len(renders) == 2
+    store.set_policy_generation("p1", 4)  # a store change alone
+    assert view(store, sched).findtext(f"{q}policy/{q}generation") == "4"
+    assert len(renders) == 3
+    with pytest.raises(RuntimeError), store.transaction():  # a rollback counts too
+        store.set_policy_generation("p1", 5)
+        raise RuntimeError
+    assert view(store, sched).findtext(f"{q}policy/{q}generation") == "4"
+    assert len(renders) == 4
