@@ -168,6 +168,18 @@ class Client:
         return [(p.findtext(Q + "status") or "", int(p.findtext(Q + "generation") or 0))
                 for p in d.iter(Q + "policy")]
 
+    def next_generations(self, seen: int, timeout: float = 120.0
+                         ) -> tuple[float, int, list[tuple[str, int]]]:
+        """Poll until the sum of the policies' generations differs from `seen`: (when it
+        was seen — the middle of that get —, the new sum, the policies)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            t = time.monotonic()
+            st = self.policies()
+            g = sum(g for _, g in st)
+            if g != seen or time.monotonic() > deadline:
+                return (t + time.monotonic()) / 2, g, st
+
     def sessions(self) -> dict[str, int]:
         filt = f'<flow-protection xmlns="{FP}"><nsfs/></flow-protection>'
         d = etree.fromstring(self.m.get(filter=("subtree", filt)).data_xml.encode())
@@ -324,12 +336,14 @@ def main() -> int:
         soft = args.rekey_soft  # lifetimes only: each policy rekeys now, then every 90 % soft
         c.edit(profile(soft, args.rekey_hard))
         time.sleep(4)  # let the first (simultaneous) wave pass; measure the steady state
-        g0, t0 = sum(g for _, g in c.policies()), time.monotonic()
+        # Policies rekeyed together complete together: counting between two arbitrary
+        # moments would be off by up to a whole wave. Measure from one completion seen to
+        # another, the window apart (each seen to within one poll, ~0.3 s).
+        t0, g0, _ = c.next_generations(sum(g for _, g in c.policies()))
         cpu.start()
         late0 = recreated(work / "ctl.log")
         time.sleep(args.rekey_window)
-        st = c.policies()
-        g1, t1 = sum(g for _, g in st), time.monotonic()
+        t1, g1, st = c.next_generations(sum(g for _, g in c.policies()))
         late = recreated(work / "ctl.log") - late0
         rps = (g1 - g0 - late) / (t1 - t0)
         offered = n / (soft * 0.9)
