@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 ssh_coalesce.install()
 
 DEFAULT_PORT = 830
+CHANNEL_WINDOW = 16 << 20
+CHANNEL_MAX_PACKET = 256 << 10
 SUBSYSTEM = "netconf"
 
 
@@ -149,6 +151,9 @@ class SshTransport:
             agent_forwarding=False,
             x11_forwarding=False,
             line_editor=False,
+            # big edit-configs (MBs) should not stall on window adjustments
+            window=CHANNEL_WINDOW,
+            max_pktsize=CHANNEL_MAX_PACKET,
         )
         log.info("NETCONF over SSH listening on %s port %d", self.config.host, self.port)
 
