@@ -8,6 +8,7 @@ the client's hello and its first chunked `<rpc>` arrive in the same read (ncclie
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 EOM = b"]]>]]>"
@@ -43,6 +44,10 @@ class Framer:
         self._size = 0
         self._discarding = False
         self._skip = 0  # bytes of a discarded chunk still to drop
+        self._left = 0  # bytes of the current (kept) chunk still to come
+        # 1.1: called with each piece of message content as it arrives, so that the
+        # session can parse a big message while the rest of it is still on the way
+        self.sink: Callable[[bytes], None] | None = None
 
     def use_chunked(self) -> None:
         """Switch to 1.1 framing (after both hellos advertised base:1.1)."""
@@ -104,6 +109,19 @@ class Framer:
                 self._skip -= n
                 if self._skip:
                     return None
+            if self._left:
+                n = min(self._left, len(buf))
+                if not n:
+                    return None
+                piece = bytes(buf[:n])
+                del buf[:n]
+                self._parts.append(piece)
+                self._left -= n
+                if self.sink is not None:
+                    self.sink(piece)
+                if self._left:
+                    return None
+                continue
             if len(buf) < 4:
                 return None
             if buf[0:4] == END_OF_CHUNKS:
@@ -131,11 +149,9 @@ class Framer:
                 del buf[:start]
                 self._skip = size
                 continue
-            if len(buf) - start < size:
-                return None
-            self._parts.append(bytes(buf[start : start + size]))
+            del buf[:start]
             self._size += size
-            del buf[: start + size]
+            self._left = size
 
     def _finish(self) -> bytes | TooBig:
         size = self._size

@@ -58,6 +58,10 @@ class NetconfSession:
         self.after_reply: list[Callable[[], None]] = []
         self._hello_timer: asyncio.TimerHandle | None = None
         self.opened = False  # the hello exchange completed
+        # 1.1 framing: the rpc being received is parsed as its pieces arrive
+        self._stream: etree.XMLParser | None = None
+        self._stream_ok = True
+        self._stream_started = False
         self.end_reason = "dropped"
         self.killed_by: int | None = None
 
@@ -124,6 +128,7 @@ class NetconfSession:
         self.client_capabilities = caps
         if BASE_11 in caps:
             self.framer.use_chunked()
+            self.framer.sink = self._stream_piece
         self.state = OPEN
         self.opened = True
         log.info(
@@ -145,11 +150,42 @@ class NetconfSession:
 
     # -- rpc -------------------------------------------------------------------------------------
 
+    # Content of a 1.1 message is parsed as it arrives: a multi-megabyte edit-config is
+    # then parsed while its tail is still being received. Any problem (or anything but a
+    # complete parse) falls back to parsing the whole message, which reports it as always.
+    def _stream_piece(self, piece: bytes) -> None:
+        if not self._stream_ok:
+            return
+        if not self._stream_started:
+            piece = piece.lstrip()
+            if not piece:
+                return
+            self._stream_started = True
+            self._stream = etree.XMLParser(
+                resolve_entities=False, no_network=True, remove_comments=True,
+                huge_tree=True, load_dtd=False)
+        try:
+            self._stream.feed(piece)  # type: ignore[union-attr]
+        except etree.XMLSyntaxError:
+            self._stream_ok = False
+
+    def _streamed_root(self) -> etree._Element | None:
+        parser, ok = self._stream, self._stream_ok
+        self._stream, self._stream_ok, self._stream_started = None, True, False
+        if parser is None or not ok:
+            return None
+        try:
+            return parser.close()
+        except etree.XMLSyntaxError:
+            return None
+
     def _rpc(self, msg: bytes) -> None:
         counters = self.info.counters
         gcounters = self.server.stats.counters
         try:
-            root = etree.fromstring(msg.lstrip(), _PARSER)
+            root = self._streamed_root()
+            if root is None:
+                root = etree.fromstring(msg.lstrip(), _PARSER)
         except etree.XMLSyntaxError as exc:
             counters.in_bad_rpcs += 1
             gcounters.in_bad_rpcs += 1
@@ -194,6 +230,7 @@ class NetconfSession:
             cb()
 
     def _too_big(self, msg: TooBig) -> None:
+        self._streamed_root()  # drop what was parsed of it
         self.info.counters.in_bad_rpcs += 1
         self.server.stats.counters.in_bad_rpcs += 1
         limit = self.server.config.max_message_size

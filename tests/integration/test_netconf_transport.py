@@ -218,3 +218,44 @@ def test_host_key_persisted(tmp_path: Path) -> None:
     fp2 = asyncssh.read_private_key(str(state / "ssh_host_ed25519_key")).get_fingerprint()
     b.stop()
     assert fp1 == fp2
+
+
+def test_rpc_trickled_in_pieces_is_parsed_as_it_arrives(agent: AgentThread,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from netconf_core.session import NetconfSession
+
+    fed: list[int] = []
+    real = NetconfSession._stream_piece
+
+    def spy(self: NetconfSession, piece: bytes) -> None:
+        fed.append(len(piece))
+        real(self, piece)
+
+    monkeypatch.setattr(NetconfSession, "_stream_piece", spy)
+
+    async def go() -> None:
+        async with RawClient(agent.port) as c:
+            await c.read_eom()
+            c.write(CLIENT_HELLO_11)
+            body = ikeless_config(spd=spd_entry("trickle")).encode()
+            msg = b"\n  " + rpc(f"<edit-config><target><running/></target>"
+                                f"{body.decode()}</edit-config>", "t1")
+            # one chunk whose content arrives in small writes, then a second chunk
+            c.write(b"\n#%d\n" % (len(msg) - 5))
+            for i in range(0, len(msg) - 5, 40):
+                c.write(msg[i:min(i + 40, len(msg) - 5)])
+                await asyncio.sleep(0)
+            c.write(b"\n#5\n" + msg[-5:] + b"\n##\n")
+            reply = etree.fromstring(await c.read_chunked())
+            assert reply.get("message-id") == "t1"
+            assert reply.find(f"{{{NC_NS}}}ok") is not None
+            # broken XML split over chunks: the usual malformed-message error
+            bad = rpc("<get-config><source><running/></source></get-config>", "t2")[:-3]
+            c.write(b"\n#20\n" + bad[:20] + b"\n#%d\n" % (len(bad) - 20) + bad[20:] + b"\n##\n")
+            assert error_tags(await c.read_chunked()) == ["malformed-message"]
+            c.write(chunk(rpc("<get-config><source><running/></source></get-config>", "t3")))
+            data = await c.read_chunked()
+            assert b"trickle" in data
+
+    run(go())
+    assert len(fed) > 3
