@@ -57,6 +57,10 @@ class Framer:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
+    def received(self) -> bytes:
+        """The content of the 1.1 message being assembled, as far as it has arrived."""
+        return b"".join(self._parts)
+
     def pending(self) -> int:
         return len(self._buf)
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NC = f"{{{NC_NS}}}"
+STREAM_FROM = 64 << 10  # messages at least this big are parsed as they arrive
 _PARSER = etree.XMLParser(
     resolve_entities=False, no_network=True, remove_comments=True, huge_tree=True,
     load_dtd=False,
@@ -62,6 +63,7 @@ class NetconfSession:
         self._stream: etree.XMLParser | None = None
         self._stream_ok = True
         self._stream_started = False
+        self._stream_size = 0  # content seen of the current message
         self.end_reason = "dropped"
         self.killed_by: int | None = None
 
@@ -154,10 +156,12 @@ class NetconfSession:
     # then parsed while its tail is still being received. Any problem (or anything but a
     # complete parse) falls back to parsing the whole message, which reports it as always.
     def _stream_piece(self, piece: bytes) -> None:
-        if not self._stream_ok:
-            return
+        self._stream_size += len(piece)
+        if not self._stream_ok or self._stream_size < STREAM_FROM:
+            return  # small messages are parsed whole (a parser per message costs more)
         if not self._stream_started:
-            piece = piece.lstrip()
+            # the first pieces are still in the framer: start from all of them
+            piece = self.framer.received().lstrip()
             if not piece:
                 return
             self._stream_started = True
@@ -172,6 +176,7 @@ class NetconfSession:
     def _streamed_root(self) -> etree._Element | None:
         parser, ok = self._stream, self._stream_ok
         self._stream, self._stream_ok, self._stream_started = None, True, False
+        self._stream_size = 0
         if parser is None or not ok:
             return None
         try:

@@ -222,16 +222,19 @@ def test_host_key_persisted(tmp_path: Path) -> None:
 
 def test_rpc_trickled_in_pieces_is_parsed_as_it_arrives(agent: AgentThread,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import netconf_core.session as session_mod
     from netconf_core.session import NetconfSession
 
-    fed: list[int] = []
-    real = NetconfSession._stream_piece
+    streamed: list[bool] = []
+    real = NetconfSession._streamed_root
 
-    def spy(self: NetconfSession, piece: bytes) -> None:
-        fed.append(len(piece))
-        real(self, piece)
+    def spy(self: NetconfSession) -> etree._Element | None:
+        root = real(self)
+        streamed.append(root is not None)
+        return root
 
-    monkeypatch.setattr(NetconfSession, "_stream_piece", spy)
+    monkeypatch.setattr(NetconfSession, "_streamed_root", spy)
+    monkeypatch.setattr(session_mod, "STREAM_FROM", 100)  # this small rpc streams too
 
     async def go() -> None:
         async with RawClient(agent.port) as c:
@@ -258,4 +261,4 @@ def test_rpc_trickled_in_pieces_is_parsed_as_it_arrives(agent: AgentThread,
             assert b"trickle" in data
 
     run(go())
-    assert len(fed) > 3
+    assert streamed == [True, False, True]  # the broken one: parsed whole for its error
