@@ -11,11 +11,12 @@ The loop sleeps until the scheduler's next deadline (or a wake-up: a commit, a n
 an NSF coming back), takes every due action, prepares their edits (SAs stored first, see
 `SaLedger`), and runs them as all-or-nothing transactions: all actions of one wake-up that
 touch a connected group of NSFs go in one transaction — one edit-config carrying all their
-changes, one confirmed commit and one confirm per NSF — since an NSF's cost per transaction
-hardly depends on how many entries change. If such a transaction fails, the actions on an
-unreachable NSF fail at once and the others are retried in smaller transactions (see
-`_run_batch`), so one bad policy or one NSF only delays its own policies. Every transition
-of a timer is persisted, so a restarted controller resumes the schedule from SQLite.
+changes, one confirmed commit and one confirm per NSF — since much of an NSF's cost per
+transaction does not depend on how many entries change. If such a transaction fails, the
+actions on an unreachable NSF fail at once and the others are retried in smaller
+transactions (see `_run_batch`), so one bad policy or one NSF only delays its own policies.
+Every transition of a timer is persisted, so a restarted controller resumes the schedule
+from SQLite.
 """
 
 from __future__ import annotations
