@@ -395,6 +395,12 @@ class Datastores:
         self._check_name(source, DATASTORES, "source datastore")
         return copy.deepcopy(self._trees[source])
 
+    def running_tree(self) -> etree._Element:
+        """running's `<data>` root itself, not a copy: stored trees are never modified in
+        place (every change builds a new tree), so a reader that does not modify it may
+        keep it (the confirmed-commit snapshot)."""
+        return self._trees["running"]
+
     def config_bytes(self, source: str) -> bytes | None:
         """The named datastore's `<data>` root as canonical XML, when it is at hand without
         copying or serializing the tree (running; a validated candidate), else None."""

@@ -96,6 +96,18 @@ class NotificationBus:
     def has_subscribers(self) -> bool:
         return bool(self.subscriptions)
 
+    def wants(self, namespace: str, name: str) -> bool:
+        """Whether some subscription could receive a notification `name` of `namespace`:
+        one without a filter, an xpath filter, or a subtree filter with a top-level node
+        of that name (in that namespace, or in none: subtree filters match any)."""
+        for sub in self.subscriptions.values():
+            selects = getattr(sub.event_filter, "selects", None)
+            if sub.event_filter is None or selects is None:
+                return True
+            if (namespace, name) in selects or ("", name) in selects:
+                return True
+        return False
+
     def publish(self, content: etree._Element, time: datetime | None = None) -> Event:
         """Store an event in the replay log and send it to every matching subscriber."""
         ev = Event(time or now(), content)

@@ -283,7 +283,7 @@ def op_commit(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> B
     with srv.ds_lock:
         if confirmed:
             if not pending:
-                cc.begin(srv.datastores.get_config("running"), sess.id, persist, timeout)
+                cc.begin(srv.datastores.running_tree(), sess.id, persist, timeout)
             try:
                 with srv.config_change(sess, "running"):
                     srv.datastores.commit()
@@ -340,6 +340,14 @@ def op_create_subscription(srv: NetconfServer, sess: NetconfSession, op: etree._
             data.append(etree.fromstring(etree.tostring(content)))
             out = apply_filter(data, filt)
             return out[0] if len(out) else None
+
+        if (filt.get("type") or filt.get(NC + "type") or "subtree") == "subtree":
+            # which notifications it can select at all: events nobody selects need not
+            # be built (netconf-config-change costs a diff of running)
+            # (a node left in the filter's own namespace matches any namespace)
+            event_filter.selects = frozenset(  # type: ignore[attr-defined]
+                ("" if P.ns_of(c.tag) in (NC_NS, NOTIF_NS) else P.ns_of(c.tag), P.local(c.tag))
+                for c in filt if isinstance(c.tag, str))
 
     sub = srv.bus.subscribe(sess.id, sess.send_notification, stream, event_filter, start, stop)
     sess.after_reply.append(lambda: srv.bus.start(sub))

@@ -22,7 +22,7 @@ from netconf_core import capabilities as caps
 from netconf_core.confirmed import DEFAULT_CONFIRM_TIMEOUT, ConfirmedCommit
 from netconf_core.datastore import Datastores
 from netconf_core.errors import NC_NS, RpcError
-from netconf_core.events import ConfigChangeTracker, nc_notification
+from netconf_core.events import NCN_NS, ConfigChangeTracker, nc_notification
 from netconf_core.framing import DEFAULT_MAX_MESSAGE
 from netconf_core.locks import LockManager
 from netconf_core.monitoring import ServerStats, netconf_state, yang_library
@@ -211,8 +211,8 @@ class NetconfServer:
         self, sess: NetconfSession | None, target: str
     ) -> contextlib.AbstractContextManager[None]:
         """Context for a datastore change: emits netconf-config-change for running when
-        someone is subscribed (the diff costs a little, so only then)."""
-        if target != "running" or not self.bus.has_subscribers():
+        some subscription can receive it (the diff costs, so only then)."""
+        if target != "running" or not self.bus.wants(NCN_NS, "netconf-config-change"):
             return contextlib.nullcontext()
         return self._changes.track(sess)
 
