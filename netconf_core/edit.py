@@ -35,6 +35,7 @@ class EditResult:
     units: list[tuple[etree._Element, str]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     whole: bool = False
+    parents: dict[str, str] = field(default_factory=dict)  # unit path → its parent's path
 
 
 def apply_edit(
@@ -56,7 +57,7 @@ def apply_edit(
     ed = _Editor(schema, continue_on_error)
     ed.consume = consume
     ed.edit_children(target, config, None, default_operation, "")
-    return EditResult(ed.errors, ed.units, ed.deleted, ed.whole)
+    return EditResult(ed.errors, ed.units, ed.deleted, ed.whole, ed.parents)
 
 
 def _local(tag: str) -> str:
@@ -83,6 +84,7 @@ class _Editor:
         self.units: list[tuple[etree._Element, str]] = []
         self.deleted: list[str] = []
         self.whole = False
+        self.parents: dict[str, str] = {}
         self._unit: list[tuple[etree._Element, str]] = []
         self.consume = False
 
@@ -94,10 +96,11 @@ class _Editor:
             self.whole = True
 
     def _changed(self, node: etree._Element, sn: SchemaNode, parent_sn: SchemaNode | None,
-                 path: str) -> None:
+                 path: str, parent_path: str) -> None:
         """`node` (in the new tree) was created or replaced."""
         if sn.kind == "list" and parent_sn is not None:
             self.units.append((node, path))
+            self.parents[path] = parent_path
         else:
             self._touch()
 
@@ -299,7 +302,7 @@ class _Editor:
             target.remove(existing)
             self._indexed(target, sn, node)
             self._maybe_move(target, node, edit, sn, path, replaced=True)
-            self._changed(node, sn, parent_sn, path)
+            self._changed(node, sn, parent_sn, path, parent_path)
             self._fill(node, edit, sn, "replace", path)
             return
 
@@ -311,7 +314,7 @@ class _Editor:
             node.attrib.pop(OPERATION, None)
             self._insert(target, node, edit, sn, path)
             self._indexed(target, sn, node)
-            self._changed(node, sn, parent_sn, path)
+            self._changed(node, sn, parent_sn, path, parent_path)
             return
         if existing is None:
             if op == "none" and (
@@ -323,7 +326,7 @@ class _Editor:
             node = self._new_node(sn, edit)
             self._insert(target, node, edit, sn, path)
             self._indexed(target, sn, node)
-            self._changed(node, sn, parent_sn, path)
+            self._changed(node, sn, parent_sn, path, parent_path)
             self._fill(node, edit, sn, op, path)
             return
 
@@ -349,6 +352,7 @@ class _Editor:
         unit = sn.kind == "list" and parent_sn is not None
         if unit:
             self._unit.append((existing, path))
+            self.parents[path] = parent_path
         try:
             self.edit_children(existing, edit, sn, op, path)
         finally:

@@ -114,18 +114,21 @@ def _mirror(ctx: libyang.Context, first: object, root: etree._Element,
         if id(el) not in seen:
             seen.add(id(el))
             units.append((el, path))
+    parents: dict[str, object] = {}  # parent path → node (units are never each other's)
     for el, path in units:
         if any(id(a) in seen for a in el.iterancestors()) or not _attached(el, root):
             continue  # inside another changed entry, or removed again later in the edit
-        if not _replace(ctx, first, el, path):
+        ppath = edit.parents.get(path) or _parent_path(path)
+        parent = parents.get(ppath)
+        if parent is None:
+            parent = parents[ppath] = _find(first, ppath)
+        if parent is None or not _replace(ctx, first, el, path, parent):
             return False
     return True
 
 
-def _replace(ctx: libyang.Context, first: object, el: etree._Element, path: str) -> bool:
-    parent = _find(first, _parent_path(path))
-    if parent is None:
-        return False
+def _replace(ctx: libyang.Context, first: object, el: etree._Element, path: str,
+             parent: object) -> bool:
     old = _find(first, path)
     after = ffi.NULL
     if old is not None:
