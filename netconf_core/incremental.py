@@ -115,6 +115,10 @@ def _mirror(ctx: libyang.Context, first: object, root: etree._Element,
             seen.add(id(el))
             units.append((el, path))
     parents: dict[str, object] = {}  # parent path → node (units are never each other's)
+    # New entries (nothing to replace) for one parent are parsed in one go: a parse call
+    # costs more than the few entries of a typical unit.
+    batch: list[bytes] = []
+    batch_parent: object = None
     for el, path in units:
         if any(id(a) in seen for a in el.iterancestors()) or not _attached(el, root):
             continue  # inside another changed entry, or removed again later in the edit
@@ -122,21 +126,28 @@ def _mirror(ctx: libyang.Context, first: object, root: etree._Element,
         parent = parents.get(ppath)
         if parent is None:
             parent = parents[ppath] = _find(first, ppath)
-        if parent is None or not _replace(ctx, first, el, path, parent):
+        if parent is None:
             return False
-    return True
+        old = _find(first, path)
+        if old is None:
+            if batch and batch_parent != parent:
+                if not _parse_under(ctx, batch_parent, b"".join(batch)):
+                    return False
+                batch.clear()
+            batch.append(etree.tostring(el))
+            batch_parent = parent
+            continue
+        if batch:
+            if not _parse_under(ctx, batch_parent, b"".join(batch)):
+                return False
+            batch.clear()
+        if not _replace(ctx, first, el, path, parent, old):
+            return False
+    return not batch or _parse_under(ctx, batch_parent, b"".join(batch))
 
 
-def _replace(ctx: libyang.Context, first: object, el: etree._Element, path: str,
-             parent: object) -> bool:
-    old = _find(first, path)
-    after = ffi.NULL
-    if old is not None:
-        if old.parent != parent:
-            return False
-        after = old.next
-        lib.lyd_free_tree(old)
-    xml = etree.tostring(el)
+def _parse_under(ctx: libyang.Context, parent: object, xml: bytes) -> bool:
+    """Parse `xml` (sibling data nodes) as new children of `parent`."""
     in_p = ffi.new("struct ly_in **")
     buf = ffi.new("char[]", xml)
     if lib.ly_in_new_memory(buf, in_p) != lib.LY_SUCCESS:
@@ -150,7 +161,17 @@ def _replace(ctx: libyang.Context, first: object, el: etree._Element, path: str,
     finally:
         lib.ly_in_free(in_p[0], 0)
     lib.ly_err_clean(ctx.cdata, ffi.NULL)
-    if ret != lib.LY_SUCCESS:
+    return ret == lib.LY_SUCCESS
+
+
+def _replace(ctx: libyang.Context, first: object, el: etree._Element, path: str,
+             parent: object, old: object) -> bool:
+    """Put the entry `el` in place of `old` (same key) at the same position."""
+    if old.parent != parent:  # type: ignore[attr-defined]
+        return False
+    after = old.next  # type: ignore[attr-defined]
+    lib.lyd_free_tree(old)
+    if not _parse_under(ctx, parent, etree.tostring(el)):
         return False
     if after != ffi.NULL:
         new = _find(first, path)
