@@ -321,8 +321,7 @@ class Datastores:
 
     @staticmethod
     def _data_parts(text: bytes) -> tuple[bytes, bytes, bytes]:
-        return (b"<?xml version='1.0' encoding='utf-8'?>\n<data xmlns=\"" + NC_NS.encode()
-                + b"\">", text, b"</data>")
+        return b"<?xml version='1.0' encoding='utf-8'?>\n" + _DATA_OPEN, text, _DATA_CLOSE
 
     @classmethod
     def _data_bytes(cls, text: bytes) -> bytes:
@@ -360,8 +359,7 @@ class Datastores:
         raw = text.encode()
         if edited is not None and _clean_children_xml(edited) == raw:
             return Canonical(edited, tree, raw)
-        return Canonical(etree.fromstring(b'<data xmlns="' + NC_NS.encode() + b'">' + raw
-                                          + b"</data>"), tree, raw)
+        return Canonical(etree.fromstring(_data_xml(raw)), tree, raw)
 
     @staticmethod
     def _check_name(name: str, allowed: Sequence[str], what: str) -> None:
@@ -410,7 +408,7 @@ class Datastores:
         text = self._current_text(source)
         if text is None:
             return None
-        return b'<data xmlns="' + NC_NS.encode() + b'">' + text + b"</data>"
+        return _data_xml(text)
 
     def get_state(self) -> etree._Element:
         """running merged with the appliers' operational state (`<get>`)."""
@@ -569,8 +567,7 @@ class Datastores:
         dn: libyang.DNode | None = box["dn"]  # type: ignore[assignment]
         text: bytes = box["text"]  # type: ignore[assignment]
         if text != xml:
-            canon = Canonical(etree.fromstring(b'<data xmlns="' + NC_NS.encode() + b'">' + text
-                                               + b"</data>"), dn, text)
+            canon = Canonical(etree.fromstring(_data_xml(text)), dn, text)
             self._commit_running(canon)
             return True
         if spec_error is not None:
@@ -707,6 +704,15 @@ class Datastores:
         """Start-up: make every backend match running."""
         for ap in self.appliers:
             ap.reconcile(self._trees["running"])
+
+
+_DATA_OPEN = b'<data xmlns="' + NC_NS.encode() + b'">'
+_DATA_CLOSE = b"</data>"
+
+
+def _data_xml(text: bytes) -> bytes:
+    """Printed top-level data nodes under a `<data>` root."""
+    return _DATA_OPEN + text + _DATA_CLOSE
 
 
 SPECULATE_BYTES = 256 << 10  # below this, a worker thread costs more than it overlaps

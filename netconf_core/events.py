@@ -3,7 +3,6 @@ commit events and netconf-config-change with the edited instance-identifiers."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from netconf_core.errors import NC_NS
+from netconf_core.notifications import in_loop
 from netconf_core.schema import YANG_NS, SchemaNode
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class ConfigChangeTracker:
         pending = ds.last_change
         pending.wanted = True
         loop = self.server.loop
-        if loop is not None and loop.is_running() and _in_loop(loop):
+        if loop is not None and loop.is_running() and in_loop(loop):
             loop.call_soon(self._emit, sess, pending)
         else:
             self._emit(sess, pending)
@@ -141,12 +141,6 @@ def _prefix_for(node: SchemaNode, prefixes: dict[str, str]) -> str:
 def _quote(v: str) -> str:
     return f"'{v}'" if "'" not in v else f'"{v}"'
 
-
-def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
 
 
 __all__ = ["NCN_NS", "NC_NS", "ConfigChangeTracker", "config_change", "nc_notification"]

@@ -43,24 +43,6 @@ def _find(first: object, path: str) -> object | None:
     return out[0]
 
 
-def _parent_path(path: str) -> str:
-    """'/m:a/m:b[k='x']/m:c[n='y']' → '/m:a/m:b[k='x']' (quotes may hold '/')."""
-    depth, quote, cut = 0, "", -1
-    for i, ch in enumerate(path):
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-        elif ch == "/" and depth == 0:
-            cut = i
-    return path[:cut]
-
-
 def _attached(el: etree._Element, root: etree._Element) -> bool:
     return any(anc is root for anc in el.iterancestors())
 
@@ -122,7 +104,9 @@ def _mirror(ctx: libyang.Context, first: object, root: etree._Element,
     for el, path in units:
         if any(id(a) in seen for a in el.iterancestors()) or not _attached(el, root):
             continue  # inside another changed entry, or removed again later in the edit
-        ppath = edit.parents.get(path) or _parent_path(path)
+        ppath = edit.parents.get(path)
+        if ppath is None:
+            return False
         parent = parents.get(ppath)
         if parent is None:
             parent = parents[ppath] = _find(first, ppath)

@@ -30,6 +30,14 @@ EventFilter = Callable[[etree._Element], etree._Element | None]
 Deliver = Callable[[bytes], None]
 
 
+def in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the caller runs on `loop`'s thread (inside it)."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 

@@ -26,7 +26,7 @@ from netconf_core.events import NCN_NS, ConfigChangeTracker, nc_notification
 from netconf_core.framing import DEFAULT_MAX_MESSAGE
 from netconf_core.locks import LockManager
 from netconf_core.monitoring import ServerStats, netconf_state, yang_library
-from netconf_core.notifications import NotificationBus
+from netconf_core.notifications import NotificationBus, in_loop
 from netconf_core.params import local, ns_of
 from netconf_core.rpc import HANDLERS, Handler
 from netconf_core.schema import YangSchema
@@ -222,7 +222,7 @@ class NetconfServer:
         """Emit a notification defined in our YANG modules (the applier API). Safe to call from
         any thread; an invalid notification is logged and dropped, never sent."""
         loop = self.loop
-        if loop is not None and loop.is_running() and not _in_loop(loop):
+        if loop is not None and loop.is_running() and not in_loop(loop):
             loop.call_soon_threadsafe(self._notify_checked, elem)
         else:
             self._notify_checked(elem)
@@ -269,12 +269,6 @@ class NetconfServer:
         for sess in list(self.sessions.values()):
             sess.close("other")
 
-
-def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
 
 
 def _user_info(sess: NetconfSession | None) -> list[tuple[str, str]]:
