@@ -58,7 +58,7 @@ def raise_fd_limit() -> None:
 # ---- the agent farm (child process) ---------------------------------------------------------
 
 
-async def farm(n: int, workdir: Path) -> None:
+async def farm(n: int, workdir: Path, ident: int) -> None:
     from netconf_core.applier import NullApplier
     from netconf_core.auth import User, UserDb
     from netconf_core.datastore import Datastores
@@ -84,9 +84,9 @@ async def farm(n: int, workdir: Path) -> None:
                                                  host_key_path=workdir / "farm_host_key"))
         await ssh.start()
         ports.append(ssh.port)
-    tmp = workdir / "farm.json.tmp"
+    tmp = workdir / f"farm-{ident}.json.tmp"
     tmp.write_text(json.dumps(ports))
-    tmp.rename(workdir / "farm.json")
+    tmp.rename(workdir / f"farm-{ident}.json")
     stop = asyncio.Event()
     import signal
 
@@ -118,8 +118,8 @@ class CpuMeter:
     """CPU used by the controller and the agent farm over a phase: tells which one is the
     bottleneck (a process using ~1 s of CPU per second of wall time is saturated)."""
 
-    def __init__(self, ctl: int, farm: int) -> None:
-        self.pids = (ctl, farm)
+    def __init__(self, ctl: int, farm: list[int]) -> None:
+        self.pids = (ctl, *farm)
         self.start()
 
     def start(self) -> None:
@@ -129,10 +129,12 @@ class CpuMeter:
 
     def report(self) -> str:
         wall = time.monotonic() - self.t0
-        ctl, farm = (cpu_s(p) - c for p, c in zip(self.pids, self.c0, strict=True))
+        ctl, *farms = (cpu_s(p) - c for p, c in zip(self.pids, self.c0, strict=True))
+        farm = sum(farms)
         me = time.process_time() - self.me0
         return (f"  CPU over {wall:.1f} s: controller {ctl:.1f} s ({ctl / wall:.0%}), "
-                f"agent farm {farm:.1f} s ({farm / wall:.0%}), this client {me:.1f} s")
+                f"agent farm ({len(farms)} processes) {farm:.1f} s ({farm / wall:.0%}), "
+                f"this client {me:.1f} s")
 
 
 def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
@@ -240,12 +242,15 @@ def main() -> int:
     ap.add_argument("--rekey-window", type=float, default=20.0, help="seconds measured")
     ap.add_argument("--rekey-soft", type=int, default=2, help="phase 2 soft lifetime (2 s)")
     ap.add_argument("--rekey-hard", type=int, default=30, help="phase 2 hard lifetime (30 s)")
+    ap.add_argument("--farm-procs", type=int, default=os.cpu_count() or 1,
+                    help="processes the agent farm is spread over (default: one per core)")
     ap.add_argument("--farm", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--farm-id", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     raise_fd_limit()
     if args.farm:
-        asyncio.run(farm(args.farm, args.workdir))
+        asyncio.run(farm(args.farm, args.workdir, args.farm_id))
         return 0
 
     from controller.cli import main as _cli  # noqa: F401 - fail early if not installed
@@ -266,16 +271,26 @@ def main() -> int:
         host_key = hk.export_public_key().decode().strip()
 
         n_srv = max(args.sessions, args.agents)
+        k = max(1, min(args.farm_procs, n_srv))
         t0 = time.monotonic()
         fprof = os.environ.get("BENCH_FARM_PROFILE")
-        pre = [sys.executable, "-m", "cProfile", "-o", fprof] if fprof else [sys.executable]
-        farm_p = subprocess.Popen([*pre, __file__, "--farm", str(n_srv), "--workdir",
-                                   str(work)], stdout=subprocess.DEVNULL,
-                                  stderr=open(work / "farm.log", "wb"))  # noqa: SIM115
-        procs.append(farm_p)
-        wait_file(work / "farm.json", farm_p, 300, "agent farm")
-        ports = json.loads((work / "farm.json").read_text())
-        print(f"agent farm: {n_srv} NETCONF servers up in {time.monotonic() - t0:.1f} s")
+        farm_ps = []
+        for ident in range(k):
+            share = len(range(ident, n_srv, k))  # agent i lives in process i % k
+            pre = ([sys.executable, "-m", "cProfile", "-o", f"{fprof}.{ident}"] if fprof
+                   else [sys.executable])
+            farm_ps.append(subprocess.Popen(
+                [*pre, __file__, "--farm", str(share), "--farm-id", str(ident),
+                 "--workdir", str(work)], stdout=subprocess.DEVNULL,
+                stderr=open(work / f"farm-{ident}.log", "wb")))  # noqa: SIM115
+        procs.extend(farm_ps)
+        shares = []
+        for ident, fp in enumerate(farm_ps):
+            wait_file(work / f"farm-{ident}.json", fp, 300, "agent farm")
+            shares.append(json.loads((work / f"farm-{ident}.json").read_text()))
+        ports = [shares[i % k][i // k] for i in range(n_srv)]
+        print(f"agent farm: {n_srv} NETCONF servers in {k} processes up in "
+              f"{time.monotonic() - t0:.1f} s")
 
         (work / "ctl.toml").write_text(
             f'[server]\nhost = "127.0.0.1"\nport = 0\nstate_dir = "{work / "ctl"}"\n\n'
@@ -304,7 +319,7 @@ def main() -> int:
                 raise SystemExit(f"sessions: {c.sessions()}")
             time.sleep(0.2)
         body = "<policies>" + "".join(policy(i, m) for i in range(n)) + "</policies>"
-        cpu = CpuMeter(ctl_p.pid, farm_p.pid)
+        cpu = CpuMeter(ctl_p.pid, [p.pid for p in farm_ps])
         t0 = time.monotonic()
         c.edit(body)
         t_accept = time.monotonic() - t0
@@ -395,7 +410,7 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     p.kill()
         if os.environ.get("BENCH_KEEP"):
-            print(f"kept {work} (ctl.log, farm.log)")
+            print(f"kept {work} (ctl.log, farm-*.log)")
         else:
             shutil.rmtree(work, ignore_errors=True)
 

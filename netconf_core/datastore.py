@@ -15,7 +15,7 @@ import re
 import struct
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from lxml import etree
 from netconf_core.applier import Applier, ConfigChange
 from netconf_core.edit import apply_edit
 from netconf_core.errors import NC_NS, RpcError
-from netconf_core.incremental import rebuild
+from netconf_core.incremental import mirrorable, rebuild
 from netconf_core.schema import YangSchema
 
 log = logging.getLogger(__name__)
@@ -187,13 +187,17 @@ class Canonical:
 class PendingDiff:
     """libyang's diff of one change of running, computed on first use: appliers that
     translate whole trees never ask, and the netconf-config-change notification is built
-    after the reply has gone out. Holds the previous running tree until then."""
+    after the reply has gone out. Holds the two versions' libyang trees while they are at
+    hand, and their canonical texts always: a diff asked for after the trees have moved on
+    (the next edit changes running's tree in place) parses the texts instead."""
 
-    def __init__(self, schema: YangSchema, old: libyang.DNode | None,
-                 new: libyang.DNode | None) -> None:
+    def __init__(self, schema: YangSchema, old: libyang.DNode | None, old_text: bytes,
+                 new: libyang.DNode | None, new_text: bytes) -> None:
         self.schema = schema
         self.old = old
         self.new = new
+        self.old_text = old_text
+        self.new_text = new_text
         self.wanted = False
         # the old tree is running's until the change is committed; only then is it ours
         self._owns_old = False
@@ -202,11 +206,19 @@ class PendingDiff:
 
     def result(self) -> etree._Element | None:
         if not self._done:
-            if self.new is None and self.old is None:
-                raise RuntimeError("diff asked after its trees were released")
+            parsed = []
             try:
-                self._diff = self.schema.diff_trees(self.old, self.new)
+                trees = []
+                for dn, text in ((self.old, self.old_text), (self.new, self.new_text)):
+                    if dn is None and text:
+                        dn = self.schema.parse_config_xml(text)
+                        parsed.append(dn)
+                    trees.append(dn)
+                self._diff = self.schema.diff_trees(trees[0], trees[1])
             finally:
+                for dn in parsed:
+                    if dn is not None:
+                        dn.free()
                 self._done = True
                 self._free_old()
         return self._diff
@@ -217,21 +229,21 @@ class PendingDiff:
         if self._done:
             self._free_old()
 
-    def settle(self) -> None:
-        """`new` is about to stop being running: compute the diff now if somebody still
-        wants it, then drop the old tree."""
+    def release(self) -> None:
+        """`new` is about to change or to stop being running: compute the diff now if
+        somebody waits for it, then let go of both trees."""
         if self.wanted and not self._done:
             try:
                 self.result()
             except Exception:
                 log.exception("cannot compute the diff of a running change")
-        self._done = True
         self._free_old()
         self.new = None
 
     def _free_old(self) -> None:
         if self._owns_old and self.old is not None:
             self.old.free()
+        if self._owns_old:
             self.old = None
 
 
@@ -261,6 +273,12 @@ class Datastores:
         # second parse (the controller's edit → commit → confirm cycle is the hot path).
         self._cand_dn: libyang.DNode | None = None
         self._cand_text: bytes | None = None
+        self._cand_valid = False  # the modified candidate passed full validation
+        # Edits change the libyang tree they start from in place (no copy of a big tree,
+        # no old tree to free) unless the old tree is wanted for a diff: a subscription to
+        # netconf-config-change (the server sets this). A tree consumed that way is parsed
+        # again from its canonical text if it is needed later (see `_dn`).
+        self.keep_diff_trees: Callable[[], bool] = lambda: False
         self._journal = (RunningJournal(state_dir / "running.xml")
                          if state_dir is not None else None)
         startup = self._load("startup")
@@ -447,10 +465,11 @@ class Datastores:
         # A running datastore is never left invalid: the kernel appliers rely on it.
         validate = test_option != "set" or target == "running"
         canon = None
-        if validate:
-            base = self._running_dn if self._trees[target] is self._trees["running"] \
-                else self._cand_dn
-            dn = rebuild(self.schema.ctx, base, new, result)
+        if validate and mirrorable(result):
+            shares = self._trees[target] is self._trees["running"]
+            in_place = test_option != "test-only" and not self.keep_diff_trees()
+            base = self._take_base("running" if shares else "candidate", in_place)
+            dn = rebuild(self.schema.ctx, base, new, result, in_place=in_place)
             if dn is not None:
                 canon = self._print_canonical(dn, edited=new)
         if canon is None and target == "running" and test_option != "test-only" \
@@ -468,7 +487,7 @@ class Datastores:
         if not validate and canon.dn is not None:
             canon.dn.free()
             canon.dn = None
-        self._set_candidate(canon)
+        self._set_candidate(canon, validated=validate)
         return result.errors
 
     def _current_text(self, name: str) -> bytes | None:
@@ -476,20 +495,60 @@ class Datastores:
             return self._running_text
         return self._cand_text
 
-    def _set_candidate(self, canon: Canonical) -> None:
+    def _dn(self, name: str) -> libyang.DNode | None:
+        """The validated libyang tree of running, or of a validated modified candidate
+        (None: empty, or a candidate that was not validated), parsed again from its
+        canonical text when an in-place edit consumed it."""
+        if name == "running":
+            if self._running_dn is None and self._running_text:
+                self._running_dn = self.schema.parse_config_xml(self._running_text)
+            return self._running_dn
+        if self._cand_dn is None and self._cand_valid and self._cand_text:
+            self._cand_dn = self.schema.parse_config_xml(self._cand_text)
+        return self._cand_dn
+
+    def _take_base(self, name: str, consume: bool) -> libyang.DNode | None:
+        """The tree an edit of `name` starts from; `consume`: it is the edit's from now on
+        (running's last change lets go of it first)."""
+        if name == "candidate" and not self._cand_valid:
+            return None
+        base = self._dn(name)
+        if consume and base is not None:
+            if name == "running":
+                if self.last_change is not None:
+                    self.last_change.release()
+                self._running_dn = None
+            else:
+                self._cand_dn = None
+        return base
+
+    def _give_back(self, dn: libyang.DNode | None, name: str) -> None:
+        """`dn` turned out to be the same configuration as `name`'s (an edit that changed
+        nothing): it becomes that datastore's tree again if an edit had consumed it."""
+        if dn is None:
+            return
+        if name == "running" and self._running_dn is None:
+            self._running_dn = dn
+        elif name == "candidate" and self._cand_valid and self._cand_dn is None:
+            self._cand_dn = dn
+        else:
+            dn.free()
+
+    def _set_candidate(self, canon: Canonical, validated: bool = True) -> None:
         """Make `canon` the candidate; its `dn` (if any) is its validated libyang tree,
         owned from here."""
         old_text = self._current_text("candidate")
         same = (canon.text == old_text if old_text is not None
                 else etree.tostring(canon.elem) == etree.tostring(self._trees["candidate"]))
         if same:
-            if canon.dn is not None:
-                canon.dn.free()
+            shares = self._trees["candidate"] is self._trees["running"]
+            self._give_back(canon.dn, "running" if shares else "candidate")
             return
         self._drop_candidate_tree()
         self._trees["candidate"] = canon.elem
         self._cand_dn = canon.dn
         self._cand_text = canon.text
+        self._cand_valid = validated
         self._candidate_modified = True
 
     def _drop_candidate_tree(self) -> None:
@@ -497,6 +556,7 @@ class Datastores:
             self._cand_dn.free()
             self._cand_dn = None
         self._cand_text = None
+        self._cand_valid = False
 
     def _set(self, target: str, new: Canonical) -> None:
         """`new` is canonical; for running/candidate its `dn` is handed over."""
@@ -549,7 +609,7 @@ class Datastores:
             worker.join()
             if "error" in box:
                 raise box["error"]  # type: ignore[misc]
-            return self.schema.diff_trees(self._running_dn, box["dn"])  # type: ignore[arg-type]
+            return self.schema.diff_trees(self._dn("running"), box["dn"])  # type: ignore[arg-type]
 
         spec = ConfigChange(old=self._trees["running"], new=new, differ=differ)
         spec_error: BaseException | None = None
@@ -588,10 +648,12 @@ class Datastores:
         old = self._trees["running"]
         new, new_dn = canon.elem, canon.dn
         if canon.text == self._running_text:  # nothing changes: no transaction, no event
-            if new_dn is not None:
-                new_dn.free()
+            self._give_back(new_dn, "running")
             return
-        pending = PendingDiff(self.schema, self._running_dn, new_dn)
+        if self.last_change is not None:
+            self.last_change.release()
+        pending = PendingDiff(self.schema, self._running_dn, self._running_text, new_dn,
+                              canon.text)
         change = prepared if prepared is not None else ConfigChange(
             old=old, new=new, differ=lambda _o, _n: pending.result())
         old_text = self._running_text
@@ -627,8 +689,6 @@ class Datastores:
                                f"cannot persist running: {exc}") from exc
             log.exception("commit failed")
             raise RpcError("application", "operation-failed", f"commit failed: {exc}") from exc
-        if self.last_change is not None:
-            self.last_change.settle()
         pending.adopt()
         self.last_change = pending
         self._running_dn = new_dn
@@ -651,8 +711,7 @@ class Datastores:
 
     def validate(self, source: str | etree._Element) -> None:
         if source == "running" or (source == "candidate" and (
-                self._cand_dn is not None
-                or self._trees["candidate"] is self._trees["running"])):
+                self._cand_valid or self._trees["candidate"] is self._trees["running"])):
             return  # validated completely when it was last changed
         self._canonical(self._as_data(source))
 
@@ -661,15 +720,15 @@ class Datastores:
         cand = self._trees["candidate"]
         if not self._candidate_modified or cand is self._trees["running"]:
             return  # candidate mirrors running: nothing to do (e.g. a confirming commit)
-        dn, self._cand_dn = self._cand_dn, None
-        if dn is None:
-            canon = self._canonical_tree(cand)
-        else:
+        if self._cand_valid:
             assert self._cand_text is not None
-            canon = Canonical(cand, dn, self._cand_text)
+            canon = Canonical(cand, self._take_base("candidate", True), self._cand_text)
+        else:
+            canon = self._canonical_tree(cand)
         self._commit_running(canon)
         self._trees["candidate"] = self._trees["running"]
         self._candidate_modified = False
+        self._drop_candidate_tree()
 
     def discard_changes(self) -> None:
         self._drop_candidate_tree()

@@ -47,20 +47,35 @@ def _attached(el: etree._Element, root: etree._Element) -> bool:
     return any(anc is root for anc in el.iterancestors())
 
 
+def mirrorable(edit: EditResult) -> bool:
+    """Can `rebuild` derive the new tree from the old one for this edit? (False: parse.)"""
+    return _ly is not None and not edit.whole and bool(edit.units or edit.deleted)
+
+
 def rebuild(ctx: libyang.Context, base: libyang.DNode | None, new_root: etree._Element,
-            edit: EditResult) -> libyang.DNode | None:
+            edit: EditResult, in_place: bool = False) -> libyang.DNode | None:
     """The validated libyang tree of `new_root` (a `<data>` root), derived from `base` (the
     validated tree of the datastore the edit was applied to), or None to make the caller
-    parse the whole tree."""
-    if base is None or edit.whole or _ly is None:
+    parse the whole tree.
+
+    `in_place`: change `base` itself instead of a copy (no copy of the whole tree, and no
+    old tree to free afterwards). `base` is then consumed whatever the outcome: it becomes
+    the returned tree, or it is freed. Copies keep libyang's node flags, so validation
+    treats the copied nodes as the validated nodes they are (as in place): only the new
+    entries go through the checks that concern new nodes alone (duplicate instances);
+    everything else (when, must, leafref, mandatory, unique, min/max) is still checked on
+    the complete tree."""
+    if base is None or not mirrorable(edit):
         return None
-    if not edit.units and not edit.deleted:
-        return None  # nothing recorded: let the caller decide (usually a no-op edit)
-    dup_p = ffi.new("struct lyd_node **")
-    if lib.lyd_dup_siblings(base.cdata, ffi.NULL, lib.LYD_DUP_RECURSIVE, dup_p) \
-            != lib.LY_SUCCESS:
-        return None
-    first = dup_p[0]
+    if in_place:
+        first = base.cdata
+    else:
+        dup_p = ffi.new("struct lyd_node **")
+        if lib.lyd_dup_siblings(base.cdata, ffi.NULL,
+                                lib.LYD_DUP_RECURSIVE | lib.LYD_DUP_WITH_FLAGS,
+                                dup_p) != lib.LY_SUCCESS:
+            return None
+        first = dup_p[0]
     ok = False
     try:
         if _mirror(ctx, first, new_root, edit):

@@ -78,6 +78,8 @@ class NetconfServer:
     def attach(self, datastores: Datastores) -> None:
         """Use these datastores; first undo a confirmed commit interrupted by a restart."""
         self._datastores = datastores
+        # netconf-config-change needs the diff of every change: keep the old trees for it
+        datastores.keep_diff_trees = lambda: self.bus.wants(NCN_NS, "netconf-config-change")
         snapshot = self.confirmed.leftover_snapshot()
         if snapshot is not None:
             log.warning("restoring running from an unconfirmed commit before the restart")

@@ -30,10 +30,10 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     real = datastore.rebuild
     stats = {"used": 0, "off": 0}
 
-    def rebuild(*a):  # type: ignore[no-untyped-def]
+    def rebuild(*a, **kw):  # type: ignore[no-untyped-def]
         if stats["off"]:
             return None
-        dn = real(*a)
+        dn = real(*a, **kw)
         stats["used"] += dn is not None
         return dn
 
@@ -101,6 +101,15 @@ def random_edit(rnd: random.Random) -> str:
                            "</anti-replay-window-size>")
 
 
+def assert_trees_match_texts(ds: Datastores) -> None:
+    """The libyang trees kept (and edited in place) are the configuration of the text."""
+    for name in ("running", "candidate"):
+        dn = ds._running_dn if name == "running" else ds._cand_dn
+        if dn is not None:
+            text = (dn.print_mem("xml", with_siblings=True, pretty=False) or "").encode()
+            assert text == ds._current_text(name), name
+
+
 @pytest.mark.parametrize("target", ["running", "candidate"])
 def test_incremental_equals_full_parse(schema: YangSchema, counted: dict[str, int],
                                        target: str) -> None:
@@ -121,10 +130,12 @@ def test_incremental_equals_full_parse(schema: YangSchema, counted: dict[str, in
         counted["off"] = 0
         assert outcome[0] == outcome[1], body
         assert inc.serialize(target) == ref.serialize(target), body
+        assert_trees_match_texts(inc)
         if target == "candidate" and rnd.random() < 0.2:
             inc.commit()
             ref.commit()
             assert inc.serialize("running") == ref.serialize("running")
+            assert_trees_match_texts(inc)
     print("incremental builds", counted["used"], "errors", len(errors) // 2, set(errors))
     assert errors
     assert counted["used"] > 100  # the incremental path really ran
