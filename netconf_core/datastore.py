@@ -26,7 +26,7 @@ from netconf_core.applier import Applier, ConfigChange
 from netconf_core.edit import apply_edit
 from netconf_core.errors import NC_NS, RpcError
 from netconf_core.incremental import mirrorable, rebuild
-from netconf_core.schema import YangSchema
+from netconf_core.schema import YangSchema, print_xml
 
 log = logging.getLogger(__name__)
 
@@ -368,13 +368,12 @@ class Datastores:
         lxml tree it was built from, kept when it already prints the same (cheaper than
         parsing the print)."""
         try:
-            text = tree.print_mem("xml", with_siblings=True, pretty=False)
+            raw = print_xml(tree)
         except BaseException:
             tree.free()
             raise
-        if not text:
+        if not raw:
             return Canonical(empty_data(), tree, b"")
-        raw = text.encode()
         if edited is not None and _clean_children_xml(edited) == raw:
             return Canonical(edited, tree, raw)
         return Canonical(etree.fromstring(_data_xml(raw)), tree, raw)
@@ -428,12 +427,22 @@ class Datastores:
             return None
         return _data_xml(text)
 
-    def get_state(self) -> etree._Element:
-        """running merged with the appliers' operational state (`<get>`)."""
-        data = copy.deepcopy(self._trees["running"])
+    def get_state(self, selects: Callable[[str], bool] | None = None) -> etree._Element:
+        """running merged with the appliers' operational state (`<get>`). `selects`: the
+        top-level nodes (by tag) a filter can select, None for all; the others are left
+        out instead of being copied and merged only to be filtered away (a monitoring
+        client polling the state of thousands of policies must not copy their whole
+        configuration every time)."""
+        running = self._trees["running"]
+        data = empty_data()
+        for child in running:
+            if isinstance(child.tag, str) and (selects is None or selects(child.tag)):
+                data.append(copy.deepcopy(child))
+        index: _ListIndex = {}
         for ap in self.appliers:
-            for el in ap.state(self._trees["running"]):
-                merge_tree(self.schema, data, el)
+            for el in ap.state(running):
+                if selects is None or (isinstance(el.tag, str) and selects(el.tag)):
+                    _merge(self.schema, data, el, None, index)
         return data
 
     def edit_config(
@@ -597,8 +606,7 @@ class Datastores:
             try:
                 dn = self.schema.parse_config_xml(xml)
                 box["dn"] = dn
-                box["text"] = (dn.print_mem("xml", with_siblings=True, pretty=False).encode()
-                               if dn is not None else b"")
+                box["text"] = print_xml(dn) if dn is not None else b""
             except BaseException as exc:  # handed to the committing thread
                 box["error"] = exc
 
@@ -792,29 +800,44 @@ def _clean_children_xml(root: etree._Element) -> bytes:
 
 def merge_tree(schema: YangSchema, data: etree._Element, elem: etree._Element) -> None:
     """Merge `elem` (a top-level node, typically state data) into the `<data>` root."""
-    _merge(schema, data, elem, None)
+    _merge(schema, data, elem, None, {})
 
 
-def _merge(schema: YangSchema, parent: etree._Element, elem: etree._Element, psn) -> None:
+def _list_key(el: etree._Element, sn) -> tuple[str, ...]:
+    return tuple((el.findtext(f"{{{sn.namespace}}}{k}") or "").strip() for k in sn.keys)
+
+
+# list entries by key, per (parent element, list tag)
+_ListIndex = dict[tuple[etree._Element, str], dict[tuple[str, ...], etree._Element]]
+
+
+def _merge(schema: YangSchema, parent: etree._Element, elem: etree._Element, psn,
+           index: _ListIndex) -> None:
+    """`index` is built on first use per list, so that merging the state of n entries
+    into n configured ones is O(n), not O(n²)."""
     sn = schema.lookup(psn, elem.tag) if isinstance(elem.tag, str) else None
     if sn is None:
         parent.append(copy.deepcopy(elem))
         return
     existing = None
+    entries = None
     if sn.kind == "container":
         existing = parent.find(sn.tag)
     elif sn.kind == "list":
-        want = [(elem.findtext(f"{{{sn.namespace}}}{k}") or "").strip() for k in sn.keys]
-        for cand in parent.iterchildren(sn.tag):
-            got = [(cand.findtext(f"{{{sn.namespace}}}{k}") or "").strip() for k in sn.keys]
-            if got == want:
-                existing = cand
-                break
+        entries = index.get((parent, sn.tag))
+        if entries is None:
+            entries = index[(parent, sn.tag)] = {}
+            for cand in parent.iterchildren(sn.tag):
+                entries.setdefault(_list_key(cand, sn), cand)
+        existing = entries.get(_list_key(elem, sn))
     if existing is None:
-        parent.append(copy.deepcopy(elem))
+        new = copy.deepcopy(elem)
+        parent.append(new)
+        if entries is not None:
+            entries.setdefault(_list_key(new, sn), new)
         return
     for child in elem:
         if isinstance(child.tag, str):
             if sn.kind == "list" and child.tag in {f"{{{sn.namespace}}}{k}" for k in sn.keys}:
                 continue
-            _merge(schema, existing, child, sn)
+            _merge(schema, existing, child, sn, index)

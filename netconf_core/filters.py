@@ -8,6 +8,7 @@ client can tell which entry a selected leaf belongs to.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 from lxml import etree
 
@@ -38,6 +39,25 @@ def _is_selection(f: etree._Element) -> bool:
 
 def _attrs_match(f: etree._Element, d: etree._Element) -> bool:
     return all(d.get(k) == v for k, v in f.attrib.items())
+
+
+def top_level_selector(filt: etree._Element | None) -> Callable[[str], bool] | None:
+    """Which top-level data nodes (by tag) a `<filter>` can select; None: any (no filter,
+    an XPath filter). Lets `get` skip building what would be filtered away."""
+    if filt is None:
+        return None
+    ftype = filt.get("type") or filt.get(f"{{{NC_NS}}}type") or "subtree"
+    if ftype != "subtree":
+        return None
+    tags: set[str] = set()
+    names: set[str] = set()  # filter elements without a namespace match it in any
+    for f in filt:
+        if isinstance(f.tag, str):
+            if f.tag.startswith("{"):
+                tags.add(f.tag)
+            else:
+                names.add(f.tag)
+    return lambda tag: tag in tags or (bool(names) and tag.rpartition("}")[2] in names)
 
 
 def subtree_filter(

@@ -80,8 +80,10 @@ def op_get(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body
     p = P.children(op, ("filter", "with-defaults"))
     _no_with_defaults(p)
     filt = p.get("filter")
+    from netconf_core.filters import top_level_selector
+
     with srv.ds_lock:
-        data = srv.datastores.get_state()
+        data = srv.datastores.get_state(top_level_selector(filt))
     if _wants(filt, NCM_NS) and srv.schema.namespace_known(NCM_NS):
         data.append(srv.netconf_state())
     if _wants(filt, YANGLIB_NS):

@@ -297,10 +297,10 @@ class YangSchema:
             return None
         d = libyang.DNode.new(self.ctx, out[0])
         try:
-            text = d.print_mem("xml", with_siblings=True, pretty=False)
+            text = print_xml(d)
         finally:
             lib.lyd_free_all(out[0])
-        return etree.fromstring(f'<data xmlns="{NC_NS}">{text}</data>'.encode())
+        return etree.fromstring(b'<data xmlns="' + NC_NS.encode() + b'">' + text + b"</data>")
 
     def validate_notification(self, elem: etree._Element) -> None:
         """Check that `elem` is a valid instance of a YANG notification (raise RpcError)."""
@@ -331,6 +331,22 @@ _DATA_TYPES = (
     lib.LYS_ANYDATA,
     lib.LYS_ANYXML,
 )
+
+
+def print_xml(dn: libyang.DNode) -> bytes:
+    """A libyang tree and its siblings as compact XML bytes (b"" when nothing prints):
+    straight from libyang's buffer, without the binding's decode to str (a copy of every
+    character of a big datastore)."""
+    buf = ffi.new("char **")
+    if lib.lyd_print_mem(buf, dn.cdata, lib.LYD_XML,
+                         lib.LYD_PRINT_WITHSIBLINGS | lib.LYD_PRINT_SHRINK) != lib.LY_SUCCESS:
+        raise dn.context.error("cannot print data")
+    if buf[0] == ffi.NULL:
+        return b""
+    try:
+        return ffi.string(buf[0])
+    finally:
+        lib.free(buf[0])
 
 
 def _children_xml(root: etree._Element) -> bytes:

@@ -298,3 +298,40 @@ def test_empty_running_survives_restart(schema: YangSchema, tmp_path: Path) -> N
     again = Datastores(schema, state_dir=tmp_path)
     assert groups(again) == {}
     assert groups(again, "startup") == {"a": ["u1"]}
+
+
+def test_get_state_merges_by_key_and_skips_what_a_filter_cannot_select(
+        ds: Datastores) -> None:
+    from netconf_core.filters import top_level_selector
+
+    ds.edit_config("running", cfg(
+        "<groups><group><name>a</name><user-name>u1</user-name></group>"
+        "<group><name>c</name></group></groups>"))
+    ap = ds.appliers[0]
+    assert isinstance(ap, NullApplier)
+    ap.state_elements = [etree.fromstring(
+        f'<nacm xmlns="{ACM}"><denied-operations>3</denied-operations><groups>'
+        "<group><name>c</name><user-name>u7</user-name></group>"
+        "<group><name>b</name><user-name>u9</user-name></group>"
+        "<group><name>a</name><user-name>u8</user-name></group></groups></nacm>")]
+    full = ds.get_state()
+    assert full.findtext(f".//{{{ACM}}}denied-operations") == "3"
+    assert groups_of(full) == {"a": ["u1", "u8"], "c": ["u7"], "b": ["u9"]}
+
+    def filt(body: str) -> etree._Element:  # no default namespace: <nacm/> has none
+        return etree.fromstring(f'<nc:filter xmlns:nc="{NC_NS}" type="subtree">{body}'
+                                "</nc:filter>")
+
+    for body in (f'<nacm xmlns="{ACM}"/>', "<nacm/>"):
+        picked = ds.get_state(top_level_selector(filt(body)))
+        assert groups_of(picked) == groups_of(full), body
+    other = ds.get_state(top_level_selector(filt('<system xmlns="urn:example:other"/>')))
+    assert len(other) == 0  # neither the configuration nor the state was built
+    assert top_level_selector(None) is None
+    assert top_level_selector(etree.fromstring(
+        f'<filter xmlns="{NC_NS}" type="xpath" select="/*"/>')) is None
+
+
+def groups_of(root: etree._Element) -> dict[str, list[str]]:
+    return {g.findtext(f"{{{ACM}}}name"): [u.text for u in g.iterfind(f"{{{ACM}}}user-name")]
+            for g in root.iterfind(f".//{{{ACM}}}group")}
