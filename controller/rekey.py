@@ -104,16 +104,13 @@ class RekeyScheduler:
 
     def __init__(self, *, margin_fraction: float = 0.1, max_margin: float = 60.0,
                  grace: float = 2.0, retry_base: float = 1.0, retry_max: float = 30.0,
-                 acquire_debounce: float = 2.0, lookahead: float = 0.0) -> None:
+                 acquire_debounce: float = 2.0) -> None:
         self.margin_fraction = margin_fraction
         self.max_margin = max_margin
         self.grace = grace
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.acquire_debounce = acquire_debounce
-        # A rekey due within this many seconds starts with the step before it (the loop
-        # sets it to how long its transactions take): one transaction fewer per rekey.
-        self.lookahead = lookahead
         self.timers: dict[str, PolicyTimer] = {}
         self._seq = 0
 
@@ -223,13 +220,13 @@ class RekeyScheduler:
                 # The generation switched to will itself be due for a rekey by the time this
                 # step is done: bring its successor in now, in the same edit.
                 nxt = t.target + 1 if t.rekey_pending or self._due_by(
-                    t, t.target_created_at, now + self.lookahead) else None
+                    t, t.target_created_at, now) else None
                 a = Action(t.policy, t.phase, t.target, t.generation, self._seq, now, nxt,
                            t.old)
             elif t.phase is Phase.REMOVE_OLD:
                 nxt = t.target  # set: an earlier attempt of this step carried it too
                 if nxt is None and (t.rekey_pending or self._due_by(
-                        t, t.created_at, now + self.lookahead)):
+                        t, t.created_at, now)):
                     assert t.generation is not None
                     nxt = t.target = t.generation + 1
                     t.reason = ("requested during the previous rekey" if t.rekey_pending
