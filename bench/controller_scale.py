@@ -127,6 +127,11 @@ class CpuMeter:
         self.c0 = [cpu_s(p) for p in self.pids]
         self.me0 = time.process_time()
 
+    def used(self) -> tuple[float, float]:
+        """CPU seconds (controller, agent farm) since `start`."""
+        ctl, *farms = (cpu_s(p) - c for p, c in zip(self.pids, self.c0, strict=True))
+        return ctl, sum(farms)
+
     def report(self) -> str:
         wall = time.monotonic() - self.t0
         ctl, *farms = (cpu_s(p) - c for p, c in zip(self.pids, self.c0, strict=True))
@@ -372,6 +377,13 @@ def main() -> int:
         print(f"  make-before-break rekeys/s       {rps:8.0f}    {ratio(rps, 1000)}")
         print(f"  policies failed at the end       {failed:8d}")
         print(cpu.report())
+        ctl_s, farm_s = cpu.used()
+        done = max(1, g1 - g0)
+        results["ctl_cpu_ms_per_rekey"] = ctl_s * 1000 / done
+        results["farm_cpu_ms_per_rekey"] = farm_s * 1000 / done
+        print(f"  CPU per rekey: controller {ctl_s * 1000 / done:.2f} ms, agents "
+              f"{farm_s * 1000 / done:.2f} ms (the agents' share is paid on their own "
+              "machines in a deployment)")
         c.edit(profile(3240, 3600))  # one more rekey each, then quiet: wait for it
         deadline = time.monotonic() + 300
         while any(s != "active" for s, _ in c.policies()) and time.monotonic() < deadline:
@@ -398,6 +410,9 @@ def main() -> int:
               f"{ratio(t_up, 60, higher_better=False)}")
         print(f"  controller RSS (now / peak)      {cur:5.0f} / {peak:.0f} MiB  "
               f"{ratio(peak, 1024, higher_better=False)}")
+        farm_rss = sum(rss_mib(p.pid)[0] for p in farm_ps)
+        results["farm_rss_mib"] = farm_rss
+        print(f"  agent farm RSS ({s} agents)       {farm_rss:5.0f} MiB")
         print("\n" + json.dumps({k: round(v, 2) for k, v in results.items()}))
         c.m.close_session()
         return 0

@@ -77,24 +77,32 @@ class Applier(Protocol):
 
 
 class NullApplier:
-    """Accepts everything and records what it was asked to do (used in tests and by agents
-    that only store configuration). `fail_next` makes the next apply fail, to test rollback."""
+    """Accepts everything (agents that only store configuration). Remembers the last
+    `keep` changes it was asked to apply or abort, for tests to look at — only those: each
+    holds two whole configurations, and an agent runs for months. `fail_next` makes the
+    next apply fail, to test rollback."""
 
     name = "null"
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 32) -> None:
         self.notify: Notify | None = None
+        self.keep = keep
         self.applied: list[ConfigChange] = []
         self.aborted: list[ConfigChange] = []
         self.reconciled: list[etree._Element] = []
         self.fail_next: str | None = None
         self.state_elements: list[etree._Element] = []
 
+    def _remember(self, seen: list, item: object) -> None:  # type: ignore[type-arg]
+        seen.append(item)
+        if len(seen) > self.keep:
+            del seen[:-self.keep]
+
     def bind(self, notify: Notify) -> None:
         self.notify = notify
 
     def reconcile(self, running: etree._Element) -> None:
-        self.reconciled.append(running)
+        self._remember(self.reconciled, running)
 
     def validate(self, change: ConfigChange) -> None:
         return None
@@ -108,10 +116,10 @@ class NullApplier:
 
             msg, self.fail_next = self.fail_next, None
             raise operation_failed(msg)
-        self.applied.append(change)
+        self._remember(self.applied, change)
 
     def abort(self, change: ConfigChange) -> None:
-        self.aborted.append(change)
+        self._remember(self.aborted, change)
 
     def state(self, running: etree._Element) -> list[etree._Element]:
         return list(self.state_elements)

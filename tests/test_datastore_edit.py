@@ -335,3 +335,16 @@ def test_get_state_merges_by_key_and_skips_what_a_filter_cannot_select(
 def groups_of(root: etree._Element) -> dict[str, list[str]]:
     return {g.findtext(f"{{{ACM}}}name"): [u.text for u in g.iterfind(f"{{{ACM}}}user-name")]
             for g in root.iterfind(f".//{{{ACM}}}group")}
+
+
+def test_null_applier_remembers_only_the_last_changes(schema: YangSchema) -> None:
+    """An agent that only stores configuration runs for months: its applier must not keep
+    every configuration it ever saw (it used to: memory grew with each commit)."""
+    ap = NullApplier(keep=5)
+    ds = Datastores(schema, [ap])
+    for i in range(12):
+        ds.edit_config("running", cfg(
+            f"<groups><group><name>g{i}</name><user-name>u</user-name></group></groups>"))
+    assert len(ap.applied) == 5
+    assert ap.applied[-1].new is ds.running_tree()
+    assert sorted(groups(ds)) == sorted(f"g{i}" for i in range(12))
