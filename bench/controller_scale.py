@@ -79,7 +79,7 @@ async def farm(n: int, workdir: Path, ident: int) -> None:
     for _ in range(n):
         srv = NetconfServer(schema, ServerConfig(confirm_timeout=60))
         srv.bind_loop(loop)
-        srv.attach(Datastores(schema, [NullApplier()]))
+        srv.attach(Datastores(schema, [NullApplier(keep=0)]))
         ssh = SshTransport(srv, users, SshConfig(host="127.0.0.1", port=0,
                                                  host_key_path=workdir / "farm_host_key"))
         await ssh.start()

@@ -78,13 +78,13 @@ class Applier(Protocol):
 
 class NullApplier:
     """Accepts everything (agents that only store configuration). Remembers the last
-    `keep` changes it was asked to apply or abort, for tests to look at — only those: each
-    holds two whole configurations, and an agent runs for months. `fail_next` makes the
-    next apply fail, to test rollback."""
+    `keep` changes it was asked to apply or abort, for tests to look at; agents keep none:
+    each holds two whole configurations, and an agent runs for months. `fail_next` makes
+    the next apply fail, to test rollback."""
 
     name = "null"
 
-    def __init__(self, keep: int = 32) -> None:
+    def __init__(self, keep: int = 8) -> None:
         self.notify: Notify | None = None
         self.keep = keep
         self.applied: list[ConfigChange] = []
@@ -96,7 +96,7 @@ class NullApplier:
     def _remember(self, seen: list, item: object) -> None:  # type: ignore[type-arg]
         seen.append(item)
         if len(seen) > self.keep:
-            del seen[:-self.keep]
+            del seen[:len(seen) - self.keep]
 
     def bind(self, notify: Notify) -> None:
         self.notify = notify

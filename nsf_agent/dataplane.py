@@ -25,7 +25,7 @@ Factory = Callable[["AgentConfig"], Applier]
 
 
 def _null(cfg: AgentConfig) -> Applier:
-    return NullApplier()
+    return NullApplier(keep=0)
 
 
 def _xfrm(cfg: AgentConfig) -> Applier:

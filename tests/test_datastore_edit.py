@@ -348,3 +348,7 @@ def test_null_applier_remembers_only_the_last_changes(schema: YangSchema) -> Non
     assert len(ap.applied) == 5
     assert ap.applied[-1].new is ds.running_tree()
     assert sorted(groups(ds)) == sorted(f"g{i}" for i in range(12))
+    agent = NullApplier(keep=0)  # what the agent's `null` data plane uses
+    ds = Datastores(schema, [agent])
+    ds.edit_config("running", cfg(GROUP_A))
+    assert agent.applied == [] and groups(ds) == {"a": ["u1"]}
