@@ -100,6 +100,9 @@ class SaLedger:
 
     def done(self, plan: Plan, action: Action) -> None:
         """Record that `action` is in place on both NSFs."""
+        if action.kind is Phase.ADD_INBOUND or (
+                action.kind is Phase.REMOVE_OLD and action.old_generation is None):
+            return  # nothing in the store changes (the new SAs were stored when prepared)
         with self.store.transaction():
             if action.kind in (Phase.INSTALL_SPD, Phase.INSTALL):
                 for side in plan.sides():
