@@ -1,15 +1,18 @@
 """Controller scale: provisioning rate, rekey rate and session count against many agents.
 
-Setup (all on 127.0.0.1, three processes so that each is measured on its own):
+Setup (all on 127.0.0.1, in separate processes so that each is measured on its own):
   * an agent farm: up to 1,000 NETCONF servers (the shared server core with the null
-    applier, one per port, no persistence) in one process, public key login;
+    applier, one per port, no persistence) spread over one process per core (agent i in
+    process i mod k; in a deployment each agent has a machine of its own), public key login;
   * the controller: `i2nsf-controller serve`, as in production (SQLite store, WAL, FULL sync);
   * this script: an ncclient client of the controller's northbound, like any user.
 
 Phases
   1. provisioning: N site-pair policies across 50 agents in one edit-config; time until
      every policy is `active` (both NSFs committed) → policies/s, time to full protection;
-  2. rekeys: lifetimes cut to soft 2 s (a rekey due every 1.8 s per policy) / hard 30 s;
+  2. rekeys: 1,000 more policies (3,000 in all), then lifetimes cut to soft 2 s (a rekey
+     due every 1.8 s per policy: ~1,667 rekeys/s offered, more than the target, so that the
+     rate sustained is the controller's capacity) / hard 30 s;
      count completed rekeys (generation increments) over a window, less the policies the
      controller had to re-create (a rekey that would have finished after the hard lifetime;
      not make-before-break) → make-before-break rekeys/s sustained. A hard lifetime close
@@ -244,6 +247,10 @@ def main() -> int:
     ap.add_argument("--agents", type=int, default=50, help="agents for phases 1-2 (50)")
     ap.add_argument("--policies", type=int, default=2000, help="site-pair policies (2000)")
     ap.add_argument("--sessions", type=int, default=1000, help="agent sessions in phase 3")
+    ap.add_argument("--rekey-policies", type=int, default=3000,
+                    help="policies in phase 2, added to --policies first (3000: ~1,667 "
+                         "rekeys/s offered, above the target, so that the sustained rate "
+                         "measures capacity, not the offered load)")
     ap.add_argument("--rekey-window", type=float, default=20.0, help="seconds measured")
     ap.add_argument("--rekey-soft", type=int, default=2, help="phase 2 soft lifetime (2 s)")
     ap.add_argument("--rekey-hard", type=int, default=30, help="phase 2 hard lifetime (30 s)")
@@ -353,6 +360,15 @@ def main() -> int:
               "0.25 s; the controller's loop is busy meanwhile)")
 
         # -- phase 2: sustained rekeys ----------------------------------------------------
+        if args.rekey_policies > n:  # an offered load above the target: measure capacity
+            c.edit("<policies>" + "".join(policy(i, m) for i in range(n, args.rekey_policies))
+                   + "</policies>")
+            n = args.rekey_policies
+            deadline = time.monotonic() + 300
+            while sum(1 for s, _ in c.policies() if s == "active") < n:
+                if time.monotonic() > deadline:
+                    raise SystemExit("phase 2: the added policies did not become active")
+                time.sleep(0.5)
         soft = args.rekey_soft  # lifetimes only: each policy rekeys now, then every 90 % soft
         c.edit(profile(soft, args.rekey_hard))
         time.sleep(4)  # let the first (simultaneous) wave pass; measure the steady state
