@@ -180,8 +180,11 @@ class Client:
 
     def next_generations(self, seen: int, timeout: float = 120.0
                          ) -> tuple[float, int, list[tuple[str, int]]]:
-        """Poll until the sum of the policies' generations differs from `seen`: (when it
-        was seen — the middle of that get —, the new sum, the policies)."""
+        """Poll every 0.25 s until the sum of the policies' generations differs from
+        `seen`: (when it was seen — the middle of that get —, the new sum, the policies).
+        Not back to back: a `get` of thousands of policies' state keeps the controller's
+        loop busy for a good part of its round trip, and a client asking without pause
+        slows down the very waves it is timing."""
         deadline = time.monotonic() + timeout
         while True:
             t = time.monotonic()
@@ -189,6 +192,7 @@ class Client:
             g = sum(g for _, g in st)
             if g != seen or time.monotonic() > deadline:
                 return (t + time.monotonic()) / 2, g, st
+            time.sleep(max(0.0, t + 0.25 - time.monotonic()))
 
     def sessions(self) -> dict[str, int]:
         filt = f'<flow-protection xmlns="{FP}"><nsfs/></flow-protection>'
@@ -374,7 +378,7 @@ def main() -> int:
         time.sleep(4)  # let the first (simultaneous) wave pass; measure the steady state
         # Policies rekeyed together complete together: counting between two arbitrary
         # moments would be off by up to a whole wave. Measure from one completion seen to
-        # another, the window apart (each seen to within one poll, ~0.3 s).
+        # another, the window apart (each seen to within one poll, 0.25 s apart).
         t0, g0, _ = c.next_generations(sum(g for _, g in c.policies()))
         cpu.start()
         late0 = recreated(work / "ctl.log")

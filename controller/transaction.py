@@ -184,17 +184,22 @@ async def transact(sessions: Mapping[str, NsfSession], edits: Mapping[str, Edit]
         await _commit_one(sessions[names[0]], names[0], timeout)
         return
 
+    t1 = time.monotonic()
     if journal is not None:
         journal(names, persist)
+    t2 = time.monotonic()
     unresolved: list[str] = []
     try:
         await _commit_and_confirm(sessions, names, persist, timeout, confirm_timeout,
                                   unresolved, commit_order)
     finally:
+        t3 = time.monotonic()
         # NSFs whose confirmed commit could be neither confirmed nor cancelled keep their
         # journal entry: the next transaction or connection cancels it by persist-id.
         if journal is not None:
             journal([n for n in names if n not in unresolved], None)
+        log.debug("transaction on %d NSFs: journal %.3f s, commit and confirm %.3f s, "
+                  "journal %.3f s", len(names), t2 - t1, t3 - t2, time.monotonic() - t3)
 
 
 async def _commit_and_confirm(sessions: Mapping[str, NsfSession], names: list[str],
