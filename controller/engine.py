@@ -34,6 +34,33 @@ class SaLedger:
         self.store = store
         self.km = km
         self.clock = clock
+        # per policy: SPIs (reserved) and keys of its next generation, made ahead of time
+        # while the NSFs work on the current step (see `pregenerate`); never stored or sent
+        # before `generation` takes them
+        self._next: dict[str, tuple[Plan, int, list[SaSpec]]] = {}
+
+    def pregenerate(self, plan: Plan, generation: int) -> None:
+        """Make the SPIs and keys of `generation` now, so that the step that installs it
+        only stores and renders them: the controller does this while the NSFs apply the
+        current step, which takes it off the rekey's critical path."""
+        have = self._next.get(plan.name)
+        if have is not None:
+            if have[0] is plan and have[1] == generation:
+                return
+            self._drop_next(plan.name)
+        self._next[plan.name] = (plan, generation, translate.new_sas(plan, self.km, generation))
+
+    def forget_next(self, keep: Callable[[str, Plan], bool]) -> None:
+        """Drop the generations made ahead for policies that `keep` rejects (deleted, or
+        their plan changed), releasing their SPIs."""
+        for name, (plan, _g, _specs) in list(self._next.items()):
+            if not keep(name, plan):
+                self._drop_next(name)
+
+    def _drop_next(self, name: str) -> None:
+        plan, _g, specs = self._next.pop(name)
+        for sa in specs:
+            self.km.release(plan.spi_holders(sa.a2b), sa.spi)
 
     def _records(self, plan: Plan, specs: list[SaSpec], now: float) -> list[SaRecord]:
         out = []
@@ -52,7 +79,13 @@ class SaLedger:
         have = [r.spec() for r in self.store.get_sas(plan.name, generation=generation)]
         if have:
             return have
-        specs = translate.new_sas(plan, self.km, generation)
+        ahead = self._next.get(plan.name)
+        if ahead is not None and ahead[0] is plan and ahead[1] == generation:
+            specs = self._next.pop(plan.name)[2]
+        else:
+            if ahead is not None:
+                self._drop_next(plan.name)
+            specs = translate.new_sas(plan, self.km, generation)
         with self.store.transaction():
             self.store.add_sas(self._records(plan, specs, self.clock()))
         for sa in specs:  # the store answers for these SPIs from now on

@@ -488,7 +488,11 @@ class FlowService:
         t1 = time.monotonic()
         groups = [g[i:i + self.opts.batch_max] for g in _components(ready)
                   for i in range(0, len(g), self.opts.batch_max)]
-        await asyncio.gather(*(self._run_batch(g) for g in groups))
+        ahead = asyncio.create_task(self._make_next_generations(ready))
+        try:
+            await asyncio.gather(*(self._run_batch(g) for g in groups))
+        finally:
+            await ahead
         if log.isEnabledFor(logging.DEBUG):
             kinds: dict[str, int] = {}
             for it in ready:
@@ -501,6 +505,25 @@ class FlowService:
                       len({n for it in ready for n in it.edits}), len(groups), t1 - t0,
                       time.monotonic() - t1)
         self.wake()
+
+    async def _make_next_generations(self, items: list[Item]) -> None:
+        """While the NSFs apply these steps, make the SPIs and keys of the generation each
+        policy with a time-based rekey will need next: the controller would otherwise
+        wait for that work between the steps (everything else waits for it then)."""
+        await asyncio.sleep(0)  # the transactions send their edits first
+        try:
+            for i, it in enumerate(items):
+                a = it.action
+                t = self.sched.timers.get(a.policy)
+                gens = [g for g in (a.generation, a.then_add) if g is not None]
+                if (gens and t is not None and t.soft_time
+                        and self.plans.get(a.policy) is it.plan):
+                    self.ledger.pregenerate(it.plan, max(gens) + 1)
+                if i % 100 == 99:
+                    await asyncio.sleep(0)  # NSF replies are not kept waiting
+            self.ledger.forget_next(lambda name, plan: self.plans.get(name) is plan)
+        except Exception:  # never fatal: each step makes its SAs itself when needed
+            log.exception("cannot make the next generations ahead of time")
 
     async def _run_batch(self, items: list[Item]) -> None:
         """Carry out `items` in one transaction: one edit-config per NSF holding all their

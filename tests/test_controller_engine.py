@@ -200,3 +200,34 @@ def test_state_view_rerenders_only_on_change(tmp_path: Path,
         raise RuntimeError
     assert view(store, sched).findtext(f"{q}policy/{q}generation") == "4"
     assert len(renders) == 4
+
+
+def test_generation_made_ahead_is_used_once_and_released_when_stale(tmp_path: Path) -> None:
+    cfg = parse_config(etree.fromstring(CONFIG))
+    store = SqliteStore(tmp_path / "c.db")
+    km = KeyManager(store)
+    ledger = SaLedger(store, km, Clock())
+    pid = store.put_policy("p1", cfg.policies["p1"].to_dict())
+    plan = translate.make_plan(cfg.policies["p1"], cfg, pid)
+    ledger.pregenerate(plan, 1)
+    ahead = {(sa.spi, sa.keys.enc_key) for sa in ledger._next["p1"][2]}
+    assert km.reserved_count == 4 and store.get_sas("p1") == []  # 2 SAs, 2 holders each
+    ledger.pregenerate(plan, 1)  # idempotent
+    assert km.reserved_count == 4
+    got = ledger.generation(plan, 1)  # the step that installs generation 1 takes them
+    assert {(sa.spi, sa.keys.enc_key) for sa in got} == ahead
+    assert km.reserved_count == 0 and len(store.get_sas("p1", generation=1)) == 2
+    assert "p1" not in ledger._next
+    # made for a plan that changed since (e.g. a new crypto profile): never used
+    ledger.pregenerate(plan, 2)
+    stale = {sa.keys.enc_key for sa in ledger._next["p1"][2]}
+    newer = translate.make_plan(cfg.policies["p1"], cfg, pid)
+    fresh = ledger.generation(newer, 2)
+    assert km.reserved_count == 0 and {sa.keys.enc_key for sa in fresh}.isdisjoint(stale)
+    assert all(sa.generation == 2 for sa in fresh) and "p1" not in ledger._next
+    # a deleted policy's generation made ahead releases its SPIs
+    ledger.pregenerate(newer, 3)
+    assert km.reserved_count == 4
+    ledger.forget_next(lambda name, p: False)
+    assert km.reserved_count == 0 and ledger._next == {}
+    store.close()
