@@ -145,11 +145,15 @@ class CpuMeter:
                 f"this client {me:.1f} s")
 
 
-def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float, what: str,
+              log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}")
+            tail = ""
+            if log is not None and log.exists():  # the work directory goes with the exit
+                tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise SystemExit(f"{what} exited with {proc.returncode}{tail}")
         if time.monotonic() > deadline:
             raise SystemExit(f"{what} not ready within {timeout:.0f} s")
         time.sleep(0.05)
@@ -302,7 +306,8 @@ def main() -> int:
         procs.extend(farm_ps)
         shares = []
         for ident, fp in enumerate(farm_ps):
-            wait_file(work / f"farm-{ident}.json", fp, 300, "agent farm")
+            wait_file(work / f"farm-{ident}.json", fp, 300, "agent farm",
+                      work / f"farm-{ident}.log")
             shares.append(json.loads((work / f"farm-{ident}.json").read_text()))
         ports = [shares[i % k][i // k] for i in range(n_srv)]
         print(f"agent farm: {n_srv} NETCONF servers in {k} processes up in "
@@ -321,7 +326,7 @@ def main() -> int:
              "--log-level", "WARNING"],
             stdout=subprocess.DEVNULL, stderr=open(work / "ctl.log", "wb"))  # noqa: SIM115
         procs.append(ctl_p)
-        wait_file(work / "ctl.ready", ctl_p, 60, "controller")
+        wait_file(work / "ctl.ready", ctl_p, 60, "controller", work / "ctl.log")
         c = Client(int((work / "ctl.ready").read_text()))
         results: dict[str, Any] = {}
 
