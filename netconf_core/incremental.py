@@ -1,6 +1,7 @@
 """Build the libyang tree of an edited datastore from the previous one instead of parsing the
-whole new tree again: copy the old tree (in C), swap in the list entries the edit changed
-(`EditResult.units`), drop the removed ones, then validate the complete result.
+whole new tree again: take the old tree (in place, or a copy made in C), swap in the list
+entries the edit changed (`EditResult.units`), drop the removed ones, then validate the
+complete result.
 
 Parsing costs about twice as much as validating, and most edits touch a few list entries of
 a big tree (a rekey: two SAD entries out of hundreds), so this is where a commit's time
