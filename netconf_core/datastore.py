@@ -241,9 +241,9 @@ class PendingDiff:
         self.new = None
 
     def _free_old(self) -> None:
-        if self._owns_old and self.old is not None:
-            self.old.free()
         if self._owns_old:
+            if self.old is not None:
+                self.old.free()
             self.old = None
 
 
@@ -804,7 +804,7 @@ def merge_tree(schema: YangSchema, data: etree._Element, elem: etree._Element) -
 
 
 def _list_key(el: etree._Element, sn) -> tuple[str, ...]:
-    return tuple((el.findtext(f"{{{sn.namespace}}}{k}") or "").strip() for k in sn.keys)
+    return tuple((el.findtext(kt) or "").strip() for kt in sn.key_tags)
 
 
 # list entries by key, per (parent element, list tag)
@@ -838,6 +838,6 @@ def _merge(schema: YangSchema, parent: etree._Element, elem: etree._Element, psn
         return
     for child in elem:
         if isinstance(child.tag, str):
-            if sn.kind == "list" and child.tag in {f"{{{sn.namespace}}}{k}" for k in sn.keys}:
+            if sn.kind == "list" and child.tag in sn.key_tags:
                 continue
             _merge(schema, existing, child, sn, index)

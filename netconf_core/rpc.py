@@ -63,16 +63,6 @@ def apply_filter(data: etree._Element, filt: etree._Element | None) -> etree._El
     )
 
 
-def _wants(filt: etree._Element | None, ns: str) -> bool:
-    """Does a filter possibly select data of namespace `ns` (cheap pre-check for `get`)?"""
-    if filt is None:
-        return True
-    ftype = filt.get("type") or filt.get(NC + "type") or "subtree"
-    if ftype != "subtree":
-        return True
-    return any(isinstance(c.tag, str) and P.ns_of(c.tag) == ns for c in filt)
-
-
 # -- retrieval ----------------------------------------------------------------------------------
 
 
@@ -82,11 +72,15 @@ def op_get(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body
     filt = p.get("filter")
     from netconf_core.filters import top_level_selector
 
+    # only what the filter can select is built (a subtree filter names the top-level nodes)
+    sel = top_level_selector(filt)
     with srv.ds_lock:
-        data = srv.datastores.get_state(top_level_selector(filt))
-    if _wants(filt, NCM_NS) and srv.schema.namespace_known(NCM_NS):
+        data = srv.datastores.get_state(sel)
+    if (sel is None or sel(f"{{{NCM_NS}}}netconf-state")) and \
+            srv.schema.namespace_known(NCM_NS):
         data.append(srv.netconf_state())
-    if _wants(filt, YANGLIB_NS):
+    if sel is None or sel(f"{{{YANGLIB_NS}}}yang-library") or \
+            sel(f"{{{YANGLIB_NS}}}modules-state"):
         data.extend(srv.yang_library())
     _hide_secrets(srv, sess, data)
     return [apply_filter(data, filt)]
