@@ -29,13 +29,17 @@ class EditResult:
     the edit changed the tree, so that libyang need not re-parse what did not change:
     `units` are list entries of the new tree (with their data paths) whose content is new
     or changed, `deleted` the data paths of removed list entries. `whole` says the changes
-    cannot be described that way (top-level nodes, ordering by insert, anydata)."""
+    cannot be described that way (top-level nodes, ordering by insert, anydata).
+    `values`: for the units (by id of their element) whose only change is the value of
+    leaves that existed already, those leaves' data paths and new texts (libyang can change
+    just these values in place)."""
 
     errors: list[RpcError] = field(default_factory=list)
     units: list[tuple[etree._Element, str]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     whole: bool = False
     parents: dict[str, str] = field(default_factory=dict)  # unit path → its parent's path
+    values: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 def apply_edit(
@@ -57,7 +61,8 @@ def apply_edit(
     ed = _Editor(schema, continue_on_error)
     ed.consume = consume
     ed.edit_children(target, config, None, default_operation, "")
-    return EditResult(ed.errors, ed.units, ed.deleted, ed.whole, ed.parents)
+    values = {u: v for u, v in ed.values.items() if u not in ed.structural}
+    return EditResult(ed.errors, ed.units, ed.deleted, ed.whole, ed.parents, values)
 
 
 def _local(tag: str) -> str:
@@ -87,13 +92,28 @@ class _Editor:
         self.parents: dict[str, str] = {}
         self._unit: list[tuple[etree._Element, str]] = []
         self.consume = False
+        # leaf value changes per unit (id of its element), and the units that changed in
+        # any other way (see EditResult.values)
+        self.values: dict[int, list[tuple[str, str]]] = {}
+        self.structural: set[int] = set()
 
     def _touch(self) -> None:
         """Something inside the list entry being edited changed."""
         if self._unit:
-            self.units.append(self._unit[-1])
+            unit = self._unit[-1]
+            self.units.append(unit)
+            self.structural.add(id(unit[0]))
         else:
             self.whole = True
+
+    def _value_changed(self, sn: SchemaNode, path: str, text: str | None) -> None:
+        """The existing leaf at `path` took the value `text`."""
+        if not self._unit or not self.schema.value_in_place(sn):
+            self._touch()
+            return
+        unit = self._unit[-1]
+        self.units.append(unit)
+        self.values.setdefault(id(unit[0]), []).append((path, text or ""))
 
     def _changed(self, node: etree._Element, sn: SchemaNode, parent_sn: SchemaNode | None,
                  path: str, parent_path: str) -> None:
@@ -101,6 +121,7 @@ class _Editor:
         if sn.kind == "list" and parent_sn is not None:
             self.units.append((node, path))
             self.parents[path] = parent_path
+            self.structural.add(id(node))
         else:
             self._touch()
 
@@ -109,8 +130,9 @@ class _Editor:
         hit = self._lists.get(k)
         if hit is None:
             idx: dict = {}
+            key_tags = sn.key_tags
             for cand in target.iterchildren(sn.tag):
-                kt = _key_tuple(cand, sn)
+                kt = _key_tuple(cand, key_tags)
                 if kt is not None:
                     idx.setdefault(kt, cand)
             hit = self._lists[k] = (target, idx)
@@ -118,13 +140,13 @@ class _Editor:
 
     def _indexed(self, target: etree._Element, sn: SchemaNode, node: etree._Element) -> None:
         if sn.kind == "list":
-            kt = _key_tuple(node, sn)
+            kt = _key_tuple(node, sn.key_tags)
             if kt is not None:
                 self._list_index(target, sn)[kt] = node
 
     def _unindexed(self, target: etree._Element, sn: SchemaNode, node: etree._Element) -> None:
         if sn.kind == "list":
-            kt = _key_tuple(node, sn)
+            kt = _key_tuple(node, sn.key_tags)
             idx = self._list_index(target, sn)
             if kt is not None and idx.get(kt) is node:
                 del idx[kt]
@@ -157,12 +179,57 @@ class _Editor:
         parent_op: str,
         parent_path: str,
     ) -> None:
+        if parent_op == "merge":
+            self._merge_children(target, edit_parent, parent_sn, parent_path)
+            return
         # a list copy: under `consume` the loop moves children out of `edit_parent`
         for edit in list(edit_parent) if self.consume else edit_parent:
             if not isinstance(edit.tag, str):  # comments, processing instructions
                 continue
             try:
                 self.edit_node(target, edit, parent_sn, parent_op, parent_path)
+            except RpcError as err:
+                if not self.continue_on_error:
+                    raise
+                self.errors.append(err)
+
+    def _merge_children(
+        self,
+        target: etree._Element,
+        edit_parent: etree._Element,
+        parent_sn: SchemaNode | None,
+        parent_path: str,
+    ) -> None:
+        """`edit_children` under operation merge, the common case (an SA re-keyed: new
+        values for leaves of an existing entry). Leaves and containers that exist already
+        and carry no attributes are merged here; every other node, and every error, goes
+        through `edit_node`, which would treat these the same way, only slower."""
+        lookup = self.schema.lookup
+        keys = parent_sn.keys if parent_sn is not None and parent_sn.kind == "list" else ()
+        for edit in list(edit_parent) if self.consume else edit_parent:
+            tag = edit.tag
+            if not isinstance(tag, str):  # comments, processing instructions
+                continue
+            sn = lookup(parent_sn, tag) if tag[:1] == "{" else None
+            existing = None
+            if sn is not None and sn.config and sn.kind in ("leaf", "container") \
+                    and not edit.keys():
+                existing = next(target.iterchildren(tag), None)
+            if existing is not None and sn is not None:
+                if sn.kind == "container":
+                    self._merge_children(existing, edit, sn,
+                                         f"{parent_path}/{sn.module}:{sn.name}")
+                    continue
+                if sn.name not in keys or sn.namespace != parent_sn.namespace:  # type: ignore[union-attr]
+                    if existing.text != edit.text:
+                        existing.text = edit.text
+                        self._value_changed(sn, f"{parent_path}/{sn.module}:{sn.name}",
+                                            edit.text)
+                    continue
+                if _text(existing) == _text(edit):
+                    continue  # the key of the entry it identifies
+            try:
+                self.edit_node(target, edit, parent_sn, "merge", parent_path)
             except RpcError as err:
                 if not self.continue_on_error:
                     raise
@@ -227,12 +294,12 @@ class _Editor:
                 if _text(cand) == value:
                     return cand
             return None
-        return target.find(tag)
+        return next(target.iterchildren(tag), None)
 
     def list_keys(self, edit: etree._Element, sn: SchemaNode, path: str) -> list[str]:
         vals = []
         for kn, kt in zip(sn.keys, sn.key_tags, strict=True):
-            kels = edit.findall(kt)
+            kels = list(edit.iterchildren(kt))
             if not kels:
                 raise RpcError(
                     "protocol", "missing-element",
@@ -514,10 +581,10 @@ def _has_edit_attributes(edit: etree._Element) -> bool:
     return bool(_EDIT_ATTRS(edit))
 
 
-def _key_tuple(entry: etree._Element, sn: SchemaNode) -> tuple[str, ...] | None:
+def _key_tuple(entry: etree._Element, key_tags: tuple[str, ...]) -> tuple[str, ...] | None:
     vals = []
-    for kt in sn.key_tags:
-        k = entry.find(kt)
+    for kt in key_tags:
+        k = next(entry.iterchildren(kt), None)
         if k is None:
             return None
         vals.append((k.text or "").strip())

@@ -1,7 +1,8 @@
 """Build the libyang tree of an edited datastore from the previous one instead of parsing the
 whole new tree again: take the old tree (in place, or a copy made in C), swap in the list
 entries the edit changed (`EditResult.units`), drop the removed ones, then validate the
-complete result.
+complete result. An entry whose only change is new values for leaves it had already (a
+re-key: SPI and keys) gets just those values changed in place.
 
 Parsing costs about twice as much as validating, and most edits touch a few list entries of
 a big tree (a rekey: two SAD entries out of hundreds), so this is where a commit's time
@@ -24,9 +25,11 @@ from netconf_core.edit import EditResult
 
 log = logging.getLogger(__name__)
 
-# The Python binding does not expose lyd_insert_before; call it from the same library.
+# The Python binding exposes neither lyd_insert_before nor lyd_change_term; call them from
+# the same library.
 _abi = cffi.FFI()
-_abi.cdef("int lyd_insert_before(void *sibling, void *node);")
+_abi.cdef("int lyd_insert_before(void *sibling, void *node);"
+          "int lyd_change_term(void *term, const char *val_str);")
 try:
     _ly = _abi.dlopen("libyang.so.2")
 except OSError:  # pragma: no cover - the binding itself links against it
@@ -112,14 +115,21 @@ def _mirror(ctx: libyang.Context, first: object, root: etree._Element,
         if id(el) not in seen:
             seen.add(id(el))
             units.append((el, path))
+    # entries parsed again as a whole (those inside them need nothing more)
+    whole = seen.difference(edit.values)
     parents: dict[str, object] = {}  # parent path → node (units are never each other's)
     # New entries (nothing to replace) for one parent are parsed in one go: a parse call
     # costs more than the few entries of a typical unit.
     batch: list[bytes] = []
     batch_parent: object = None
     for el, path in units:
-        if any(id(a) in seen for a in el.iterancestors()) or not _attached(el, root):
+        if any(id(a) in whole for a in el.iterancestors()) or not _attached(el, root):
             continue  # inside another changed entry, or removed again later in the edit
+        values = edit.values.get(id(el))
+        if values is not None:
+            if not _change_values(first, values):
+                return False
+            continue
         ppath = edit.parents.get(path)
         if ppath is None:
             return False
@@ -144,6 +154,21 @@ def _mirror(ctx: libyang.Context, first: object, root: etree._Element,
         if not _replace(ctx, first, el, path, parent, old):
             return False
     return not batch or _parse_under(ctx, batch_parent, b"".join(batch))
+
+
+def _change_values(first: object, values: list[tuple[str, str]]) -> bool:
+    """Give existing leaves new values (data path, value text); libyang checks each value
+    against its type here and the whole tree is validated afterwards."""
+    for path, text in values:
+        node = _find(first, path)
+        if node is None:
+            return False
+        if _ly.lyd_change_term(_ptr(node), text.encode()) not in _CHANGED:
+            return False
+    return True
+
+
+_CHANGED = (lib.LY_SUCCESS, lib.LY_EEXIST, lib.LY_ENOT)
 
 
 def _parse_under(ctx: libyang.Context, parent: object, xml: bytes) -> bool:
