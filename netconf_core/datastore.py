@@ -182,6 +182,7 @@ class Canonical:
     elem: etree._Element
     dn: libyang.DNode | None
     text: bytes
+    exact: bool = False  # known: `elem` serializes (`_clean_children_xml`) to `text`
 
 
 class PendingDiff:
@@ -274,6 +275,8 @@ class Datastores:
         self._cand_dn: libyang.DNode | None = None
         self._cand_text: bytes | None = None
         self._cand_valid = False  # the modified candidate passed full validation
+        # datastore → (lxml tree, text) last seen to serialize alike (see `_is_exact`)
+        self._exact: dict[str, tuple[etree._Element, bytes]] = {}
         # Edits change the libyang tree they start from in place (no copy of a big tree,
         # no old tree to free) unless the old tree is wanted for a diff: a subscription to
         # netconf-config-change (the server sets this). A tree consumed that way is parsed
@@ -373,9 +376,9 @@ class Datastores:
             tree.free()
             raise
         if not raw:
-            return Canonical(empty_data(), tree, b"")
+            return Canonical(empty_data(), tree, b"", exact=True)
         if edited is not None and _clean_children_xml(edited) == raw:
-            return Canonical(edited, tree, raw)
+            return Canonical(edited, tree, raw, exact=True)
         return Canonical(etree.fromstring(_data_xml(raw)), tree, raw)
 
     @staticmethod
@@ -478,9 +481,13 @@ class Datastores:
             shares = self._trees[target] is self._trees["running"]
             in_place = test_option != "test-only" and not self.keep_diff_trees()
             base = self._take_base("running" if shares else "candidate", in_place)
-            dn = rebuild(self.schema.ctx, base, new, result, in_place=in_place)
-            if dn is not None:
-                canon = self._print_canonical(dn, edited=new)
+            built = rebuild(self.schema.ctx, base, new, result, in_place=in_place)
+            if built is not None and built.verbatim and self._is_exact(target):
+                # only leaf values changed, to their canonical texts: the edited tree
+                # prints as libyang's would (cheaper than libyang's print and a compare)
+                canon = Canonical(new, built.dn, _clean_children_xml(new), exact=True)
+            elif built is not None:
+                canon = self._print_canonical(built.dn, edited=new)
         if canon is None and target == "running" and test_option != "test-only" \
                 and self._speculative_commit(new):
             return result.errors
@@ -498,6 +505,19 @@ class Datastores:
             canon.dn = None
         self._set_candidate(canon, validated=validate)
         return result.errors
+
+    def _is_exact(self, name: str) -> bool:
+        """Does the named datastore's lxml tree serialize to its canonical text, as far as
+        we know? (The tree and the text are never changed in place: identity says they are
+        still the pair that was checked.)"""
+        tree, text = self._trees[name], self._current_text(name)
+        return any(t is tree and x is text for t, x in self._exact.values())
+
+    def _note_exact(self, name: str, canon: Canonical) -> None:
+        if canon.exact:
+            self._exact[name] = (canon.elem, canon.text)
+        else:
+            self._exact.pop(name, None)
 
     def _current_text(self, name: str) -> bytes | None:
         if name == "running" or self._trees["candidate"] is self._trees["running"]:
@@ -558,6 +578,7 @@ class Datastores:
         self._cand_dn = canon.dn
         self._cand_text = canon.text
         self._cand_valid = validated
+        self._note_exact("candidate", canon)
         self._candidate_modified = True
 
     def _drop_candidate_tree(self) -> None:
@@ -677,6 +698,7 @@ class Datastores:
                 done.append(ap)
             self._trees["running"] = new
             self._running_text = canon.text
+            self._note_exact("running", canon)
             self._persist("running")
             if not self._candidate_modified:
                 self._trees["candidate"] = new

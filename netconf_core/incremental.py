@@ -15,6 +15,8 @@ identical whichever way a tree was built.
 from __future__ import annotations
 
 import logging
+import re
+from typing import NamedTuple
 
 import cffi
 import libyang
@@ -51,13 +53,22 @@ def _attached(el: etree._Element, root: etree._Element) -> bool:
     return any(anc is root for anc in el.iterancestors())
 
 
+class Rebuilt(NamedTuple):
+    """The validated tree, and whether the edited XML tree serializes exactly as libyang
+    prints it, given that the XML tree it was edited from did: the edit changed nothing but
+    leaf values, each to its canonical text, none of them needing an escape."""
+
+    dn: libyang.DNode
+    verbatim: bool
+
+
 def mirrorable(edit: EditResult) -> bool:
     """Can `rebuild` derive the new tree from the old one for this edit? (False: parse.)"""
     return _ly is not None and not edit.whole and bool(edit.units or edit.deleted)
 
 
 def rebuild(ctx: libyang.Context, base: libyang.DNode | None, new_root: etree._Element,
-            edit: EditResult, in_place: bool = False) -> libyang.DNode | None:
+            edit: EditResult, in_place: bool = False) -> Rebuilt | None:
     """The validated libyang tree of `new_root` (a `<data>` root), derived from `base` (the
     validated tree of the datastore the edit was applied to), or None to make the caller
     parse the whole tree.
@@ -82,7 +93,8 @@ def rebuild(ctx: libyang.Context, base: libyang.DNode | None, new_root: etree._E
         first = dup_p[0]
     ok = False
     try:
-        if _mirror(ctx, first, new_root, edit):
+        verbatim = _mirror(ctx, first, new_root, edit)
+        if verbatim is not None:
             tree = ffi.new("struct lyd_node **")
             tree[0] = first
             lib.ly_err_clean(ctx.cdata, ffi.NULL)
@@ -90,7 +102,7 @@ def rebuild(ctx: libyang.Context, base: libyang.DNode | None, new_root: etree._E
                     == lib.LY_SUCCESS and tree[0] != ffi.NULL:
                 first = tree[0]
                 ok = True
-                return libyang.DNode.new(ctx, first)
+                return Rebuilt(libyang.DNode.new(ctx, first), verbatim)
             first = tree[0] if tree[0] != ffi.NULL else first
             lib.ly_err_clean(ctx.cdata, ffi.NULL)
         return None
@@ -100,14 +112,16 @@ def rebuild(ctx: libyang.Context, base: libyang.DNode | None, new_root: etree._E
 
 
 def _mirror(ctx: libyang.Context, first: object, root: etree._Element,
-            edit: EditResult) -> bool:
-    """Apply the recorded changes to the copy whose first top-level node is `first` (never
-    itself removed: only list entries below top level are). False: cannot mirror."""
+            edit: EditResult) -> bool | None:
+    """Apply the recorded changes to the tree whose first top-level node is `first` (never
+    itself removed: only list entries below top level are). None: cannot mirror; else
+    whether the result is verbatim (see `Rebuilt`)."""
+    verbatim = not edit.deleted
     for path in edit.deleted:
         node = _find(first, path)
         if node is not None:
             if node.parent == ffi.NULL:
-                return False
+                return None
             lib.lyd_free_tree(node)
     seen: set[int] = set()
     units = []
@@ -127,48 +141,61 @@ def _mirror(ctx: libyang.Context, first: object, root: etree._Element,
             continue  # inside another changed entry, or removed again later in the edit
         values = edit.values.get(id(el))
         if values is not None:
-            if not _change_values(first, values):
-                return False
+            exact = _change_values(first, values)
+            if exact is None:
+                return None
+            verbatim = verbatim and exact
             continue
+        verbatim = False
         ppath = edit.parents.get(path)
         if ppath is None:
-            return False
+            return None
         parent = parents.get(ppath)
         if parent is None:
             parent = parents[ppath] = _find(first, ppath)
         if parent is None:
-            return False
+            return None
         old = _find(first, path)
         if old is None:
             if batch and batch_parent != parent:
                 if not _parse_under(ctx, batch_parent, b"".join(batch)):
-                    return False
+                    return None
                 batch.clear()
             batch.append(etree.tostring(el))
             batch_parent = parent
             continue
         if batch:
             if not _parse_under(ctx, batch_parent, b"".join(batch)):
-                return False
+                return None
             batch.clear()
         if not _replace(ctx, first, el, path, parent, old):
-            return False
-    return not batch or _parse_under(ctx, batch_parent, b"".join(batch))
+            return None
+    if batch and not _parse_under(ctx, batch_parent, b"".join(batch)):
+        return None
+    return verbatim
 
 
-def _change_values(first: object, values: list[tuple[str, str]]) -> bool:
+def _change_values(first: object, values: list[tuple[str, str]]) -> bool | None:
     """Give existing leaves new values (data path, value text); libyang checks each value
-    against its type here and the whole tree is validated afterwards."""
+    against its type here and the whole tree is validated afterwards. None: cannot; else
+    whether every text was libyang's canonical form and prints the same from lxml and
+    libyang (ASCII, nothing to escape)."""
+    verbatim = True
     for path, text in values:
         node = _find(first, path)
         if node is None:
-            return False
-        if _ly.lyd_change_term(_ptr(node), text.encode()) not in _CHANGED:
-            return False
-    return True
+            return None
+        raw = text.encode()
+        if _ly.lyd_change_term(_ptr(node), raw) not in _CHANGED:
+            return None
+        if verbatim and (not text.isascii() or _ESCAPED.search(text)
+                         or ffi.string(lib.lyd_get_value(node)) != raw):
+            verbatim = False
+    return verbatim
 
 
 _CHANGED = (lib.LY_SUCCESS, lib.LY_EEXIST, lib.LY_ENOT)
+_ESCAPED = re.compile(r"[&<>\"'\r]")
 
 
 def _parse_under(ctx: libyang.Context, parent: object, xml: bytes) -> bool:
