@@ -2,7 +2,10 @@
 whole new tree again: take the old tree (in place, or a copy made in C), swap in the list
 entries the edit changed (`EditResult.units`), drop the removed ones, then validate the
 complete result. An entry whose only change is new values for leaves it had already (a
-re-key: SPI and keys) gets just those values changed in place.
+re-key: SPI and keys) gets just those values changed in place; when that is all the edit
+did, and no constraint reads those leaves (`YangSchema.value_in_place`), libyang's check
+of each new value is the whole validation: the rest of the valid tree cannot have changed
+its verdict.
 
 Parsing costs about twice as much as validating, and most edits touch a few list entries of
 a big tree (a rekey: two SAD entries out of hundreds), so this is where a commit's time
@@ -54,11 +57,13 @@ def _attached(el: etree._Element, root: etree._Element) -> bool:
 
 
 class Rebuilt(NamedTuple):
-    """The validated tree, and whether the edited XML tree serializes exactly as libyang
-    prints it, given that the XML tree it was edited from did: the edit changed nothing but
-    leaf values, each to its canonical text, none of them needing an escape."""
+    """The validated tree; `values_only`: the edit changed nothing but leaf values (checked
+    one by one, see the module docstring); `verbatim`: moreover each to its canonical text,
+    none needing an escape, so the edited XML tree serializes exactly as libyang prints the
+    new tree if the XML tree it was edited from did."""
 
     dn: libyang.DNode
+    values_only: bool
     verbatim: bool
 
 
@@ -79,7 +84,8 @@ def rebuild(ctx: libyang.Context, base: libyang.DNode | None, new_root: etree._E
     treats the copied nodes as the validated nodes they are (as in place): only the new
     entries go through the checks that concern new nodes alone (duplicate instances);
     everything else (when, must, leafref, mandatory, unique, min/max) is still checked on
-    the complete tree."""
+    the complete tree — unless the edit only changed values nothing depends on (see the
+    module docstring)."""
     if base is None or not mirrorable(edit):
         return None
     if in_place:
@@ -93,8 +99,11 @@ def rebuild(ctx: libyang.Context, base: libyang.DNode | None, new_root: etree._E
         first = dup_p[0]
     ok = False
     try:
-        verbatim = _mirror(ctx, first, new_root, edit)
-        if verbatim is not None:
+        mirrored = _mirror(ctx, first, new_root, edit)
+        if mirrored is not None and mirrored[0]:
+            ok = True
+            return Rebuilt(libyang.DNode.new(ctx, first), True, mirrored[1])
+        if mirrored is not None:
             tree = ffi.new("struct lyd_node **")
             tree[0] = first
             lib.ly_err_clean(ctx.cdata, ffi.NULL)
@@ -102,9 +111,9 @@ def rebuild(ctx: libyang.Context, base: libyang.DNode | None, new_root: etree._E
                     == lib.LY_SUCCESS and tree[0] != ffi.NULL:
                 first = tree[0]
                 ok = True
-                return Rebuilt(libyang.DNode.new(ctx, first), verbatim)
+                return Rebuilt(libyang.DNode.new(ctx, first), False, False)
             first = tree[0] if tree[0] != ffi.NULL else first
-            lib.ly_err_clean(ctx.cdata, ffi.NULL)
+        lib.ly_err_clean(ctx.cdata, ffi.NULL)  # the full parse that follows reports errors
         return None
     finally:
         if not ok and first != ffi.NULL:
@@ -112,11 +121,11 @@ def rebuild(ctx: libyang.Context, base: libyang.DNode | None, new_root: etree._E
 
 
 def _mirror(ctx: libyang.Context, first: object, root: etree._Element,
-            edit: EditResult) -> bool | None:
+            edit: EditResult) -> tuple[bool, bool] | None:
     """Apply the recorded changes to the tree whose first top-level node is `first` (never
     itself removed: only list entries below top level are). None: cannot mirror; else
-    whether the result is verbatim (see `Rebuilt`)."""
-    verbatim = not edit.deleted
+    (values_only, verbatim) as in `Rebuilt`."""
+    values_only = verbatim = not edit.deleted
     for path in edit.deleted:
         node = _find(first, path)
         if node is not None:
@@ -146,7 +155,7 @@ def _mirror(ctx: libyang.Context, first: object, root: etree._Element,
                 return None
             verbatim = verbatim and exact
             continue
-        verbatim = False
+        values_only = verbatim = False
         ppath = edit.parents.get(path)
         if ppath is None:
             return None
@@ -172,7 +181,7 @@ def _mirror(ctx: libyang.Context, first: object, root: etree._Element,
             return None
     if batch and not _parse_under(ctx, batch_parent, b"".join(batch)):
         return None
-    return verbatim
+    return values_only, verbatim
 
 
 def _change_values(first: object, values: list[tuple[str, str]]) -> bool | None:

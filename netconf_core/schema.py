@@ -15,9 +15,10 @@ from pathlib import Path
 
 import libyang
 from _libyang import ffi, lib  # type: ignore[import-not-found]
-from libyang.util import c2str, ly_array_iter
+from libyang.util import c2str
 from lxml import etree
 
+from netconf_core.dependencies import has_conditions, prefix_free, referenced_names
 from netconf_core.errors import NC_NS, RpcError
 
 log = logging.getLogger(__name__)
@@ -63,49 +64,6 @@ class SchemaNode:
 
 
 
-_PREFIXED = (libyang.Type.IDENT, libyang.Type.INST, libyang.Type.LEAFREF)
-_XPATH_NAME = re.compile(r"[A-Za-z_][\w.-]*(?::[A-Za-z_][\w.-]*)?")
-
-
-def _prefix_free(t: libyang.Type) -> bool:
-    base = t.base()
-    if base == libyang.Type.UNION:
-        return all(_prefix_free(m) for m in t.union_types())
-    return base not in _PREFIXED
-
-
-def _leafref_paths(t: libyang.Type) -> list[str]:
-    if t.base() == libyang.Type.UNION:
-        return [p for m in t.union_types() for p in _leafref_paths(m)]
-    path = t.leafref_path() if t.base() == libyang.Type.LEAFREF else None
-    return [path] if path else []
-
-
-def referenced_names(ctx: libyang.Context) -> frozenset[str]:
-    """The local names of every data node that a `when` or `must` condition, a `unique`
-    statement or a leafref path of the implemented modules may refer to (any name in the
-    expression: more than needed, never less)."""
-    names: set[str] = set()
-    for mod in ctx:
-        if not mod.implemented():
-            continue
-        for top in mod.children():
-            for sn in top.iter_tree(full=True):
-                exprs = [*sn.when_conditions(), *sn.must_conditions()]
-                nodetype = sn.nodetype()
-                if nodetype in (libyang.SNode.LEAF, libyang.SNode.LEAFLIST):
-                    exprs += _leafref_paths(sn.type())
-                elif nodetype == libyang.SNode.LIST:
-                    uniques = ffi.cast("struct lysc_node_list *", sn.cdata).uniques
-                    if uniques != ffi.NULL:
-                        for unique in ly_array_iter(uniques):
-                            for leaf in ly_array_iter(unique):
-                                names.add(c2str(leaf.name))
-                for expr in exprs:
-                    names.update(m.rpartition(":")[2] for m in _XPATH_NAME.findall(expr))
-    return frozenset(names)
-
-
 @dataclass(frozen=True)
 class ModuleInfo:
     name: str
@@ -139,19 +97,20 @@ class YangSchema:
     # ---- schema lookup -------------------------------------------------------------------
 
     @functools.cached_property
-    def _referenced(self) -> frozenset[str]:
+    def _referenced(self) -> frozenset[str] | None:
         return referenced_names(self.ctx)
 
     def value_in_place(self, sn: SchemaNode) -> bool:
-        """Can libyang change this leaf's value in the validated tree (`lyd_change_term`)
-        and still reach the verdict of a fresh parse? Only if the value text means the same
-        in XML and in libyang's JSON-style value API (no identityref, instance-identifier
-        or leafref in its type) and no `when`, `must`, `unique` or leafref anywhere names
-        the leaf: libyang's validation re-evaluates those only for new nodes."""
+        """Can this leaf's value change in a valid libyang tree (`lyd_change_term`, which
+        checks the value against the type) and leave the tree valid with no further check?
+        Yes if nothing depends on the value (see `dependencies`) and its text means the
+        same in XML and in libyang's value API."""
         if sn.in_place is None:
+            referenced = self._referenced
             sn.in_place = (sn.kind == "leaf" and sn.snode is not None
-                           and sn.name not in self._referenced
-                           and _prefix_free(sn.snode.type()))
+                           and referenced is not None and sn.name not in referenced
+                           and not has_conditions(sn.snode)
+                           and prefix_free(sn.snode.type()))
         return sn.in_place
 
     def namespace_known(self, ns: str) -> bool:
