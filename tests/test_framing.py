@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netconf_core.framing import Framer, FramingError, TooBig
+from netconf_core.framing import _CHUNK_HEADER, OUT_CHUNK, Framer, FramingError, TooBig
 
 
 def drain(f: Framer) -> list[bytes | TooBig]:
@@ -103,3 +103,20 @@ def test_any_split_gives_same_messages(msgs: list[bytes], cuts: list[int], chunk
         prev = c
         got += drain(dec)
     assert got == msgs
+
+
+def test_big_messages_go_out_in_bounded_chunks() -> None:
+    """ncclient's chunk parser is quadratic in the size of one chunk: replies are split."""
+    enc = Framer()
+    enc.use_chunked()
+    msg = b"<data>" + b"x" * (3 * OUT_CHUNK + 5) + b"</data>"
+    out = enc.frame(msg)
+    sizes = [int(m.group(1)) for m in _CHUNK_HEADER.finditer(out)]
+    assert sizes == [OUT_CHUNK, OUT_CHUNK, OUT_CHUNK, len(msg) - 3 * OUT_CHUNK]
+    assert out.endswith(b"\n##\n")
+    small = enc.frame(b"<ok/>")
+    assert small == b"\n#5\n<ok/>\n##\n"
+    dec = Framer()
+    dec.use_chunked()
+    dec.feed(out + small)
+    assert drain(dec) == [msg, b"<ok/>"]
