@@ -12,13 +12,14 @@ from pathlib import Path
 
 import asyncssh
 
-from netconf_core import ssh_coalesce
+from netconf_core import ssh_coalesce, ssh_quickack
 from netconf_core.auth import UserDb, load_or_create_host_key
 from netconf_core.server import NetconfServer
 from netconf_core.session import NetconfSession
 
 log = logging.getLogger(__name__)
 ssh_coalesce.install()
+ssh_quickack.install()
 
 DEFAULT_PORT = 830
 CHANNEL_WINDOW = 16 << 20

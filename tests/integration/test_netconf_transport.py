@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -262,3 +263,17 @@ def test_rpc_trickled_in_pieces_is_parsed_as_it_arrives(agent: AgentThread,
 
     run(go())
     assert streamed == [True, False, True]  # the broken one: parsed whole for its error
+
+
+def test_ncclient_session_setup_waits_for_no_delayed_ack(agent: AgentThread) -> None:
+    """paramiko keeps Nagle's algorithm on and writes twice before the server has anything
+    to answer (key exchange, auth, hello + first rpc): without an immediate ACK each of
+    these waits for Linux's 40 ms delayed ACK (>= 120 ms per connect and close)."""
+    key = str(agent.client_key)  # type: ignore[attr-defined]
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        with connect(agent.port, "keyonly", None, key_filename=key) as m:
+            assert m.connected
+        times.append(time.perf_counter() - t0)
+    assert sorted(times)[2] < 0.06, times
