@@ -582,6 +582,7 @@ class Datastores:
         self._candidate_modified = True
 
     def _drop_candidate_tree(self) -> None:
+        self._exact.pop("candidate", None)
         if self._cand_dn is not None:
             self._cand_dn.free()
             self._cand_dn = None
@@ -752,7 +753,8 @@ class Datastores:
             return  # candidate mirrors running: nothing to do (e.g. a confirming commit)
         if self._cand_valid:
             assert self._cand_text is not None
-            canon = Canonical(cand, self._take_base("candidate", True), self._cand_text)
+            canon = Canonical(cand, self._take_base("candidate", True), self._cand_text,
+                              exact=self._is_exact("candidate"))
         else:
             canon = self._canonical_tree(cand)
         self._commit_running(canon)
