@@ -150,6 +150,9 @@ class FlowService:
         self.deleting: dict[str, float] = {}  # policy → when to (re)try removing it
         self._delete_attempts: dict[str, int] = {}
         self._busy: set[str] = set()  # policies with a delete in flight
+        # policies with an action in the runner's batch: their removal waits for it, so that
+        # it finds in the store everything the action put on the NSFs
+        self._running: set[str] = set()
         self.south = Southbound(self._on_notification, self._on_connected,
                                 backoff_base=self.opts.reconnect_min,
                                 backoff_max=self.opts.reconnect_max)
@@ -412,13 +415,15 @@ class FlowService:
                 actions = self.sched.due(now)
                 if actions:
                     self._runner_busy = True
+                    self._running = {a.policy for a in actions}
                     self._spawn(self._runner(actions))
             for name, due in list(self.deleting.items()):
-                if due <= now and name not in self._busy:
+                if due <= now and name not in self._busy and name not in self._running:
                     self._busy.add(name)
                     self._spawn(self._delete(name))
             nxt = None if self._runner_busy else self.sched.next_wakeup()
-            dues = [d for n, d in self.deleting.items() if n not in self._busy]
+            dues = [d for n, d in self.deleting.items()
+                    if n not in self._busy and n not in self._running]
             if dues:
                 nxt = min(dues) if nxt is None else min(nxt, *dues)
             self._wake.clear()
@@ -465,6 +470,7 @@ class FlowService:
             await self._run_actions(actions)
         finally:
             self._runner_busy = False
+            self._running = set()
             self.wake()
 
     async def _run_actions(self, actions: list[Action]) -> None:
@@ -622,7 +628,11 @@ class FlowService:
 
     def _completed(self, a: Action, plan: Plan, now: float) -> None:
         if not self._current(a):
-            return  # superseded (re-created, deleted): its bookkeeping would be wrong
+            if a.policy in self.deleting:
+                # removed while it ran: what it put on the NSFs is recorded all the same,
+                # for the removal (which waits for it) to take away
+                self.ledger.done(plan, a)
+            return  # superseded (re-created, deleted): its scheduling is over
         self.ledger.done(plan, a)
         if a.kind in (Phase.INSTALL, Phase.INSTALL_SPD):
             mine = {s.nsf.name for s in plan.sides()}

@@ -59,6 +59,7 @@ class Nsf:
         self.label = label
         self.farm = farm
         self.refuse: str | None = None  # refuse changes adding SAs of this policy
+        self.on_apply: Callable[[ConfigChange], None] | None = None  # called in apply
         self.violations: list[str] = []
         self.ops: list[str] = []
         self.server = NetconfServer(schema, ServerConfig(confirm_timeout=60))
@@ -79,6 +80,9 @@ class Nsf:
     def sad(self) -> dict[str, str]:
         """SA name → direction in running."""
         return {e.name: e.direction for e in ikeless.parse(self.ds.get_config("running")).sad}
+
+    def spd(self) -> set[str]:
+        return {e.name for e in ikeless.parse(self.ds.get_config("running")).spd}
 
     # ---- the applier interface ---------------------------------------------------------
 
@@ -101,6 +105,8 @@ class Nsf:
         return None
 
     def apply(self, change: ConfigChange) -> None:
+        if self.on_apply is not None:
+            self.on_apply(change)
         old = {e.name: e.direction for e in ikeless.parse(change.old).sad}
         new = {e.name: e.direction for e in ikeless.parse(change.new).sad}
         peers = [n.sad() for n in self.farm.values() if n is not self]
@@ -349,5 +355,29 @@ def test_queued_rekeys_ride_along(schema: YangSchema, tmp_path: Path,
             assert n.violations == []
             assert {name.rsplit("/", 1)[1] for name in n.sad()} == {"2"}
         assert {r.generation for r in env.svc.store.get_sas()} == {2}
+
+    run(env, body)
+
+
+def test_policy_removed_while_its_install_runs_leaves_nothing_behind(
+        schema: YangSchema, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The removal arrives while the install's transaction is committing on the NSFs: once
+    the install is through, the removal takes away everything it put there (SPD entries
+    included, which the store only learns of when the install is recorded)."""
+    env = Env(schema, tmp_path, monkeypatch, up=[1, 2])
+    removed: list[bool] = []
+
+    def remove_now(change: ConfigChange) -> None:
+        if not removed and ikeless.parse(change.new).sad:
+            removed.append(True)
+            env.apply(config(2, []))
+
+    env.nsf(1).on_apply = remove_now
+
+    async def body() -> None:
+        env.apply(config(2, [("p0", 1, 2)]))
+        await env.until(lambda: bool(removed) and not env.status(), "the policy gone")
+        await env.until(lambda: all(not n.sad() and not n.spd() for n in env.farm.values()),
+                        "both NSFs clean")
 
     run(env, body)
