@@ -4,14 +4,12 @@ equal a full parse of the edited tree, edit after edit, and must not hide any er
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import pytest
+from datastore_oracle import assert_trees_match_texts, count_rebuilds, edit_both
 from lxml import etree
 
-import netconf_core.datastore as datastore
 from netconf_core.datastore import Datastores
-from netconf_core.errors import RpcError
 from netconf_core.schema import YangSchema
 from netconf_core.yang_context import create_context
 
@@ -25,22 +23,8 @@ def schema() -> YangSchema:
 
 
 @pytest.fixture
-def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
-    """Counts incremental builds; `off` > 0 disables them (the reference datastore)."""
-    real = datastore.rebuild
-    stats = {"used": 0, "off": 0, "values": 0, "verbatim": 0}
-
-    def rebuild(*a, **kw):  # type: ignore[no-untyped-def]
-        if stats["off"]:
-            return None
-        dn = real(*a, **kw)
-        stats["used"] += dn is not None
-        stats["values"] += dn is not None and bool(a[3].values)
-        stats["verbatim"] += dn is not None and dn.verbatim
-        return dn
-
-    monkeypatch.setattr(datastore, "rebuild", rebuild)
-    yield stats
+def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    return count_rebuilds(monkeypatch)
 
 
 def cfg(body: str) -> etree._Element:
@@ -140,26 +124,6 @@ def random_edit(rnd: random.Random) -> str:
                            "</anti-replay-window-size>")
 
 
-def assert_trees_match_texts(ds: Datastores) -> None:
-    """The libyang trees kept (and edited in place) are the configuration of the text, down
-    to the default nodes libyang adds (a fresh parse of the text is the reference)."""
-    for name in ("running", "candidate"):
-        if ds._is_exact(name):  # the lxml tree is taken for the text without a compare
-            assert datastore._clean_children_xml(ds._trees[name]) == ds._current_text(name)
-        dn = ds._running_dn if name == "running" else ds._cand_dn
-        if dn is not None:
-            text = (dn.print_mem("xml", with_siblings=True, pretty=False) or "").encode()
-            assert text == ds._current_text(name), name
-            fresh = ds.schema.parse_config_xml(text)
-            assert fresh is not None
-            try:
-                assert dn.print_mem("xml", with_siblings=True, include_implicit_defaults=True) \
-                    == fresh.print_mem("xml", with_siblings=True,
-                                       include_implicit_defaults=True), name
-            finally:
-                fresh.free()
-
-
 @pytest.mark.parametrize("target", ["running", "candidate"])
 def test_incremental_equals_full_parse(schema: YangSchema, counted: dict[str, int],
                                        target: str) -> None:
@@ -168,25 +132,16 @@ def test_incremental_equals_full_parse(schema: YangSchema, counted: dict[str, in
     errors: list[str] = []
     for _ in range(600):
         body = random_edit(rnd)
-        outcome = []
-        for ds, off in ((inc, 0), (ref, 1)):
-            counted["off"] = off
-            try:
-                ds.edit_config(target, cfg(body))
-                outcome.append(None)
-            except RpcError as err:
-                outcome.append((err.error_tag, err.message, err.path))
-                errors.append(err.error_tag)
-        counted["off"] = 0
-        assert outcome[0] == outcome[1], body
-        assert inc.serialize(target) == ref.serialize(target), body
+        outcome = edit_both(inc, ref, counted, target, lambda body=body: cfg(body), body)
+        if outcome is not None:
+            errors.append(outcome[0])
         assert_trees_match_texts(inc)
         if target == "candidate" and rnd.random() < 0.2:
             inc.commit()
             ref.commit()
             assert inc.serialize("running") == ref.serialize("running")
             assert_trees_match_texts(inc)
-    print("incremental builds", counted["used"], "errors", len(errors) // 2, set(errors),
+    print("incremental builds", counted["used"], "errors", len(errors), set(errors),
           "values changed in place", counted["values"], "verbatim", counted["verbatim"])
     assert errors
     assert counted["used"] > 100  # the incremental path really ran

@@ -7,14 +7,13 @@ leafref) is edited at random, side by side with a datastore that never builds in
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import libyang
 import pytest
+from datastore_oracle import assert_trees_match_texts, count_rebuilds, edit_both
 from lxml import etree
 
-import netconf_core.datastore as datastore
 from netconf_core.datastore import Datastores
 from netconf_core.dependencies import expression_names, referenced_names
 from netconf_core.errors import RpcError
@@ -73,20 +72,8 @@ def leaf(schema: YangSchema, *names: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
-    real = datastore.rebuild
-    stats = {"off": 0, "values_only": 0, "used": 0}
-
-    def rebuild(*a, **kw):  # type: ignore[no-untyped-def]
-        if stats["off"]:
-            return None
-        built = real(*a, **kw)
-        stats["used"] += built is not None
-        stats["values_only"] += built is not None and built.values_only
-        return built
-
-    monkeypatch.setattr(datastore, "rebuild", rebuild)
-    yield stats
+def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    return count_rebuilds(monkeypatch)
 
 
 def test_expression_names() -> None:
@@ -156,24 +143,8 @@ def test_values_in_place_give_full_validation_verdicts(
     rnd = random.Random(20261124)
     for _ in range(500):
         body = random_edit(rnd)
-        outcome = []
-        for ds, off in ((inc, 0), (ref, 1)):
-            counted["off"] = off
-            try:
-                ds.edit_config(target, cfg(body))
-                outcome.append(None)
-            except RpcError as err:
-                outcome.append((err.error_tag, err.message, err.path))
-        counted["off"] = 0
-        assert outcome[0] == outcome[1], body
-        assert inc.serialize(target) == ref.serialize(target), body
-        dn = inc._running_dn if target == "running" else inc._cand_dn
-        if dn is not None:  # the tree kept equals a fresh parse, defaults included
-            fresh = schema.parse_config_xml(inc._current_text(target) or b"")
-            assert fresh is not None
-            assert dn.print_mem("xml", with_siblings=True, include_implicit_defaults=True) \
-                == fresh.print_mem("xml", with_siblings=True, include_implicit_defaults=True)
-            fresh.free()
+        edit_both(inc, ref, counted, target, lambda body=body: cfg(body), body)
+        assert_trees_match_texts(inc)
         if target == "candidate" and rnd.random() < 0.2:
             inc.commit()
             ref.commit()
