@@ -205,7 +205,8 @@ class _Editor:
         and carry no attributes are merged here; every other node, and every error, goes
         through `edit_node`, which would treat these the same way, only slower."""
         lookup = self.schema.lookup
-        keys = parent_sn.keys if parent_sn is not None and parent_sn.kind == "list" else ()
+        keys, key_ns = ((parent_sn.keys, parent_sn.namespace)
+                        if parent_sn is not None and parent_sn.kind == "list" else ((), ""))
         for edit in list(edit_parent) if self.consume else edit_parent:
             tag = edit.tag
             if not isinstance(tag, str):  # comments, processing instructions
@@ -220,7 +221,7 @@ class _Editor:
                     self._merge_children(existing, edit, sn,
                                          f"{parent_path}/{sn.module}:{sn.name}")
                     continue
-                if sn.name not in keys or sn.namespace != parent_sn.namespace:  # type: ignore[union-attr]
+                if sn.name not in keys or sn.namespace != key_ns:
                     if existing.text != edit.text:
                         existing.text = edit.text
                         self._value_changed(sn, f"{parent_path}/{sn.module}:{sn.name}",
