@@ -3,7 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := libyang2-dev libyang2-tools iproute2 tcpdump iputils-ping ethtool iperf3 nftables \
-	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins tshark
+	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins tshark \
+	yangcli libnetconf2-2
 STAMP := $(VENV)/.setup-stamp
 
 .PHONY: setup test lint bench clean demo

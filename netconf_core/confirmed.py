@@ -18,6 +18,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from netconf_core.datastore import wipe_file, write_atomic
 from netconf_core.errors import RpcError
 
 log = logging.getLogger(__name__)
@@ -120,18 +121,13 @@ class ConfirmedCommit:
         path = self._path()
         if path is None:
             return
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(etree.tostring(snapshot))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        # the snapshot holds running's key material: 0600, and wiped when replaced
+        write_atomic(path, etree.tostring(snapshot))
 
     def _remove(self) -> None:
         path = self._path()
         if path is not None and path.exists():
-            path.unlink()
+            wipe_file(path)
             _fsync_dir(path.parent)
 
     def leftover_snapshot(self) -> etree._Element | None:

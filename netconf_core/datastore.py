@@ -44,17 +44,32 @@ def empty_data() -> etree._Element:
 def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     """Write to a temporary file and rename it over `path`: whenever the process dies the
     file is the old or the new content. `durable` also fsyncs the file and the directory,
-    so that the same holds after a power failure. Callers serialise writes to one path."""
+    so that the same holds after a power failure. Callers serialise writes to one path.
+    The replaced file's blocks are overwritten with zeros (it may hold key material that
+    was deleted since: a rename alone leaves it readable on the disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # a stale tmp file keeps its mode through O_CREAT
         _write_all(fd, data)
         if durable:
             os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    try:
+        old = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        old = None
+    try:
+        os.replace(tmp, path)
+        if old is not None:
+            _zero_fill(old, 0, os.fstat(old).st_size)
+            if durable:
+                os.fsync(old)
+    finally:
+        if old is not None:
+            os.close(old)
     if durable:
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -63,10 +78,34 @@ def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
             os.close(dfd)
 
 
-def _writev_all(fd: int, parts: list[bytes]) -> None:
+def wipe_file(path: Path) -> None:
+    """Overwrite a file with zeros, then remove it (deleted secrets must not stay on disk)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        _zero_fill(fd, 0, os.fstat(fd).st_size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    path.unlink(missing_ok=True)
+
+
+_ZEROS = bytes(1 << 16)
+
+
+def _zero_fill(fd: int, offset: int, length: int) -> None:
+    end = offset + length
+    while offset < end:
+        offset += os.pwrite(fd, _ZEROS[:min(len(_ZEROS), end - offset)], offset)
+
+
+def _writev_all(fd: int, parts: list[bytes], offset: int) -> None:
     views = [memoryview(p) for p in parts if p]
     while views:
-        n = os.writev(fd, views[:1024])
+        n = os.pwritev(fd, views[:1024], offset)
+        offset += n
         while views and n >= len(views[0]):
             n -= len(views[0])
             views.pop(0)
@@ -91,9 +130,16 @@ class RunningJournal:
     past `compact_factor` times the current content (and `min_compact` bytes), it is
     compacted: running.xml is replaced atomically, then the journal truncated; a crash in
     between leaves a journal whose last record equals running.xml. Like running.xml before
-    it, the journal is not fsynced (see `Datastores._persist`)."""
+    it, the journal is not fsynced (see `Datastores._persist`).
+
+    Deleted or replaced key material must not survive on disk: once a record is written,
+    the one before it is overwritten in place (header marked WIPED, body zeros), and
+    compaction zeroes what it truncates and the running.xml it replaces. The journal so
+    holds one live version; a record damaged by a power loss (length right, CRC wrong)
+    falls back to running.xml, as a journal that was never fsynced may do anyway."""
 
     MAGIC = b"I2NJ"
+    WIPED = b"I2NW"
     HEADER = struct.Struct(">4sQI")
 
     def __init__(self, base: Path, compact_factor: int = 8, min_compact: int = 1 << 20) -> None:
@@ -103,6 +149,7 @@ class RunningJournal:
         self.min_compact = min_compact
         self._fd: int | None = None
         self._size = 0
+        self._live: tuple[int, int] | None = None  # (offset, length) of the last record
 
     def load(self) -> bytes | None:
         """The newest complete version, or None if nothing was ever written."""
@@ -114,12 +161,11 @@ class RunningJournal:
             while pos + h.size <= len(buf):
                 magic, length, crc = h.unpack_from(buf, pos)
                 end = pos + h.size + length
-                if magic != self.MAGIC or end > len(buf):
+                if magic not in (self.MAGIC, self.WIPED) or end > len(buf):
                     break
                 body = buf[pos + h.size:end]
-                if zlib.crc32(body) != crc:
-                    break
-                last = body
+                if magic == self.MAGIC and zlib.crc32(body) == crc:
+                    last = body
                 pos = end
         if last is None and self.base.exists():
             last = self.base.read_bytes()
@@ -139,7 +185,7 @@ class RunningJournal:
             crc = zlib.crc32(p, crc)
         rec = [self.HEADER.pack(self.MAGIC, size, crc), *parts]
         try:
-            _writev_all(self._fd, rec)
+            _writev_all(self._fd, rec, self._size)
         except BaseException:
             # a partial record would hide every later one: cut it off again
             try:
@@ -148,22 +194,38 @@ class RunningJournal:
                 log.exception("cannot truncate %s after a failed write", self.path)
             self.close()
             raise
+        self._wipe_live()
+        self._live = (self._size, size)
         self._size += self.HEADER.size + size
 
+    def _wipe_live(self) -> None:
+        """Overwrite the previous record (it is superseded by the one just written)."""
+        if self._live is None or self._fd is None:
+            return
+        off, length = self._live
+        os.pwrite(self._fd, self.HEADER.pack(self.WIPED, length, 0), off)
+        _zero_fill(self._fd, off + self.HEADER.size, length)
+        self._live = None
+
     def compact(self, data: bytes) -> None:
-        """running.xml := data (atomically), then an empty journal."""
+        """running.xml := data (atomically), then an empty journal; nothing of the older
+        versions stays readable in either file."""
         write_atomic(self.base, data, durable=False)
         if self._fd is None:
             self._open()
         assert self._fd is not None
+        _zero_fill(self._fd, 0, self._size)
         os.ftruncate(self._fd, 0)
         self._size = 0
+        self._live = None
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                           0o600)
+        # no O_APPEND: records are wiped in place with pwrite (which O_APPEND redirects)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.fchmod(self._fd, 0o600)
         self._size = os.fstat(self._fd).st_size
+        self._live = None
 
     def close(self) -> None:
         if self._fd is not None:

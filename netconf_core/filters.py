@@ -14,6 +14,7 @@ from lxml import etree
 
 from netconf_core.errors import NC_NS, RpcError
 from netconf_core.schema import SchemaNode, YangSchema
+from netconf_core.xpath_names import resolve
 
 
 def _new_data() -> etree._Element:
@@ -158,12 +159,15 @@ def xpath_filter(
     nsmap: dict[str | None, str],
     schema: YangSchema | None = None,
 ) -> etree._Element:
-    """Select nodes with an XPath 1.0 expression (prefixes from the filter's namespaces) and
-    return them with their ancestors (ancestor list entries keep their keys)."""
+    """Select nodes with an XPath 1.0 expression (prefixes from the filter's namespaces;
+    unprefixed names resolved as `xpath_names` says) and return them with their ancestors:
+    a valid instance tree, where every list entry on the way keeps its keys."""
     ns = {k: v for k, v in nsmap.items() if k}
-    # Absolute paths address top-level data nodes: evaluate relative to the <data> root.
     expr = select.strip()
-    if expr.startswith("/") and not expr.startswith("//"):
+    if schema is not None:
+        expr, ns = resolve(expr, ns, schema.ctx)  # absolute paths start at <data> too
+    elif expr.startswith("/") and not expr.startswith("//"):
+        # Absolute paths address top-level data nodes: evaluate relative to the <data> root.
         expr = "." + expr
     try:
         found = data.xpath(expr, namespaces=ns)
@@ -172,19 +176,25 @@ def xpath_filter(
             "protocol", "invalid-value", f"invalid XPath filter {select!r}: {exc}",
             info={"bad-attribute": "select", "bad-element": "filter"},
         ) from exc
-    out = _new_data()
     if not isinstance(found, list):
-        return out
-    copies: dict[int, etree._Element] = {id(data): out}
+        raise RpcError(
+            "protocol", "invalid-value",
+            f"XPath filter {select!r} does not select nodes (its value is {found!r})",
+            info={"bad-attribute": "select", "bad-element": "filter"},
+        )
+    out = _new_data()
+    # original element -> its copy in `out`; keyed by the element itself (lxml proxies
+    # die with their last reference and their ids are reused: an id() key mixed entries)
+    copies: dict[etree._Element, etree._Element] = {data: out}
+    full: set[etree._Element] = set()  # originals copied with their whole subtree
     for node in found:
         if not isinstance(node, etree._Element):
-            if isinstance(node, etree._ElementUnicodeResult | str):
-                parent = getattr(node, "getparent", lambda: None)()
-                if parent is None:
-                    continue
-                node = parent
-            else:
+            parent = getattr(node, "getparent", lambda: None)()
+            if parent is None:
                 continue
+            node = parent  # a text or attribute result selects its element
+        if not isinstance(node.tag, str):
+            continue
         if node is data:
             return copy.deepcopy(data)
         chain = []
@@ -195,24 +205,43 @@ def xpath_filter(
         if cur is None:
             continue
         chain.reverse()
+        if any(el in full for el in chain[:-1]):
+            continue  # an ancestor was selected whole
         parent_copy = out
         psn: SchemaNode | None = None
         for i, el in enumerate(chain):
             sn = schema.lookup(psn, el.tag) if schema is not None else None
-            key = id(el)
-            if key not in copies:
-                if i == len(chain) - 1:
-                    c = copy.deepcopy(el)
+            last = i == len(chain) - 1
+            c = copies.get(el)
+            if c is None:
+                c = copy.deepcopy(el) if last else _shell(el, sn)
+                existing = _same_key_leaf(parent_copy, el, psn)
+                if existing is not None:
+                    parent_copy.replace(existing, c)
                 else:
-                    c = etree.Element(el.tag, nsmap=el.nsmap)
-                    _add_keys(c, el, sn)
-                parent_copy.append(c)
-                copies[key] = c
-            elif i == len(chain) - 1:
-                full = copy.deepcopy(el)
-                old = copies[key]
-                old.getparent().replace(old, full)
-                copies[key] = full
-            parent_copy = copies[key]
+                    parent_copy.append(c)
+                copies[el] = c
+            elif last and el not in full:
+                whole = copy.deepcopy(el)
+                parent_copy.replace(c, whole)
+                c = copies[el] = whole
+            if last:
+                full.add(el)
+            parent_copy = c
             psn = sn
     return out
+
+
+def _shell(el: etree._Element, sn: SchemaNode | None) -> etree._Element:
+    """A copy of `el` without content; a list entry keeps its keys."""
+    c = etree.Element(el.tag, nsmap=el.nsmap)
+    _add_keys(c, el, sn)
+    return c
+
+
+def _same_key_leaf(parent_copy: etree._Element, el: etree._Element,
+                   psn: SchemaNode | None) -> etree._Element | None:
+    """The key leaf `_shell` already put into `parent_copy` for `el` (selected itself)."""
+    if psn is None or psn.kind != "list" or el.tag not in psn.key_tags:
+        return None
+    return parent_copy.find(el.tag)

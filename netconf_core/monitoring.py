@@ -119,12 +119,50 @@ def netconf_state(
     return root
 
 
-def yang_library(ctx: libyang.Context, content_id: str) -> list[etree._Element]:
-    """libyang's RFC 8525 data for the context (`yang-library` and `modules-state`)."""
+DS_NS = "urn:ietf:params:xml:ns:yang:ietf-datastores"
+
+
+def yang_library(
+    ctx: libyang.Context,
+    content_id: str,
+    location: str | None = None,
+    datastores: Iterable[str] = (),
+) -> list[etree._Element]:
+    """libyang's RFC 8525 data for the context (`yang-library` and `modules-state`).
+
+    libyang fills `location` (and modules-state's `schema`) with the file:// path it loaded
+    each module from: a path on the agent's host that no client can use and that tells
+    strangers the install layout. Those leaves are dropped; clients fetch the texts with
+    get-schema, as from Netopeer2. With `location` set (a URL template with `{name}` and
+    `{revision}`) each module announces that URL instead. `datastores` (e.g. "running")
+    are listed under /yang-library/datastore with the complete schema (RFC 8525 §3)."""
     dnode = ctx.get_yanglib_data(content_id)
     try:
         text = dnode.print_mem("xml", with_siblings=True, pretty=False)
     finally:
         dnode.free()
     wrapper = etree.fromstring(f"<w>{text}</w>".encode())
+    q = f"{{{YANGLIB_NS}}}"
+    for tag in (q + "location", q + "schema"):
+        for el in list(wrapper.iter(tag)):
+            parent = el.getparent()
+            if tag == q + "schema" and parent.tag != q + "module":
+                continue  # /yang-library/schema is the schema list, not a file
+            if location is None:
+                parent.remove(el)
+            else:
+                name = parent.findtext(q + "name") or ""
+                rev = parent.findtext(q + "revision") or ""
+                el.text = location.format(name=name, revision=rev)
+    lib = wrapper.find(q + "yang-library")
+    if lib is not None:
+        cid = lib.find(q + "content-id")
+        for ds in datastores:
+            d = etree.Element(q + "datastore", nsmap={"ds": DS_NS})
+            etree.SubElement(d, q + "name").text = f"ds:{ds}"
+            etree.SubElement(d, q + "schema").text = "complete"
+            if cid is not None:
+                cid.addprevious(d)
+            else:
+                lib.append(d)
     return list(wrapper)

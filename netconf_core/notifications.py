@@ -100,6 +100,20 @@ class NotificationBus:
         self.replay: deque[Event] = deque(maxlen=replay_size)
         self.subscriptions: dict[int, Subscription] = {}
         self.log_created = now()
+        self.log_aged: datetime | None = None  # time of the newest event aged out
+
+    def streams(self) -> etree._Element:
+        """RFC 5277 §3.4 `/manageEvent:netconf/streams` state for `<get>`."""
+        q = f"{{{NETMOD_NOTIF_NS}}}"
+        root = etree.Element(q + "netconf", nsmap={None: NETMOD_NOTIF_NS})
+        st = etree.SubElement(etree.SubElement(root, q + "streams"), q + "stream")
+        etree.SubElement(st, q + "name").text = STREAM
+        etree.SubElement(st, q + "description").text = "default NETCONF event stream"
+        etree.SubElement(st, q + "replaySupport").text = "true"
+        etree.SubElement(st, q + "replayLogCreationTime").text = format_time(self.log_created)
+        if self.log_aged is not None:
+            etree.SubElement(st, q + "replayLogAgedTime").text = format_time(self.log_aged)
+        return root
 
     def has_subscribers(self) -> bool:
         return bool(self.subscriptions)
@@ -119,6 +133,8 @@ class NotificationBus:
     def publish(self, content: etree._Element, time: datetime | None = None) -> Event:
         """Store an event in the replay log and send it to every matching subscriber."""
         ev = Event(time or now(), content)
+        if len(self.replay) == self.replay.maxlen and self.replay:
+            self.log_aged = self.replay[0].time
         self.replay.append(ev)
         for sub in list(self.subscriptions.values()):
             if sub.stop is not None and ev.time > sub.stop:

@@ -16,10 +16,11 @@ from lxml import etree
 from netconf_core import params as P
 from netconf_core.errors import NC_NS, RpcError
 from netconf_core.monitoring import NCM_NS, YANGLIB_NS
-from netconf_core.notifications import NOTIF_NS, parse_time
+from netconf_core.notifications import NETMOD_NOTIF_NS, NOTIF_NS, parse_time
 from netconf_core.secrets_access import check_no_secrets, strip_secrets
 
 if TYPE_CHECKING:
+    from netconf_core.schema import YangSchema
     from netconf_core.server import NetconfServer
     from netconf_core.session import NetconfSession
 
@@ -39,15 +40,17 @@ WRITABLE = ("running", "candidate")
 # -- filters ----------------------------------------------------------------------------------
 
 
-def apply_filter(data: etree._Element, filt: etree._Element | None) -> etree._Element:
-    """RFC 6241 section 6 subtree filter or :xpath filter on a `<data>` root."""
+def apply_filter(data: etree._Element, filt: etree._Element | None,
+                 schema: YangSchema | None = None) -> etree._Element:
+    """RFC 6241 section 6 subtree filter or :xpath filter on a `<data>` root; with the
+    schema, list entries keep their keys and unprefixed XPath names are resolved."""
     if filt is None:
         return data
     from netconf_core.filters import subtree_filter, xpath_filter
 
     ftype = filt.get("type") or filt.get(NC + "type") or "subtree"
     if ftype == "subtree":
-        return subtree_filter(data, filt)
+        return subtree_filter(data, filt, schema)
     if ftype == "xpath":
         select = filt.get("select") or filt.get(NC + "select")
         if select is None:
@@ -56,7 +59,7 @@ def apply_filter(data: etree._Element, filt: etree._Element | None) -> etree._El
                 info={"bad-attribute": "select", "bad-element": "filter"},
             )
         nsmap = {k: v for k, v in filt.nsmap.items() if k is not None}
-        return xpath_filter(data, select, nsmap)
+        return xpath_filter(data, select, nsmap, schema)
     raise RpcError(
         "protocol", "bad-attribute", f"unknown filter type {ftype!r}",
         info={"bad-attribute": "type", "bad-element": "filter"},
@@ -82,8 +85,11 @@ def op_get(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body
     if sel is None or sel(f"{{{YANGLIB_NS}}}yang-library") or \
             sel(f"{{{YANGLIB_NS}}}modules-state"):
         data.extend(srv.yang_library())
+    if (sel is None or sel(f"{{{NETMOD_NOTIF_NS}}}netconf")) and \
+            srv.schema.namespace_known(NETMOD_NOTIF_NS):
+        data.append(srv.bus.streams())
     _hide_secrets(srv, sess, data)
-    return [apply_filter(data, filt)]
+    return [apply_filter(data, filt, srv.schema)]
 
 
 def op_get_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
@@ -98,7 +104,7 @@ def op_get_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element) 
                 return [raw]  # no copy of the tree, no serialization
         data = srv.datastores.get_config(str(source))
     _hide_secrets(srv, sess, data)
-    return [apply_filter(data, p.get("filter"))]
+    return [apply_filter(data, p.get("filter"), srv.schema)]
 
 
 def _hide_secrets(srv: NetconfServer, sess: NetconfSession, data: etree._Element) -> None:
@@ -329,12 +335,12 @@ def op_create_subscription(srv: NetconfServer, sess: NetconfSession, op: etree._
     event_filter = None
     if filt is not None:
         # Fail now on a malformed filter rather than on the first event.
-        apply_filter(etree.Element(NC + "data"), filt)
+        apply_filter(etree.Element(NC + "data"), filt, srv.schema)
 
         def event_filter(content: etree._Element) -> etree._Element | None:
             data = etree.Element(NC + "data")
             data.append(etree.fromstring(etree.tostring(content)))
-            out = apply_filter(data, filt)
+            out = apply_filter(data, filt, srv.schema)
             return out[0] if len(out) else None
 
         if (filt.get("type") or filt.get(NC + "type") or "subtree") == "subtree":

@@ -94,6 +94,24 @@ class YangSchema:
         for mod in ctx:
             self._modules_by_ns[c2str(mod.cdata.ns)] = mod
 
+    def load_modules(self, names: tuple[str, ...]) -> None:
+        """Load (implement) modules the server itself needs, when their files are found;
+        before any lookup is made."""
+        for name in names:
+            try:
+                self.ctx.get_module(name)
+                continue
+            except libyang.LibyangError:
+                pass
+            try:
+                mod = self.ctx.load_module(name)
+            except libyang.LibyangError as exc:
+                log.warning("cannot load YANG module %s: %s", name, exc)
+                continue
+            self._modules_by_ns[c2str(mod.cdata.ns)] = mod
+        self._top = None
+        self._top_tags.clear()
+
     # ---- schema lookup -------------------------------------------------------------------
 
     @functools.cached_property

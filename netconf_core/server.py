@@ -46,11 +46,20 @@ class ServerConfig:
     state_dir: Path | None = None
     # Users who may neither see nor write nacm:default-deny-all nodes (key material).
     no_secrets_users: frozenset[str] = frozenset()
+    # URL template ("{name}", "{revision}") announced as yang-library `location`; None:
+    # no location, schemas come from get-schema only (as from Netopeer2)
+    schema_location: str | None = None
+
+
+# RFC 5277's modules: we announce :notification, so the yang-library must list them
+# (libnetconf2 clients, netopeer2-cli, fail on a server that announces one without them).
+NOTIFICATION_MODULES = ("notifications", "nc-notifications")
 
 
 class NetconfServer:
     def __init__(self, schema: YangSchema, config: ServerConfig | None = None) -> None:
         self.schema = schema
+        schema.load_modules(NOTIFICATION_MODULES)
         self.config = config or ServerConfig()
         self._datastores: Datastores | None = None
         self.ds_lock = threading.RLock()
@@ -258,7 +267,9 @@ class NetconfServer:
     def yang_library(self) -> list[etree._Element]:
         if self._yanglib is None:
             self._yanglib = [
-                etree.tostring(e) for e in yang_library(self.schema.ctx, self.module_set_id)
+                etree.tostring(e) for e in yang_library(
+                    self.schema.ctx, self.module_set_id, self.config.schema_location,
+                    ("running", "candidate", "startup"))
             ]
         return [etree.fromstring(b) for b in self._yanglib]
 

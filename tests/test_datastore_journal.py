@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,16 @@ def test_journal_keeps_last_complete_record(tmp_path: Path) -> None:
     with open(j.path, "ab") as f:
         f.write(rec)
     assert RunningJournal(tmp_path / "running.xml").load() == b"two"
-    # a complete record whose body was damaged fails its CRC
+    # a complete record whose body was damaged fails its CRC; "one" was wiped when "two"
+    # was written (old versions hold deleted keys), so the base file is what is left
     with open(j.path, "r+b") as f:
         data = f.read()
         f.seek(data.rindex(b"two"))
         f.write(b"twX")
-    assert RunningJournal(tmp_path / "running.xml").load() == b"one"
+    assert b"one" not in data
+    assert RunningJournal(tmp_path / "running.xml").load() is None
+    (tmp_path / "running.xml").write_bytes(b"base")
+    assert RunningJournal(tmp_path / "running.xml").load() == b"base"
 
 
 def test_journal_compacts_into_base_file(tmp_path: Path) -> None:
@@ -98,8 +103,8 @@ def test_failed_append_is_cut_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     j.write(b"good")
     real = ds_mod._writev_all
 
-    def torn(fd: int, parts: list[bytes]) -> None:
-        real(fd, [b"".join(parts)[:7]])  # part of the record reaches the file
+    def torn(fd: int, parts: list[bytes], offset: int) -> None:
+        real(fd, [b"".join(parts)[:7]], offset)  # part of the record reaches the file
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ds_mod, "_writev_all", torn)
@@ -109,3 +114,58 @@ def test_failed_append_is_cut_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     j.write(b"next")  # appended after the last good record, so it is found
     assert RunningJournal(tmp_path / "running.xml").load() == b"next"
     j.close()
+
+
+KEY_HEX = "de:ad:be:ef:" * 3 + "de:ad:be:ef"
+
+
+def sad_with_key(key: str) -> etree._Element:
+    return etree.fromstring(
+        f'<config xmlns="{NC}"><ipsec-ikeless xmlns="{IKELESS}"><sad><sad-entry>'
+        "<name>sa1</name><reqid>1</reqid><ipsec-sa-config><spi>4096</spi>"
+        "<ext-seq-num>true</ext-seq-num><seq-overflow>false</seq-overflow>"
+        "<anti-replay-window-size>64</anti-replay-window-size><traffic-selector>"
+        "<local-prefix>10.0.0.1/32</local-prefix><remote-prefix>10.0.0.2/32</remote-prefix>"
+        "<inner-protocol>any</inner-protocol></traffic-selector>"
+        "<protocol-parameters>esp</protocol-parameters><mode>transport</mode><esp-sa>"
+        "<encryption><encryption-algorithm>20</encryption-algorithm>"
+        f"<key>{key}</key><iv>00:01:02:03:04:05:06:07</iv></encryption>"
+        "</esp-sa></ipsec-sa-config></sad-entry></sad></ipsec-ikeless></config>".encode())
+
+
+def _files_with(tmp_path: Path, needle: bytes) -> list[str]:
+    return [p.name for p in tmp_path.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_deleted_keys_do_not_survive_in_state_files(schema: YangSchema, tmp_path: Path) -> None:
+    """Issue 13 §4: a deleted or replaced key leaves no copy in running.journal, running.xml
+    or startup.xml, and every state file is 0600."""
+    ds = Datastores(schema, state_dir=tmp_path)
+    ds.edit_config("running", sad_with_key(KEY_HEX))
+    stored = b"de:ad:be:ef"
+    assert _files_with(tmp_path, stored) == ["running.journal"]
+    ds.copy_config("startup", "running")
+    # a hard link keeps the inode running.xml/startup.xml had: it must be zeroed on replace
+    old_startup = tmp_path / "old-startup"
+    os.link(tmp_path / "startup.xml", old_startup)
+    # a rekey (new key in place of the old one), then everything deleted
+    ds.edit_config("running", sad_with_key("ca:fe:ba:be:" * 3 + "ca:fe:ba:be"))
+    assert stored not in (tmp_path / "running.journal").read_bytes()
+    ds.edit_config("running", etree.fromstring(
+        f'<config xmlns="{NC}" xmlns:nc="{NC}"><ipsec-ikeless xmlns="{IKELESS}" '
+        'nc:operation="remove"/></config>'.encode()))
+    ds.copy_config("startup", "running")
+    assert set(old_startup.read_bytes()) <= {0}
+    old_startup.unlink()
+    assert _files_with(tmp_path, stored) == []
+    assert _files_with(tmp_path, b"ca:fe:ba:be") == []
+    for p in tmp_path.iterdir():
+        assert p.stat().st_mode & 0o777 == 0o600, p
+    # many commits, then compaction: still nothing old, and restart gives the last version
+    for i in range(1, 40):
+        ds.edit_config("running", sad_with_key(f"{i:02x}:" * 15 + "77"))
+    ds.close()
+    assert _files_with(tmp_path, b"01:01:01:01") == []
+    again = Datastores(schema, state_dir=tmp_path)
+    assert b"27:27:27:27" in again.serialize("running")
+    again.close()

@@ -1,0 +1,207 @@
+"""Issue 14 / 13 conformance over real SSH sessions, with clients we did not write where
+they are installed: libnetconf2 (netopeer2-cli's library, through `lnc2_client`), yuma123's
+yangcli, and ncclient. Replies are parsed by libyang (libnetconf2) or lxml."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import lnc2_client
+import pytest
+from lxml import etree
+from ncclient.operations import RPCError
+from ncharness import (
+    IKELESS_NS,
+    NC_NS,
+    PASSWORD,
+    AgentThread,
+    ikeless_config,
+    spd_entry,
+)
+
+YL = "urn:ietf:params:xml:ns:yang:ietf-yang-library"
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentThread]:
+    a = AgentThread(tmp_path_factory.mktemp("conformance") / "state").start()
+    with a.connect() as m:
+        m.edit_config(target="running", config=ikeless_config(
+            spd_entry("p1") + spd_entry("p2", reqid=2) + spd_entry("p3", reqid=3)))
+    yield a
+    a.stop()
+
+
+def q(tag: str, ns: str = IKELESS_NS) -> str:
+    return f"{{{ns}}}{tag}"
+
+
+def _entries(root: etree._Element) -> list[etree._Element]:
+    return list(root.iter(q("spd-entry")))
+
+
+def _assert_valid_spd_names(root: etree._Element, want: list[str]) -> None:
+    """Each selected name sits in its own spd-entry under ipsec-ikeless/spd: nothing else."""
+    ikeless = root.find(f".//{q('ipsec-ikeless')}")
+    assert ikeless is not None
+    assert [c.tag for c in ikeless] == [q("spd")]
+    entries = _entries(root)
+    assert [[c.tag for c in e] for e in entries] == [[q("name")]] * len(want)
+    assert [e.findtext(q("name")) for e in entries] == want
+
+
+# -- issue 14.1 / 14.2: XPath and subtree filters give valid trees with keys ----------------
+
+def test_xpath_filter_on_list_names_is_valid_tree(agent: AgentThread) -> None:
+    sel = "/ik:ipsec-ikeless/ik:spd/ik:spd-entry/ik:name"
+    with agent.connect() as m:
+        for reply in (m.get(filter=("xpath", ({"ik": IKELESS_NS}, sel))),
+                      m.get_config("running", filter=("xpath", ({"ik": IKELESS_NS}, sel)))):
+            _assert_valid_spd_names(etree.fromstring(reply.xml.encode()), ["p1", "p2", "p3"])
+
+
+def test_filters_return_keys_with_non_key_leaves(agent: AgentThread) -> None:
+    with agent.connect() as m:
+        sel = "/ik:ipsec-ikeless/ik:spd/ik:spd-entry/ik:reqid"
+        r = m.get_config("running", filter=("xpath", ({"ik": IKELESS_NS}, sel)))
+        entries = _entries(etree.fromstring(r.xml.encode()))
+        assert [(e.findtext(q("name")), e.findtext(q("reqid"))) for e in entries] == [
+            ("p1", "1"), ("p2", "2"), ("p3", "3")]
+        assert all(e[0].tag == q("name") for e in entries)  # key first
+        sub = (f'<ipsec-ikeless xmlns="{IKELESS_NS}"><spd><spd-entry><reqid/>'
+               "</spd-entry></spd></ipsec-ikeless>")
+        r = m.get(filter=("subtree", sub))
+        entries = _entries(etree.fromstring(r.xml.encode()))
+        assert [(e.findtext(q("name")), e.findtext(q("reqid"))) for e in entries] == [
+            ("p1", "1"), ("p2", "2"), ("p3", "3")]
+
+
+def test_libnetconf2_client_connects_and_parses_filtered_reply(agent: AgentThread) -> None:
+    """netopeer2-cli's library builds its context from our yang-library (RFC 5277 modules
+    included) and libyang parses the filtered reply: it must be a valid instance tree."""
+    if not lnc2_client.available():
+        pytest.skip("libnetconf2 is not installed (Debian package libnetconf2-2)")
+    out = _lnc2(agent, "/ietf-i2nsf-ikeless:ipsec-ikeless/spd/spd-entry/name")
+    assert out["connected"], out["log"]
+    assert out["modules"] == {"notifications": True, "nc-notifications": True,
+                              "ietf-i2nsf-ikeless": True, "ietf-netconf": True}
+    reply = out["reply"]
+    assert reply["msg_type"] == lnc2_client.NC_MSG_REPLY
+    _assert_valid_spd_names(etree.fromstring(reply["data"].encode()), ["p1", "p2", "p3"])
+
+
+def _lnc2(agent: AgentThread, xpath: str) -> dict:  # type: ignore[type-arg]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "lnc2_client.py"), str(agent.port), "admin", PASSWORD,
+         xpath], capture_output=True, text=True, timeout=60, env=env, check=True)
+    return json.loads(proc.stdout)
+
+
+# -- issue 14.4: unprefixed XPath (yangcli's xget) ------------------------------------------
+
+def test_unprefixed_xpath_is_resolved(agent: AgentThread) -> None:
+    with agent.connect() as m:
+        r = m.get(filter=("xpath", "/ipsec-ikeless/spd/spd-entry/name"))
+        _assert_valid_spd_names(etree.fromstring(r.xml.encode()), ["p1", "p2", "p3"])
+        r = m.get_config("running", filter=(
+            "xpath", "/ipsec-ikeless/spd/spd-entry[name='p2' or reqid=3]/reqid"))
+        entries = _entries(etree.fromstring(r.xml.encode()))
+        assert [(e.findtext(q("name")), e.findtext(q("reqid"))) for e in entries] == [
+            ("p2", "2"), ("p3", "3")]
+        # module names as prefixes (libyang's JSON form) need no xmlns declaration
+        r = m.get(filter=("xpath", "/ietf-i2nsf-ikeless:ipsec-ikeless/spd/spd-entry/name"))
+        _assert_valid_spd_names(etree.fromstring(r.xml.encode()), ["p1", "p2", "p3"])
+        r = m.get(filter=("xpath", "/yang-library/module-set/module/name"))
+        assert "ietf-i2nsf-ikeless" in [e.text for e in etree.fromstring(
+            r.xml.encode()).iter(q("name", YL))]
+
+
+def test_bad_xpath_is_invalid_value(agent: AgentThread) -> None:
+    with agent.connect() as m:
+        before = agent.snapshot()
+        for sel in ("count(/ipsec-ikeless/spd/spd-entry)", "/ipsec-ikeless/spd[",
+                    "/nope:ipsec-ikeless", "'text'", "1 + 2"):
+            with pytest.raises(RPCError) as ei:
+                m.get(filter=("xpath", sel))
+            assert ei.value.tag == "invalid-value", sel
+            assert ei.value.type == "protocol"
+        # `name` is a top-level node of no module, but `modules-state` exists in one only:
+        r = m.get(filter=("xpath", "/modules-state/module-set-id"))
+        assert etree.fromstring(r.xml.encode()).find(f".//{q('module-set-id', YL)}") is not None
+        assert agent.snapshot() == before
+
+
+def test_yangcli_xget_unprefixed(agent: AgentThread, tmp_path: Path) -> None:
+    """yuma123's yangcli sends xget selects without prefixes."""
+    out = _yangcli(agent, tmp_path, "xget /ipsec-ikeless/spd/spd-entry/reqid")
+    body = out[out.index("<rpc-reply"):out.rindex("</rpc-reply>") + len("</rpc-reply>")]
+    entries = _entries(etree.fromstring(body.encode()))
+    assert [(e.findtext(q("name")), e.findtext(q("reqid"))) for e in entries] == [
+        ("p1", "1"), ("p2", "2"), ("p3", "3")]
+
+
+def _yangcli(agent: AgentThread, tmp_path: Path, command: str) -> str:
+    exe = shutil.which("yangcli")
+    if exe is None:
+        pytest.skip("yangcli is not installed (Debian package yangcli)")
+    proc = subprocess.run(
+        [exe, "--server=127.0.0.1", f"--ncport={agent.port}", "--user=admin",
+         f"--password={PASSWORD}", "--batch-mode", f"--run-command={command}",
+         "--display-mode=xml", f"--yuma-home={tmp_path}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env=dict(os.environ, HOME=str(tmp_path)))
+    return proc.stdout + proc.stderr
+
+
+# -- issue 13 §4 / §5: yang-library ---------------------------------------------------------
+
+def test_yang_library_has_no_file_paths_and_lists_rfc5277_modules(agent: AgentThread) -> None:
+    with agent.connect() as m:
+        r = m.get(filter=("xpath", "/yang-library | /modules-state"))
+        root = etree.fromstring(r.xml.encode())
+        assert root.find(f".//{q('modules-state', YL)}") is not None
+        assert b"file:" not in r.xml.encode()
+        assert root.find(f".//{q('location', YL)}") is None
+        assert all(s.getparent().tag != q("module", YL) for s in root.iter(q("schema", YL)))
+        implemented = {e.findtext(q("name", YL)): e.findtext(q("namespace", YL))
+                       for e in root.iter(q("module", YL)) if e.getparent().tag == q(
+                           "module-set", YL)}
+        assert implemented["notifications"] == "urn:ietf:params:xml:ns:netconf:notification:1.0"
+        assert implemented["nc-notifications"] == "urn:ietf:params:xml:ns:netmod:notification"
+        ds = [e.findtext(q("name", YL)) for e in root.iter(q("datastore", YL))]
+        assert ds == ["ds:running", "ds:candidate", "ds:startup"]
+        caps = list(m.server_capabilities)
+        assert any("module=nc-notifications&revision=2008-07-14" in c for c in caps)
+        # RFC 5277 §3.4: the streams
+        nm = "urn:ietf:params:xml:ns:netmod:notification"
+        r = m.get(filter=("subtree", f'<netconf xmlns="{nm}"/>'))
+        st = etree.fromstring(r.xml.encode()).find(f".//{q('stream', nm)}")
+        assert st is not None and st.findtext(q("name", nm)) == "NETCONF"
+        assert st.findtext(q("replaySupport", nm)) == "true"
+        assert m.get_schema("nc-notifications").data.startswith("module nc-notifications")
+
+
+def test_yang_library_location_when_configured(tmp_path: Path) -> None:
+    a = AgentThread(tmp_path / "state").start()
+    try:
+        a.server.config.schema_location = "https://nsf.example/yang/{name}@{revision}.yang"
+        a.server._yanglib = None
+        with a.connect() as m:
+            r = m.get(filter=("subtree", f'<yang-library xmlns="{YL}"/>'))
+            locs = [e.text for e in etree.fromstring(r.xml.encode()).iter(q("location", YL))]
+            assert "https://nsf.example/yang/ietf-i2nsf-ikeless@2021-07-14.yang" in locs
+            assert not any("file:" in (x or "") for x in locs)
+    finally:
+        a.stop()
+
+
+NC = NC_NS
