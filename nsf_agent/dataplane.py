@@ -64,6 +64,7 @@ REGISTRY: dict[str, Factory] = {
     "userspace": _userspace,
     "auto": _auto,
     "ike": _ike,
+    "sfc": lambda cfg: importlib.import_module("nsf_agent.appliers.sfc").create(cfg),
 }
 
 

@@ -1,0 +1,254 @@
+"""The `sfc` applier: `i2nsf-sfc-nsf` configuration → the userspace SFC data path process
+(classifier, SFF, SFC proxies), and its events → NETCONF notifications.
+
+A commit is all or nothing: the whole table is checked (here, then by the data path, which
+knows the namespace's interfaces and addresses) before anything changes, and the data path
+swaps to the new generation in one step. With `forwarder/fast-path/enabled`, each committed
+generation is also handed to `nsf_agent.sfc.fastpath` (tc-BPF, hot entries); if the fast
+path refuses it, the userspace path goes back to the previous generation and the commit fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from netconf_core.applier import ConfigChange, Notify
+from netconf_core.errors import RpcError
+from nsf_agent.sfc import config as sfcconf
+from nsf_agent.sfc.client import SfcClient, SfcDatapathError, spawn
+from nsf_agent.sfc.model import ModelError, SfcConfig
+
+if TYPE_CHECKING:
+    from nsf_agent.config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+MODULE = "i2nsf-sfc-nsf"
+
+
+def create(cfg: AgentConfig) -> SfcApplier:
+    """Factory for the `sfc` dataplane name: the data path runs in the agent's namespace,
+    and the agent serves the module it is configured with."""
+    if MODULE not in cfg.modules:
+        cfg.modules.append(MODULE)
+    return SfcApplier(cfg.state_dir)
+
+
+def _rpc_error(exc: ModelError | SfcDatapathError) -> RpcError:
+    path = getattr(exc, "path", None)
+    return RpcError("application", "invalid-value", str(exc),
+                    path=f"{sfcconf.ROOT}/{path}" if path else sfcconf.ROOT)
+
+
+class SfcApplier:
+    """Applier feeding the SFC data path over its control socket."""
+
+    name = "sfc"
+
+    def __init__(self, state_dir: Path, netns: str | None = None,
+                 connect_timeout: float = 15.0, log_level: str = "info") -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.control = str(state_dir / "sfc-datapath.sock")
+        self.log_path = str(state_dir / "sfc-datapath.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client = self._connect_or_spawn(netns, connect_timeout, log_level)
+        self.notify: Notify | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pump: threading.Thread | None = None
+        self.cfg = SfcConfig()
+        self.generation = 0
+        self.fastpath: Any = None
+
+    def _connect_or_spawn(self, netns: str | None, timeout: float, level: str) -> SfcClient:
+        if os.path.exists(self.control):
+            try:
+                client = SfcClient(self.control, timeout=2.0)
+                client.ping()
+                log.info("sfc: reattached to the running data path")
+                return client
+            except (OSError, TimeoutError, SfcDatapathError):
+                os.unlink(self.control)
+        self.proc = spawn(self.control, netns=netns, extra=("--log-level", level),
+                          log_path=self.log_path)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"SFC data path exited ({self.proc.returncode}); "
+                                   f"see {self.log_path}")
+            try:
+                client = SfcClient(self.control, timeout=10.0)
+                client.ping()
+                return client
+            except (OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)  # the child is starting; poll its socket
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def bind(self, notify: Notify) -> None:
+        self.notify = notify
+        self._pump = threading.Thread(target=self._events, name="sfc-events", daemon=True)
+        self._pump.start()
+
+    def close(self, stop_datapath: bool = False) -> None:
+        self._stop.set()
+        if self.fastpath is not None:
+            with contextlib.suppress(Exception):
+                self.fastpath.close()
+        with self._lock:
+            if stop_datapath:
+                with contextlib.suppress(OSError, TimeoutError, SfcDatapathError):
+                    self.client.shutdown()
+            self.client.close()
+        if stop_datapath and self.proc is not None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    # ---- transaction -----------------------------------------------------------------------
+
+    def _parsed(self, change: ConfigChange) -> tuple[SfcConfig, dict[str, Any]]:
+        got = change.scratch.get("sfc.new")
+        if got is None:
+            cfg, fast = sfcconf.parse(change.new)
+            try:
+                cfg.check()
+            except ModelError as exc:
+                raise _rpc_error(exc) from exc
+            got = change.scratch["sfc.new"] = (cfg, fast)
+        return got  # type: ignore[return-value]
+
+    def validate(self, change: ConfigChange) -> None:
+        cfg, fast = self._parsed(change)
+        try:
+            with self._lock:
+                self.client.check(cfg)
+        except SfcDatapathError as exc:
+            raise _rpc_error(exc) from exc
+        if fast["enabled"]:
+            self._fastpath_available()
+
+    def prepare(self, change: ConfigChange) -> None:
+        self._parsed(change)
+
+    def _replace(self, cfg: SfcConfig) -> None:
+        with self._lock:
+            self.client.replace(cfg)
+
+    def apply(self, change: ConfigChange) -> None:
+        cfg, fast = self._parsed(change)
+        cfg.generation = self.generation + 1
+        try:
+            self._replace(cfg)
+        except SfcDatapathError as exc:
+            raise _rpc_error(exc) from exc
+        except (OSError, TimeoutError) as exc:
+            raise RpcError("application", "operation-failed",
+                           f"SFC data path unreachable: {exc}") from exc
+        try:
+            self._fastpath_apply(cfg, fast)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                self._replace(self.cfg)
+            raise RpcError("application", "operation-failed",
+                           f"the SFC fast path refused the table: {exc}") from exc
+        self.cfg, self.generation = cfg, cfg.generation
+
+    def abort(self, change: ConfigChange) -> None:
+        old, fast = sfcconf.parse(change.old)
+        old.generation = self.generation + 1
+        self._replace(old)
+        with contextlib.suppress(Exception):
+            self._fastpath_apply(old, fast)
+        self.cfg, self.generation = old, old.generation
+
+    def reconcile(self, running: etree._Element) -> None:
+        cfg, fast = sfcconf.parse(running)
+        cfg.generation = self.generation + 1
+        try:
+            self._replace(cfg)
+            self._fastpath_apply(cfg, fast)
+        except Exception:
+            # a table the namespace cannot carry any more (an interface went away while
+            # the agent was down): start empty rather than not at all, and say so
+            log.exception("sfc: running configuration cannot be applied; data path left empty")
+            cfg = SfcConfig(generation=cfg.generation)
+            self._replace(cfg)
+        self.cfg, self.generation = cfg, cfg.generation
+
+    # ---- fast path hook (nsf_agent.sfc.fastpath, owned by the fast path's issue) ----------
+
+    def _fastpath_available(self) -> None:
+        try:
+            from nsf_agent.sfc.fastpath import FastPath  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise RpcError("application", "operation-not-supported",
+                           f"the SFC fast path is not installed: {exc}",
+                           path=f"{sfcconf.ROOT}/forwarder/fast-path/enabled") from exc
+        ok, reason = FastPath.available()
+        if not ok:
+            raise RpcError("application", "operation-not-supported",
+                           f"the SFC fast path is not available: {reason}",
+                           path=f"{sfcconf.ROOT}/forwarder/fast-path/enabled")
+
+    def _fastpath_apply(self, cfg: SfcConfig, fast: dict[str, Any]) -> None:
+        """Hand the committed generation to the fast path (attach/detach as configured)."""
+        if not fast.get("enabled"):
+            if self.fastpath is not None:
+                self.fastpath.close()
+                self.fastpath = None
+            return
+        from nsf_agent.sfc.fastpath import FastPath
+
+        if self.fastpath is None:
+            self.fastpath = FastPath()
+            self.fastpath.attach(list(fast.get("interfaces", [])))
+        self.fastpath.apply(cfg)
+
+    # ---- operational state -----------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return self.client.stats()  # type: ignore[no-any-return]
+
+    def state(self, running: etree._Element) -> list[etree._Element]:
+        if self.cfg.empty() and not self.cfg.sff_id:
+            return []
+        snap = self.stats()
+        if self.fastpath is not None:
+            with contextlib.suppress(Exception):
+                snap.setdefault("fastpath", self.fastpath.counters())
+        return [sfcconf.state(self.cfg, snap)]
+
+    # ---- data path events → notifications ----------------------------------------------------
+
+    def _events(self) -> None:
+        while not self._stop.is_set():
+            try:
+                readable, _, _ = select.select([self.client.sock], [], [], 0.5)
+                with self._lock:
+                    evs = self.client.events(timeout=0.05 if readable else 0.0)
+            except (OSError, ValueError, ConnectionError):
+                if not self._stop.is_set():
+                    log.exception("sfc: lost the data path's event channel")
+                return
+            for ev in evs:
+                try:
+                    n = sfcconf.notification(ev)
+                    if n is not None and self.notify is not None:
+                        self.notify(n)
+                except Exception:
+                    log.exception("sfc: cannot turn a data path event into a notification")

@@ -1,0 +1,631 @@
+"""The userspace SFC data path: a process of its own in the NSF's network namespace.
+
+Like the userspace ESP path it runs outside the agent's NETCONF event loop (packet work is
+CPU-bound Python) and is fed over a Unix stream socket with length-prefixed JSON (the same
+framing as `nsf_agent.userspace.client`, whose `DatapathClient` talks to it). One thread:
+control messages are handled between packet batches, so a table replace is atomic with
+respect to traffic.
+
+Sockets: raw IP protocol 47 (GRE) sockets bound to the locator, read with recvmmsg and
+written with sendmmsg; a header-including raw socket delivers inner packets (end of path)
+and re-injects packets no classifier rule took; AF_PACKET sockets on classifier ingress
+interfaces and on the proxies' SF-facing veths; a Unix datagram socket per proxy for the
+SF's inspection results. Intercepted interfaces get IPv4 forwarding (and, on the SF return
+side, IPv6) turned off so that the kernel does not forward what we already took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import errno
+import ipaddress
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nsf_agent.userspace import mmsg
+
+from .engine import ETH_IPV4, Engine, Proxy
+from .model import ModelError, SfcConfig
+
+log = logging.getLogger("nsf_agent.sfc.datapath")
+
+_LEN = struct.Struct("!I")
+IPPROTO_GRE = 47
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+SOL_PACKET = 263
+PACKET_IGNORE_OUTGOING = 23
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DONT = 0
+SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
+BATCH = 64
+MAX_MSG = 16 * 1024 * 1024
+
+
+def _bufsize(sock: socket.socket, opt: int, force: int, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, opt, size)
+
+
+def _sysctl_path(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+def _read_sysctl(key: str) -> str | None:
+    try:
+        with open(_sysctl_path(key)) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _write_sysctl(key: str, value: str) -> None:
+    with open(_sysctl_path(key), "w") as f:
+        f.write(value)
+
+
+def interfaces() -> dict[str, bytes]:
+    """Interface name → MAC of this namespace."""
+    from pyroute2 import IPRoute
+
+    out = {}
+    with IPRoute() as ipr:   # netlink, so that it is this namespace's (not /sys's) view
+        for link in ipr.get_links():
+            mac = link.get_attr("IFLA_ADDRESS") or ""
+            out[link.get_attr("IFLA_IFNAME")] = bytes.fromhex(mac.replace(":", "")) \
+                if mac else b"\0" * 6
+    return out
+
+
+def local_addresses() -> set[str]:
+    addrs: set[str] = set()
+    with contextlib.suppress(OSError), open("/proc/net/fib_trie") as f:
+        lines = f.read().splitlines()
+        for i, line in enumerate(lines):
+            if "/32 host LOCAL" in line and i > 0:
+                addrs.add(lines[i - 1].split()[-1])
+    with contextlib.suppress(OSError), open("/proc/net/if_inet6") as f:
+        for line in f:
+            h = line.split()[0]
+            addrs.add(str(ipaddress.IPv6Address(bytes.fromhex(h))))
+    return addrs
+
+
+def _sockaddr(addr: str) -> ctypes.Array[ctypes.c_char]:
+    ip = ipaddress.ip_address(addr)
+    if ip.version == 4:
+        raw = struct.pack("=HH4s8x", socket.AF_INET, 0, ip.packed)
+    else:
+        raw = struct.pack("=HHI16sI", socket.AF_INET6, 0, 0, ip.packed, 0)
+    return ctypes.create_string_buffer(raw, len(raw))
+
+
+@dataclass
+class _Link:
+    """An intercepted interface: its AF_PACKET socket and what we changed on it."""
+
+    name: str
+    sock: socket.socket
+    mac: bytes
+    role: str                       # "ingress" | "to-sf" | "from-sf"
+    saved: dict[str, str] = field(default_factory=dict)
+    batch: mmsg.RecvBatch | None = None
+
+    def restore(self) -> None:
+        for k, v in self.saved.items():
+            with contextlib.suppress(OSError):
+                _write_sysctl(k, v)
+        self.sock.close()
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    rbuf: bytearray = field(default_factory=bytearray)
+
+
+class Datapath:
+    def __init__(self, control: str) -> None:
+        self.control = control
+        self.engine = Engine()
+        self.cfg = SfcConfig()
+        self.links: dict[tuple[str, str], _Link] = {}
+        self.results: dict[str, socket.socket] = {}   # proxy name → result socket
+        self.conns: list[_Conn] = []
+        self.gre4: socket.socket | None = None
+        self.gre6: socket.socket | None = None
+        self.gre_bound: str | None = None
+        self._names: dict[str, ctypes.Array[ctypes.c_char]] = {}
+        self._running = True
+        self.started = time.monotonic()
+
+    # ---- setup -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.raw4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        _bufsize(self.raw4, socket.SO_SNDBUF, SO_SNDBUFFORCE, 8 << 20)
+        self.raw6: socket.socket | None = None
+        with contextlib.suppress(OSError):
+            self.raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self._use_gre(self._open_gre(None), None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.control)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.control)
+        os.chmod(self.control, 0o600)
+        self.listener.listen(4)
+        self.listener.setblocking(False)
+
+    def _gre_socket(self, family: int, bind: str | None) -> socket.socket:
+        s = socket.socket(family, socket.SOCK_RAW, IPPROTO_GRE)
+        _bufsize(s, socket.SO_RCVBUF, SO_RCVBUFFORCE, 16 << 20)
+        _bufsize(s, socket.SO_SNDBUF, SO_SNDBUFFORCE, 8 << 20)
+        if family == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+        if bind:
+            s.bind((bind, 0))
+        s.setblocking(False)
+        return s
+
+    def _open_gre(self, locator: str | None) -> tuple[socket.socket, socket.socket | None]:
+        """GRE sockets, the one of the locator's family bound to it."""
+        v = ipaddress.ip_address(locator).version if locator else 0
+        g4 = self._gre_socket(socket.AF_INET, locator if v == 4 else None)
+        g6 = None
+        try:
+            g6 = self._gre_socket(socket.AF_INET6, locator if v == 6 else None)
+        except OSError:
+            if v == 6:
+                g4.close()
+                raise
+        return g4, g6
+
+    def _use_gre(self, socks: tuple[socket.socket, socket.socket | None],
+                 locator: str | None) -> None:
+        for old in (self.gre4, self.gre6):
+            if old is not None:
+                old.close()
+        self.gre4, self.gre6 = socks
+        self.gre_bound = locator
+        self.mm4 = mmsg.RecvBatch(self.gre4.fileno(), BATCH, 65536)
+        self.sb4 = mmsg.SendBatch(self.gre4.fileno(), BATCH)
+
+    def close(self) -> None:
+        for link in self.links.values():
+            link.restore()
+        for path, s in list(self.results.items()):
+            s.close()
+            del path
+        for c in self.conns:
+            c.sock.close()
+        with contextlib.suppress(OSError):
+            self.listener.close()
+            os.unlink(self.control)
+
+    # ---- configuration -----------------------------------------------------------------
+
+    def check(self, cfg: SfcConfig) -> None:
+        """Everything `replace` would refuse, without changing anything."""
+        cfg.check()
+        ifs = interfaces()
+        for ifname, path in cfg.interfaces().items():
+            if ifname not in ifs:
+                raise ModelError(f"interface {ifname!r} does not exist in the NSF's namespace",
+                                 path)
+        if cfg.locator and cfg.locator not in local_addresses():
+            raise ModelError(f"locator {cfg.locator} is not an address of this NSF",
+                             "forwarder/locator")
+
+    def replace(self, cfg: SfcConfig) -> None:
+        """Switch to `cfg` all or nothing: new sockets and interface settings first; if
+        any fails, what was opened is closed and the running tables stay as they were."""
+        self.check(cfg)
+        want: dict[tuple[str, str], str] = {}
+        for r in cfg.rules:
+            if r.match.ingress:
+                want[(r.match.ingress, "ingress")] = r.match.ingress
+        for p in cfg.proxies:
+            want[(p.to_sf, "to-sf")] = p.to_sf
+            want[(p.from_sf, "from-sf")] = p.from_sf
+        ifs = interfaces()
+        new_links: dict[tuple[str, str], _Link] = {}
+        new_results: dict[str, socket.socket] = {}
+        gre: tuple[socket.socket, socket.socket | None] | None = None
+        try:
+            for key, ifname in want.items():
+                if key in self.links:
+                    continue
+                new_links[key] = self._open_link(ifname, key[1], ifs[ifname])
+            for p in cfg.proxies:
+                old = self.cfg_proxy(p.name)
+                if old is not None and old.result_socket == p.result_socket \
+                        and p.name in self.results:
+                    continue
+                if p.result_socket:
+                    new_results[p.name] = self._open_result(p.result_socket)
+            if cfg.locator != self.gre_bound:
+                gre = self._open_gre(cfg.locator)
+        except Exception:
+            for link in new_links.values():
+                link.restore()
+            for s in new_results.values():
+                s.close()
+            if gre is not None:
+                for g in gre:
+                    if g is not None:
+                        g.close()
+            raise
+        # commit point: nothing below fails for reasons of the new configuration
+        for key in [k for k in self.links if k not in want]:
+            self.links.pop(key).restore()
+        self.links.update(new_links)
+        for name in [n for n in self.results if n not in {p.name for p in cfg.proxies}
+                     or n in new_results]:
+            self._close_result(name)
+        self.results.update(new_results)
+        if gre is not None:
+            self._use_gre(gre, cfg.locator)
+        macs = {k[0]: link.mac for k, link in self.links.items()}
+        self.engine.load(cfg, local_addresses(), macs)
+        self.cfg = cfg
+        self._flush()
+
+    def cfg_proxy(self, name: str) -> Any:
+        for p in self.cfg.proxies:
+            if p.name == name:
+                return p
+        return None
+
+    def _open_link(self, ifname: str, role: str, mac: bytes) -> _Link:
+        proto = ETH_P_IP if role == "ingress" else ETH_P_ALL
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
+        link = _Link(ifname, s, mac, role)
+        try:
+            with contextlib.suppress(OSError):
+                s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            _bufsize(s, socket.SO_RCVBUF, SO_RCVBUFFORCE, 8 << 20)
+            s.bind((ifname, proto if role == "ingress" else ETH_P_ALL))
+            s.setblocking(False)
+            if role != "to-sf":
+                link.batch = mmsg.RecvBatch(s.fileno(), BATCH, 65536)
+            keys = [f"net.ipv4.conf.{ifname}.forwarding"]
+            if role != "ingress":
+                keys.append(f"net.ipv6.conf.{ifname}.disable_ipv6")
+            for k in keys:
+                old = _read_sysctl(k)
+                if old is None:
+                    continue
+                new = "0" if k.endswith("forwarding") else "1"
+                if old != new:
+                    _write_sysctl(k, new)
+                    link.saved[k] = old
+        except Exception:
+            link.restore()
+            raise
+        return link
+
+    def _open_result(self, path: str) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            s.bind(path)
+            os.chmod(path, 0o660)
+            s.setblocking(False)
+        except Exception:
+            s.close()
+            raise
+        return s
+
+    def _close_result(self, name: str) -> None:
+        s = self.results.pop(name, None)
+        if s is not None:
+            path = s.getsockname()
+            s.close()
+            with contextlib.suppress(OSError, TypeError):
+                os.unlink(path)
+
+    # ---- packet I/O --------------------------------------------------------------------
+
+    def _on_gre(self) -> None:
+        eng = self.engine
+        for _ in range(8):
+            batch = self.mm4.recv()
+            if not batch:
+                return
+            for raw in batch:
+                pkt = bytearray(raw)
+                if len(pkt) < 20:
+                    eng.drops["truncated"] += 1
+                    continue
+                eng.receive_gre(pkt, (pkt[0] & 0xF) * 4)
+            self._flush()
+            if len(batch) < BATCH:
+                return
+
+    def _on_gre6(self) -> None:
+        assert self.gre6 is not None
+        for _ in range(BATCH):
+            try:
+                raw = self.gre6.recv(65536)
+            except BlockingIOError:
+                break
+            self.engine.receive_gre(bytearray(raw), 0)   # IPv6 raw sockets omit the header
+        self._flush()
+
+    def _on_link(self, link: _Link) -> None:
+        eng = self.engine
+        assert link.batch is not None
+        frames = link.batch.recv()
+        if link.role == "ingress":
+            local = eng.local
+            for fr in frames:
+                if fr[:6] != link.mac or fr[12:14] != ETH_IPV4 or len(fr) < 34:
+                    continue
+                ip = fr[14:]
+                if socket.inet_ntoa(ip[16:20]) in local:
+                    continue   # for this host: the kernel delivers it
+                if not eng.classify(ip, link.name):
+                    eng.out_ip.append(ip)   # not ours to steer: forward it unchanged
+        else:
+            px = self._proxy_from(link.name)
+            if px is not None:
+                for fr in frames:
+                    if fr[:6] == link.mac:
+                        eng.from_sf(px, fr)
+        self._flush()
+
+    def _proxy_from(self, ifname: str) -> Proxy | None:
+        for px in self.engine.proxy_by_name.values():
+            if px.entry.from_sf == ifname:
+                return px
+        return None
+
+    def _on_result(self, name: str, s: socket.socket) -> None:
+        px = self.engine.proxy_by_name.get(name)
+        for _ in range(64):
+            try:
+                data = s.recv(65536)
+            except BlockingIOError:
+                break
+            if px is None:
+                continue
+            try:
+                msg = json.loads(data)
+                if not isinstance(msg, dict):
+                    raise ValueError("not an object")
+                self.engine.inspection_result(px, msg)
+            except (ValueError, TypeError) as exc:
+                self.engine.drops["bad-result"] += 1
+                log.warning("proxy %s: unusable inspection result (%s)", name, exc)
+        self._flush()
+
+    def _name(self, addr: str) -> ctypes.Array[ctypes.c_char]:
+        n = self._names.get(addr)
+        if n is None:
+            if len(self._names) > 4096:
+                self._names.clear()
+            n = self._names[addr] = _sockaddr(addr)
+        return n
+
+    def _flush(self) -> None:
+        eng = self.engine
+        if eng.out_gre:
+            out4 = [(p, a) for p, a in eng.out_gre if ":" not in a]
+            out6 = [(p, a) for p, a in eng.out_gre if ":" in a]
+            eng.out_gre = []
+            if out4:
+                try:
+                    sent = self.sb4.send([p for p, _ in out4], [self._name(a) for _, a in out4])
+                except OSError as exc:
+                    sent = 0
+                    log.debug("GRE send: %s", exc)
+                if sent < len(out4):
+                    eng.drops["send-error"] += len(out4) - sent
+            for p, a in out6:
+                try:
+                    assert self.gre6 is not None
+                    self.gre6.sendto(p, (a, 0))
+                except (OSError, AssertionError):
+                    eng.drops["send-error"] += 1
+        if eng.out_ip:
+            out, eng.out_ip = eng.out_ip, []
+            for p in out:
+                try:
+                    if p[0] >> 4 == 4:
+                        self.raw4.sendto(p, (socket.inet_ntoa(p[16:20]), 0))
+                    elif self.raw6 is not None:
+                        self.raw6.sendto(p, (socket.inet_ntop(socket.AF_INET6, p[24:40]), 0))
+                except OSError:
+                    eng.drops["send-error"] += 1
+        if eng.out_frames:
+            frames, eng.out_frames = eng.out_frames, type(eng.out_frames)(list)
+            for ifname, lst in frames.items():
+                link = self.links.get((ifname, "to-sf"))
+                if link is None:
+                    eng.drops["send-error"] += len(lst)
+                    continue
+                for fr in lst:
+                    try:
+                        link.sock.send(fr)
+                    except OSError:
+                        eng.drops["send-error"] += 1
+        if eng.events:
+            evs, eng.events = eng.events, []
+            for ev in evs:
+                self._broadcast({"type": "event", **ev})
+
+    # ---- control channel ---------------------------------------------------------------
+
+    def _broadcast(self, msg: dict[str, Any]) -> None:
+        data = json.dumps(msg, separators=(",", ":")).encode()
+        frame = _LEN.pack(len(data)) + data
+        for c in list(self.conns):
+            try:
+                c.sock.setblocking(True)
+                c.sock.sendall(frame)
+                c.sock.setblocking(False)
+            except OSError:
+                self._drop_conn(c)
+
+    def _drop_conn(self, c: _Conn) -> None:
+        with contextlib.suppress(ValueError):
+            self.conns.remove(c)
+        c.sock.close()
+
+    def _on_conn(self, c: _Conn) -> None:
+        try:
+            data = c.sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_conn(c)
+            return
+        c.rbuf += data
+        while len(c.rbuf) >= 4:
+            (n,) = _LEN.unpack_from(c.rbuf)
+            if n > MAX_MSG:
+                self._drop_conn(c)
+                return
+            if len(c.rbuf) < 4 + n:
+                break
+            body = bytes(c.rbuf[4:4 + n])
+            del c.rbuf[:4 + n]
+            reply = self._handle(json.loads(body))
+            out = json.dumps(reply, separators=(",", ":")).encode()
+            try:
+                c.sock.setblocking(True)
+                c.sock.sendall(_LEN.pack(len(out)) + out)
+                c.sock.setblocking(False)
+            except OSError:
+                self._drop_conn(c)
+                return
+
+    def _handle(self, msg: dict[str, Any]) -> dict[str, Any]:
+        rid = msg.get("id")
+        op = msg.get("op")
+        try:
+            if op == "ping":
+                result: Any = {"pid": os.getpid()}
+            elif op == "check":
+                self.check(SfcConfig.from_dict(msg["config"]))
+                result = True
+            elif op == "replace":
+                self.replace(SfcConfig.from_dict(msg["config"]))
+                result = True
+            elif op == "stats":
+                result = self.engine.stats()
+                result["uptime"] = time.monotonic() - self.started
+            elif op == "shutdown":
+                self._running = False
+                result = True
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            return {"id": rid, "ok": True, "result": result}
+        except ModelError as exc:
+            return {"id": rid, "ok": False, "error": str(exc), "path": exc.path}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("request %s refused: %s", op, exc)
+            return {"id": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    # ---- main loop ---------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self) -> None:
+        poller = select.poll()
+        registered: dict[int, Any] = {}
+
+        def sync() -> None:
+            want: dict[int, Any] = {self.listener.fileno(): ("listen", None)}
+            if self.gre4 is not None:
+                want[self.gre4.fileno()] = ("gre", None)
+            if self.gre6 is not None:
+                want[self.gre6.fileno()] = ("gre6", None)
+            for link in self.links.values():
+                if link.batch is not None:
+                    want[link.sock.fileno()] = ("link", link)
+            for name, s in self.results.items():
+                want[s.fileno()] = ("result", (name, s))
+            for c in self.conns:
+                want[c.sock.fileno()] = ("conn", c)
+            for fd in [fd for fd in registered if fd not in want]:
+                poller.unregister(fd)
+                del registered[fd]
+            for fd, what in want.items():
+                if fd not in registered:
+                    poller.register(fd, select.POLLIN)
+                registered[fd] = what
+
+        while self._running:
+            sync()
+            timeout = 50 if self.engine.held else 250
+            try:
+                ready = poller.poll(timeout)
+            except InterruptedError:
+                continue
+            for fd, _ev in ready:
+                what = registered.get(fd)
+                if what is None:
+                    continue
+                kind, obj = what
+                try:
+                    if kind == "gre":
+                        self._on_gre()
+                    elif kind == "gre6":
+                        self._on_gre6()
+                    elif kind == "link":
+                        self._on_link(obj)
+                    elif kind == "result":
+                        self._on_result(*obj)
+                    elif kind == "conn":
+                        self._on_conn(obj)
+                    elif kind == "listen":
+                        conn, _ = self.listener.accept()
+                        conn.setblocking(False)
+                        self.conns.append(_Conn(conn))
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EINTR):
+                        log.exception("data path: %s failed", kind)
+            if self.engine.held:
+                self.engine.expire(time.monotonic())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="userspace SFC data path (classifier/SFF/proxy)")
+    ap.add_argument("--control", required=True, help="Unix socket the agent connects to")
+    ap.add_argument("--log-level", default="info")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(),
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    dp = Datapath(a.control)
+    dp.open()
+    signal.signal(signal.SIGTERM, lambda *_: dp.stop())
+    signal.signal(signal.SIGINT, lambda *_: dp.stop())
+    try:
+        dp.run()
+    finally:
+        dp.close()
+        log.info("SFC data path stopped: %s", json.dumps(dp.engine.stats()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
