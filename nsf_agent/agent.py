@@ -14,8 +14,9 @@ from netconf_core.schema import YangSchema
 from netconf_core.server import NetconfServer, ServerConfig
 from netconf_core.ssh import SshConfig, SshTransport
 from netconf_core.yang_context import create_context
-from nsf_agent import dataplane
+from nsf_agent import dataplane, sadb
 from nsf_agent.config import AgentConfig
+from nsf_agent.restart import BootRecord, StatusApplier
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class Agent:
         self.server: NetconfServer | None = None
         self.ssh: SshTransport | None = None
         self.datastores: Datastores | None = None
+        self.boot: BootRecord | None = None
+        self.status: StatusApplier | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -66,11 +69,22 @@ class Agent:
         )
         server.bind_loop(asyncio.get_running_loop())
         self._register_rpcs(server, schema)
-        for a in self.appliers:
+        # How the previous run ended; marked unclean until stop() (issue 13: a controller
+        # must learn of a crash and of the SAs it cost, see nsf_agent/restart.py)
+        self.boot = BootRecord(cfg.state_dir)
+        appliers = list(self.appliers)
+        if schema.namespace_known(sadb.NS):
+            self.status = StatusApplier(self.boot, self.appliers)
+            appliers.append(self.status)  # type: ignore[arg-type]
+        for a in appliers:
             a.bind(server.notify)
-        self.datastores = Datastores(schema, self.appliers, cfg.state_dir)
+        self.datastores = Datastores(schema, appliers, cfg.state_dir)
         server.attach(self.datastores)
         self.datastores.reconcile()
+        if self.status is not None and (self.boot.info.previous_stop != "first-start"
+                                        or self.status.rekey_required()):
+            # (kept in the replay buffer; the controller also reads nsf-status on connect)
+            server.notify(self.status.notification())
         self.server = server
         self.ssh = SshTransport(
             server,
@@ -119,3 +133,5 @@ class Agent:
                 log.exception("applier %s failed to close", a.name)
         if self.datastores is not None:
             self.datastores.close()
+        if self.boot is not None:
+            self.boot.clean_stop()

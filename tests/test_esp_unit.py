@@ -13,10 +13,12 @@ from nsf_agent.userspace.esp import (
     EspError,
     IntegrityError,
     MalformedError,
+    OutOfWindowError,
     ReplayError,
     ReplayWindow,
     SaState,
     SequenceOverflow,
+    WrongNextHeaderError,
     build_ip_packet,
     decapsulate,
     encapsulate,
@@ -146,11 +148,13 @@ def test_replay_duplicate_and_out_of_order() -> None:
     decapsulate(rx, packets[3])  # out of order, inside the window
     decapsulate(rx, packets[39])  # top = 40, window covers 9..40
     decapsulate(rx, packets[8])  # seq 9: the left edge is accepted
-    with pytest.raises(ReplayError):
+    with pytest.raises(OutOfWindowError):  # (a ReplayError)
         decapsulate(rx, packets[7])  # seq 8: just left of the window
     with pytest.raises(ReplayError):
         decapsulate(rx, packets[8])
-    assert rx.counters.replay == 3
+    # duplicates and left-of-window drops are counted apart (RFC 9061 packet-dropped/failed)
+    assert rx.counters.replay == 2
+    assert rx.counters.out_of_window == 1
     assert rx.counters.packets == 4
 
 
@@ -242,10 +246,17 @@ def test_bad_padding_is_a_decrypt_failure() -> None:
 
 
 def test_tunnel_rejects_non_ip_next_header() -> None:
+    """#24.4: a wrong next header is its own drop reason and not a received packet."""
     out_cfg, in_cfg = sa_pair("gcm128")
     tx, rx = SaState(out_cfg), SaState(in_cfg)
-    with pytest.raises(DecryptError):
+    with pytest.raises(WrongNextHeaderError):
         decapsulate(rx, tx.seal(b"\x45" + bytes(19), 6))
+    with pytest.raises(WrongNextHeaderError):  # IPv4 header under next header 41 (IPv6)
+        decapsulate(rx, tx.seal(b"\x45" + bytes(19), 41))
+    assert rx.counters.wrong_next_header == 2
+    assert rx.counters.decrypt_failed == 0
+    assert rx.counters.packets == 0 and rx.counters.bytes == 0
+    assert rx.replay.top == 2  # authentic: a replay of it is still refused
 
 
 def test_dummy_packet_is_counted_not_delivered() -> None:

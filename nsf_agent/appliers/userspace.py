@@ -129,8 +129,16 @@ class UserspaceApplier:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.control = str(state_dir / "datapath.sock")
         self.proc: subprocess.Popen[bytes] | None = None
+        # Sequence-number marks (nsf_agent/userspace/seqstore.py): a data path started anew
+        # resumes every SA it had installed above its mark.
+        seq_path = state_dir / "datapath-seq"
+        self._seq_store_existed = seq_path.exists()
+        extra_args = ("--seq-store", str(seq_path), *extra_args)
         self.client = self._connect_or_spawn(netns, tun, extra_args, connect_timeout,
                                              str(state_dir / "datapath.log"))
+        # SAs whose data-path state did not survive a restart:
+        # name -> (reason, suspended, identity of the SA, see _sa_id)
+        self._rekey: dict[str, tuple[str, bool, tuple[object, ...]]] = {}
         self.notify: Notify | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -205,9 +213,34 @@ class UserspaceApplier:
     def prepare(self, change: ConfigChange) -> None:
         self._translated(change)
 
-    def _replace(self, sas: list[um.SaConfig], spd: list[um.SpdEntry]) -> None:
+    def _replace(self, sas: list[um.SaConfig], spd: list[um.SpdEntry],
+                 suspend: frozenset[str] = frozenset()) -> None:
         with self._lock:
-            self.client.replace(sas, spd)
+            res = self.client.replace(sas, spd, suspend)
+        if not isinstance(res, dict):
+            return
+        by_name = {s.name: s for s in sas}
+        for name, reason in (res.get("restored") or {}).items():
+            if name in by_name:
+                self._rekey[name] = (reason, False, _sa_id(by_name[name]))
+        for name in res.get("suspended") or ():
+            if name in by_name:
+                reason = self._rekey.get(name, ("sequence-unknown",))[0]
+                self._rekey[name] = (reason, True, _sa_id(by_name[name]))
+
+    def _prune_rekey(self, cfg: IkelessConfig) -> None:
+        """Entries whose SA was removed or replaced (other SPI or keys) are done."""
+        if not self._rekey:
+            return
+        by_name = {e.name: e for e in cfg.sad}
+        for name, (_, _, ident) in list(self._rekey.items()):
+            e = by_name.get(name)
+            if e is None or _sa_id(e) != ident:
+                del self._rekey[name]
+
+    def rekey_required(self) -> dict[str, tuple[str, bool]]:
+        """SAs to be replaced by the controller (i2nsf-sadb nsf-status)."""
+        return {n: (r, s) for n, (r, s, _) in self._rekey.items()}
 
     def apply(self, change: ConfigChange) -> None:
         cfg, (sas, spd) = self._translated(change)
@@ -218,6 +251,7 @@ class UserspaceApplier:
             raise RpcError("application", "operation-failed",
                            f"userspace data path refused the change: {exc}") from exc
         self._cfg = cfg
+        self._prune_rekey(cfg)
         with self._spi_lock:  # reserved SPIs now held by SAs are no longer reservations
             for e in self._cfg.sad:
                 self._reserved.pop((str(e.dst), e.spi), None)
@@ -229,8 +263,23 @@ class UserspaceApplier:
 
     def reconcile(self, running: etree._Element) -> None:
         cfg = ikeless.parse(running)
-        self._replace(*translate(cfg))
+        sas, spd = translate(cfg)
+        suspend: frozenset[str] = frozenset()
+        if self.proc is not None and not self._seq_store_existed and sas:
+            # A data path started anew without its marks (state directory of an older
+            # version, or lost): the counters these SAs used are unknown. Receive, but do
+            # not send with them (sending could repeat sequence numbers and GCM nonces).
+            suspend = frozenset(s.name for s in sas if s.direction is um.Direction.OUTBOUND)
+            for s in sas:
+                self._rekey[s.name] = (*(("sequence-unknown", True) if s.name in suspend
+                                         else ("replay-state-lost", False)), _sa_id(s))
+            log.warning("userspace: no sequence marks for %d SAs of the saved configuration: "
+                        "outbound ones suspended until replaced", len(sas))
+        self._replace(sas, spd, suspend)
         self._cfg = cfg
+        if self._rekey:
+            log.warning("userspace: %d SAs lost data-path state in a restart: %s",
+                        len(self._rekey), ", ".join(sorted(self._rekey)))
 
     # ---- i2nsf-sadb RPCs (SADB_GETSPI) ------------------------------------------------------
 
@@ -269,9 +318,10 @@ class UserspaceApplier:
             return self.client.stats()
 
     def state(self, running: etree._Element) -> list[etree._Element]:
-        if not self._cfg.sad:
-            return []
         snap = self.stats()
+        out = [_statistics(snap.get("global", {}))]
+        if not self._cfg.sad:
+            return out
         by_name = {s["sa"]: s for s in snap.get("sas", [])}
         root = etree.Element(Q + "ipsec-ikeless", nsmap={None: NS})
         sad = etree.SubElement(root, Q + "sad")
@@ -291,11 +341,15 @@ class UserspaceApplier:
             rw = etree.SubElement(rs, Q + "replay-window")
             etree.SubElement(rw, Q + "w").text = str(e.anti_replay_window)
             etree.SubElement(rw, Q + "t").text = str(int(s.get("replay_top", 0)))
-            etree.SubElement(rs, Q + "packet-dropped").text = str(int(s.get("replay", 0)))
-            failed = int(s.get("integrity_failed", 0)) + int(s.get("decrypt_failed", 0))
-            etree.SubElement(rs, Q + "failed").text = str(failed)
+            # RFC 9061: packet-dropped = replays, failed = outside the window (other drop
+            # reasons are in i2nsf-sadb:sa-drops)
+            replay, window = int(s.get("replay", 0)), int(s.get("out_of_window", 0))
+            etree.SubElement(rs, Q + "packet-dropped").text = str(replay + window)
+            etree.SubElement(rs, Q + "failed").text = str(window)
             etree.SubElement(rs, Q + "seq-number-counter").text = str(int(s.get("seq", 0)))
-        return [root]
+            _drops(etree.SubElement(st, sadb.Q + "sa-drops", nsmap={None: sadb.NS}), s)
+        out.append(root)
+        return out
 
     # ---- data path events → RFC 9061 notifications -----------------------------------------
 
@@ -348,6 +402,33 @@ class UserspaceApplier:
             proto = ev.get("protocol")
             etree.SubElement(ts, Q + "inner-protocol").text = str(proto) if proto else "any"
             self.notify(n)
+
+
+_DROPS = (("integrity-failed", ("integrity_failed",)), ("replay", ("replay", "out_of_window")),
+          ("bad-padding", ("decrypt_failed",)), ("wrong-next-header", ("wrong_next_header",)),
+          ("malformed", ("malformed",)), ("policy-violation", ("policy_violation",)))
+_GLOBAL = (("unknown-spi", ("unknown_spi",)), *_DROPS, ("no-policy", ("no_policy",)),
+           ("no-sa", ("no_sa",)), ("discarded", ("discarded",)),
+           ("sending-suspended", ("sending_suspended",)),
+           ("sequence-overflow", ("seq_overflow", "seq_store_failed")))
+
+
+def _drops(parent: etree._Element, counters: dict, table=_DROPS) -> etree._Element:  # type: ignore[no-untyped-def]
+    for leaf, keys in table:
+        etree.SubElement(parent, sadb.Q + leaf).text = str(
+            sum(int(counters.get(k, 0)) for k in keys))
+    return parent
+
+
+def _statistics(glob: dict) -> etree._Element:  # type: ignore[type-arg]
+    """/i2nsf-sadb:sadb-statistics from the data path's global counters."""
+    return _drops(etree.Element(sadb.Q + "sadb-statistics", nsmap={None: sadb.NS}), glob,
+                  _GLOBAL)
+
+
+def _sa_id(e: SadEntry | um.SaConfig) -> tuple[object, ...]:
+    """What makes an SA another one (a rekey changes it): SPI, addresses and keys."""
+    return (e.spi, str(e.dst), str(e.src), bytes(e.enc_key or b""), bytes(e.integ_key or b""))
 
 
 def _free_spi(lo: int, hi: int, used: set[int]) -> int | None:

@@ -40,8 +40,10 @@ def _request(op: str, **kw: Any) -> dict[str, Any]:
     return {"op": op, **kw}
 
 
-def replace_msg(sas: Iterable[SaConfig], spd: Iterable[SpdEntry]) -> dict[str, Any]:
-    return _request("replace", sas=[s.to_dict() for s in sas], spd=[e.to_dict() for e in spd])
+def replace_msg(sas: Iterable[SaConfig], spd: Iterable[SpdEntry],
+                suspend: Iterable[str] = ()) -> dict[str, Any]:
+    return _request("replace", sas=[s.to_dict() for s in sas], spd=[e.to_dict() for e in spd],
+                    suspend=sorted(suspend))
 
 
 class DatapathClient:
@@ -109,9 +111,13 @@ class DatapathClient:
                     raise DatapathError(msg.get("error", "unknown error"))
                 return msg.get("result")
 
-    def replace(self, sas: Sequence[SaConfig], spd: Sequence[SpdEntry]) -> Any:
-        m = replace_msg(sas, spd)
-        return self.call("replace", sas=m["sas"], spd=m["spd"])
+    def replace(self, sas: Sequence[SaConfig], spd: Sequence[SpdEntry],
+                suspend: Iterable[str] = ()) -> Any:
+        """Install exactly these SAs and SPD entries; outbound SAs named in `suspend` are not
+        used for sending. The result's `restored` names SAs installed again without their
+        state (name -> i2nsf-sadb restart-reason)."""
+        m = replace_msg(sas, spd, suspend)
+        return self.call("replace", sas=m["sas"], spd=m["spd"], suspend=m["suspend"])
 
     def add_sa(self, sa: SaConfig) -> None:
         self.call("add_sa", sa=sa.to_dict())

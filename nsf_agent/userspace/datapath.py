@@ -45,6 +45,7 @@ from .esp import (
     parse_udp_encap,
 )
 from .model import Action, Direction, ModelError, SaConfig, SpdEntry
+from .seqstore import SeqStore, fingerprint
 from .spd import Spd, flow_of
 from .tun import TUNSETOFFLOAD, open_tun
 
@@ -68,7 +69,8 @@ GLOBAL_COUNTERS = (
     "tun_rx", "tun_tx", "tun_tx_errors", "esp_tx", "esp_rx", "esp_tx_errors", "unknown_spi",
     "malformed", "integrity_failed", "replay", "decrypt_failed", "policy_violation",
     "no_policy", "discarded", "bypassed", "no_sa", "acquires", "udp_non_esp", "seq_overflow",
-    "dummy", "nat_keepalives",
+    "dummy", "nat_keepalives", "wrong_next_header", "seq_store_failed", "sending_suspended",
+    "out_of_window",
 )
 
 
@@ -91,6 +93,8 @@ class Options:
     big_esp: bool = True
     # RFC 3948 2.3 NAT-keepalive period (s) for outbound ESP-in-UDP SAs; 0 = never
     nat_keepalive: float = 20.0
+    # file of sequence-number high-water marks (seqstore.py); None: not crash-safe (tests)
+    seq_store: str | None = None
 
 
 @dataclass(slots=True)
@@ -103,11 +107,13 @@ class _Conn:
 class _Sa:
     """An installed SA: ESP state plus the pre-computed bits the fast path needs."""
 
-    __slots__ = ("cmsg", "dst_addr", "hdr_tail", "limit_bytes", "limit_packets", "state", "udp",
-                 "udp_dst", "v4")
+    __slots__ = ("cmsg", "dst_addr", "fp", "hdr_tail", "limit_bytes", "limit_packets", "state",
+                 "suspended", "udp", "udp_dst", "v4")
 
     def __init__(self, cfg: SaConfig) -> None:
         self.state = SaState(cfg)
+        self.fp = fingerprint(cfg)
+        self.suspended = False  # outbound: not used for sending (its counter is unknown)
         self.dst_addr = (str(cfg.dst), 0)
         self.udp = cfg.encap
         self.v4 = cfg.src.version == 4
@@ -170,6 +176,10 @@ class Datapath:
         self._big = opts.big_esp and opts.offload
         # (src, dst, sport, dport) of outbound ESP-in-UDP SAs -> next NAT-keepalive due
         self._keepalive_due: dict[tuple[str, str, int, int], float] = {}
+        self.seqs = SeqStore(opts.seq_store) if opts.seq_store else None
+        # SAs installed again whose state was not carried over (name -> reason), reported by
+        # the replace that installed them
+        self._restored: dict[str, str] = {}
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -256,6 +266,8 @@ class Datapath:
         with contextlib.suppress(OSError):
             os.unlink(o.control)
         os.close(self.tun_fd)
+        if self.seqs is not None:
+            self.seqs.close()
 
     def _sync_routes(self) -> None:
         """Bring the routing table in line with the SPD (add first, then remove)."""
@@ -284,11 +296,25 @@ class Datapath:
 
     # -- SAD ------------------------------------------------------------------------------
 
-    def _install_sa(self, cfg: SaConfig) -> None:
+    def _install_sa(self, cfg: SaConfig, suspend: bool = False) -> None:
         old = self.by_name.get(cfg.name)
         if old is not None and old.state.cfg == cfg:
+            if suspend and cfg.direction is Direction.OUTBOUND:
+                old.suspended = True
             return  # unchanged: keep sequence numbers, replay window, counters
         sa = _Sa(cfg)
+        if old is not None and old.fp == sa.fp:
+            # same SPI and keys, other lifetimes or options: the same SA carries on
+            st, ost = sa.state, old.state
+            st.seq, st.replay, st.counters = ost.seq, ost.replay, ost.counters
+            st.added, st.last_used, st.soft_fired = ost.added, ost.last_used, ost.soft_fired
+            st.seq_limit, st.reserve = ost.seq_limit, ost.reserve
+            sa.suspended = old.suspended
+        elif self.seqs is not None:
+            self._number(sa)
+        if suspend and cfg.direction is Direction.OUTBOUND:
+            sa.suspended = True
+        sa.set_limits()
         # add the new SA before retiring the old one: no gap for either direction
         if cfg.direction is Direction.INBOUND:
             self.inbound[cfg.spi] = sa
@@ -301,8 +327,30 @@ class Datapath:
         if cfg.direction is Direction.OUTBOUND and sa.udp is not None:
             self._keepalives(time.monotonic())
 
+    def _number(self, sa: _Sa) -> None:
+        """Sequence numbering of an SA (re)installed without a predecessor in this process:
+        resume above its persisted mark if it was ever installed (reported to the agent)."""
+        assert self.seqs is not None
+        st, cfg, store = sa.state, sa.state.cfg, self.seqs
+        before, st.seq_limit = store.install(cfg)
+        fp = sa.fp
+        st.reserve = lambda seq: store.reserve(cfg, seq, fp)
+        if before is None:
+            return
+        if cfg.direction is Direction.OUTBOUND:
+            st.seq = before
+            self._restored[cfg.name] = "sequence-resumed"
+            log.warning("SA %s was installed before: resuming above sequence number %d",
+                        cfg.name, before)
+        else:
+            self._restored[cfg.name] = "replay-state-lost"
+            log.warning("SA %s was installed before: its anti-replay window starts again",
+                        cfg.name)
+
     def _unlink(self, sa: _Sa, keep: _Sa | None = None) -> None:
         cfg = sa.state.cfg
+        if self.seqs is not None and (keep is None or keep.fp != sa.fp):
+            self.seqs.retire(cfg)
         if cfg.direction is Direction.INBOUND:
             if self.inbound.get(cfg.spi) is sa:
                 del self.inbound[cfg.spi]
@@ -350,15 +398,22 @@ class Datapath:
             self._udp[port] = s
             self.ep.register(s.fileno(), select.EPOLLIN)
 
-    def replace(self, sas: list[SaConfig], spd: list[SpdEntry]) -> None:
-        """Full replacement; unchanged SAs (same name and config) keep their state."""
+    def replace(self, sas: list[SaConfig], spd: list[SpdEntry],
+                suspend: frozenset[str] = frozenset()) -> dict[str, str]:
+        """Full replacement; unchanged SAs (same name and config) keep their state. Outbound
+        SAs named in `suspend` are not used for sending. Returns the SAs installed again
+        without their state (name -> reason, see i2nsf-sadb restart-reason)."""
         names = {c.name for c in sas}
+        self._restored = {}
         for c in sas:
-            self._install_sa(c)
+            self._install_sa(c, c.name in suspend)
         for name in [n for n in self.by_name if n not in names]:
             self.remove_sa(name)
+        if self.seqs is not None:
+            self.seqs.sync()  # before any packet: the marks of new SAs are on disk
         self.spd.replace(spd)
         self._sync_routes()
+        return self._restored
 
     # -- events ---------------------------------------------------------------------------
 
@@ -469,8 +524,12 @@ class Datapath:
             st = sa.state
             c = st.counters
             sas.append({**self._sa_event_fields(sa), "bytes": c.bytes, "packets": c.packets,
-                        "replay": c.replay, "integrity_failed": c.integrity_failed,
+                        "replay": c.replay, "out_of_window": c.out_of_window,
+                        "integrity_failed": c.integrity_failed,
                         "decrypt_failed": c.decrypt_failed, "malformed": c.malformed,
+                        "wrong_next_header": c.wrong_next_header,
+                        "policy_violation": c.policy_violation, "dummy": c.dummy,
+                        "suspended": sa.suspended,
                         "seq": st.seq, "replay_top": st.replay.top,
                         "age": time.monotonic() - st.added})
         return {"global": dict(self.stats), "sas": sas,
@@ -540,6 +599,9 @@ class Datapath:
             if sa is None:
                 self._acquire(entry, flow)
                 return
+            if sa.suspended:
+                stats["sending_suspended"] += 1
+                return
             try:
                 esp = encapsulate(sa.state, pkt, count=nseg)
                 if big:
@@ -552,8 +614,8 @@ class Datapath:
                 self.emit("expire", hard=True, trigger="seq-overflow",
                           **self._sa_event_fields(sa))
                 return
-            except EspError:
-                stats["malformed"] += 1
+            except EspError as e:
+                stats[e.counter if e.counter in stats else "malformed"] += 1
                 return
             try:
                 if sa.v4 or self.raw6 is None:
@@ -691,7 +753,13 @@ class Datapath:
         if entry is None or entry.action is not Action.PROTECT or \
                 entry.reqid != st.cfg.reqid:
             stats["policy_violation"] += 1  # decrypted fine, but not what this SA may carry
-        elif len(inner) > self.opts.mtu:
+            c = st.counters  # a drop: not a packet received on the SA
+            c.policy_violation += 1
+            c.packets -= 1
+            hl = 0 if st.cfg.mode.value == "tunnel" else (20 if inner[0] >> 4 == 4 else 40)
+            c.bytes -= len(inner) - hl
+            return
+        if len(inner) > self.opts.mtu:
             # a whole super-packet sent as one (fragmented) ESP packet: back to the kernel as
             # GSO, counted as the segments it will become
             frame = gso.to_tun(inner, self.opts.mtu)
@@ -800,8 +868,9 @@ class Datapath:
         sas = [SaConfig.from_dict(d) for d in msg.get("sas", [])]
         spd = [SpdEntry.from_dict(d) for d in msg.get("spd", [])]
         self._check_unique(sas)
-        self.replace(sas, spd)
-        return {"sas": len(self.by_name), "spd": len(self.spd.entries)}
+        restored = self.replace(sas, spd, frozenset(msg.get("suspend", ())))
+        return {"sas": len(self.by_name), "spd": len(self.spd.entries), "restored": restored,
+                "suspended": sorted(n for n, sa in self.by_name.items() if sa.suspended)}
 
     def _check_unique(self, sas: list[SaConfig]) -> None:
         names = [c.name for c in sas]
@@ -819,6 +888,8 @@ class Datapath:
                 raise ModelError(f"inbound SPI {cfg.spi:#x} already used by "
                                  f"{other.state.cfg.name}")
         self._install_sa(cfg)
+        if self.seqs is not None:
+            self.seqs.sync()
         return None
 
     def _op_del_sa(self, msg: dict[str, Any]) -> Any:
@@ -914,6 +985,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nat-keepalive", type=float, default=20.0,
                    help="seconds between RFC 3948 NAT-keepalives on outbound ESP-in-UDP SAs "
                         "(0: never)")
+    p.add_argument("--seq-store", default=None,
+                   help="file of persisted sequence-number marks: after a crash, SAs installed "
+                        "again resume above them (without it sequence numbers are not crash-safe)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -926,7 +1000,7 @@ def main(argv: list[str] | None = None) -> int:
                    rule_priority=a.rule_priority, mark=a.mark, manage_routes=not a.no_routes,
                    acquire_interval=a.acquire_interval, counters_interval=a.counters_interval,
                    batch=a.batch, offload=not a.no_offload, big_esp=a.big_esp,
-                   nat_keepalive=a.nat_keepalive)
+                   nat_keepalive=a.nat_keepalive, seq_store=a.seq_store)
     dp = Datapath(opts)
     dp.open()
     signal.signal(signal.SIGTERM, lambda *_: dp.stop())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -21,8 +22,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .model import IPPROTO_ESP, Direction, EncAlg, IntegAlg, Mode, SaConfig
 
 __all__ = [
-    "DecryptError", "EspError", "IntegrityError", "MalformedError", "ReplayError",
-    "ReplayWindow", "SaState", "SequenceOverflow", "build_ip_packet", "decapsulate",
+    "DecryptError", "EspError", "IntegrityError", "MalformedError", "OutOfWindowError",
+    "ReplayError",
+    "ReplayWindow", "SaState", "SequenceOverflow", "SequenceStoreError", "WrongNextHeaderError",
+    "build_ip_packet", "decapsulate",
     "encapsulate", "encapsulate_packet", "ipv4_checksum", "parse_udp_encap", "split_outer",
     "udp_encap",
 ]
@@ -55,17 +58,41 @@ class IntegrityError(EspError):
 
 
 class ReplayError(EspError):
+    """A sequence number already received (inside the window)."""
+
     counter = "replay"
 
 
+class OutOfWindowError(ReplayError):
+    """A sequence number left of the anti-replay window (RFC 9061 replay-stats/failed)."""
+
+    counter = "out_of_window"
+
+
 class DecryptError(EspError):
+    """Authenticated, but the trailer/padding is invalid."""
+
     counter = "decrypt_failed"
+
+
+class WrongNextHeaderError(EspError):
+    """Authenticated, but the next header does not fit the SA (tunnel mode: not IP, or not
+    the inner packet's IP version). Counted apart, and not as a received packet."""
+
+    counter = "wrong_next_header"
 
 
 class SequenceOverflow(EspError):
     """The outbound sequence number space is exhausted: the SA must be replaced."""
 
     counter = "seq_overflow"
+
+
+class SequenceStoreError(EspError):
+    """The next block of sequence numbers could not be reserved on disk: not sent (sending
+    without a persisted mark could repeat sequence numbers after a crash)."""
+
+    counter = "seq_store_failed"
 
 
 class ReplayWindow:
@@ -109,7 +136,7 @@ class ReplayWindow:
             return
         diff = self.top - seq
         if diff >= self.size:
-            raise ReplayError("sequence number left of window")
+            raise OutOfWindowError("sequence number left of window")
         if (self.bitmap >> diff) & 1:
             raise ReplayError("duplicate sequence number")
 
@@ -131,11 +158,15 @@ class Counters:
     bytes: int = 0
     packets: int = 0
     replay: int = 0
+    out_of_window: int = 0
     integrity_failed: int = 0
     decrypt_failed: int = 0
     malformed: int = 0
     dummy: int = 0
     seq_overflow: int = 0
+    wrong_next_header: int = 0
+    seq_store_failed: int = 0
+    policy_violation: int = 0
 
 
 class _Suite:
@@ -266,6 +297,10 @@ class SaState:
         self._suite = _make_suite(cfg)
         self._spi_bytes = cfg.spi.to_bytes(4, "big")
         self.seq = 0  # last sequence number sent (outbound)
+        # Sequence numbers up to seq_limit may be sent; past it, `reserve(seq)` must first
+        # persist a new limit (see seqstore.py) and return it. None: no persistence (tests).
+        self.seq_limit = (1 << 64) - 1
+        self.reserve: Callable[[int], int] | None = None
         self.replay = ReplayWindow(cfg.replay_window, cfg.esn)
         self.counters = Counters()
         self.added = time.monotonic() if now is None else now
@@ -284,6 +319,8 @@ class SaState:
         if seq >= (1 << 64 if self.cfg.esn else _SEQ32):
             self.counters.seq_overflow += 1
             raise SequenceOverflow(f"SA spi={self.spi:#x} exhausted its sequence numbers")
+        if seq > self.seq_limit:
+            self._reserve(seq)
         self.seq = seq
         header = self._spi_bytes + (seq & 0xFFFFFFFF).to_bytes(4, "big")
         seqh = (seq >> 32).to_bytes(4, "big") if self.cfg.esn else b""
@@ -294,6 +331,15 @@ class SaState:
         c.bytes += len(payload)
         c.packets += count
         return out
+
+    def _reserve(self, seq: int) -> None:
+        if self.reserve is None:
+            raise SequenceStoreError(f"SA spi={self.spi:#x}: no sequence numbers reserved")
+        try:
+            self.seq_limit = self.reserve(seq)
+        except OSError as e:
+            raise SequenceStoreError(f"SA spi={self.spi:#x}: cannot reserve sequence "
+                                     f"numbers: {e}") from None
 
     # -- inbound --------------------------------------------------------------------------
 
@@ -326,12 +372,17 @@ class SaState:
         end = len(plain) - 2 - padlen
         if end < 0 or plain[end:-2] != _PAD[:padlen]:
             raise DecryptError("bad ESP padding")
-        replay.update(seq)
+        replay.update(seq)  # authentic: its sequence number is used, whatever it carries
+        if nh == NH_NO_NEXT:
+            raise _Dummy("TFC dummy packet")
+        if self.cfg.mode is Mode.TUNNEL:
+            if nh not in (IPPROTO_IPIP, IPPROTO_IPV6):
+                raise WrongNextHeaderError(f"tunnel-mode next header {nh} is not IP")
+            if end == 0 or (plain[0] >> 4) != (4 if nh == IPPROTO_IPIP else 6):
+                raise WrongNextHeaderError("inner IP version does not match next header")
         c = self.counters
         c.packets += 1
         c.bytes += end
-        if nh == NH_NO_NEXT:
-            raise _Dummy("TFC dummy packet")
         return plain[:end], nh
 
 
@@ -423,13 +474,9 @@ def decapsulate(sa: SaState, esp: bytes, outer_src: object = None,
 
     For transport mode the IP header is rebuilt from the outer addresses (default: the SA's).
     """
-    payload, nh = sa.open(esp)
+    payload, nh = sa.open(esp)  # (tunnel mode: next header and inner IP version checked)
     if sa.cfg.mode is Mode.TUNNEL:
-        if nh not in (IPPROTO_IPIP, IPPROTO_IPV6):
-            raise DecryptError(f"tunnel-mode next header {nh} is not IP")
-        v, _, _ = _ip_split(payload)
-        if (v == 4) != (nh == IPPROTO_IPIP):
-            raise DecryptError("inner IP version does not match next header")
+        _ip_split(payload)
         return payload
     src = outer_src if outer_src is not None else sa.cfg.src
     dst = outer_dst if outer_dst is not None else sa.cfg.dst
