@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := libyang2-dev libyang2-tools iproute2 tcpdump iputils-ping ethtool iperf3 nftables \
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins tshark \
 	yangcli libnetconf2-2
+# SFC fast path: tc-BPF program compiled on first use (nsf_agent/sfc/fastpath/build.py)
+APT_PACKAGES += clang llvm libbpf-dev
 STAMP := $(VENV)/.setup-stamp
 
 .PHONY: setup test lint bench clean demo

@@ -1,0 +1,550 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * i2nsf-sdn SFC fast path: a tc clsact ingress program (SCHED_CLS, direct action).
+ *
+ * Roles, chosen per packet:
+ *   - SFF: IPv4 / GRE (no flags, proto 0x894F) / NSH MD type 1 addressed to the local
+ *     locator; (SPI, SI) looked up in a hash map; "forward" rewrites the outer header
+ *     towards the next hop's locator and decrements the NSH TTL, "terminate" strips
+ *     outer IPv4 + GRE + NSH and routes the inner IPv4 packet.
+ *   - Classifier: any other IPv4 packet; first rule (by order) whose src/dst prefixes
+ *     (two LPM tries holding bitmaps of the rules containing each prefix), protocol,
+ *     ports, DSCP and ingress interface match gets outer IPv4 + GRE + NSH MD1 pushed
+ *     and goes to the rule's first hop.
+ * Everything else (misses, MD type 2, O bit, NSH TTL <= 1, unknown next protocol,
+ * IPv4 options, fragments, GSO packets, FIB lookups that do not give a forwarding
+ * next hop) returns TC_ACT_OK *before any byte is changed*: the kernel stack hands it
+ * to the userspace data path unchanged.
+ *
+ * Tables come in two slots; the userspace writer fills the inactive slot, then flips
+ * fp_gen. fp_slot[slot].gen works as a sequence lock: the writer zeroes it before it
+ * touches a slot, so a packet that read a slot whose generation changed under it
+ * (re-checked after all lookups, from copies) is passed up instead of forwarded.
+ */
+#include <stdbool.h>
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define MAX_RULES 256
+#define RULE_WORDS (MAX_RULES / 64)
+#define MAX_SFF 8192
+#define MAX_COUNTERS 32768
+#define GRE_PROTO_NSH 0x894F
+#define NSH_MD1_LEN 6          /* NSH length field, 4-byte words */
+#define NSH_NP_IPV4 1
+#define NSH_TTL_DEFAULT 63     /* RFC 8300 section 2.2 */
+#define OUTER_TTL 64
+#define ENCAP_LEN (20 + 4 + 24)
+#define ETH_LEN 14
+#define AF_INET_ 2
+#define IP_MF 0x2000
+#define IP_OFFMASK 0x1fff
+#define IP_DF 0x4000
+
+#define KIND_FORWARD 1
+#define KIND_TERMINATE 2
+
+enum stat {
+	ST_CLS_HIT, ST_SFF_FORWARD, ST_SFF_TERMINATE,
+	ST_PASS_NO_TABLE, ST_PASS_NOT_IPV4, ST_PASS_FRAGMENT, ST_PASS_IP_OPTIONS,
+	ST_PASS_MALFORMED, ST_PASS_GSO, ST_PASS_CLS_MISS, ST_PASS_SFF_MISS,
+	ST_PASS_GRE_FLAGS, ST_PASS_NOT_NSH, ST_PASS_NSH_VERSION, ST_PASS_O_BIT,
+	ST_PASS_MD_TYPE, ST_PASS_TTL, ST_PASS_NEXT_PROTO, ST_PASS_FIB,
+	ST_PASS_TABLE_CHANGED, ST_ERROR,
+	ST_MAX
+};
+
+struct slot_cfg {
+	__u32 gen;	/* generation held by this slot, 0 while it is being written */
+	__u32 local;	/* local locator (network order), 0 = no forwarder */
+};
+
+struct lpm_key {
+	__u32 prefixlen;	/* 32 (slot word) + prefix length */
+	__u32 slot;		/* network order */
+	__u32 addr;		/* network order */
+};
+
+struct rule_bits {
+	__u64 w[RULE_WORDS];
+};
+
+struct rule {
+	__u32 ifindex;		/* 0 = any */
+	__u32 counter;
+	__u32 sp;		/* SPI << 8 | SI, network order */
+	__u32 first_hop;	/* network order */
+	__u16 sport_lo, sport_hi, dport_lo, dport_hi;
+	__u8 proto;		/* 0 = any */
+	__u8 dscp;		/* 0xff = any */
+	__u8 ports;		/* 1 = port ranges must be checked */
+	__u8 valid;
+};
+
+struct sff_key {
+	__u32 slot;
+	__u32 sp;		/* network order */
+};
+
+struct sff_val {
+	__u32 kind;
+	__u32 next_hop;		/* network order, KIND_FORWARD */
+	__u32 counter;
+	__u32 pad;
+};
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} fp_gen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct slot_cfg);
+} fp_slot SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 2 * 2 * MAX_RULES + 2);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm_key);
+	__type(value, struct rule_bits);
+} fp_cls_src SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 2 * 2 * MAX_RULES + 2);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm_key);
+	__type(value, struct rule_bits);
+} fp_cls_dst SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct rule);
+} fp_cls_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * MAX_SFF);
+	__type(key, struct sff_key);
+	__type(value, struct sff_val);
+} fp_sff SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_COUNTERS);
+	__type(key, __u32);
+	__type(value, struct counter);
+} fp_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ST_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} fp_stats SEC(".maps");
+
+static __always_inline int pass(__u32 why)
+{
+	__u64 *v = bpf_map_lookup_elem(&fp_stats, &why);
+
+	if (v)
+		*v += 1;
+	return TC_ACT_OK;
+}
+
+/* After the packet was changed it cannot go up unchanged any more: drop and count. */
+static __always_inline int drop_err(void)
+{
+	pass(ST_ERROR);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline void count(__u32 idx, __u64 len)
+{
+	struct counter *c = bpf_map_lookup_elem(&fp_counters, &idx);
+
+	if (c) {
+		c->packets += 1;
+		c->bytes += len;
+	}
+}
+
+static __always_inline bool slot_still(__u32 slot, __u32 gen)
+{
+	struct slot_cfg *sc = bpf_map_lookup_elem(&fp_slot, &slot);
+
+	return sc && sc->gen == gen;
+}
+
+static __always_inline __u32 bit_index(__u64 b)
+{
+	__u32 n = 0;
+
+	if (b & 0xFFFFFFFF00000000ULL) n += 32;
+	if (b & 0xFFFF0000FFFF0000ULL) n += 16;
+	if (b & 0xFF00FF00FF00FF00ULL) n += 8;
+	if (b & 0xF0F0F0F0F0F0F0F0ULL) n += 4;
+	if (b & 0xCCCCCCCCCCCCCCCCULL) n += 2;
+	if (b & 0xAAAAAAAAAAAAAAAAULL) n += 1;
+	return n;
+}
+
+struct outer {
+	struct iphdr ip;
+	__be16 gre_flags;
+	__be16 gre_proto;
+	__u8 nsh[24];
+};
+
+/* The outer header both roles emit: no options, no ECN, DF clear, ID 0, TTL 64. */
+static __always_inline void build_ip(struct iphdr *ip, __u16 tot_len, __be32 src, __be32 dst)
+{
+	__u32 sum = 0;
+	__u16 *w = (__u16 *)ip;
+
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(tot_len);
+	ip->id = 0;
+	ip->frag_off = 0;
+	ip->ttl = OUTER_TTL;
+	ip->protocol = IPPROTO_GRE;
+	ip->check = 0;
+	ip->saddr = src;
+	ip->daddr = dst;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	ip->check = ~sum & 0xffff;
+}
+
+/* FIB lookup towards dst; returns 1 (neighbour known: MACs filled), 2 (no neighbour
+ * entry yet: use bpf_redirect_neigh) or 0 (not forwardable here: pass up). */
+static __always_inline int fib(struct __sk_buff *skb, struct bpf_fib_lookup *p,
+			       __be32 src, __be32 dst, __u16 tot_len, __u8 proto, __u8 tos)
+{
+	long rc;
+
+	__builtin_memset(p, 0, sizeof(*p));
+	p->family = AF_INET_;
+	p->tos = tos;
+	p->l4_protocol = proto;
+	p->tot_len = tot_len;
+	p->ifindex = skb->ingress_ifindex;
+	p->ipv4_src = src;
+	p->ipv4_dst = dst;
+	rc = bpf_fib_lookup(skb, p, sizeof(*p), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS)
+		return 1;
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return 2;
+	return 0;
+}
+
+static __always_inline int send(struct __sk_buff *skb, struct bpf_fib_lookup *p, int how)
+{
+	if (how == 1) {
+		if (bpf_skb_store_bytes(skb, 0, p->dmac, 6, 0) ||
+		    bpf_skb_store_bytes(skb, 6, p->smac, 6, 0))
+			return drop_err();
+		return bpf_redirect(p->ifindex, 0);
+	}
+	struct bpf_redir_neigh nh = { .nh_family = AF_INET_, .ipv4_nh = p->ipv4_dst };
+
+	return bpf_redirect_neigh(p->ifindex, &nh, sizeof(nh), 0);
+}
+
+/* Drop Ethernet padding so the new outer length matches the IP packet. */
+static __always_inline int trim(struct __sk_buff *skb, __u32 ip_len)
+{
+	if (skb->len > ETH_LEN + ip_len)
+		return bpf_skb_change_tail(skb, ETH_LEN + ip_len, 0);
+	return 0;
+}
+
+static __always_inline int sff(struct __sk_buff *skb, __u32 gen, __u32 slot, __be32 local)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_LEN;
+	__u8 *g = data + ETH_LEN + 20;
+	__u8 *nsh = g + 4;
+	struct bpf_fib_lookup p;
+	struct sff_key k;
+	struct sff_val e, *ep;
+	__u16 ip_len;
+	__u8 b0, b1, ttl;
+	int how;
+
+	if ((void *)(nsh + 24) > data_end)
+		return pass(ST_PASS_MALFORMED);
+	if (g[0] || g[1])
+		return pass(ST_PASS_GRE_FLAGS);
+	if (g[2] != (GRE_PROTO_NSH >> 8) || g[3] != (GRE_PROTO_NSH & 0xff))
+		return pass(ST_PASS_NOT_NSH);
+	b0 = nsh[0];
+	b1 = nsh[1];
+	if (b0 >> 6)
+		return pass(ST_PASS_NSH_VERSION);
+	if (b0 & 0x20)
+		return pass(ST_PASS_O_BIT);
+	if ((nsh[2] & 0x0f) != 1 || (b1 & 0x3f) != NSH_MD1_LEN)
+		return pass(ST_PASS_MD_TYPE);
+	ttl = ((b0 & 0x0f) << 2) | (b1 >> 6);
+	if (ttl <= 1)
+		return pass(ST_PASS_TTL);
+	ip_len = bpf_ntohs(ip->tot_len);
+	if (ip_len < 20 + 4 + 24 || skb->len < ETH_LEN + ip_len)
+		return pass(ST_PASS_MALFORMED);
+
+	k.slot = slot;
+	k.sp = *(__u32 *)(nsh + 4);
+	ep = bpf_map_lookup_elem(&fp_sff, &k);
+	if (!ep)
+		return pass(ST_PASS_SFF_MISS);
+	e = *ep;
+	if (!slot_still(slot, gen))
+		return pass(ST_PASS_TABLE_CHANGED);
+
+	if (e.kind == KIND_FORWARD) {
+		struct outer o;
+
+		how = fib(skb, &p, local, e.next_hop, ip_len, IPPROTO_GRE, 0);
+		if (!how)
+			return pass(ST_PASS_FIB);
+		__builtin_memcpy(o.nsh, nsh, 24);
+		ttl -= 1;
+		o.nsh[0] = (b0 & 0xf0) | (ttl >> 2);
+		o.nsh[1] = ((ttl & 3) << 6) | (b1 & 0x3f);
+		o.gre_flags = 0;
+		o.gre_proto = bpf_htons(GRE_PROTO_NSH);
+		build_ip(&o.ip, ip_len, local, e.next_hop);
+		if (trim(skb, ip_len) ||
+		    bpf_skb_store_bytes(skb, ETH_LEN, &o, sizeof(o), BPF_F_RECOMPUTE_CSUM))
+			return drop_err();
+		count(e.counter, ip_len);
+		pass(ST_SFF_FORWARD);
+		return send(skb, &p, how);
+	}
+	if (e.kind == KIND_TERMINATE) {
+		struct iphdr *in = (void *)(nsh + 24);
+		__u16 in_len;
+
+		if (nsh[3] != NSH_NP_IPV4)
+			return pass(ST_PASS_NEXT_PROTO);
+		if ((void *)(in + 1) > data_end)
+			return pass(ST_PASS_MALFORMED);
+		in_len = bpf_ntohs(in->tot_len);
+		if (in->version != 4 || in->ihl < 5 || in_len + ENCAP_LEN > ip_len)
+			return pass(ST_PASS_MALFORMED);
+		if (in->ttl <= 1)
+			return pass(ST_PASS_TTL);
+		how = fib(skb, &p, in->saddr, in->daddr, in_len, in->protocol, in->tos);
+		if (!how)
+			return pass(ST_PASS_FIB);
+		/* routed like the kernel routes it: inner TTL - 1, checksum adjusted */
+		{
+			__u16 old = *(__u16 *)&in->ttl;
+			__u16 new;
+			__u32 csum_off = ETH_LEN + ENCAP_LEN + 10;
+			__u32 ttl_off = ETH_LEN + ENCAP_LEN + 8;
+			__u8 nt = in->ttl - 1;
+
+			if (bpf_skb_store_bytes(skb, ttl_off, &nt, 1, BPF_F_RECOMPUTE_CSUM))
+				return drop_err();
+			data = (void *)(long)skb->data;
+			data_end = (void *)(long)skb->data_end;
+			in = data + ETH_LEN + ENCAP_LEN;
+			if ((void *)(in + 1) > data_end)
+				return drop_err();
+			new = *(__u16 *)&in->ttl;
+			if (bpf_l3_csum_replace(skb, csum_off, old, new, 2))
+				return drop_err();
+		}
+		if (bpf_skb_adjust_room(skb, -ENCAP_LEN, BPF_ADJ_ROOM_MAC, 0))
+			return drop_err();
+		if (trim(skb, in_len))
+			return drop_err();
+		count(e.counter, in_len);
+		pass(ST_SFF_TERMINATE);
+		return send(skb, &p, how);
+	}
+	return pass(ST_PASS_SFF_MISS);
+}
+
+static __always_inline int classify(struct __sk_buff *skb, __u32 gen, __u32 slot, __be32 local)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_LEN;
+	struct lpm_key k = { .prefixlen = 64, .slot = bpf_htonl(slot) };
+	struct rule_bits *sb, *db;
+	struct rule r = {}, *rp;
+	struct bpf_fib_lookup p;
+	struct outer o;
+	__u16 sport = 0, dport = 0, ip_len;
+	bool have_ports = false, found = false;
+	__u8 dscp;
+	int how;
+
+	if ((void *)(ip + 1) > data_end)
+		return pass(ST_PASS_MALFORMED);
+	ip_len = bpf_ntohs(ip->tot_len);
+	if (ip_len < 20 || skb->len < ETH_LEN + ip_len)
+		return pass(ST_PASS_MALFORMED);
+	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP ||
+	    ip->protocol == IPPROTO_SCTP) {
+		__u16 *l4 = (void *)(ip + 1);
+
+		if ((void *)(l4 + 2) > data_end)
+			return pass(ST_PASS_MALFORMED);
+		sport = bpf_ntohs(l4[0]);
+		dport = bpf_ntohs(l4[1]);
+		have_ports = true;
+	}
+	dscp = ip->tos >> 2;
+	k.addr = ip->saddr;
+	sb = bpf_map_lookup_elem(&fp_cls_src, &k);
+	if (!sb)
+		return pass(ST_PASS_CLS_MISS);
+	k.addr = ip->daddr;
+	db = bpf_map_lookup_elem(&fp_cls_dst, &k);
+	if (!db)
+		return pass(ST_PASS_CLS_MISS);
+
+#pragma unroll
+	for (int w = 0; w < RULE_WORDS; w++) {
+		__u64 m = sb->w[w] & db->w[w];
+
+		for (int j = 0; j < 64 && m && !found; j++) {
+			__u64 b = m & -m;
+			__u32 idx = slot * MAX_RULES + w * 64 + bit_index(b);
+
+			m &= m - 1;
+			rp = bpf_map_lookup_elem(&fp_cls_rules, &idx);
+			if (!rp || !rp->valid)
+				continue;
+			if (rp->ifindex && rp->ifindex != skb->ingress_ifindex)
+				continue;
+			if (rp->proto && rp->proto != ip->protocol)
+				continue;
+			if (rp->dscp != 0xff && rp->dscp != dscp)
+				continue;
+			if (rp->ports) {
+				if (!have_ports)
+					continue;
+				if (sport < rp->sport_lo || sport > rp->sport_hi ||
+				    dport < rp->dport_lo || dport > rp->dport_hi)
+					continue;
+			}
+			r = *rp;
+			found = true;
+		}
+		if (found)
+			break;
+	}
+	if (!found)
+		return pass(ST_PASS_CLS_MISS);
+	if (!slot_still(slot, gen))
+		return pass(ST_PASS_TABLE_CHANGED);
+
+	how = fib(skb, &p, local, r.first_hop, ip_len + ENCAP_LEN, IPPROTO_GRE, 0);
+	if (!how)
+		return pass(ST_PASS_FIB);
+
+	build_ip(&o.ip, ip_len + ENCAP_LEN, local, r.first_hop);
+	o.gre_flags = 0;
+	o.gre_proto = bpf_htons(GRE_PROTO_NSH);
+	__builtin_memset(o.nsh, 0, sizeof(o.nsh));
+	o.nsh[0] = NSH_TTL_DEFAULT >> 2;
+	o.nsh[1] = ((NSH_TTL_DEFAULT & 3) << 6) | NSH_MD1_LEN;
+	o.nsh[2] = 1;			/* MD type 1 */
+	o.nsh[3] = NSH_NP_IPV4;
+	__builtin_memcpy(&o.nsh[4], &r.sp, 4);
+
+	if (trim(skb, ip_len))
+		return drop_err();
+	if (bpf_skb_adjust_room(skb, ENCAP_LEN, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_GRE))
+		return drop_err();
+	if (bpf_skb_store_bytes(skb, ETH_LEN, &o, sizeof(o), BPF_F_RECOMPUTE_CSUM))
+		return drop_err();
+	count(r.counter, ip_len);
+	pass(ST_CLS_HIT);
+	return send(skb, &p, how);
+}
+
+SEC("tc")
+int fp_ingress(struct __sk_buff *skb)
+{
+	__u32 zero = 0, gen, slot;
+	__u32 *gp;
+	struct slot_cfg *sc;
+	__be32 local;
+	struct iphdr *ip;
+	void *data, *data_end;
+	__u32 want;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return pass(ST_PASS_NOT_IPV4);
+	gp = bpf_map_lookup_elem(&fp_gen, &zero);
+	if (!gp || !*gp)
+		return pass(ST_PASS_NO_TABLE);
+	gen = *gp;
+	slot = gen & 1;
+	sc = bpf_map_lookup_elem(&fp_slot, &slot);
+	if (!sc || sc->gen != gen)
+		return pass(ST_PASS_TABLE_CHANGED);
+	local = sc->local;
+	if (skb->gso_size)
+		return pass(ST_PASS_GSO);
+
+	want = ETH_LEN + ENCAP_LEN + 20;
+	if (want > skb->len)
+		want = skb->len;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + want > data_end) {
+		if (bpf_skb_pull_data(skb, want))
+			return pass(ST_PASS_MALFORMED);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	ip = data + ETH_LEN;
+	if ((void *)(ip + 1) > data_end)
+		return pass(ST_PASS_MALFORMED);
+	if (ip->version != 4)
+		return pass(ST_PASS_MALFORMED);
+	if (ip->ihl != 5)
+		return pass(ST_PASS_IP_OPTIONS);
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFMASK))
+		return pass(ST_PASS_FRAGMENT);
+	if (ip->protocol == IPPROTO_GRE && local && ip->daddr == local)
+		return sff(skb, gen, slot, local);
+	if (!local)
+		return pass(ST_PASS_CLS_MISS);
+	return classify(skb, gen, slot, local);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,282 @@
+"""Turn one applied SFC table generation into the fast path's map entries (pure code).
+
+What the kernel program can do exactly as the userspace path does goes in; the rest is
+left to the userspace path and reported (`Compiled.left`):
+- classifier rules are taken in order (order, then name) and the list is cut at the
+  first rule the program cannot evaluate (not IPv4, unknown interface, ...), so a packet
+  whose first matching rule is not in the fast path never matches a later one there;
+  rules with IPv6 prefixes are skipped (they never match an IPv4 packet);
+- SFF entries with one GRE next hop over IPv4, or "terminate", go in; weighted groups
+  (several next hops) stay in userspace, which owns the balancing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+MAX_RULES = 256
+RULE_WORDS = MAX_RULES // 64
+MAX_SFF = 8192
+MAX_COUNTERS = 32768  # > 2 generations of MAX_RULES + MAX_SFF (indices are quarantined)
+
+KIND_FORWARD = 1
+KIND_TERMINATE = 2
+FORWARD_KINDS = ("sff", "sf", "proxy")
+
+ANY4 = ipaddress.IPv4Network("0.0.0.0/0")
+
+# C struct layouts (fastpath.bpf.c), little-endian host, network-order fields as bytes.
+SLOT_CFG = struct.Struct("<I4s")  # gen, local
+RULE_BITS = struct.Struct(f"<{RULE_WORDS}Q")
+RULE = struct.Struct("<I I 4s 4s HHHH BBBB")
+SFF_KEY = struct.Struct("<I4s")
+SFF_VAL = struct.Struct("<I4sII")
+COUNTER = struct.Struct("<QQ")
+U32 = struct.Struct("<I")
+
+
+def lpm_key(slot: int, net: ipaddress.IPv4Network) -> bytes:
+    return (
+        struct.pack("<I", 32 + net.prefixlen) + struct.pack(">I", slot) + net.network_address.packed
+    )
+
+
+def sp_word(spi: int, si: int) -> bytes:
+    return struct.pack(">I", (spi << 8) | si)
+
+
+# ---- input: what the sfc applier hands over (duck-typed, see adapt.py) ----
+
+
+@dataclass(frozen=True)
+class ClassifierRule:
+    name: str
+    order: int
+    spi: int
+    si: int
+    first_hop: str
+    src: str | None = None
+    dst: str | None = None
+    proto: int | None = None
+    sport: tuple[int, int] | None = None
+    dport: tuple[int, int] | None = None
+    dscp: int | None = None
+    ingress: str | None = None
+
+
+@dataclass(frozen=True)
+class NextHop:
+    locator: str | None
+    kind: str = "sff"
+    transport: str = "gre"
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class SffEntry:
+    spi: int
+    si: int
+    next_hops: tuple[NextHop, ...]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One committed table: the node's local locator, classifier rules, SFF table."""
+
+    local_locator: str | None
+    rules: tuple[ClassifierRule, ...] = ()
+    sff: tuple[SffEntry, ...] = ()
+
+
+class _Counters(Protocol):
+    def index(self, key: tuple) -> int: ...
+
+
+class CounterAllocator:
+    """Stable counter slots: a rule or (SPI, SI) keeps its slot across generations.
+
+    A slot freed by generation N is reused only from generation N + 2 on, so it is never
+    shared by the two generations a packet in flight may see.
+    """
+
+    def __init__(self, size: int = MAX_COUNTERS) -> None:
+        self._slots: dict[tuple, int] = {}
+        self._free = list(range(size - 1, -1, -1))
+        self._quarantine: list[int] = []
+        self._used: set[tuple] = set()
+        self.new: list[int] = []
+
+    def begin(self) -> None:
+        self._used = set()
+        self.new = []
+
+    def index(self, key: tuple) -> int:
+        self._used.add(key)
+        if key in self._slots:
+            return self._slots[key]
+        if not self._free:
+            raise OverflowError("fast path counter slots exhausted")
+        idx = self._free.pop()
+        self._slots[key] = idx
+        self.new.append(idx)
+        return idx
+
+    def commit(self) -> None:
+        self._free.extend(self._quarantine)
+        self._quarantine = [self._slots.pop(k) for k in list(self._slots) if k not in self._used]
+
+    def abort(self) -> None:
+        for k in [k for k, v in self._slots.items() if v in set(self.new)]:
+            self._free.append(self._slots.pop(k))
+        self.new = []
+
+    def get(self, key: tuple) -> int | None:
+        return self._slots.get(key)
+
+
+# ---- output ----
+
+
+@dataclass
+class RuleEntry:
+    name: str
+    index: int  # bit / array position
+    value: bytes
+
+
+@dataclass
+class Compiled:
+    local: bytes  # 4 bytes, 0.0.0.0 when there is no forwarder
+    rules: list[RuleEntry] = field(default_factory=list)
+    src_lpm: dict[ipaddress.IPv4Network, tuple[int, ...]] = field(default_factory=dict)
+    dst_lpm: dict[ipaddress.IPv4Network, tuple[int, ...]] = field(default_factory=dict)
+    sff: dict[bytes, bytes] = field(default_factory=dict)  # sp word -> SFF_VAL
+    rule_counters: dict[str, int] = field(default_factory=dict)
+    sff_counters: dict[tuple[int, int], int] = field(default_factory=dict)
+    left: list[str] = field(default_factory=list)  # what stays with the userspace path
+
+
+def _v4net(p: str | None) -> ipaddress.IPv4Network | bool | None:
+    """IPv4 network, None (wildcard) or False (an IPv6 prefix)."""
+    if p is None:
+        return None
+    n = ipaddress.ip_network(p, strict=False)
+    return n if isinstance(n, ipaddress.IPv4Network) else False
+
+
+def _v4addr(a: str | None) -> ipaddress.IPv4Address | None:
+    if a is None:
+        return None
+    ip = ipaddress.ip_address(a)
+    return ip if isinstance(ip, ipaddress.IPv4Address) else None
+
+
+def _bits(indices: Iterable[int]) -> bytes:
+    words = [0] * RULE_WORDS
+    for i in indices:
+        words[i // 64] |= 1 << (i % 64)
+    return RULE_BITS.pack(*words)
+
+
+def bitmap(indices: Iterable[int]) -> bytes:
+    return _bits(indices)
+
+
+def compile_generation(
+    gen: Generation,
+    ifindex: Callable[[str], int | None],
+    counters: _Counters,
+) -> Compiled:
+    local = _v4addr(gen.local_locator) if gen.local_locator else None
+    out = Compiled(local=(local.packed if local else b"\0\0\0\0"))
+    if gen.local_locator and local is None:
+        out.left.append(f"everything: local locator {gen.local_locator} is not IPv4")
+        return out
+    if local is None:
+        if gen.rules or gen.sff:
+            out.left.append("everything: no local locator")
+        return out
+    _compile_rules(gen, local, ifindex, counters, out)
+    _compile_sff(gen, counters, out)
+    return out
+
+
+def _compile_rules(gen, local, ifindex, counters, out: Compiled) -> None:
+    rules = sorted(gen.rules, key=lambda r: (r.order, r.name))
+    taken: list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Network]] = []
+    for pos, r in enumerate(rules):
+        reason = None
+        src, dst = _v4net(r.src), _v4net(r.dst)
+        if src is False or dst is False:
+            out.left.append(f"rule {r.name}: IPv6 prefix (never matches IPv4 packets here)")
+            continue
+        hop = _v4addr(r.first_hop)
+        ifx = 0
+        if hop is None:
+            reason = f"first hop {r.first_hop} is not IPv4"
+        elif r.ingress:
+            ifx = ifindex(r.ingress) or 0
+            if not ifx:
+                reason = f"ingress interface {r.ingress} does not exist"
+        if reason is None and len(taken) >= MAX_RULES:
+            reason = f"more than {MAX_RULES} rules"
+        if reason is not None:
+            out.left.append(f"rule {r.name} and the {len(rules) - pos - 1} after it: {reason}")
+            break
+        idx = len(taken)
+        taken.append((src or ANY4, dst or ANY4))
+        sport = r.sport or (0, 65535)
+        dport = r.dport or (0, 65535)
+        ports = 1 if (r.sport is not None or r.dport is not None) else 0
+        cnt = counters.index(("rule", r.name))
+        out.rule_counters[r.name] = cnt
+        value = RULE.pack(
+            ifx,
+            cnt,
+            sp_word(r.spi, r.si),
+            hop.packed,
+            sport[0],
+            sport[1],
+            dport[0],
+            dport[1],
+            r.proto or 0,
+            0xFF if r.dscp is None else r.dscp,
+            ports,
+            1,
+        )
+        out.rules.append(RuleEntry(r.name, idx, value))
+    for which, lpm in ((0, out.src_lpm), (1, out.dst_lpm)):
+        prefixes = {t[which] for t in taken}
+        for p in prefixes:
+            lpm[p] = tuple(i for i, t in enumerate(taken) if p.subnet_of(t[which]))
+
+
+def _compile_sff(gen, counters, out: Compiled) -> None:
+    seen = 0
+    for e in sorted(gen.sff, key=lambda e: (e.spi, -e.si)):
+        key = (e.spi, e.si)
+        hops = tuple(e.next_hops)
+        if len(hops) != 1:
+            out.left.append(
+                f"sff ({e.spi}, {e.si}): {len(hops)} next hops (balancing stays in userspace)"
+            )
+            continue
+        h = hops[0]
+        if h.kind == "terminate":
+            kind, addr = KIND_TERMINATE, b"\0\0\0\0"
+        elif h.kind in FORWARD_KINDS and h.transport == "gre" and _v4addr(h.locator):
+            kind, addr = KIND_FORWARD, _v4addr(h.locator).packed
+        else:
+            out.left.append(f"sff ({e.spi}, {e.si}): next hop {h.kind}/{h.transport} {h.locator}")
+            continue
+        if seen >= MAX_SFF:
+            out.left.append(f"sff ({e.spi}, {e.si}): more than {MAX_SFF} entries")
+            continue
+        seen += 1
+        cnt = counters.index(("sff", e.spi, e.si))
+        out.sff_counters[key] = cnt
+        out.sff[sp_word(e.spi, e.si)] = SFF_VAL.pack(kind, addr, cnt, 0)

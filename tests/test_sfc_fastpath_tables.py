@@ -1,0 +1,142 @@
+"""What goes into the fast path's maps (pure code; the kernel side is in tests/integration)."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+from nsf_agent.sfc.fastpath.tables import (
+    MAX_RULES,
+    RULE,
+    ClassifierRule,
+    CounterAllocator,
+    Generation,
+    NextHop,
+    SffEntry,
+    compile_generation,
+)
+
+LOCAL = "192.0.2.1"
+
+
+def comp(gen, ifaces=None):
+    ifaces = ifaces or {}
+    return compile_generation(gen, ifaces.get, CounterAllocator())
+
+
+def rule(name, order, **kw):
+    kw.setdefault("first_hop", "198.51.100.2")
+    return ClassifierRule(name, order, spi=kw.pop("spi", 1), si=kw.pop("si", 255), **kw)
+
+
+def lpm_match(lpm, addr):
+    """What the kernel's LPM trie returns: the bits of the longest prefix holding addr."""
+    a = ipaddress.ip_address(addr)
+    best = None
+    for net, bits in lpm.items():
+        if a in net and (best is None or net.prefixlen > best[0].prefixlen):
+            best = (net, bits)
+    return set(best[1]) if best else set()
+
+
+def test_lpm_bitmaps_give_every_rule_containing_the_address():
+    rnd = random.Random(7)
+    rules = []
+    for i in range(60):
+        plen = rnd.choice([0, 8, 16, 20, 24, 28, 32])
+        net = ipaddress.ip_network(
+            f"10.{rnd.randrange(4)}.{rnd.randrange(4)}.0/{plen}", strict=False
+        )
+        rules.append(rule(f"r{i}", rnd.randrange(100), dst=str(net)))
+    c = comp(Generation(LOCAL, rules=tuple(rules)))
+    names = [r.name for r in c.rules]
+    by_name = {r.name: r for r in rules}
+    for _ in range(500):
+        addr = f"10.{rnd.randrange(4)}.{rnd.randrange(4)}.{rnd.randrange(256)}"
+        want = {
+            i
+            for i, n in enumerate(names)
+            if ipaddress.ip_address(addr) in ipaddress.ip_network(by_name[n].dst)
+        }
+        assert lpm_match(c.dst_lpm, addr) == want
+
+
+def test_rules_sorted_by_order_then_name_and_cut_at_first_unusable():
+    rules = (
+        rule("b", 5),
+        rule("a", 5),
+        rule("z", 1),
+        rule("v6", 2, dst="2001:db8::/32"),  # never matches IPv4: skipped, not a cut
+        rule("nowhere", 7, ingress="missing0"),
+        rule("after", 9),
+    )
+    c = comp(Generation(LOCAL, rules=rules))
+    assert [r.name for r in c.rules] == ["z", "a", "b"]
+    assert any("nowhere and the 1 after it" in x for x in c.left)
+    assert any("v6" in x for x in c.left)
+
+
+def test_rule_value_layout():
+    c = comp(
+        Generation(
+            LOCAL,
+            rules=(
+                rule("x", 1, spi=0x123456, si=7, proto=17, dport=(53, 53), dscp=46, ingress="eth9"),
+            ),
+        ),
+        {"eth9": 42},
+    )
+    (ifx, _cnt, sp, hop, slo, shi, dlo, dhi, proto, dscp, ports, valid) = RULE.unpack(
+        c.rules[0].value
+    )
+    assert (ifx, sp, hop) == (42, bytes.fromhex("12345607"), bytes([198, 51, 100, 2]))
+    assert (slo, shi, dlo, dhi, proto, dscp, ports, valid) == (0, 65535, 53, 53, 17, 46, 1, 1)
+
+
+def test_too_many_rules_leaves_the_rest_to_userspace():
+    rules = tuple(rule(f"r{i:04d}", i) for i in range(MAX_RULES + 5))
+    c = comp(Generation(LOCAL, rules=rules))
+    assert len(c.rules) == MAX_RULES
+    assert any(f"more than {MAX_RULES}" in x for x in c.left)
+
+
+def test_sff_entries_single_gre_hop_or_terminate_only():
+    c = comp(
+        Generation(
+            LOCAL,
+            sff=(
+                SffEntry(1, 255, (NextHop("198.51.100.2", "sff"),)),
+                SffEntry(1, 254, (NextHop(None, "terminate"),)),
+                SffEntry(2, 255, (NextHop("198.51.100.2"), NextHop("198.51.100.3"))),
+                SffEntry(3, 255, (NextHop("2001:db8::1", "sf"),)),
+            ),
+        )
+    )
+    assert len(c.sff) == 2
+    assert set(c.sff_counters) == {(1, 255), (1, 254)}
+    assert len(c.left) == 2
+
+
+def test_no_local_locator_means_nothing_in_the_fast_path():
+    c = comp(Generation(None, rules=(rule("x", 1),)))
+    assert not c.rules and c.left
+
+
+def test_counter_slots_are_stable_and_quarantined():
+    a = CounterAllocator(size=8)
+    a.begin()
+    x, y = a.index(("rule", "x")), a.index(("rule", "y"))
+    a.commit()
+    a.begin()
+    assert a.index(("rule", "x")) == x  # same slot in the next generation
+    a.commit()  # y dropped: its slot must not be handed out in the very next generation
+    a.begin()
+    fresh = {a.index(("rule", f"n{i}")) for i in range(5)}
+    assert y not in fresh
+    a.abort()
+    a.begin()
+    a.index(("rule", "x"))
+    a.commit()
+    a.begin()
+    later = {a.index(("rule", f"m{i}")) for i in range(7)}
+    assert y in later
