@@ -7,6 +7,7 @@ APT_PACKAGES := libyang2-dev libyang2-tools iproute2 tcpdump iputils-ping ethtoo
 	yangcli libnetconf2-2
 # SFC fast path: tc-BPF program compiled on first use (nsf_agent/sfc/fastpath/build.py)
 APT_PACKAGES += clang llvm libbpf-dev
+APT_PACKAGES += libnetfilter-queue-dev iptables  # security functions: NFQUEUE (netfilterqueue), its hook
 STAMP := $(VENV)/.setup-stamp
 
 .PHONY: setup test lint bench clean demo
