@@ -187,9 +187,9 @@ def notification(ev: dict[str, Any]) -> etree._Element | None:
         return n
     if kind == "inspection-result":
         n = etree.Element(Q + kind, nsmap={None: NS})
-        for k in ("proxy", "instance", "type"):
+        for k, leaf in (("proxy", "proxy"), ("instance", "instance"), ("sf-type", "type")):
             if ev.get(k):
-                _sub(n, k, ev[k])
+                _sub(n, leaf, ev[k])
         _sub(n, "sid", max(0, min(int(ev.get("sid") or 0), 2**32 - 1)))
         if ev.get("msg"):
             _sub(n, "msg", ev["msg"])

@@ -453,7 +453,7 @@ class Engine:
         action = msg.get("action") or None
         ev: dict[str, Any] = {"event": "inspection-result", "proxy": px.entry.name,
                               "instance": str(msg.get("instance", "")),
-                              "type": str(msg.get("type", "")), "sid": int(msg.get("sid", 0)),
+                              "sf-type": str(msg.get("type", "")), "sid": int(msg.get("sid", 0)),
                               "msg": str(msg.get("msg", "")), "flow": fl,
                               "verdict": msg.get("verdict"), "action": action}
         self.events.append(ev)

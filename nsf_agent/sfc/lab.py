@@ -107,6 +107,12 @@ class SfcLab:
                 if addr:
                     _ip(ns, "addr", "add", addr, "dev", ifn)
                 _ip(ns, "link", "set", "dev", ifn, "up")
+        # Hosts compute their checksums and segment themselves, as packets arriving from a
+        # wire are: a veth would otherwise hand the classifier's AF_PACKET socket TCP
+        # packets with checksums left to offload (CHECKSUM_PARTIAL) and 64 KB GSO packets.
+        for h in (self.host_a, self.host_b):
+            subprocess.run(["ip", "netns", "exec", h, "ethtool", "-K", "eth0", "tx", "off",
+                            "tso", "off", "gso", "off"], check=True, capture_output=True)
         _ip(self.host_a, "route", "add", "default", "via", C_A)
         _ip(self.host_b, "route", "add", "default", "via", E_B)
         _ip(self.c, "route", "add", NET_B, "via", F_C)
