@@ -1,6 +1,7 @@
 """IKE case vs IKE-less case: time from policy apply to traffic flowing, N = 1, 10, 100.
 
-One gateway pair on namespaces (`controller.lab.GatewayLab`: hostA — gwA ══ gwB — hostB),
+One gateway pair on namespaces (`GatewayLab` of tests/integration/gateway_lab.py:
+hostA — gwA ══ gwB — hostB),
 agents with the `userspace` and `ike` appliers (charon with kernel-libipsec), the controller
 as `i2nsf-controller serve`. N tunnels are N policies between the same two gateways, each
 with its own subnet pair (10.100.i.0/24 behind gwA ↔ 10.200.i.0/24 behind gwB; hostA and
@@ -27,6 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "integration"))  # gateway_lab, the test harness
 
 FP = "urn:i2nsf-sdn:yang:i2nsf-flow-policy"
 NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
@@ -100,7 +102,7 @@ def setup_hosts(gl: Any, n: int) -> None:
 
 
 def clean(gl: Any, n: int) -> None:
-    from controller.lab import poll
+    from gateway_lab import poll
 
     m = gl.connect()
     try:
@@ -144,7 +146,8 @@ def main() -> int:
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
 
-    from controller.lab import GatewayLab
+    from gateway_lab import GatewayLab
+
     from nsf_agent.userspace.lab import unique_prefix
 
     work = Path(tempfile.mkdtemp(prefix="i2nsf-ikebench-"))

@@ -463,7 +463,7 @@ def _rw_add(m: Any, a: argparse.Namespace) -> None:
 
 
 def _rw_export(m: Any, name: str, out: Path) -> None:
-    from controller.ike import write_bundle
+    from controller.ipsec.ike_bundle import write_bundle
 
     reply = m.dispatch(_e("export-road-warrior", None, _e("name", name)))
     root = etree.fromstring(reply.xml.encode())

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.service import ServiceOptions
+from controller.core.engine import ServiceOptions
 from netconf_core.auth import User
 from netconf_core.configfile import ConfigError, check_table, parse_users, read_toml
 

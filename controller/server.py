@@ -17,10 +17,11 @@ import os
 from lxml import etree
 
 from controller.config import ControllerConfig
-from controller.model import NS as FP_NS
-from controller.model import check_config, parse_config
-from controller.service import FlowService
-from controller.store import SqliteStore
+from controller.core.inventory import NS as FP_NS
+from controller.core.store import SqliteStore
+from controller.ipsec.checks import check_config
+from controller.ipsec.model import parse_config
+from controller.ipsec.service import FlowService
 from netconf_core.applier import ConfigChange, Notify
 from netconf_core.auth import UserDb
 from netconf_core.datastore import Datastores

@@ -21,11 +21,13 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from controller import nc_client
-from controller.model import check_config, parse_config
-from controller.nc_client import BASE_11, NC, NcClient, NcError
-from controller.service import FlowService, ServiceOptions
-from controller.store import SqliteStore
+from controller.core import nc_client
+from controller.core.engine import ServiceOptions
+from controller.core.nc_client import BASE_11, NC, NcClient, NcError
+from controller.core.store import SqliteStore
+from controller.ipsec.checks import check_config
+from controller.ipsec.model import parse_config
+from controller.ipsec.service import FlowService
 from netconf_core.applier import ConfigChange, Notify
 from netconf_core.datastore import Datastores
 from netconf_core.errors import NC_NS, RpcError

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from controller import translate
-from controller.engine import SaLedger, state_xml
-from controller.keys import KeyManager
-from controller.model import check_config, parse_config
-from controller.rekey import Phase, RekeyScheduler
-from controller.store import SqliteStore
+from controller.core.store import SqliteStore
+from controller.ipsec import translate
+from controller.ipsec.checks import check_config
+from controller.ipsec.keys import KeyManager
+from controller.ipsec.ledger import SaLedger, state_xml
+from controller.ipsec.model import parse_config
+from controller.ipsec.rekey import Phase, RekeyScheduler
 from netconf_core.datastore import Datastores
 from netconf_core.errors import NC_NS
 from netconf_core.schema import YangSchema
@@ -167,7 +168,7 @@ def test_retry_resends_the_same_sas(schema: YangSchema, tmp_path: Path) -> None:
 def test_state_view_rerenders_only_on_change(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The cached operational state follows every change of the store and of the timers."""
-    from controller import engine
+    from controller.ipsec import ledger as engine
 
     store = SqliteStore(tmp_path / "c.db")
     sched = RekeyScheduler()

@@ -13,10 +13,12 @@ import pytest
 from cryptography import x509
 from lxml import etree
 
-from controller import ike
-from controller.ca import ControllerCA, write_private
-from controller.model import NS as FP
-from controller.model import FlowConfig, check_config, parse_config
+from controller.core.inventory import NS as FP
+from controller.ipsec import ike_config as ike
+from controller.ipsec.ca import ControllerCA, write_private
+from controller.ipsec.checks import check_config
+from controller.ipsec.ike_bundle import swanctl_conf
+from controller.ipsec.model import FlowConfig, parse_config
 from netconf_core.datastore import Datastores
 from netconf_core.errors import NC_NS, RpcError
 from netconf_core.schema import YangSchema
@@ -162,7 +164,7 @@ def test_road_warrior(schema: YangSchema, tmp_path: Path) -> None:
     assert c.message["remote"]["id"] == "fqdn:alice.rw.example"  # type: ignore[index]
     ch = c.message["children"]["fp/rw/alice/0"]  # type: ignore[index]
     assert ch["remote_ts"] == ["10.99.0.5/32"] and ch["local_ts"] == ["203.0.113.0/24"]
-    conf = ike.swanctl_conf(cfg.road_warriors["alice"], cfg.nsfs["gw2"], cfg.profiles["gcm"])
+    conf = swanctl_conf(cfg.road_warriors["alice"], cfg.nsfs["gw2"], cfg.profiles["gcm"])
     assert "remote_addrs = 198.51.100.2" in conf and "local_ts = 10.99.0.5/32" in conf
     assert "proposals = aes256gcm16-prfsha256-curve25519" in conf
 
@@ -219,7 +221,7 @@ def test_road_warrior_with_a_virtual_ip_pool(schema: YangSchema, tmp_path: Path)
     assert vici["gw2"].pools == {"i2nsf-fp/rw/bob": {"addrs": "10.98.0.0/24"}}
     ch = c.message["children"]["fp/rw/bob/0"]  # type: ignore[index]
     assert ch["remote_ts"] == ["dynamic"] and ch["local_ts"] == ["203.0.113.0/24"]
-    conf = ike.swanctl_conf(cfg.road_warriors["bob"], cfg.nsfs["gw2"], cfg.profiles["gcm"])
+    conf = swanctl_conf(cfg.road_warriors["bob"], cfg.nsfs["gw2"], cfg.profiles["gcm"])
     assert "vips = 0.0.0.0" in conf and "local_ts = dynamic" in conf
     # overlapping pools of two road warriors on one gateway are refused
     rw2 = rw.replace("bob", "carol").replace("10.98.0.0/24", "10.98.0.128/25")

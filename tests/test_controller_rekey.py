@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.rekey import Action, Phase, PolicyTimer, RekeyScheduler
-from controller.store import SqliteStore
+from controller.core.store import SqliteStore
+from controller.ipsec.rekey import Action, Phase, PolicyTimer, RekeyScheduler
 
 
 def run(s: RekeyScheduler, now: float, expect: Phase | None = None) -> Action:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.keys import KeyManager, SaKeys
-from controller.store import MIGRATIONS, SaRecord, SqliteStore
+from controller.core.store import MIGRATIONS, SaRecord, SqliteStore
+from controller.ipsec.keys import KeyManager, SaKeys
 
 
 def sa(policy: str = "p1", gen: int = 0, a2b: bool = True, spi: int = 0x10001,

@@ -14,9 +14,11 @@ from collections.abc import Iterator
 import pytest
 from lxml import etree
 
-from controller import model, translate
-from controller.keys import KeyManager
-from controller.model import FlowConfig, check_config, parse_config
+from controller.core import inventory
+from controller.ipsec import model, translate
+from controller.ipsec.checks import check_config
+from controller.ipsec.keys import KeyManager
+from controller.ipsec.model import FlowConfig, parse_config
 from netconf_core.datastore import Datastores
 from netconf_core.errors import NC_NS, RpcError
 from netconf_core.schema import YangSchema
@@ -350,7 +352,7 @@ def test_yang_rejects_same_endpoints_and_bad_lifetimes(schema: YangSchema) -> No
 
 
 def test_semantic_checks(schema: YangSchema) -> None:
-    # the IKE case is supported (controller/ike.py); its own checks still apply
+    # the IKE case is supported (controller/ipsec/ike_config.py); its own checks still apply
     errs = errors_of(lambda: flow_config(schema, GW, policy_xml(
         "p1", "gw1", "gw2", "<ike><pre-shared-key-file>/nonexistent/psk"
         "</pre-shared-key-file></ike>")))
@@ -407,7 +409,7 @@ def test_model_round_trips_through_dicts(schema: YangSchema) -> None:
     for n in cfg.nsfs.values():
         d = n.to_dict()
         assert "s3cret" not in str(d)
-        assert model.Nsf.from_dict(d) == model.nsf_without_secret(n)
+        assert model.Nsf.from_dict(d) == inventory.nsf_without_secret(n)
     for p in cfg.profiles.values():
         assert model.CryptoProfile.from_dict(p.to_dict()) == p
     for pol in cfg.policies.values():

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from lxml import etree
 
-from controller.model import NS as FP_NS
-from controller.model import Nsf
-from controller.nc_client import NOTIF_NS, HostKeyMismatch, NcClient, NcError, NcRpcError
+from controller.core.inventory import NS as FP_NS
+from controller.core.inventory import Nsf
+from controller.core.nc_client import NOTIF_NS, HostKeyMismatch, NcClient, NcError, NcRpcError
 from netconf_core.errors import NC_NS
 
 log = logging.getLogger(__name__)

@@ -18,89 +18,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.keys import SaKeys
-from controller.translate import SaSpec, sad_name
+from controller.core.records import PolicyRecord, PolicyView, SaKeys, SaRecord, SaView
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PolicyRecord:
-    name: str
-    policy_id: int  # stable for the policy's life; its reqids derive from it
-    data: dict[str, Any]  # model.Policy.to_dict()
-    group: str | None
-    status: str
-    error: str | None
-    generation: int
-    updated: float
-
-
-@dataclass(frozen=True)
-class SaRecord:
-    """One unidirectional SA as written to its sender (outbound) and receiver (inbound),
-    with the outer addresses each of them sees (they differ through a NAT)."""
-
-    policy: str
-    flow: int
-    a2b: bool
-    generation: int
-    spi: int
-    keys: SaKeys
-    sender: str
-    receiver: str
-    sender_src: str
-    sender_dst: str
-    receiver_src: str
-    receiver_dst: str
-    created: float
-
-    @property
-    def name(self) -> str:
-        return sad_name(self.policy, self.flow, self.a2b, self.generation)
-
-    def spec(self) -> SaSpec:
-        return SaSpec(self.policy, self.flow, self.a2b, self.generation, self.spi, self.keys)
-
-
-@dataclass(frozen=True)
-class PolicyView:
-    """What the operational state shows of a policy (no JSON to decode, no keys)."""
-
-    name: str
-    group: str | None
-    endpoint_a: str | None
-    endpoint_b: str | None
-    status: str
-    error: str | None
-    generation: int
-    updated: float
-
-
-@dataclass(frozen=True)
-class SaView:
-    """What the operational state shows of an SA: everything but its keys."""
-
-    policy: str
-    flow: int
-    a2b: bool
-    generation: int
-    spi: int
-    sender: str
-    receiver: str
-    sender_src: str
-    sender_dst: str
-    receiver_src: str
-    receiver_dst: str
-    created: float
-
-    @property
-    def name(self) -> str:
-        return sad_name(self.policy, self.flow, self.a2b, self.generation)
 
 
 class Store(abc.ABC):

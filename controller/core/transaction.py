@@ -29,8 +29,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from lxml import etree
 
-from controller.nc_client import NcClient, NcError, NcRpcError, op
-from controller.southbound import NsfSession
+from controller.core.nc_client import NcClient, NcError, NcRpcError, op
+from controller.core.southbound import NsfSession
 
 log = logging.getLogger(__name__)
 

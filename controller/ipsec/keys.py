@@ -12,11 +12,13 @@ import logging
 import random
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
-from controller.model import CryptoProfile, check_profile
-from nsf_agent.ikeless import ENCRYPTION, INTEGRITY, IpAddr
+from controller.core.records import SaKeys
+from controller.ipsec.model import CryptoProfile, check_profile
+from netconf_core.i2nsf.algorithms import ENCRYPTION, INTEGRITY
+from netconf_core.i2nsf.types import IpAddr
 
 log = logging.getLogger(__name__)
 
@@ -44,31 +46,10 @@ class KeySizes:
     iv: int
 
 
-@dataclass(frozen=True)
-class SaKeys:
-    """Key material of one SA. repr/str never show it; `to_dict` is for the store only."""
-
-    enc_key: bytes = field(repr=False)
-    integ_key: bytes = field(repr=False)
-    iv: bytes = field(repr=False)
-
-    def __repr__(self) -> str:
-        return (f"SaKeys(enc={len(self.enc_key)}B, integ={len(self.integ_key)}B, "
-                f"iv={len(self.iv)}B, <hidden>)")
-
-    __str__ = __repr__
-
-    def to_dict(self) -> dict[str, str]:
-        return {"enc": self.enc_key.hex(), "integ": self.integ_key.hex(), "iv": self.iv.hex()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SaKeys:
-        return cls(bytes.fromhex(d["enc"]), bytes.fromhex(d["integ"]), bytes.fromhex(d["iv"]))
-
-
 def key_sizes(profile: CryptoProfile) -> KeySizes:
-    """Key lengths from the agent's algorithm tables (nsf_agent.ikeless), so that what the
-    controller generates is exactly what the agent accepts (AEAD/CTR keys carry the salt)."""
+    """Key lengths from the shared algorithm tables (netconf_core.i2nsf.algorithms), so that
+    what the controller generates is exactly what the agent accepts (AEAD/CTR keys carry
+    the salt)."""
     problems = check_profile(profile)
     if problems:
         raise CryptoProfileError(f"crypto profile {profile.name!r}: {'; '.join(problems)}")

@@ -18,12 +18,12 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
-from controller import translate
-from controller.keys import KeyManager
-from controller.model import NS as FP_NS
-from controller.rekey import Action, Phase, RekeyScheduler
-from controller.store import SaRecord, SaView, Store
-from controller.translate import Edits, Parts, Plan, SaSpec
+from controller.core.inventory import NS as FP_NS
+from controller.core.store import SaRecord, SaView, Store
+from controller.ipsec import translate
+from controller.ipsec.keys import KeyManager
+from controller.ipsec.rekey import Action, Phase, RekeyScheduler
+from controller.ipsec.translate import Edits, Parts, Plan, SaSpec
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class SaLedger:
         return {n: translate.delete_by_names_edit(spd.get(n, []), names) for n in sorted(nsfs)}
 
 
-def _time(t: float | None) -> str | None:
+def yang_time(t: float | None) -> str | None:
     if t is None:
         return None
     return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds").replace(
@@ -201,7 +201,7 @@ def _state_text(store: Store, sched: RekeyScheduler) -> str:
     def when(t: float | None) -> str:
         v = times.get(t)
         if v is None:
-            v = times[t] = _time(t) or ""
+            v = times[t] = yang_time(t) or ""
         return v
 
     by_policy: dict[str, list[SaView]] = {}

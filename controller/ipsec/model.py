@@ -9,94 +9,23 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lxml import etree
 
+from controller.core.inventory import MODULE, NS, Nat, Nsf, NsfIke  # noqa: F401 - re-exported
 from netconf_core.errors import RpcError
-from nsf_agent.ikeless import ENCRYPTION, INTEGRITY, IpAddr, IpNet, PortRange
+from netconf_core.i2nsf.algorithms import ENCRYPTION, INTEGRITY
+from netconf_core.i2nsf.types import IpAddr, IpNet, PortRange
 
-NS = "urn:i2nsf-sdn:yang:i2nsf-flow-policy"
 Q = f"{{{NS}}}"
-MODULE = "i2nsf-flow-policy"
 
 Mode = Literal["tunnel", "transport"]
 KeyManagement = Literal["ikeless", "ike"]
 
 # A policy's flows are numbered into its SPD reqids (see translate.reqid); keep it bounded.
 MAX_FLOWS_PER_POLICY = 256
-
-
-@dataclass(frozen=True)
-class Nat:
-    public_address: IpAddr
-    public_port: int = 4500
-
-
-@dataclass(frozen=True)
-class NsfIke:
-    """An NSF's IKE identity and operator-supplied credentials (IKE case)."""
-
-    fqdn: str | None = None
-    certificate_file: str | None = None
-    private_key_file: str | None = None
-
-
-@dataclass(frozen=True)
-class Nsf:
-    name: str
-    address: str
-    username: str
-    host_key: str
-    data_plane_address: IpAddr
-    port: int = 830
-    private_key_file: str | None = None
-    password_file: str | None = None
-    password: str | None = field(default=None, repr=False)
-    protected_prefixes: tuple[IpNet, ...] = ()
-    nat: Nat | None = None
-    dataplane: str = "kernel"
-    # Not in to_dict: IKE settings must not change the IKE-less fingerprints.
-    ike: NsfIke = NsfIke()
-
-    @property
-    def reachable_address(self) -> IpAddr:
-        """The address peers send to: the NAT's public address when behind NAT."""
-        return self.nat.public_address if self.nat else self.data_plane_address
-
-    @property
-    def reachable_port(self) -> int:
-        """The UDP port peers send NAT-T ESP to."""
-        return self.nat.public_port if self.nat else 4500
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form for the store; the inline password is deliberately left out."""
-        return {
-            "name": self.name, "address": self.address, "port": self.port,
-            "username": self.username, "host_key": self.host_key,
-            "private_key_file": self.private_key_file, "password_file": self.password_file,
-            "data_plane_address": str(self.data_plane_address),
-            "protected_prefixes": [str(p) for p in self.protected_prefixes],
-            "nat": None if self.nat is None else {
-                "public_address": str(self.nat.public_address),
-                "public_port": self.nat.public_port},
-            "dataplane": self.dataplane,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Nsf:
-        nat = d.get("nat")
-        return cls(
-            name=d["name"], address=d["address"], port=int(d.get("port", 830)),
-            username=d["username"], host_key=d["host_key"],
-            private_key_file=d.get("private_key_file"), password_file=d.get("password_file"),
-            data_plane_address=ipaddress.ip_address(d["data_plane_address"]),
-            protected_prefixes=tuple(ipaddress.ip_network(p) for p in d["protected_prefixes"]),
-            nat=None if nat is None else Nat(ipaddress.ip_address(nat["public_address"]),
-                                             int(nat["public_port"])),
-            dataplane=d.get("dataplane", "kernel"),
-        )
 
 
 @dataclass(frozen=True)
@@ -447,13 +376,7 @@ def parse_config(data: etree._Element) -> FlowConfig:
     )
 
 
-# ---- semantic checks ---------------------------------------------------------------------------
-
-
-def _ppath(p: Policy) -> str:
-    if p.group is not None:
-        return f"/{MODULE}:flow-protection/policy-groups/policy-group[name='{p.group}']"
-    return f"/{MODULE}:flow-protection/policies/policy[name='{p.name}']"
+# ---- flows and profile checks --------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -476,12 +399,6 @@ def policy_flows(policy: Policy, a: Nsf, b: Nsf) -> list[FlowSpec]:
         pb = policy.b.prefixes or b.protected_prefixes
     pairs = [(x, y) for x in pa for y in pb if x.version == y.version]
     return [FlowSpec(i, x, y) for i, (x, y) in enumerate(pairs)]
-
-
-def _ports_overlap(x: tuple[PortRange, ...], y: tuple[PortRange, ...]) -> bool:
-    if not x or not y:
-        return True
-    return any(r.start <= s.end and s.start <= r.end for r in x for s in y)
 
 
 def check_profile(profile: CryptoProfile) -> list[str]:
@@ -507,105 +424,3 @@ def check_profile(profile: CryptoProfile) -> list[str]:
         errs.append(f"integrity algorithm {profile.integrity} is not supported "
                     f"(supported: {sorted(INTEGRITY)})")
     return errs
-
-
-def check_config(cfg: FlowConfig) -> None:
-    """Raise one RpcError (others attached) for every problem libyang cannot see."""
-    errors: list[RpcError] = []
-
-    def err(path: str, msg: str, tag: str = "invalid-value",
-            app_tag: str | None = None) -> None:
-        errors.append(RpcError("application", tag, msg, path=path, app_tag=app_tag))
-
-    for prof in cfg.profiles.values():
-        for m in check_profile(prof):
-            err(f"/{MODULE}:flow-protection/crypto-profiles/crypto-profile[name='{prof.name}']",
-                f"crypto profile {prof.name!r}: {m}")
-
-    policies = cfg.all_policies()
-    # flows per NSF for the overlap check: the local and remote prefixes as integer ranges
-    # (two prefixes overlap iff their ranges do; ipaddress.overlaps costs ~10x more), proto,
-    # local and remote ports, policy
-    seen: dict[str, list[tuple[int, int, int, int, int, int | None, tuple[PortRange, ...],
-                               tuple[PortRange, ...], str]]] = {}
-    for pol in sorted(policies.values(), key=lambda p: p.name):
-        path = _ppath(pol)
-        what = f"policy {pol.name!r}"
-        prm = pol.params
-        a, b = cfg.nsfs.get(pol.a.nsf), cfg.nsfs.get(pol.b.nsf)
-        if a is None or b is None:
-            missing = pol.a.nsf if a is None else pol.b.nsf
-            err(path, f"{what}: unknown NSF {missing!r}", tag="data-missing",
-                app_tag="instance-required")
-            continue
-        if a.name == b.name:
-            err(path, f"{what}: the two endpoints must be different NSFs")
-            continue
-        prof = cfg.profiles.get(prm.crypto_profile)
-        if prof is None:
-            err(path + "/crypto-profile", f"{what}: unknown crypto profile "
-                f"{prm.crypto_profile!r}", tag="data-missing", app_tag="instance-required")
-            continue
-        soft, hard = pol.lifetimes(prof)
-        for kind in ("time", "bytes", "packets"):
-            s, h = getattr(soft, kind), getattr(hard, kind)
-            if h and not (0 < s < h):
-                err(path + f"/lifetime-soft/{kind}",
-                    f"{what}: soft {kind} lifetime ({s}) must be non-zero and less than the "
-                    f"hard one ({h})")
-        if prm.mode == "transport":
-            if a.nat or b.nat:
-                err(path + "/mode", f"{what}: transport mode through NAT is not supported; "
-                    "use tunnel mode")
-                continue
-            for ep, nsf in ((pol.a, a), (pol.b, b)):
-                host = ipaddress.ip_network(nsf.data_plane_address)
-                if ep.prefixes and ep.prefixes != (host,):
-                    err(path + "/mode", f"{what}: transport mode protects the NSFs' own "
-                        f"traffic; {nsf.name}'s prefix must be {host} or left out")
-        flows = policy_flows(pol, a, b)
-        if not flows:
-            err(path, f"{what}: no prefix pair to protect (give prefixes or set the NSFs' "
-                "protected-prefix, same address family on both ends)", tag="data-missing")
-            continue
-        if len(flows) > MAX_FLOWS_PER_POLICY:
-            err(path, f"{what}: {len(flows)} prefix pairs; at most {MAX_FLOWS_PER_POLICY}")
-            continue
-        if prm.mode == "tunnel" and (a.data_plane_address.version
-                                     != b.reachable_address.version):
-            err(path, f"{what}: the data-plane addresses of {a.name} and {b.name} are of "
-                "different address families")
-            continue
-        for f in flows:
-            for nsf, loc, rem, lp, rp in ((a.name, f.a_prefix, f.b_prefix, pol.a.ports,
-                                           pol.b.ports),
-                                          (b.name, f.b_prefix, f.a_prefix, pol.b.ports,
-                                           pol.a.ports)):
-                ver = loc.version
-                l_lo, l_hi = int(loc.network_address), int(loc.broadcast_address)
-                r_lo, r_hi = int(rem.network_address), int(rem.broadcast_address)
-                for (v2, l2lo, l2hi, r2lo, r2hi, pr2, lp2, rp2, other) in seen.get(nsf, []):
-                    if (v2 == ver and l_lo <= l2hi and l2lo <= l_hi and r_lo <= r2hi
-                            and r2lo <= r_hi and other != pol.name
-                            and (prm.inner_protocol is None or pr2 is None
-                                 or prm.inner_protocol == pr2)
-                            and _ports_overlap(lp, lp2) and _ports_overlap(rp, rp2)):
-                        err(path, f"{what}: its selector {loc} <-> {rem} on NSF {nsf} "
-                            f"overlaps policy {other!r}", tag="operation-failed",
-                            app_tag="overlapping-selectors")
-                        break
-                seen.setdefault(nsf, []).append((ver, l_lo, l_hi, r_lo, r_hi,
-                                                 prm.inner_protocol, lp, rp, pol.name))
-    from controller.ike import check_ike  # the IKE case's own rules (pairs, road warriors)
-
-    for path, msg, tag, app_tag in check_ike(cfg):
-        err(path, msg, tag, app_tag)
-    if errors:
-        first, *rest = errors
-        first.others = rest
-        raise first
-
-
-def nsf_without_secret(n: Nsf) -> Nsf:
-    """A copy safe to log or store."""
-    return replace(n, password=None)

@@ -4,7 +4,7 @@ A policy between NSFs a and b protects one or more *flows* (prefix pairs). For e
 NSF gets an outbound and an inbound SPD entry, and there are two unidirectional SAs: a→b
 (outbound on a, inbound on b) and b→a. Each SA is written to both NSFs with the same SPI and
 keys; RFC 9061 gives a SAD entry no direction, so it takes the direction of the SPD entry with
-the same reqid on that NSF (see nsf_agent/ikeless.py).
+the same reqid on that NSF (as the agent reads it).
 
 Tunnel mode also needs a `fwd` policy in the Linux kernel for forwarded traffic; RFC 9061 has
 no such direction, so the agent's kernel applier derives it from the inbound SPD entry.
@@ -24,8 +24,9 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
-from controller.keys import KeyManager, SaKeys
-from controller.model import (
+from controller.core.records import NAME_PREFIX, Role, SaKeys, SaSpec, sad_name  # noqa: F401 - the store's records, re-exported
+from controller.ipsec.keys import KeyManager
+from controller.ipsec.model import (
     CryptoProfile,
     FlowConfig,
     FlowSpec,
@@ -35,24 +36,18 @@ from controller.model import (
     policy_flows,
 )
 from netconf_core.errors import NC_NS
-from nsf_agent.ikeless import NS as IKELESS_NS
-from nsf_agent.ikeless import IpAddr, PortRange
+from netconf_core.i2nsf.namespaces import IKELESS_NS
+from netconf_core.i2nsf.types import IpAddr, PortRange
 
 Q = f"{{{IKELESS_NS}}}"
 OPERATION = f"{{{NC_NS}}}operation"
-NAME_PREFIX = "fp"
 NATT_PORT = 4500
 
-Role = Literal["a", "b"]
 Direction = Literal["outbound", "inbound"]
 
 
 def spd_name(policy: str, flow: int, direction: Direction) -> str:
     return f"{NAME_PREFIX}/{policy}/{flow}/{'out' if direction == 'outbound' else 'in'}"
-
-
-def sad_name(policy: str, flow: int, a2b: bool, generation: int) -> str:
-    return f"{NAME_PREFIX}/{policy}/{flow}/{'a2b' if a2b else 'b2a'}/{generation}"
 
 
 @dataclass(frozen=True)
@@ -113,30 +108,6 @@ class Side:
     @property
     def peer_port(self) -> int:
         return self.peer.reachable_port
-
-
-@dataclass(frozen=True)
-class SaSpec:
-    """One unidirectional SA: a→b (sent by a) or b→a."""
-
-    policy: str
-    flow: int
-    a2b: bool
-    generation: int
-    spi: int
-    keys: SaKeys
-
-    @property
-    def name(self) -> str:
-        return sad_name(self.policy, self.flow, self.a2b, self.generation)
-
-    @property
-    def sender(self) -> Role:
-        return "a" if self.a2b else "b"
-
-    @property
-    def receiver(self) -> Role:
-        return "b" if self.a2b else "a"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""A gateway-to-gateway lab with real daemons, for the controller's integration tests.
+"""A gateway-to-gateway lab with real daemons, for controller tests and benchmarks.
 
 Topology (network namespaces, names prefixed per run):
 
@@ -354,7 +354,7 @@ class GatewayLab:
                       on_demand: bool = False, policy: str | None = "g2g") -> str:
         """`<config>` with both NSFs, a crypto profile with the lab's lifetimes and (unless
         `policy` is None) one policy between them."""
-        from controller.model import NS
+        from controller.core.inventory import NS
 
         key = self.workdir / "controller_id_ed25519"
         nets = {"a": (self.data_plane_address("a"), NET_A),

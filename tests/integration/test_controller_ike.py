@@ -45,7 +45,8 @@ RW_OUTER, RW_GW, RW_INNER = "10.77.0.2", "10.77.0.1", "10.77.1.1"
 
 @pytest.fixture(scope="module")
 def gl() -> Iterator[Any]:
-    from controller.lab import GatewayLab
+    from gateway_lab import GatewayLab
+
     from nsf_agent.userspace.lab import unique_prefix
 
     work = Path(tempfile.mkdtemp(prefix="i2nsf-ike-"))
@@ -64,7 +65,7 @@ def gl() -> Iterator[Any]:
 
 
 def poll(pred: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    from controller.lab import poll as _poll
+    from gateway_lab import poll as _poll
 
     return _poll(pred, timeout, what, interval)
 
@@ -211,7 +212,7 @@ def test_psk_gateway_to_gateway(gl: Any) -> None:
     seen = {int.from_bytes(bytes(p[UDP].payload)[:4], "big") for p in rdpcap(str(pcap))}
     assert seen and seen <= spis, (seen, spis)
     # the PSK never reaches a log
-    from controller.store import SqliteStore
+    from controller.core.store import SqliteStore
 
     st = SqliteStore(gl.workdir / "controller" / "controller.db")
     try:
@@ -386,7 +387,7 @@ def test_ike_and_ikeless_side_by_side(gl: Any) -> None:
 def test_bad_input_leaves_charon_unchanged(gl: Any, tmp_path: Path) -> None:
     from ncclient.operations.rpc import RPCError
 
-    from controller.ca import ControllerCA, write_private
+    from controller.ipsec.ca import ControllerCA, write_private
 
     edit(gl, policy("ikb"))
     wait_active(gl, "ikb")

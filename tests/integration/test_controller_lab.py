@@ -38,7 +38,7 @@ ALL_KEYS: set[str] = set()  # every key seen in the controller's store during th
 
 @pytest.fixture(scope="module")
 def gl() -> Iterator[Any]:
-    from controller.lab import gateway_lab
+    from gateway_lab import gateway_lab
 
     with gateway_lab("i2c", soft=3, hard=8) as lab:
         yield lab
@@ -48,7 +48,7 @@ def gl() -> Iterator[Any]:
 
 
 def poll(pred: Any, timeout: float, what: str) -> Any:
-    from controller.lab import poll as _poll
+    from gateway_lab import poll as _poll
 
     return _poll(pred, timeout, what)
 

@@ -43,7 +43,7 @@ PUBLIC_PORT = 14500
 
 @pytest.fixture(scope="module")
 def gl() -> Iterator[Any]:
-    from controller.lab import gateway_lab
+    from gateway_lab import gateway_lab
 
     with gateway_lab("i2n", soft=3, hard=8, nat=True,
                      nat_port=PUBLIC_PORT) as lab:
@@ -51,7 +51,7 @@ def gl() -> Iterator[Any]:
 
 
 def poll(pred: Any, timeout: float, what: str) -> Any:
-    from controller.lab import poll as _poll
+    from gateway_lab import poll as _poll
 
     return _poll(pred, timeout, what)
 
@@ -128,7 +128,8 @@ def ping(gl: Any, count: int) -> subprocess.CompletedProcess[str]:
 
 
 def test_policy_through_nat_uses_esp_in_udp(gl: Any) -> None:
-    from controller.lab import NAT_PRIVATE_B, NAT_PUBLIC_B
+    from gateway_lab import NAT_PRIVATE_B, NAT_PUBLIC_B
+
     from nsf_agent.userspace.lab import GW_A, HOST_B
 
     cap = capture_socket(gl)

@@ -17,8 +17,8 @@ from lxml import etree
 from ncharness import NC_NS, PASSWORD, PASSWORD_HASH, AgentThread, connect, names, wait_for
 
 from controller.config import ControllerConfig
+from controller.core.engine import ServiceOptions
 from controller.server import ControllerServer
-from controller.service import ServiceOptions
 from netconf_core.auth import User
 
 FP = "urn:i2nsf-sdn:yang:i2nsf-flow-policy"

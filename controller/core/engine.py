@@ -1,0 +1,150 @@
+"""The plumbing every controller service shares: one asyncio loop per service woken by
+commits, notifications and reconnections, the southbound session pool, and all-or-nothing
+transactions over the NSFs' sessions with the journal of confirmed commits in flight (so a
+restarted controller cancels what an earlier life left pending).
+
+A service (`controller.ipsec.service.FlowService`, later the SFC managers) subclasses `Engine`
+and supplies the scheduling, the translation and the event handling of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lxml import etree
+
+from controller.core.inventory import NS as FP_NS
+from controller.core.southbound import CONNECTED, NsfSession, Southbound
+from controller.core.store import Store
+from controller.core.transaction import cancel_leftover, transact
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceOptions:
+    """Tuning of a service's engine (the `[service]` table of the controller's TOML)."""
+
+    grace: float = 2.0  # seconds an old inbound SA stays after the outbound switch
+    confirm_timeout: int = 60  # NSF confirmed-commit timeout
+    rpc_timeout: float = 15.0
+    batch_max: int = 8192  # actions per combined transaction (one edit-config per NSF)
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+    retry_base: float = 1.0
+    retry_max: float = 30.0
+
+
+@dataclass
+class EngineStats:
+    transactions: int = 0
+    transactions_failed: int = 0
+
+
+class Engine:
+    """Loop, session pool and transactions of one service."""
+
+    def __init__(self, store: Store, opts: ServiceOptions | None,
+                 clock: Callable[[], float],
+                 on_notification: Callable[[str, etree._Element], None],
+                 on_connected: Callable[[NsfSession], Any]) -> None:
+        self.store = store
+        self.opts = opts or ServiceOptions()
+        self.clock = clock
+        self.south = Southbound(on_notification, on_connected,
+                                backoff_base=self.opts.reconnect_min,
+                                backoff_max=self.opts.reconnect_max)
+        self.stats: EngineStats = EngineStats()
+        self.notify: Callable[[etree._Element], None] | None = None
+        self._status: dict[str, str] = {}
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._leftover_checked: set[str] = set()
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def _status_changed(self, name: str, status: str, error: str | None) -> None:
+        if self._status.get(name) == status:
+            return
+        self._status[name] = status
+        if self.notify is None:
+            return
+        q = f"{{{FP_NS}}}"
+        n = etree.Element(q + "policy-status-change", nsmap={None: FP_NS})
+        etree.SubElement(n, q + "policy").text = name
+        etree.SubElement(n, q + "status").text = status
+        if error:
+            etree.SubElement(n, q + "error-message").text = error
+        self.notify(n)
+
+    def _journal(self, nsfs: list[str], persist: str | None) -> None:
+        with self.store.transaction():
+            for n in nsfs:
+                if persist is None:
+                    self.store.delete_meta(f"persist:{n}")
+                else:
+                    self.store.put_meta(f"persist:{n}", persist)
+
+    async def _clear_leftovers(self, sessions: dict[str, NsfSession]) -> None:
+        """Cancel confirmed commits an earlier transaction (or life) left on these NSFs;
+        callers hold their locks. Checked once per NSF per life, then after failures."""
+        for name, sess in sessions.items():
+            if name in self._leftover_checked:
+                continue
+            pid = self.store.get_meta(f"persist:{name}")
+            if pid is None or await cancel_leftover(sess, pid, self.opts.rpc_timeout):
+                self.store.delete_meta(f"persist:{name}")
+                self._leftover_checked.add(name)
+
+    async def _transact(self, sessions: dict[str, NsfSession],
+                        edits: dict[str, etree._Element],
+                        commit_order: list[str] | None = None) -> None:
+        await self._clear_leftovers(sessions)
+        self.stats.transactions += 1
+        try:
+            await transact(sessions, edits, timeout=self.opts.rpc_timeout,
+                           confirm_timeout=self.opts.confirm_timeout, journal=self._journal,
+                           commit_order=commit_order)
+        except BaseException:
+            self.stats.transactions_failed += 1
+            self._leftover_checked.difference_update(sessions)
+            raise
+
+    async def _await_first_sessions(self, nsfs: set[str], timeout: float = 5.0) -> None:
+        """Right after start every session is still connecting: give them a moment
+        instead of failing (and backing off) every resumed action."""
+        waits = [s.wait_up(timeout) for n in nsfs
+                 if (s := self.south.sessions.get(n)) is not None
+                 and s.connections == 0 and s.state == "connecting"]
+        if waits:
+            await asyncio.gather(*waits)
+
+    def _unreachable(self, nsf: str) -> str | None:
+        """Why `nsf` cannot take part in a transaction now (None: it can)."""
+        s = self.south.sessions.get(nsf)
+        if s is None:
+            return f"NSF {nsf} is not in the inventory"
+        if s.state != CONNECTED:
+            return f"NSF {nsf} is unreachable ({s.state}: {s.last_error or 'no session'})"
+        return None
+
+    def _sessions_for(self, nsfs: set[str]) -> dict[str, NsfSession] | str:
+        out = {}
+        for n in sorted(nsfs):
+            why = self._unreachable(n)
+            if why is not None:
+                return why
+            out[n] = self.south.sessions[n]
+        return out
