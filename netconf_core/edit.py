@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
+from netconf_core.dependencies import prefix_free
 from netconf_core.errors import NC_NS, RpcError
 from netconf_core.schema import YANG_NS, SchemaNode, YangSchema
 
@@ -223,6 +224,10 @@ class _Editor:
                     continue
                 if sn.name not in keys or sn.namespace != key_ns:
                     if existing.text != edit.text:
+                        if ":" in (edit.text or "") and self._prefixed(sn):
+                            self._set_prefixed_value(existing, edit)
+                            self._touch()
+                            continue
                         existing.text = edit.text
                         self._value_changed(sn, f"{parent_path}/{sn.module}:{sn.name}",
                                             edit.text)
@@ -378,9 +383,11 @@ class _Editor:
         if existing is None and op != "none" and not _has_edit_attributes(edit):
             # Nothing to merge with and no nested operations: the subtree is the result.
             # libyang's strict parse of the whole tree then checks every node in it.
+            scope = edit.nsmap  # before the move: the prefixes its values may use
             node = edit if self.consume else copy.deepcopy(edit)
             node.attrib.pop(OPERATION, None)
             self._insert(target, node, edit, sn, path)
+            self._keep_value_prefixes(node, scope)
             self._indexed(target, sn, node)
             self._changed(node, sn, parent_sn, path, parent_path)
             return
@@ -401,7 +408,10 @@ class _Editor:
         # existing node, merge or none (or create handled above)
         if sn.kind == "leaf":
             if op != "none" and existing.text != edit.text:
-                existing.text = edit.text
+                if ":" in (edit.text or "") and self._prefixed(sn):
+                    self._set_prefixed_value(existing, edit)
+                else:
+                    existing.text = edit.text
                 self._touch()
             return
         if sn.kind == "leaf-list":
@@ -442,10 +452,54 @@ class _Editor:
                 return True
         return False
 
+    def _keep_value_prefixes(self, node: etree._Element, scope: dict[str | None, str]
+                             ) -> None:
+        """Values may use prefixes declared on the edit's ancestors (an identityref
+        `x:aes-gcm`, an instance-identifier `/x:top/x:item[x:name='a']`: RFC 7950 9.10.3,
+        9.13.2). lxml keeps only the declarations tags use when it moves an element (and
+        drops one whose URI is in scope under another prefix), so a leaf whose value uses
+        such a prefix is made again in place, declaring it (`SubElement` keeps it)."""
+        cands = {p: u for p, u in scope.items()
+                 if p is not None and u not in (NC_NS, YANG_NS)
+                 and self.schema.namespace_known(u)}
+        if not cands:
+            return
+        for el in [e for e in node.iter() if isinstance(e.tag, str) and not len(e)
+                   and e.text and ":" in e.text]:
+            t = el.text or ""
+            need = {p: u for p, u in cands.items() if p + ":" in t and el.nsmap.get(p) != u}
+            if need:
+                self._redeclare(el, need)
+
+    @staticmethod
+    def _redeclare(el: etree._Element, nsmap: dict[str, str], text: str | None = None
+                   ) -> etree._Element:
+        """`el` made again as the last child of its parent (leaf order carries no meaning)
+        with `nsmap` declared on it and `text` (default: its own)."""
+        parent = el.getparent()
+        assert parent is not None
+        new = etree.SubElement(parent, el.tag, attrib=dict(el.attrib), nsmap=nsmap)
+        new.text = el.text if text is None else text
+        parent.remove(el)
+        return new
+
+    def _set_prefixed_value(self, existing: etree._Element, edit: etree._Element) -> None:
+        """An existing identityref / instance-identifier leaf takes the edit's value with
+        the prefixes in scope in the edit."""
+        t = edit.text or ""
+        need = {p: u for p, u in edit.nsmap.items() if p is not None and p + ":" in t}
+        self._redeclare(existing, need, t)
+
+    def _prefixed(self, sn: SchemaNode) -> bool:
+        """Whether the leaf's values may hold XML prefixes."""
+        if sn.prefixed is None:
+            sn.prefixed = sn.snode is not None and not prefix_free(sn.snode.type())
+        return sn.prefixed
+
     def _new_node(self, sn: SchemaNode, edit: etree._Element) -> etree._Element:
         if sn.kind in ("anydata", "anyxml", "leaf", "leaf-list"):
             # A deep copy keeps the namespace declarations that identityref or
-            # instance-identifier values may rely on.
+            # instance-identifier values may rely on (see `_keep_value_prefixes`).
             node = self._copy_plain(edit)
             if sn.kind != "anydata" and sn.kind != "anyxml":
                 for child in list(node):
@@ -554,9 +608,12 @@ class _Editor:
             for cand in target.iterchildren(sn.tag):
                 if _text(cand) == ref:
                     return cand
+        # RFC 7950 section 15.7
         raise RpcError(
-            "application", "data-missing", f"insert anchor {ref!r} does not exist", path=path,
+            "protocol", "bad-attribute", f"insert anchor {ref!r} does not exist", path=path,
             app_tag="missing-instance",
+            info={"bad-attribute": "key" if sn.kind == "list" else "value",
+                  "bad-element": sn.name},
         )
 
 

@@ -6,6 +6,7 @@ with the RFC's error-type / error-tag and the datastores stay untouched.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from lxml import etree
@@ -20,6 +21,56 @@ ERROR_TAGS = (
     "rollback-failed", "data-exists", "data-missing", "operation-not-supported",
     "operation-failed", "partial-operation", "malformed-message",
 )
+
+
+YANG_NS = "urn:ietf:params:xml:ns:yang:1"  # error-info elements of RFC 7950 section 15
+
+# module name -> namespace of every module any schema served here has loaded: error-path
+# and instance-identifiers in error-info use module names as XML prefixes and declare them
+_MODULES: dict[str, str] = {}
+
+
+def register_module(name: str, namespace: str) -> None:
+    _MODULES.setdefault(name, namespace)
+
+
+_PATH_TOKEN = re.compile(r"""'[^']*'|"[^"]*"|[^\W\d][\w.\-]*(?::[^\W\d][\w.\-]*)?|.""",
+                         re.UNICODE | re.DOTALL)
+
+
+def qualify_path(path: str) -> tuple[str, dict[str, str]]:
+    """libyang's / our JSON-style data path (`/mod:a/b[k='v']/c`: a module name on the
+    first node of each module) as an XML instance-identifier in which every node name has
+    a prefix, and the prefix declarations it needs (RFC 7950 9.13.2; RFC 6241 error-path).
+    A path whose first node has no module (`/rpc/edit-config/...`) is in the base
+    namespace. Unknown module names are left as they are (undeclared)."""
+    out: list[str] = []
+    nsmap: dict[str, str] = {}
+    cur: str | None = None
+    depth = 0
+    prev = ""
+    for tok in _PATH_TOKEN.findall(path):
+        is_name = tok[:1].isalpha() or tok[:1] == "_"
+        if is_name and prev in ("/", "[") and (depth == 0 or prev == "["):
+            mod, _, local = tok.rpartition(":")
+            if mod:
+                if depth == 0:
+                    cur = mod
+            elif depth == 0 and cur is None:
+                cur = "nc"
+            mod = mod or cur or "nc"
+            uri = NC_NS if mod == "nc" and mod not in _MODULES else _MODULES.get(mod)
+            if uri is not None:
+                nsmap[mod] = uri
+            tok = f"{mod}:{local}"
+        elif tok == "[":
+            depth += 1
+        elif tok == "]":
+            depth -= 1
+        if not tok.isspace():
+            prev = tok
+        out.append(tok)
+    return "".join(out), nsmap
 
 
 class RpcError(Exception):
@@ -66,7 +117,8 @@ class RpcError(Exception):
         if self.app_tag:
             etree.SubElement(err, q + "error-app-tag").text = self.app_tag
         if self.path:
-            etree.SubElement(err, q + "error-path").text = self.path
+            path, nsmap = qualify_path(self.path)
+            etree.SubElement(err, q + "error-path", nsmap=nsmap).text = path
         msg = etree.SubElement(err, q + "error-message")
         msg.set("{http://www.w3.org/XML/1998/namespace}lang", "en")
         msg.text = self.message

@@ -19,7 +19,7 @@ from libyang.util import c2str
 from lxml import etree
 
 from netconf_core.dependencies import has_conditions, prefix_free, referenced_names
-from netconf_core.errors import NC_NS, RpcError
+from netconf_core.errors import NC_NS, YANG_NS, RpcError, qualify_path, register_module
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ _ly_logger = logging.getLogger("libyang")
 _ly_logger.propagate = False
 _ly_logger.setLevel(logging.CRITICAL + 1)
 
-YANG_NS = "urn:ietf:params:xml:ns:yang:1"  # yang:operation, yang:insert, yang:key, ...
+# YANG_NS (errors): yang:operation, yang:insert, yang:key, ... and RFC 7950 error-info
 
 
 @dataclass
@@ -50,6 +50,7 @@ class SchemaNode:
     deny_all: bool = False
     snode: libyang.SNode | None = field(default=None, repr=False)
     in_place: bool | None = field(default=None, repr=False)  # see YangSchema.value_in_place
+    prefixed: bool | None = field(default=None, repr=False)  # values may hold XML prefixes
     _children: dict[tuple[str, str], SchemaNode] | None = field(default=None, repr=False)
     _tags: dict[str, SchemaNode | None] = field(default_factory=dict, repr=False)
 
@@ -93,6 +94,7 @@ class YangSchema:
         self._modules_by_ns: dict[str, libyang.Module] = {}
         for mod in ctx:
             self._modules_by_ns[c2str(mod.cdata.ns)] = mod
+            register_module(mod.name(), c2str(mod.cdata.ns))
 
     def load_modules(self, names: tuple[str, ...]) -> None:
         """Load (implement) modules the server itself needs, when their files are found;
@@ -109,6 +111,7 @@ class YangSchema:
                 log.warning("cannot load YANG module %s: %s", name, exc)
                 continue
             self._modules_by_ns[c2str(mod.cdata.ns)] = mod
+            register_module(mod.name(), c2str(mod.cdata.ns))
         self._top = None
         self._top_tags.clear()
 
@@ -402,22 +405,43 @@ def _clean_path(raw: str | None) -> str | None:
     return m.group(1) if m else raw
 
 
+_UNIQUE = re.compile(r'Unique data leaf\(s\) "([^"]*)" not satisfied in "([^"]*)" and "([^"]*)"')
+_CHOICE = re.compile(r'Mandatory choice "([^"]*)"')
+_UNKNOWN = re.compile(r'(?:Node|Element|Data node) "([^"]+)" not found')
+
+
 def map_libyang_error(msg: str, path: str | None, apptag: str | None) -> RpcError:
-    """Map a libyang validation message to RFC 6241 / RFC 7950 section 15 error tags."""
+    """Map a libyang validation message to RFC 6241 / RFC 7950 section 15 error tags, with
+    the error-info RFC 7950 asks for (`non-unique`, `missing-choice`, `bad-element`)."""
     low = msg.lower()
     etype = "application"
+    m = _CHOICE.search(msg)
+    if m is not None and (apptag in (None, "missing-choice")):
+        # section 15.6: error-path names the element holding the choice, error-info its name
+        parent = path.rsplit("/", 1)[0] if path and path.endswith("/" + m.group(1)) else path
+        return RpcError(etype, "data-missing", msg, path=parent or path,
+                        app_tag="missing-choice",
+                        info_xml=[_yang_info("missing-choice", m.group(1))])
+    m = _UNIQUE.search(msg)
+    if m is not None:
+        # section 15.1: one <non-unique> per leaf of the unique statement, in the entry
+        # that broke it
+        entry = m.group(3)
+        return RpcError(etype, "operation-failed", msg, path=path or entry,
+                        app_tag="data-not-unique",
+                        info_xml=[_yang_info("non-unique", f"{entry}/{leaf}", path=True)
+                                  for leaf in m.group(1).split()])
     if apptag in ("instance-required", "missing-choice"):
         return RpcError(etype, "data-missing", msg, path=path, app_tag=apptag)
     if apptag:  # must-violation, too-many-elements, ... or a must's own error-app-tag
         return RpcError(etype, "operation-failed", msg, path=path, app_tag=apptag)
-    if "mandatory node" in low or "mandatory choice" in low:
-        tag, app = "data-missing", ("missing-choice" if "choice" in low else None)
+    info: dict[str, str] = {}
+    if "mandatory node" in low:
+        tag, app = "data-missing", None
     elif "leafref" in low or "instance-identifier" in low or "require-instance" in low:
         tag, app = "data-missing", "instance-required"
     elif "must condition" in low:
         tag, app = "operation-failed", "must-violation"
-    elif "unique data leaf" in low:
-        tag, app = "operation-failed", "data-not-unique"
     elif "too many" in low:
         tag, app = "operation-failed", "too-many-elements"
     elif "too few" in low:
@@ -426,8 +450,23 @@ def map_libyang_error(msg: str, path: str | None, apptag: str | None) -> RpcErro
         tag, app = "missing-element", None
     elif any(w in low for w in ("not found", "unknown element", "no module", "when condition")):
         tag, app = "unknown-element", None
+        m = _UNKNOWN.search(msg)
+        if m is not None:
+            info["bad-element"] = m.group(1).rpartition(":")[2]
     elif "duplicate instance" in low:
         tag, app = "operation-failed", "data-not-unique"
     else:
         tag, app = "invalid-value", None
-    return RpcError(etype, tag, msg, path=path, app_tag=apptag or app)
+    return RpcError(etype, tag, msg, path=path, app_tag=apptag or app, info=info)
+
+
+def _yang_info(name: str, text: str, path: bool = False) -> etree._Element:
+    """An RFC 7950 section 15 error-info element (YANG namespace); an instance-identifier
+    value gets its prefixes declared."""
+    nsmap: dict[str | None, str] = {None: YANG_NS}
+    if path:
+        text, prefixes = qualify_path(text)
+        nsmap.update(prefixes)
+    el = etree.Element(f"{{{YANG_NS}}}{name}", nsmap=nsmap)
+    el.text = text
+    return el

@@ -170,7 +170,9 @@ def test_ordered_by_user_insert(ds: Datastores) -> None:
     assert rule_lists(ds) == ["b", "c", "a", "d"]
     with pytest.raises(RpcError) as ei:
         ds.edit_config("running", cfg(rl("e", "yang:insert=\"after\" yang:key=\"[name='zz']\"")))
-    assert ei.value.error_tag == "data-missing"
+    assert ei.value.error_tag == "bad-attribute"  # RFC 7950 section 15.7
+    assert ei.value.app_tag == "missing-instance"
+    assert ei.value.info["bad-attribute"] == "key"
     assert rule_lists(ds) == ["b", "c", "a", "d"]
 
 

@@ -17,6 +17,7 @@ IKELESS = "urn:ietf:params:xml:ns:yang:ietf-i2nsf-ikeless"
 class Srv:
     def __init__(self) -> None:
         self.bus = NotificationBus()
+        self.schema = None  # filters then work without schema lookups
 
 
 class Sess:

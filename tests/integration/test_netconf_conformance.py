@@ -205,3 +205,145 @@ def test_yang_library_location_when_configured(tmp_path: Path) -> None:
 
 
 NC = NC_NS
+
+
+# -- issue 14.3: error-path declares its prefixes -------------------------------------------
+
+def _errors(reply_xml: str) -> list[etree._Element]:
+    return list(etree.fromstring(reply_xml.encode()).iter(q("rpc-error", NC_NS)))
+
+
+def test_error_path_declares_prefixes_and_resolves(agent: AgentThread) -> None:
+    from ncclient.operations import RaiseMode
+
+    with agent.connect() as m:
+        m.raise_mode = RaiseMode.NONE
+        before = agent.snapshot()
+        r = m.edit_config(target="running", config=ikeless_config(spd_entry("p2", reqid=2))
+                          .replace("<spd-entry>", f'<spd-entry xmlns:nc="{NC_NS}" '
+                                   'nc:operation="create">'))
+        (err,) = _errors(r.xml)
+        assert err.findtext(q("error-tag", NC_NS)) == "data-exists"
+        path_el = err.find(q("error-path", NC_NS))
+        assert path_el is not None
+        # a strict XPath parser with only the declarations in scope at error-path
+        nsmap = {k: v for k, v in path_el.nsmap.items() if k}
+        found = etree.XPath("." + path_el.text, namespaces={**nsmap, "nc": NC_NS})(
+            etree.fromstring(m.get_config("running").xml.encode())[0])
+        assert [e.findtext(q("name")) for e in found] == ["p2"]
+        assert agent.snapshot() == before
+
+
+def test_yangcli_accepts_error_reply(agent: AgentThread, tmp_path: Path) -> None:
+    before = agent.snapshot()
+    out = _yangcli(agent, tmp_path, "delete /ipsec-ikeless/spd/spd-entry[name='nosuch']")
+    assert "RPC Error Reply" in out and "data-missing" in out
+    assert "invalid reply" not in out and "invalid XPath" not in out
+    assert agent.snapshot() == before
+
+
+# -- a schema with the constructs the RFC 9061 modules lack ---------------------------------
+
+TEST_NS = "urn:i2nsf-sdn:yang:nc-conformance-test"
+YANG_NS = "urn:ietf:params:xml:ns:yang:1"
+
+
+@pytest.fixture(scope="module")
+def tagent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentThread]:
+    from nsf_agent.config import AgentConfig
+
+    base = tmp_path_factory.mktemp("tyang")
+    ydir = base / "yang"
+    shutil.copytree(ROOT / "yang", ydir)
+    shutil.copy(ROOT / "tests/data/yang/nc-conformance-test@2026-12-04.yang", ydir)
+    a = AgentThread(base / "state", yang_dir=ydir,
+                    modules=[*AgentConfig().modules, "nc-conformance-test"]).start()
+    yield a
+    a.stop()
+
+
+def tcfg(body: str, decl: str = "") -> str:
+    return f'<config xmlns="{NC_NS}"><top xmlns="{TEST_NS}" {decl}>{body}</top></config>'
+
+
+def _raw(m, body: str, decl: str = "") -> list[etree._Element]:  # type: ignore[no-untyped-def]
+    from ncclient.operations import RaiseMode
+
+    m.raise_mode = RaiseMode.NONE
+    try:
+        return _errors(m.edit_config(target="running", config=tcfg(body, decl)).xml)
+    finally:
+        m.raise_mode = RaiseMode.ALL
+
+
+def _item(name: str, extra: str = "", port: int | None = None) -> str:
+    p = f"<port>{port}</port>" if port is not None else ""
+    return f"<item><name>{name}</name>{p}{extra}</item>"
+
+
+# -- issue 14.5: prefixes in values ---------------------------------------------------------
+
+def test_prefixes_in_values_use_the_xml_namespace_context(tagent: AgentThread) -> None:
+    decl = f'xmlns:x="{TEST_NS}"'
+    with tagent.connect() as m:
+        m.edit_config(target="running", config=tcfg(_item("a", "<tcp/>", 1)))
+        # identityref whose prefix is declared on an ancestor: a new entry, then an update
+        assert _raw(m, _item("b", "<tcp/><algo>x:aes-gcm</algo>", 2), decl) == []
+        assert _raw(m, _item("a", "<algo>x:aes-gcm</algo>"), decl) == []
+        # instance-identifier with a prefix that is not the module's own and a key predicate
+        ref = "/x:top/x:item[x:name='a']/x:port"
+        assert _raw(m, _item("c", f"<tcp/><ref>{ref}</ref>", 3), decl) == []
+        assert _raw(m, _item("a", "<ref>/x:top/x:item[x:name='b']</ref>"), decl) == []
+        data = etree.fromstring(m.get_config("running").xml.encode())
+        items = {e.findtext(q("name", TEST_NS)): e for e in data.iter(q("item", TEST_NS))}
+        for name, want in (("a", "aes-gcm"), ("b", "aes-gcm")):
+            algo = items[name].find(q("algo", TEST_NS))
+            pfx, _, local = algo.text.partition(":")
+            assert (algo.nsmap[pfx], local) == (TEST_NS, want)
+        r = items["c"].find(q("ref", TEST_NS))
+        hit = etree.XPath("." + r.text, namespaces={k: v for k, v in r.nsmap.items() if k})(
+            data[0])
+        assert [h.text for h in hit] == ["1"]
+        # a prefix that is declared nowhere is still refused, and nothing changes
+        before = tagent.snapshot()
+        (err,) = _raw(m, _item("a", "<algo>nope:aes-gcm</algo>"))
+        assert err.findtext(q("error-tag", NC_NS)) == "invalid-value"
+        assert tagent.snapshot() == before
+        m.edit_config(target="running", config=(
+            f'<config xmlns="{NC_NS}" xmlns:nc="{NC_NS}"><top xmlns="{TEST_NS}" '
+            'nc:operation="remove"/></config>'))
+
+
+# -- issue 14.6: error-info ------------------------------------------------------------------
+
+def test_error_info_per_rfc7950_section15(tagent: AgentThread) -> None:
+    with tagent.connect() as m:
+        m.edit_config(target="running", config=tcfg(_item("a", "<tcp/>", 1) +
+                                                    '<ordered><id>o1</id></ordered>'))
+        before = tagent.snapshot()
+        # 15.1 unique: <non-unique> with the instance-identifier of the offending leaf
+        (err,) = _raw(m, _item("b", "<tcp/>", 1))
+        assert err.findtext(q("error-app-tag", NC_NS)) == "data-not-unique"
+        nu = err.findall(f"{q('error-info', NC_NS)}/{q('non-unique', YANG_NS)}")
+        assert len(nu) == 1
+        pfx = next(k for k, v in nu[0].nsmap.items() if k and v == TEST_NS)
+        assert nu[0].text == f"/{pfx}:top/{pfx}:item[{pfx}:name='b']/{pfx}:port"
+        etree.XPath(nu[0].text, namespaces={k: v for k, v in nu[0].nsmap.items() if k})
+        # 15.6 mandatory choice: <missing-choice>, error-path the entry
+        (err,) = _raw(m, _item("c", "", 5))
+        assert err.findtext(q("error-tag", NC_NS)) == "data-missing"
+        assert err.findtext(q("error-app-tag", NC_NS)) == "missing-choice"
+        assert err.findtext(f"{q('error-info', NC_NS)}/{q('missing-choice', YANG_NS)}") == \
+            "transport"
+        assert err.findtext(q("error-path", NC_NS)).endswith(":item")
+        # unknown element deep inside a new entry: bad-element
+        (err,) = _raw(m, _item("d", "<tcp/><bogus>1</bogus>", 6))
+        assert err.findtext(q("error-tag", NC_NS)) == "unknown-element"
+        assert err.findtext(f"{q('error-info', NC_NS)}/{q('bad-element', NC_NS)}") == "bogus"
+        # 15.7 insert with a missing anchor: bad-attribute, app-tag missing-instance
+        (err,) = _raw(m, f'<ordered xmlns:yang="{YANG_NS}" yang:insert="after" '
+                         "yang:key=\"[id='zz']\"><id>o2</id></ordered>")
+        assert err.findtext(q("error-tag", NC_NS)) == "bad-attribute"
+        assert err.findtext(q("error-app-tag", NC_NS)) == "missing-instance"
+        assert err.findtext(f"{q('error-info', NC_NS)}/{q('bad-attribute', NC_NS)}") == "key"
+        assert tagent.snapshot() == before
