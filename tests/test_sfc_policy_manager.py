@@ -93,7 +93,8 @@ def valid(schema: YangSchema, body: str) -> etree._Element:
 def inst(name: str, t: str, fwd: str = "core", cap: int = 1000, **kw: object) -> Instance:
     loc = {"edge": "192.0.2.1", "core": "192.0.2.2"}[fwd]
     return Instance(name, t, "dms-1", ipaddress.ip_address(loc), cap, forwarder=fwd,
-                    to_sf=f"{name[:10]}-i", from_sf=f"{name[:10]}-o", **kw)  # type: ignore[arg-type]
+                    to_sf=f"{name[:10]}-i", from_sf=f"{name[:10]}-o",
+                    sf_mac="02:00:00:00:00:01", **kw)  # type: ignore[arg-type]
 
 
 def full_catalog() -> CatalogManager:
@@ -375,3 +376,71 @@ def test_catalog_dump_restore() -> None:
 def _t(name: str):  # type: ignore[no-untyped-def]
     from controller.sfc.model import SfType
     return SfType(name)
+
+
+# ---- make-before-break steps ------------------------------------------------------------------
+
+def test_steps_add_switch_remove(schema: YangSchema) -> None:
+    from controller.sfc import render
+
+    cfg = parse_config(valid(schema, TYPES + CHAINS))
+    alloc = SpiAllocator()
+    r1, a1 = compile(cfg, full_catalog(), alloc)
+    alloc.commit(a1)
+    old = render.configs(r1)
+    assert render.steps(old, render.configs(compile(cfg, full_catalog(), alloc)[0])) == []
+    # first push: entries (no classifier), then the classifier
+    first = render.steps({}, old)
+    assert len(first) == 2
+    assert not first[0]["edge"].rules and first[0]["edge"].table  # type: ignore[union-attr]
+    assert first[1]["edge"].rules  # type: ignore[union-attr]
+    assert set(first[1]) == {"edge"}  # core has no classifier: nothing to switch there
+    # sfp-1 gets another list of types: new SPI installed next to the old, classifier
+    # switched, old entries removed
+    changed = CHAINS.replace("<sf-type>ids</sf-type></chain>\n  <chain><name>sfp-2",
+                             "<sf-type>dpi</sf-type><sf-type>ids</sf-type></chain>\n"
+                             "  <chain><name>sfp-2")
+    r2, _ = compile(parse_config(valid(schema, TYPES + changed)), full_catalog(), alloc)
+    old_spi = r1.path_by_name("sfp-1").spi  # type: ignore[union-attr]
+    new_spi = r2.path_by_name("sfp-1").spi  # type: ignore[union-attr]
+    s = render.steps(old, render.configs(r2))
+    assert len(s) == 3
+    core_install = s[0]["core"]
+    assert core_install is not None
+    assert (old_spi, 254) in core_install.table and (new_spi, 254) in core_install.table
+    edge_install = s[0]["edge"]
+    assert edge_install is not None and {x.spi for x in edge_install.rules} >= {old_spi}
+    edge_switch = s[1]["edge"]
+    assert edge_switch is not None
+    assert new_spi in {x.spi for x in edge_switch.rules}
+    assert old_spi not in {x.spi for x in edge_switch.rules}
+    assert (old_spi, 254) in edge_switch.table  # in flight packets still forwarded
+    core_clean = s[2]["core"]
+    assert core_clean is not None and (old_spi, 254) not in core_clean.table
+
+
+def test_steps_weights_only_is_one_step(schema: YangSchema) -> None:
+    from controller.sfc import render
+
+    cfg = parse_config(valid(schema, TYPES + CHAINS))
+    cat = full_catalog()
+    alloc = SpiAllocator()
+    r1, a1 = compile(cfg, cat, alloc)
+    alloc.commit(a1)
+    cat.report_load("firewall-1", 500)
+    r2, _ = compile(cfg, cat, alloc)
+    s = render.steps(render.configs(r1), render.configs(r2))
+    assert len(s) == 1
+
+
+def test_config_xml_shape() -> None:
+    from controller.sfc import render
+
+    loc = ipaddress.ip_address("192.0.2.2")
+    c = render.AgentConfig(2, "192.0.2.2", table={
+        (7, 255): (NextHop("proxy", loc, 3, "fw-1"), NextHop("sff", loc, 2)),
+        (7, 254): (NextHop("terminate"),)})
+    x = etree.tostring(render.config_xml(c)).decode()
+    assert 'operation="replace"' in x
+    assert "<terminate/>" in x
+    assert x.count("<next-hop>") == 1 and "<weight>5</weight>" in x

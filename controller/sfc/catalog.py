@@ -29,7 +29,12 @@ State = Literal["active", "draining"]
 
 
 class CatalogError(ValueError):
-    """A registration or report the catalog refuses (the RPC's rpc-error)."""
+    """A registration or report the catalog refuses (the RPC's rpc-error; `tag` is the
+    error-tag i2nsf-sfc-catalog documents for it)."""
+
+    def __init__(self, message: str, tag: str = "invalid-value") -> None:
+        super().__init__(message)
+        self.tag = tag
 
 
 @dataclass(frozen=True)
@@ -126,9 +131,10 @@ class CatalogManager:
         old = self.instances.get(inst.name)
         if old is not None and old.sf_type != inst.sf_type:
             raise CatalogError(f"instance {inst.name} is already registered as type "
-                               f"{old.sf_type!r}; unregister it first")
+                               f"{old.sf_type!r}; unregister it first", "data-exists")
         if old is not None and old.dms != inst.dms:
-            raise CatalogError(f"instance {inst.name} belongs to DMS {old.dms!r}")
+            raise CatalogError(f"instance {inst.name} belongs to DMS {old.dms!r}",
+                               "data-exists")
         inst = replace(inst, registered=old.registered if old else self.clock(),
                        load=old.load if old else Load(),
                        state=old.state if old else "active",
@@ -151,7 +157,8 @@ class CatalogManager:
         if inst is None:
             raise CatalogError(f"no instance {name!r} is registered")
         if dms is not None and inst.dms != dms:
-            raise CatalogError(f"instance {name} belongs to DMS {inst.dms!r}")
+            raise CatalogError(f"instance {name} belongs to DMS {inst.dms!r}",
+                               "access-denied")
         del self.instances[name]
         log.info("catalog: instance %s (%s) unregistered", name, inst.sf_type)
         if self.on_change:

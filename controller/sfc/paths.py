@@ -302,6 +302,10 @@ def compile(cfg: SfcConfig, catalog: CatalogManager, spis: SpiAllocator
         for i in catalog.by_type(t, include_draining=True):
             if i.forwarder is None and i.locator in by_locator:  # behind that SFF's proxy
                 i = replace(i, forwarder=by_locator[i.locator])
+            if not i.nsh_aware and not (i.to_sf and i.from_sf and i.sf_mac):
+                log.warning("instance %s: NSH-unaware but its proxy interfaces or MAC are "
+                            "unknown; unused", i.name)
+                continue
             if i.forwarder is not None and i.forwarder not in cfg.forwarders:
                 log.warning("instance %s: forwarder %s is not an SFC forwarder; unused",
                             i.name, i.forwarder)

@@ -1,0 +1,194 @@
+"""Agent configuration (`i2nsf-sfc-nsf`) from a rendering, and the make-before-break steps.
+
+Every push replaces the agent's whole `sfc` container (what the controller holds is the
+whole truth; an agent that restarted or missed a push gets consistent again with the same
+edit). A change that is more than new weights goes in up to three all-or-nothing steps over
+all classifiers and SFFs (seed §7.1): (1) the new paths' SFF entries and proxies are added
+next to the old ones, (2) the classifiers switch to the new paths, (3) entries only the old
+paths used are removed. No packet meets a half-installed path: before (2) nothing carries
+the new SPIs, after (2) the old SPIs' entries are still there for packets in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from controller.sfc.paths import AgentPlan, ClassifierRule, NextHop, ProxyPlan, Rendering
+
+NS = "urn:i2nsf-sdn:yang:i2nsf-sfc-nsf"
+NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
+Q = f"{{{NS}}}"
+
+
+@dataclass
+class AgentConfig:
+    """What one agent holds: classifier part and forwarder part, separately switchable."""
+
+    sff_id: int
+    locator: str
+    rules: list[ClassifierRule] = field(default_factory=list)
+    reclass: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # result → path
+    table: dict[tuple[int, int], tuple[NextHop, ...]] = field(default_factory=dict)
+    proxies: dict[str, ProxyPlan] = field(default_factory=dict)
+
+    def key(self) -> tuple[object, ...]:
+        return (self.sff_id, self.locator, tuple(self.rules), tuple(sorted(self.reclass.items())),
+                tuple(sorted(self.table.items())), tuple(sorted(self.proxies.items())))
+
+
+def agent_config(a: AgentPlan) -> AgentConfig:
+    loc = str(a.forwarder.locator)
+    reclass: dict[str, tuple[int, int, str]] = {}
+    for e in a.reclass:
+        reclass.setdefault(e.result, (e.spi, e.si, loc))
+    return AgentConfig(a.forwarder.sff_id, loc, list(a.rules), reclass, dict(a.table),
+                       dict(a.proxies))
+
+
+def configs(r: Rendering) -> dict[str, AgentConfig]:
+    return {n: agent_config(a) for n, a in r.agents.items()}
+
+
+def _union(old: AgentConfig | None, new: AgentConfig, classifier_from: AgentConfig | None
+           ) -> AgentConfig:
+    """New forwarding state plus the old entries still in use, and the classifier part of
+    `classifier_from` (None: the agent is new, no classifier yet)."""
+    table = dict(old.table) if old else {}
+    table.update(new.table)
+    proxies = dict(old.proxies) if old else {}
+    # a proxy of the same (SPI, SI) under another name would clash: the new one wins
+    taken = {(p.spi, p.si) for p in new.proxies.values()}
+    proxies = {k: p for k, p in proxies.items() if (p.spi, p.si) not in taken or k in
+               new.proxies}
+    proxies.update(new.proxies)
+    c = classifier_from
+    return AgentConfig(new.sff_id, new.locator, list(c.rules) if c else [],
+                       dict(c.reclass) if c else {}, table, proxies)
+
+
+def steps(old: dict[str, AgentConfig], new: dict[str, AgentConfig]
+          ) -> list[dict[str, AgentConfig | None]]:
+    """The sequence of whole-agent states to push (None: remove the agent's SFC config).
+    Each step is one transaction over the agents whose state it changes."""
+    if all(old.get(n) is not None and old[n].key() == c.key() for n, c in new.items()) and (
+            set(old) <= set(new)):
+        return []
+    # only weights/next-hop sets of existing entries changed, classifiers untouched and no
+    # entry added or removed: one step
+    simple = set(old) == set(new) and all(
+        set(old[n].table) == set(new[n].table) and old[n].rules == new[n].rules
+        and old[n].reclass == new[n].reclass and set(old[n].proxies) == set(new[n].proxies)
+        for n in new)
+    if simple:
+        return [dict(new)]
+    out: list[dict[str, AgentConfig | None]] = []
+    install = {n: _union(old.get(n), c, old.get(n)) for n, c in new.items()}
+    switch = {n: _union(old.get(n), c, c) for n, c in new.items()}
+    cleanup: dict[str, AgentConfig | None] = dict(new)
+    for n in old:
+        if n not in new:
+            cleanup[n] = None
+    prev: dict[str, tuple[object, ...] | None] = {
+        n: (c.key() if c is not None else None) for n, c in old.items()}
+    for step in (install, switch, cleanup):
+        changed: dict[str, AgentConfig | None] = {
+            n: c for n, c in step.items()
+            if (c.key() if c is not None else None) != prev.get(n)}
+        if changed:
+            out.append(changed)
+            prev.update({n: (c.key() if c is not None else None) for n, c in changed.items()})
+    return out
+
+
+# ---- XML ------------------------------------------------------------------------------------
+
+def _sub(parent: etree._Element, tag: str, text: object | None = None) -> etree._Element:
+    e = etree.SubElement(parent, Q + tag)
+    if text is not None:
+        e.text = str(text)
+    return e
+
+
+def config_xml(c: AgentConfig | None) -> etree._Element:
+    """`<config>` replacing the agent's `sfc` container (or deleting it for None)."""
+    cfg = etree.Element(f"{{{NC_NS}}}config", nsmap={"nc": NC_NS})
+    sfc = etree.SubElement(cfg, Q + "sfc", nsmap={None: NS})
+    if c is None:
+        sfc.set(f"{{{NC_NS}}}operation", "remove")
+        return cfg
+    sfc.set(f"{{{NC_NS}}}operation", "replace")
+    if c.rules or c.reclass:
+        cl = _sub(sfc, "classifier")
+        for r in c.rules:
+            el = _sub(cl, "rule")
+            _sub(el, "name", r.name)
+            _sub(el, "order", r.order)
+            m = _sub(el, "match")
+            if r.src is not None:
+                _sub(m, "source-prefix", r.src)
+            if r.dst is not None:
+                _sub(m, "destination-prefix", r.dst)
+            if r.protocol is not None:
+                _sub(m, "protocol", r.protocol)
+            for tag, pr in (("source-ports", r.sport), ("destination-ports", r.dport)):
+                if pr is not None:
+                    p = _sub(m, tag)
+                    _sub(p, "start", pr.start)
+                    _sub(p, "end", pr.end)
+            path = _sub(el, "path")
+            _sub(path, "spi", r.spi)
+            _sub(path, "si", r.si)
+            _sub(path, "first-hop", r.first_hop)
+        for result, (spi, si, first) in sorted(c.reclass.items()):
+            el = _sub(cl, "reclassify")
+            _sub(el, "result", result)
+            _sub(el, "spi", spi)
+            _sub(el, "si", si)
+            _sub(el, "first-hop", first)
+    fw = _sub(sfc, "forwarder")
+    _sub(fw, "sff-id", c.sff_id)
+    _sub(fw, "locator", c.locator)
+    table = _sub(fw, "table")
+    for (spi, si), hops in sorted(c.table.items()):
+        e = _sub(table, "entry")
+        _sub(e, "spi", spi)
+        _sub(e, "si", si)
+        if hops and hops[0].kind == "terminate":
+            _sub(e, "terminate")
+            continue
+        merged: dict[str, NextHop] = {}
+        for h in hops:  # the agent keys next hops by locator: one per locator
+            k = str(h.locator)
+            if k in merged:
+                h = NextHop(h.kind, h.locator, merged[k].weight + h.weight, None, h.transport)
+            merged[k] = h
+        for h in merged.values():
+            nh = _sub(e, "next-hop")
+            _sub(nh, "locator", h.locator)
+            _sub(nh, "kind", h.kind)
+            _sub(nh, "weight", max(1, h.weight))
+    if c.proxies:
+        px = _sub(sfc, "proxies")
+        for p in sorted(c.proxies.values(), key=lambda p: p.name):
+            el = _sub(px, "proxy")
+            _sub(el, "name", p.name)
+            _sub(el, "spi", p.spi)
+            _sub(el, "si", p.si)
+            _sub(el, "to-sf-interface", p.to_sf)
+            _sub(el, "from-sf-interface", p.from_sf)
+            _sub(el, "sf-mac", p.sf_mac)
+            if p.report_socket:
+                _sub(el, "result-socket", p.report_socket)
+    return cfg
+
+
+def entry_xml(sff_id: int, locator: str, spi: int, si: int, hops: tuple[NextHop, ...]
+              ) -> etree._Element:
+    """A `<config>` merging one forwarding entry (the answer to a table miss)."""
+    c = AgentConfig(sff_id, locator, table={(spi, si): hops})
+    cfg = config_xml(c)
+    sfc = cfg[0]
+    del sfc.attrib[f"{{{NC_NS}}}operation"]
+    return cfg
