@@ -51,6 +51,17 @@ class Forwarder:
 
 
 @dataclass(frozen=True)
+class DmsServer:
+    name: str
+    address: str
+    username: str
+    host_key: str
+    port: int = 830
+    private_key_file: str | None = None
+    password_file: str | None = None
+
+
+@dataclass(frozen=True)
 class Chain:
     name: str
     types: tuple[str, ...]
@@ -94,6 +105,7 @@ class ReclassRule:
 class SfcConfig:
     types: dict[str, SfType] = field(default_factory=dict)
     forwarders: dict[str, Forwarder] = field(default_factory=dict)
+    dms: dict[str, DmsServer] = field(default_factory=dict)
     trust: dict[str, tuple[IpNet, ...]] = field(default_factory=dict)
     chains: dict[str, Chain] = field(default_factory=dict)
     policies: dict[str, Policy] = field(default_factory=dict)
@@ -169,6 +181,11 @@ def parse_config(root: etree._Element | None) -> SfcConfig:
         cfg.forwarders[name] = Forwarder(
             name, _int(f, "sff-id", 0), ipaddress.ip_address(_text(f, "locator") or ""),
             _bool(f, "classifier"), ipaddress.ip_address(egress) if egress else None)
+    for d in sfc.iterfind(f"{Q}dms-servers/{Q}dms"):
+        name = _text(d, "name") or ""
+        cfg.dms[name] = DmsServer(name, _text(d, "address") or "", _text(d, "username") or "",
+                                  _text(d, "host-key") or "", _int(d, "port", 830),
+                                  _text(d, "private-key-file"), _text(d, "password-file"))
     for t in sfc.iterfind(f"{Q}trust-levels/{Q}trust-level"):
         cfg.trust[_text(t, "name") or ""] = _nets(t, "source-prefix")
     for c in sfc.iterfind(f"{Q}chains/{Q}chain"):
