@@ -153,7 +153,7 @@ def test_paths_spis_hops_and_tables(schema: YangSchema) -> None:
     assert names == [("web", "None", p1.spi), ("trusted", "198.51.100.0/25", light.spi),
                      ("untrusted", "198.51.100.128/25", 300),
                      ("untrusted-2", "203.0.113.0/24", 300)]
-    assert not core.rules
+    assert not core.rules and core.reclass == edge.reclass  # SFFs re-classify too
     p2 = r.path_by_name("sfp-2")
     assert p2 is not None
     assert [(e.result, e.from_spi, e.spi) for e in edge.reclass] == [
@@ -394,7 +394,7 @@ def test_steps_add_switch_remove(schema: YangSchema) -> None:
     assert len(first) == 2
     assert not first[0]["edge"].rules and first[0]["edge"].table  # type: ignore[union-attr]
     assert first[1]["edge"].rules  # type: ignore[union-attr]
-    assert set(first[1]) == {"edge"}  # core has no classifier: nothing to switch there
+    assert first[1]["core"].reclass and not first[1]["core"].rules  # type: ignore[union-attr]
     # sfp-1 gets another list of types: new SPI installed next to the old, classifier
     # switched, old entries removed
     changed = CHAINS.replace("<sf-type>ids</sf-type></chain>\n  <chain><name>sfp-2",
@@ -444,3 +444,20 @@ def test_config_xml_shape() -> None:
     assert 'operation="replace"' in x
     assert "<terminate/>" in x
     assert x.count("<next-hop>") == 1 and "<weight>5</weight>" in x
+
+
+def test_rendered_agent_configuration_is_valid_i2nsf_sfc_nsf(schema: YangSchema) -> None:
+    """What the controller pushes passes the agents' own YANG validation."""
+    from controller.sfc import render
+
+    nsf = YangSchema(create_context(["i2nsf-sfc-nsf"]))
+    cfg = parse_config(valid(schema, TYPES + CHAINS))
+    r, _ = compile(cfg, full_catalog(), SpiAllocator())
+    for name, c in render.configs(r).items():
+        x = render.config_xml(c)
+        data = etree.Element("data")
+        for child in x:
+            child.attrib.pop("{urn:ietf:params:xml:ns:netconf:base:1.0}operation", None)
+            data.append(child)
+        nsf.validate_config(data)
+        assert data.find(f"{{{render.NS}}}sfc/{{{render.NS}}}forwarder") is not None, name

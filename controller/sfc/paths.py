@@ -413,13 +413,15 @@ def _render_classifiers(cfg: SfcConfig, r: Rendering, assignment: Mapping[str, i
                 reclass.append(ReclassEntry(f"{rule.name}-{c}", rule.result, to.spi,
                                             SI_INITIAL, spi_of[c]))
     for a in r.agents.values():
+        # every SFF re-classifies a flow its proxy tagged (seed §7.2: classifier in the SFF,
+        # no trip to a standalone classifier); only classifiers take new traffic
+        a.reclass = list(reclass)
         if not a.forwarder.classifier:
             continue
         for order, (name, s, d, spi, m) in enumerate(rules, start=1):
             a.rules.append(ClassifierRule(name, order * 10, spi, SI_INITIAL,
                                           a.forwarder.locator, s, d, m.protocol, m.sport,
                                           m.dport))
-        a.reclass = list(reclass)
 
 
 def loops(r: Rendering) -> list[str]:
