@@ -39,7 +39,7 @@ TYPES = """
 </sf-types>
 <forwarders>
   <forwarder><name>edge</name><sff-id>1</sff-id><locator>192.0.2.1</locator>
-    <classifier>true</classifier></forwarder>
+    <classifier>true</classifier><ingress-interface>a</ingress-interface></forwarder>
   <forwarder><name>core</name><sff-id>2</sff-id><locator>192.0.2.2</locator></forwarder>
 </forwarders>
 <trust-levels>
@@ -240,6 +240,12 @@ def test_chain_waiting_for_the_dms_is_not_classified(schema: YangSchema) -> None
 
 
 def test_no_classifier(schema: YangSchema) -> None:
+    body = (TYPES + CHAINS).replace("<classifier>true</classifier>", "")
+    with pytest.raises(RpcError, match="no forwarder is a classifier"):
+        compile(parse_config(valid(schema, body)), full_catalog(), SpiAllocator())
+    body = (TYPES + CHAINS).replace("<ingress-interface>a</ingress-interface>", "")
+    with pytest.raises(RpcError, match="names no ingress-interface"):
+        compile(parse_config(valid(schema, body)), full_catalog(), SpiAllocator())
     body = (TYPES + CHAINS).replace("<classifier>true</classifier>", "")
     with pytest.raises(RpcError, match="no forwarder is a classifier"):
         compile(parse_config(valid(schema, body)), full_catalog(), SpiAllocator())

@@ -48,6 +48,7 @@ class Forwarder:
     locator: IpAddr
     classifier: bool = False
     egress_locator: IpAddr | None = None
+    ingress: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,8 @@ def parse_config(root: etree._Element | None) -> SfcConfig:
         egress = _text(f, "egress-locator")
         cfg.forwarders[name] = Forwarder(
             name, _int(f, "sff-id", 0), ipaddress.ip_address(_text(f, "locator") or ""),
-            _bool(f, "classifier"), ipaddress.ip_address(egress) if egress else None)
+            _bool(f, "classifier"), ipaddress.ip_address(egress) if egress else None,
+            tuple((e.text or "").strip() for e in f.iterfind(Q + "ingress-interface")))
     for d in sfc.iterfind(f"{Q}dms-servers/{Q}dms"):
         name = _text(d, "name") or ""
         cfg.dms[name] = DmsServer(name, _text(d, "address") or "", _text(d, "username") or "",

@@ -84,6 +84,7 @@ class ClassifierRule:
     spi: int
     si: int
     first_hop: IpAddr
+    ingress: str | None = None
     src: IpNet | None = None
     dst: IpNet | None = None
     protocol: int | None = None
@@ -291,6 +292,10 @@ def compile(cfg: SfcConfig, catalog: CatalogManager, spis: SpiAllocator
     check_reclass(cfg)
     if cfg.policies and not cfg.classifiers():
         raise _bad("SFC policies are configured but no forwarder is a classifier")
+    for f in cfg.classifiers():
+        if not f.ingress:
+            raise _bad(f"forwarder {f.name} is a classifier but names no ingress-interface",
+                       f"/i2nsf-sfc-policy:sfc/forwarders/forwarder[name='{f.name}']")
     if cfg.chains and not cfg.forwarders:
         raise _bad("chains are configured but there is no forwarder")
 
@@ -418,10 +423,14 @@ def _render_classifiers(cfg: SfcConfig, r: Rendering, assignment: Mapping[str, i
         a.reclass = list(reclass)
         if not a.forwarder.classifier:
             continue
-        for order, (name, s, d, spi, m) in enumerate(rules, start=1):
-            a.rules.append(ClassifierRule(name, order * 10, spi, SI_INITIAL,
-                                          a.forwarder.locator, s, d, m.protocol, m.sport,
-                                          m.dport))
+        ifs: list[str | None] = list(a.forwarder.ingress) or [None]
+        order = 0
+        for name, s, d, spi, m in rules:
+            for itf in ifs:
+                order += 10
+                a.rules.append(ClassifierRule(
+                    name if len(ifs) == 1 else f"{name}@{itf}", order, spi, SI_INITIAL,
+                    a.forwarder.locator, itf, s, d, m.protocol, m.sport, m.dport))
 
 
 def loops(r: Rendering) -> list[str]:

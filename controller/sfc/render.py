@@ -126,6 +126,8 @@ def config_xml(c: AgentConfig | None) -> etree._Element:
             _sub(el, "name", r.name)
             _sub(el, "order", r.order)
             m = _sub(el, "match")
+            if r.ingress is not None:
+                _sub(m, "ingress-interface", r.ingress)
             if r.src is not None:
                 _sub(m, "source-prefix", r.src)
             if r.dst is not None:
