@@ -467,3 +467,15 @@ def test_rendered_agent_configuration_is_valid_i2nsf_sfc_nsf(schema: YangSchema)
             data.append(child)
         nsf.validate_config(data)
         assert data.find(f"{{{render.NS}}}sfc/{{{render.NS}}}forwarder") is not None, name
+
+
+def test_pushed_state_round_trips_through_json(schema: YangSchema) -> None:
+    import json
+
+    from controller.sfc import render
+
+    cfg = parse_config(valid(schema, TYPES + CHAINS))
+    r, _ = compile(cfg, full_catalog(), SpiAllocator())
+    for c in render.configs(r).values():
+        back = render.from_json(json.loads(json.dumps(render.to_json(c))))
+        assert back.key() == c.key()

@@ -11,10 +11,13 @@ the new SPIs, after (2) the old SPIs' entries are still there for packets in fli
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 from lxml import etree
 
+from controller.sfc.model import PortRange
 from controller.sfc.paths import AgentPlan, ClassifierRule, NextHop, ProxyPlan, Rendering
 
 NS = "urn:i2nsf-sdn:yang:i2nsf-sfc-nsf"
@@ -194,3 +197,46 @@ def entry_xml(sff_id: int, locator: str, spi: int, si: int, hops: tuple[NextHop,
     sfc = cfg[0]
     del sfc.attrib[f"{{{NC_NS}}}operation"]
     return cfg
+
+
+# ---- persistence (what each agent was given, so a restarted controller plans from it) ------
+
+def to_json(c: AgentConfig) -> dict[str, Any]:
+    def pr(p: PortRange | None) -> list[int] | None:
+        return None if p is None else [p.start, p.end]
+
+    return {
+        "sff_id": c.sff_id, "locator": c.locator,
+        "rules": [{"name": r.name, "order": r.order, "spi": r.spi, "si": r.si,
+                   "first_hop": str(r.first_hop), "ingress": r.ingress,
+                   "src": None if r.src is None else str(r.src),
+                   "dst": None if r.dst is None else str(r.dst), "protocol": r.protocol,
+                   "sport": pr(r.sport), "dport": pr(r.dport)} for r in c.rules],
+        "reclass": {k: list(v) for k, v in c.reclass.items()},
+        "table": [[spi, si, [[h.kind, None if h.locator is None else str(h.locator), h.weight,
+                              h.instance, h.transport] for h in hops]]
+                  for (spi, si), hops in sorted(c.table.items())],
+        "proxies": [[p.name, p.spi, p.si, p.instance, p.to_sf, p.from_sf, p.sf_mac,
+                     p.report_socket] for p in c.proxies.values()],
+    }
+
+
+def from_json(d: dict[str, Any]) -> AgentConfig:
+    def ip(v: str | None) -> Any:
+        return None if v is None else ipaddress.ip_address(v)
+
+    def net(v: str | None) -> Any:
+        return None if v is None else ipaddress.ip_network(v)
+
+    def pr(v: list[int] | None) -> PortRange | None:
+        return None if v is None else PortRange(v[0], v[1])
+
+    return AgentConfig(
+        int(d["sff_id"]), str(d["locator"]),
+        [ClassifierRule(r["name"], r["order"], r["spi"], r["si"], ip(r["first_hop"]),
+                        r.get("ingress"), net(r["src"]), net(r["dst"]), r["protocol"],
+                        pr(r["sport"]), pr(r["dport"])) for r in d["rules"]],
+        {k: (v[0], v[1], v[2]) for k, v in d["reclass"].items()},
+        {(spi, si): tuple(NextHop(h[0], ip(h[1]), h[2], h[3], h[4]) for h in hops)
+         for spi, si, hops in d["table"]},
+        {p[0]: ProxyPlan(*p) for p in d["proxies"]})

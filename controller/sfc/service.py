@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 SFC_NSF_NS = render.NS
 NQ = f"{{{SFC_NSF_NS}}}"
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
-META_SPIS, META_CATALOG = "sfc.spis", "sfc.catalog"
+META_SPIS, META_CATALOG, META_PUSHED = "sfc.spis", "sfc.catalog", "sfc.pushed"
 LOOP_WINDOW = 10.0  # a second loop report on a path within this long after a fix withdraws it
 
 
@@ -67,21 +67,21 @@ class Event:
 
 
 class SfcService:
-    """`sessions()` gives the controller's southbound sessions by NSF name (shared with
-    the other services: transactions take the same per-NSF locks)."""
+    """`sessions()` gives the controller's southbound sessions by NSF name, shared with the
+    IPsec service: one session per NSF, and `locked` takes the same per-NSF locks, so the two
+    services' transactions on an NSF never interleave. `transact(sessions, edits)` is the
+    controller's all-or-nothing transaction (with its journal of confirmed commits)."""
 
     def __init__(self, store: Any, sessions: Callable[[], Mapping[str, Any]], *,
                  transact: Callable[..., Any], locked: Callable[..., Any],
                  clock: Callable[[], float] = time.monotonic,
-                 rpc_timeout: float = 15.0, confirm_timeout: int = 60,
-                 tick: float = 0.25) -> None:
+                 rpc_timeout: float = 15.0, tick: float = 0.25) -> None:
         self.store = store
         self.sessions = sessions
         self._transact = transact
         self._locked = locked
         self.clock = clock
         self.rpc_timeout = rpc_timeout
-        self.confirm_timeout = confirm_timeout
         self.tick = tick
         self.cfg = SfcConfig()
         self.catalog = CatalogManager(clock=clock, on_change=self._catalog_changed)
@@ -117,6 +117,14 @@ class SfcService:
         raw = self.store.get_meta(META_CATALOG)
         if raw:
             self.catalog.restore(json.loads(raw))
+        raw = self.store.get_meta(META_PUSHED)
+        if raw:
+            self.pushed = {n: render.from_json(d) for n, d in json.loads(raw).items()}
+
+    def _save_pushed(self) -> None:
+        with self.store.transaction():
+            self.store.put_meta(META_PUSHED, json.dumps(
+                {n: render.to_json(c) for n, c in sorted(self.pushed.items())}))
 
     def _save_catalog(self) -> None:
         with self.store.transaction():
@@ -247,8 +255,8 @@ class SfcService:
             self.event("compile-failed", "; ".join(bad))
             return False
         new = render.configs(r)
-        old = {} if force else self.pushed
-        plan = render.steps(old, new)
+        # a forced resync rewrites every agent with its whole state in one transaction
+        plan: list[Any] = [dict(new)] if force else render.steps(self.pushed, new)
         for spi in r.paths:
             if spi not in self.path_status or self.path_status[spi][0] != "active":
                 self.path_status[spi] = ("pending", None)
@@ -270,6 +278,7 @@ class SfcService:
         self.spis.commit(assignment)
         self._save_spis()
         self.pushed = new
+        self._save_pushed()
         for spi in list(self.path_status):
             if spi not in r.paths:
                 del self.path_status[spi]
@@ -304,10 +313,16 @@ class SfcService:
         involved = {n: sessions[n] for n in step}
         edits = {n: render.config_xml(c) for n, c in step.items()}
         self.stats.pushes += 1
+        down = [n for n, x in involved.items()
+                if getattr(x, "client", None) is None or x.client.closed.is_set()]
+        if down:
+            self.stats.pushes_failed += 1
+            self.event("push-failed", f"{what}: {', '.join(sorted(down))} not connected; "
+                       "nothing changed")
+            return False
         try:
             async with self._locked(involved):
-                await self._transact(involved, edits, timeout=self.rpc_timeout,
-                                     confirm_timeout=self.confirm_timeout)
+                await self._transact(involved, edits)
         except Exception as exc:
             self.stats.pushes_failed += 1
             self.event("push-failed", f"{what}: {exc}; rolled back on every agent")
@@ -317,6 +332,7 @@ class SfcService:
                 self.pushed.pop(n, None)
             else:
                 self.pushed[n] = c
+        self._save_pushed()
         return True
 
     async def resync_agent(self, name: str) -> None:
