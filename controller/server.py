@@ -19,9 +19,11 @@ from lxml import etree
 from controller.config import ControllerConfig
 from controller.core.inventory import NS as FP_NS
 from controller.core.store import SqliteStore
+from controller.core.transaction import locked
 from controller.ipsec.checks import check_config
 from controller.ipsec.model import parse_config
 from controller.ipsec.service import FlowService
+from controller.sfc import wiring as sfc_wiring
 from netconf_core.applier import ConfigChange, Notify
 from netconf_core.auth import UserDb
 from netconf_core.datastore import Datastores
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 PROTOCOL_MODULES = ("ietf-netconf", "ietf-netconf-monitoring", "ietf-netconf-notifications")
 NETCONF_FEATURES = ("writable-running", "candidate", "confirmed-commit", "rollback-on-error",
                     "validate", "startup", "xpath")
-MODULES = (*PROTOCOL_MODULES, "i2nsf-flow-policy")
+MODULES = (*PROTOCOL_MODULES, "i2nsf-flow-policy", *sfc_wiring.MODULES)
 Q = f"{{{FP_NS}}}"
 
 
@@ -128,9 +130,12 @@ class ControllerServer:
         server.register_rpc(FP_NS, "export-road-warrior", self._export_road_warrior)
         applier = FlowApplier(self.service)
         applier.bind(server.notify)
+        self.sfc, sfc_applier = sfc_wiring.attach(self.service, server, locked)
+        sfc_applier.bind(server.notify)
         self.service.load()
         self.service.start()
-        self.datastores = Datastores(schema, [applier], nc_dir)
+        self.sfc.start()
+        self.datastores = Datastores(schema, [applier, sfc_applier], nc_dir)
         server.attach(self.datastores)
         self.datastores.reconcile()
         self.server = server
@@ -149,6 +154,8 @@ class ControllerServer:
     async def stop(self) -> None:
         if self.ssh is not None:
             await self.ssh.stop()
+        if getattr(self, "sfc", None) is not None:
+            await self.sfc.stop()
         await self.service.stop()
         self.store.close()
 

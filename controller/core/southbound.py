@@ -39,12 +39,15 @@ DISCONNECTED, CONNECTING, CONNECTED, MISMATCH = (
 # netconf-confirmed-commit for every commit it makes, and lets an agent skip building them.
 _IKELESS_NS = "urn:ietf:params:xml:ns:yang:ietf-i2nsf-ikeless"
 _IKE_EVENTS_NS = "urn:i2nsf-sdn:yang:i2nsf-ike-events"
+_SFC_NSF_NS = "urn:i2nsf-sdn:yang:i2nsf-sfc-nsf"  # the SFC service (controller/sfc)
 WANTED_NOTIFICATIONS = (
     *((_IKELESS_NS, n) for n in ("sadb-acquire", "sadb-expire", "sadb-seq-overflow",
                                  "sadb-bad-spi")),
     *((_IKE_EVENTS_NS, n) for n in ("ike-sa-up", "ike-sa-down", "ike-sa-rekeyed",
                                     "child-sa-up", "child-sa-down", "child-sa-rekeyed",
                                     "auth-failure", "child-sa-failed")),
+    *((_SFC_NSF_NS, n) for n in ("sff-table-miss", "sff-loop-detected", "sff-ttl-expired",
+                                 "inspection-result")),
 )
 SUBSCRIBE = (f'<create-subscription xmlns="{NOTIF_NS}"><filter xmlns="{NC_NS}" '
              f'type="subtree">'

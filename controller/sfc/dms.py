@@ -13,7 +13,7 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
-from controller.nc_client import NcClient, NcError
+from controller.core.nc_client import NcClient, NcError
 from controller.sfc.model import DmsServer
 
 log = logging.getLogger(__name__)

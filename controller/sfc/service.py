@@ -24,7 +24,7 @@ from typing import Any
 
 from lxml import etree
 
-from controller.nc_client import NcError
+from controller.core.nc_client import NcError
 from controller.sfc import paths, render
 from controller.sfc.catalog import CatalogError, CatalogManager, Instance, ScaleRequest
 from controller.sfc.dms import DmsClient

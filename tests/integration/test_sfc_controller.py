@@ -1,0 +1,171 @@
+"""The SFC controller end to end: real agents (sfc applier, userspace NSH/GRE data path) in
+classifier/SFF namespaces, the controller over real SSH NETCONF, SF instances behind F's
+proxies registered through the i2nsf-sfc-catalog RPCs, traffic from real hosts, and the
+NSH paths decoded by tshark on the wire.
+
+One lab per module. The SF namespaces are the proxy contract's routed bump in the wire
+(plain forwarding); the real security functions are exercised by the use-case tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None
+                       or shutil.which("tshark") is None,
+                       reason="needs root, iproute2 and tshark (namespaces, raw sockets)"),
+    pytest.mark.root,
+    pytest.mark.slow,
+]
+
+from tests.integration.sfc_ctl_lab import (  # noqa: E402
+    Capture,
+    SfcControllerLab,
+    poll,
+    sfc_controller_lab,
+    tshark_nsh,
+)
+
+TYPES = """<sf-types><sf-type><name>ids</name></sf-type>
+<sf-type><name>anti-spoofing</name></sf-type><sf-type><name>firewall</name></sf-type>
+<sf-type><name>dpi</name></sf-type></sf-types>"""
+TRUST = """<trust-levels>
+<trust-level><name>trusted</name><source-prefix>198.51.100.0/28</source-prefix></trust-level>
+<trust-level><name>untrusted</name><source-prefix>198.51.100.16/28</source-prefix>
+</trust-level></trust-levels>"""
+CHAINS = """<chains>
+<chain><name>light</name><sf-type>ids</sf-type></chain>
+<chain><name>deep</name><sf-type>anti-spoofing</sf-type><sf-type>firewall</sf-type>
+<sf-type>dpi</sf-type></chain></chains>
+<policies>
+<policy><name>trusted</name><match><trust-level>trusted</trust-level></match>
+<chain>light</chain></policy>
+<policy><name>untrusted</name><match><trust-level>untrusted</trust-level></match>
+<chain>deep</chain></policy></policies>"""
+UNTRUSTED_SRC = "198.51.100.20"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[SfcControllerLab]:
+    with sfc_controller_lab(sfs=4) as lab:
+        subprocess.run(["ip", "-n", lab.net.host_a, "addr", "add", f"{UNTRUSTED_SRC}/24",
+                        "dev", "eth0"], check=True)
+        m = lab.connect()
+        try:
+            lab.configure(m, lab.forwarders_xml() + TYPES)
+            for i, (name, t) in enumerate((("ids-1", "ids"), ("as-1", "anti-spoofing"),
+                                           ("fw-1", "firewall"), ("dpi-1", "dpi"))):
+                lab.register(m, i, name, t)
+        finally:
+            m.close_session()
+        yield lab
+
+
+@pytest.fixture
+def m(lab: SfcControllerLab) -> Iterator[Any]:
+    m = lab.connect()
+    yield m
+    with contextlib.suppress(Exception):  # a test may have closed it (controller restart)
+        m.close_session()
+
+
+def _ping(lab: SfcControllerLab, src: str, count: int = 3) -> subprocess.CompletedProcess[str]:
+    return lab.net.run(lab.net.host_a, ["ping", "-c", str(count), "-i", "0.05", "-W", "1",
+                                        "-I", src, "203.0.113.10"])
+
+
+def _active(lab: SfcControllerLab, m: Any, *chains: str) -> dict[str, dict[str, str]]:
+    return poll(lambda: (p := lab.paths(m)) and all(
+        p.get(c, {}).get("status") == "active" for c in chains) and p, 20,
+        f"paths {chains} active")
+
+
+def test_trust_levels_take_their_own_paths(lab: SfcControllerLab, m: Any, tmp_path: Path
+                                           ) -> None:
+    """Seed §5.2: trusted sources → the light chain (IDS only), untrusted → anti-spoofing,
+    firewall, DPI. The capture between C and F shows each source on its own SPI; between F
+    and E each path arrives with SI = 255 - its length (every SF visited)."""
+    lab.configure(m, TRUST + CHAINS, inventory=False)
+    p = _active(lab, m, "light", "deep")
+    light, deep = int(p["light"]["spi"]), int(p["deep"]["spi"])
+    assert light != deep
+    cap_cf = Capture(lab.net.f, "c", tmp_path / "cf.pcap")
+    cap_fe = Capture(lab.net.f, "e", tmp_path / "fe.pcap")
+    try:
+        r1 = _ping(lab, "198.51.100.10")
+        r2 = _ping(lab, UNTRUSTED_SRC)
+    finally:
+        time.sleep(0.2)  # let tcpdump flush the last packets it has seen
+        rows_cf = tshark_nsh(cap_cf.stop())
+        rows_fe = tshark_nsh(cap_fe.stop())
+    assert r1.returncode == 0, r1.stdout + r1.stderr
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    by_src = {(src, spi, si) for src, spi, si in rows_cf}
+    assert ("198.51.100.10", light, 255) in by_src
+    assert (UNTRUSTED_SRC, deep, 255) in by_src
+    assert not any(src == UNTRUSTED_SRC and spi == light for src, spi, _ in rows_cf)
+    ends = {(src, spi, si) for src, spi, si in rows_fe}
+    assert ("198.51.100.10", light, 254) in ends  # one SF
+    assert (UNTRUSTED_SRC, deep, 252) in ends  # three SFs
+
+
+@pytest.mark.parametrize("body, why", [
+    (CHAINS.replace("<sf-type>dpi</sf-type></chain>",
+                    "<sf-type>dpi</sf-type><sf-type>ddos</sf-type></chain>"),
+     "ddos"),  # not a configured type: libyang's leafref check
+    (CHAINS.replace("<sf-type>dpi</sf-type></chain>",
+                    "<sf-type>dpi</sf-type><sf-type>ips</sf-type></chain>"),
+     "no instance of type 'ips'"),
+    ("<spi-range-start>100</spi-range-start><spi-range-end>100</spi-range-end>" + CHAINS,
+     "SPI exhaustion"),
+    (CHAINS + """<reclassification><rule><name>loop</name><from-sf-type>ids</from-sf-type>
+     <inspection-result>x</inspection-result><to-chain>light</to-chain></rule>
+     </reclassification>""", "cyclic re-classification: light -> light"),
+])
+def test_bad_policies_are_refused_and_nothing_is_pushed(lab: SfcControllerLab, m: Any,
+                                                        body: str, why: str) -> None:
+    from ncclient.operations import RPCError
+
+    lab.configure(m, TRUST + CHAINS, inventory=False)
+    _active(lab, m, "light", "deep")
+    before = {n: lab.agent_running(n) for n in ("c", "f")}
+    extra = TYPES.replace("</sf-types>", "<sf-type><name>ips</name></sf-type></sf-types>")
+    with pytest.raises(RPCError) as ei:
+        lab.configure(m, extra + TRUST + body, inventory=False)
+    assert why in str(ei.value), ei.value
+    assert {n: lab.agent_running(n) for n in ("c", "f")} == before
+    run = m.get_config(source="running").xml
+    assert "spi-range-end>100<" not in run and "<name>loop</name>" not in run
+
+
+def test_controller_restart_keeps_paths_and_pushes_nothing(lab: SfcControllerLab, m: Any
+                                                           ) -> None:
+    lab.configure(m, TRUST + CHAINS, inventory=False)
+    before_paths = _active(lab, m, "light", "deep")
+    before = {n: lab.agent_running(n) for n in ("c", "f", "e")}
+    m.close_session()
+    assert lab.controller is not None
+    lab.controller.stop()
+    lab.controller.start()
+    m2 = lab.connect()
+    try:
+        after_paths = _active(lab, m2, "light", "deep")
+        assert {k: v["spi"] for k, v in after_paths.items()} == {
+            k: v["spi"] for k, v in before_paths.items()}
+        inst = lab.sfc_state(m2)
+        names = {e.text for e in inst.iter("{urn:i2nsf-sdn:yang:i2nsf-sfc-policy}name")}
+        assert {"ids-1", "as-1", "fw-1", "dpi-1"} <= names  # the catalog survived
+        assert {n: lab.agent_running(n) for n in ("c", "f", "e")} == before
+        assert _ping(lab, UNTRUSTED_SRC).returncode == 0
+    finally:
+        m2.close_session()
