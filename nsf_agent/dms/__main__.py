@@ -1,0 +1,5 @@
+import sys
+
+from nsf_agent.dms.cli import main
+
+sys.exit(main())
