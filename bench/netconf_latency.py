@@ -156,6 +156,7 @@ class Ours(Server):
         (d / "agent.toml").write_text(
             f'[server]\nhost = "127.0.0.1"\nport = {self.port}\nstate_dir = "{d / "state"}"\n'
             f'[yang]\nmodules = ["ietf-i2nsf-ikeless"]\n[dataplane]\nappliers = ["null"]\n'
+            'accept_unenforced = true\n'  # (a NETCONF benchmark: SAs stored, not enforced)
             f'[[users]]\nname = "{self.user}"\nauthorized_keys = ["{self.pub}"]\n'
         )
         p = subprocess.Popen(

@@ -16,6 +16,7 @@ from netconf_core.ssh import SshConfig, SshTransport
 from netconf_core.yang_context import create_context
 from nsf_agent import dataplane, sadb
 from nsf_agent.config import AgentConfig
+from nsf_agent.enforce import EnforcementGuard
 from nsf_agent.restart import BootRecord, StatusApplier
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class Agent:
         self.appliers = appliers if appliers is not None else [
             dataplane.create(name, config) for name in config.appliers
         ]
+        # Appliers chosen by name in the configuration: refuse what none of them enforces
+        # (issue 13.4). Callers that pass appliers (tests, embedding) choose for themselves.
+        self.guard = (EnforcementGuard(self.appliers)
+                      if appliers is None and not config.accept_unenforced else None)
         self.server: NetconfServer | None = None
         self.ssh: SshTransport | None = None
         self.datastores: Datastores | None = None
@@ -72,7 +77,7 @@ class Agent:
         # How the previous run ended; marked unclean until stop() (issue 13: a controller
         # must learn of a crash and of the SAs it cost, see nsf_agent/restart.py)
         self.boot = BootRecord(cfg.state_dir)
-        appliers = list(self.appliers)
+        appliers = ([self.guard] if self.guard is not None else []) + list(self.appliers)
         if schema.namespace_known(sadb.NS):
             self.status = StatusApplier(self.boot, self.appliers)
             appliers.append(self.status)  # type: ignore[arg-type]

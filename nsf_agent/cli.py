@@ -120,7 +120,10 @@ def _cmd_init_config(args: argparse.Namespace) -> int:
     pw_hash = None
     if args.password_stdin or not args.authorized_key:
         pw_hash = hash_password(_read_password(args.password_stdin))
-    cfg = AgentConfig(host=args.host, port=args.port, state_dir=args.state_dir)
+    # "auto": the kernel's XFRM when it has ESP, the userspace data path otherwise ("null"
+    # would accept SAs and enforce nothing)
+    cfg = AgentConfig(host=args.host, port=args.port, state_dir=args.state_dir,
+                      appliers=["auto"])
     cfg.users = [User(args.user, pw_hash, list(args.authorized_key))]
     fd = os.open(args.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -19,7 +19,9 @@ Example (`i2nsf-agent init-config` writes one):
     # "ietf-i2nsf-ikec" = ["ikeless-notification"]   # missing module → all features
 
     [dataplane]
-    appliers = ["null"]
+    appliers = ["auto"]       # xfrm if the kernel has ESP, else userspace; add "ike" for
+                              # IKE; "null" stores configuration only (SAs are refused)
+    # accept_unenforced = true  # accept SAs/IKE config nothing enforces (benchmarks)
 
     [[users]]
     name = "admin"
@@ -58,6 +60,9 @@ class AgentConfig:
         default_factory=lambda: [*IPSEC_MODULES, "i2nsf-ike-events", "i2nsf-sadb"])
     features: dict[str, list[str]] = field(default_factory=dict)
     appliers: list[str] = field(default_factory=lambda: ["null"])
+    # accept SAs / IKE configuration no applier enforces (store-only agents, benchmarks of
+    # the NETCONF layer); otherwise such commits are refused (nsf_agent/enforce.py)
+    accept_unenforced: bool = False
     users: list[User] = field(default_factory=list)
 
 
@@ -92,9 +97,10 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> AgentConfig:
     if "dir" in yang:
         cfg.yang_dir = base / yang["dir"]
     dp = data.get("dataplane", {})
-    check_table(dp, {"appliers": list}, "dataplane")
+    check_table(dp, {"appliers": list, "accept_unenforced": bool}, "dataplane")
     if "appliers" in dp:
         cfg.appliers = [str(a) for a in dp["appliers"]]
+    cfg.accept_unenforced = bool(dp.get("accept_unenforced", False))
     cfg.users = parse_users(data.get("users", []), base)
     return cfg
 
@@ -125,6 +131,7 @@ def render_config(cfg: AgentConfig) -> str:
         "",
         "[dataplane]",
         "appliers = [" + ", ".join(s(a) for a in cfg.appliers) + "]",
+        *(["accept_unenforced = true"] if cfg.accept_unenforced else []),
     ]
     for u in cfg.users:
         lines += ["", "[[users]]", f"name = {s(u.name)}"]

@@ -36,6 +36,8 @@ def test_hash_password_and_init_config(tmp_path: Path, monkeypatch: pytest.Monke
     loaded = load_config(cfg)
     assert loaded.port == 8300 and loaded.users[0].name == "admin"
     assert verify_password("pw", loaded.users[0].password_hash or "")
+    # #13.4: a new agent enforces what it accepts (not the store-only "null" applier)
+    assert loaded.appliers == ["auto"] and not loaded.accept_unenforced
     assert main(["init-config", str(cfg)]) == 2  # never overwrites
 
 

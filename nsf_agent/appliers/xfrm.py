@@ -226,6 +226,75 @@ def sad_state(e: SadEntry) -> State:
     )
 
 
+def _alg_key(a: object) -> tuple[object, ...] | None:
+    if a is None:
+        return None
+    name = getattr(a, "name", "")
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    return (str(name).rstrip("\0"), bytes(getattr(a, "key", b"") or b""),
+            getattr(a, "trunc_len", None), getattr(a, "icv_len", None))
+
+
+def same_keys(a: State, b: State) -> bool:
+    """The same algorithms and keys: the same (SPI, key) for sequence numbering."""
+    x, y = a.algorithms, b.algorithms
+    return all(_alg_key(getattr(x, f)) == _alg_key(getattr(y, f))
+               for f in ("aead", "crypt", "auth", "comp"))
+
+
+def _addr_norm(v: str | None) -> str:
+    if not v:
+        return ""
+    try:
+        a = ipaddress.ip_address(v)
+    except ValueError:
+        return str(v)
+    return "" if a.is_unspecified else str(a)
+
+
+def same_state(want: State, have: State) -> bool:
+    """Is the kernel's state `have` what the configuration asks for (`want`)? Read-only
+    fields (counters, replay state, the selector the kernel fills in) are not compared."""
+    if not same_keys(want, have):
+        return False
+    if (_addr_norm(want.src), _addr_norm(want.dst), want.spi, int(want.proto),
+            int(want.mode), want.reqid, want.esn) != (
+            _addr_norm(have.src), _addr_norm(have.dst), have.spi, int(have.proto),
+            int(have.mode), have.reqid, have.esn):
+        return False
+    if want.lifetime.values() != have.lifetime.values():
+        return False
+    ww = want.replay_window if (want.esn or want.replay_window > 32) \
+        else min(want.replay_window, 32)
+    if ww != have.replay_window:
+        return False
+    we, he = want.encap, have.encap
+    if (we is None) != (he is None):
+        return False
+    return we is None or he is None or (
+        (we.sport, we.dport, we.type, _addr_norm(we.oa))
+        == (he.sport, he.dport, he.type, _addr_norm(he.oa)))
+
+
+def same_policy(want: Policy, have: Policy) -> bool:
+    """Same action, priority and templates (the selector is the key already)."""
+    if (int(want.action), want.priority) != (int(have.action), have.priority):
+        return False
+    if len(want.templates) != len(have.templates):
+        return False
+    for t, h in zip(want.templates, have.templates, strict=True):
+        if (_addr_norm(t.src), _addr_norm(t.dst), int(t.proto), int(t.mode), t.reqid) != (
+                _addr_norm(h.src), _addr_norm(h.dst), int(h.proto), int(h.mode), h.reqid):
+            return False
+    return True
+
+
+def _sa_id(e: SadEntry) -> tuple[object, ...]:
+    """What makes an SA another one (a rekey changes it): SPI, addresses and keys."""
+    return (e.spi, str(e.dst), str(e.src), bytes(e.enc_key or b""), bytes(e.integ_key or b""))
+
+
 PolicyItem = tuple[PolicyKey, tuple[Policy, str]]
 StateItem = tuple[StateKey, tuple[State, str]]
 
@@ -327,6 +396,10 @@ class XfrmApplier:
         self._lock = threading.Lock()
         # SPIs reserved with allocate-spi (larval kernel states) that no SAD entry holds yet.
         self._larval: dict[tuple[str, int, int], State] = {}
+        # Restored outbound SAs reconcile did not install (their counter is unknown) and the
+        # SAs the controller must replace: name -> (reason, suspended, _sa_id)
+        self._absent: set[StateKey] = set()
+        self._rekey: dict[str, tuple[str, bool, tuple[object, ...]]] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -378,7 +451,7 @@ class XfrmApplier:
     def prepare(self, change: ConfigChange) -> None:
         old, new = self._translations(change)
         with ikeless.paused_gc():
-            ops = change.scratch["xfrm.ops"] = kernel_ops(old, new)
+            ops = change.scratch["xfrm.ops"] = self._skip_absent(kernel_ops(old, new), new)
         if self._larval:
             change.scratch["xfrm.larval"] = self._adopt_larval(ops)
         # The netlink messages are packed here, not in apply: prepare may run while libyang
@@ -409,6 +482,12 @@ class XfrmApplier:
             batch: Batch | None = change.scratch.get("xfrm.batch")  # type: ignore[assignment]
             if batch is None:
                 batch = self._pack([(o.kind, o.obj) for o in ops])
+            old_t, new_t = self._translations(change)
+            if any(o.kind in ("add_state", "update_state") and state_key(o.obj) not in
+                   old_t.states for o in ops if isinstance(o.obj, State)):
+                # The ledger says "installed before" ahead of the kernel add: after a crash
+                # right after the add, reconcile must know the SA may have sent packets.
+                self._save_ledger(set(old_t.states) | set(new_t.states))
             with ikeless.paused_gc():  # (framing 10,000 messages: no garbage to find)
                 results = self._submit(batch)
             failed = [(o, r) for o, r in zip(ops, results, strict=True) if r is not None]
@@ -421,9 +500,21 @@ class XfrmApplier:
             for k in change.scratch.get("xfrm.larval", {}):  # type: ignore[attr-defined]
                 self._larval.pop(k, None)  # completed: now an SA of the running config
             new = self._translations(change)[1]
-            self._save_ledger(new.states)
+            self._save_ledger(set(new.states))
             self._running = (change.new, new)
+            self._settle_absent(new)
         log.info("xfrm: applied %d kernel operations", len(ops))
+
+    def _settle_absent(self, new: Translation) -> None:
+        """Absent states whose entry is gone or now holds other keys are no longer absent."""
+        if self._absent:
+            self._absent = {k for k in self._absent if k in new.states
+                            and self._absent_entry_kept(k, new)}
+        self._prune(new.cfg)
+
+    def _absent_entry_kept(self, k: StateKey, new: Translation) -> bool:
+        name = new.states[k][1]
+        return name in self._rekey and _sa_id(new.sad[name][0]) == self._rekey[name][2]
 
     def _undo(self, done: list[Op]) -> None:
         undo = [o.undo for o in reversed(done) if o.undo is not None]
@@ -532,6 +623,13 @@ class XfrmApplier:
     # ---- start-up reconciliation -----------------------------------------------------------
 
     def reconcile(self, running: etree._Element) -> None:
+        """Make the kernel match `running` without disturbing SAs in use (issue 24.1): a
+        kernel state equal to its configuration is kept (its sequence counter and replay
+        window go on); only what differs or is missing is written. An outbound SA this
+        agent had installed before (ledger) that the kernel lost (reboot, flush) is not
+        installed again: its counter is unknown, and starting again at 1 would repeat
+        sequence numbers (and AES-GCM nonces) under the same key (issue 13.1). What could
+        not be kept is reported in i2nsf-sadb nsf-status for the controller to rekey."""
         with ikeless.paused_gc():
             want = translate(ikeless.parse(running))
         have_pols = {
@@ -541,25 +639,89 @@ class XfrmApplier:
         have_states = {state_key(s): s for s in self.xfrm.dump_states()}
         owned = self._ledger()
         ops: list[tuple[str, Policy | State]] = []
+        rekey: dict[str, tuple[str, bool, tuple[object, ...]]] = {}
+        absent: set[StateKey] = set()
         for k, s in have_states.items():
             if k in owned and k not in want.states:
                 ops.append(("delete_state", s))
-        for k, (st, _) in want.states.items():
-            if k in have_states:
-                ops.append(("delete_state", have_states[k]))
+        entries = {name: e for name, (e, _) in want.sad.items()}
+        for k, (st, name) in want.states.items():
+            e = entries[name]
+            out = e.direction == "outbound"
+            have = have_states.get(k)
+            if have is not None and same_state(st, have):
+                continue  # in use: keep it as it is
+            if have is not None:
+                ops.append(("delete_state", have))
+                if out and same_keys(st, have):
+                    # re-created it would count from 1 again under the same key
+                    absent.add(k)
+                    rekey[name] = ("sequence-unknown", True, _sa_id(e))
+                    continue
+                rekey[name] = ("not-kept", False, _sa_id(e))
+            elif k in owned:
+                if out:
+                    absent.add(k)
+                    rekey[name] = ("sequence-unknown", True, _sa_id(e))
+                    continue
+                rekey[name] = ("replay-state-lost", False, _sa_id(e))
             ops.append(("add_state", st))
         for k, p in have_pols.items():
             if k not in want.policies:
                 ops.append(("delete_policy", p))
         for k, (pol, _) in want.policies.items():
-            ops.append(("update_policy" if k in have_pols else "add_policy", pol))
+            h = have_pols.get(k)
+            if h is None:
+                ops.append(("add_policy", pol))
+            elif not same_policy(pol, h):
+                ops.append(("update_policy", pol))
         results = self._run(ops) if ops else []
         errors = [r for r in results if r is not None]
         for e in errors:
             log.error("xfrm reconcile: %s", e)
-        self._save_ledger(want.states)
+        self._save_ledger(want.states)  # (absent ones too: installed before, still ours)
         self._running = (running, want)
-        log.info("xfrm: reconciled (%d operations, %d failed)", len(ops), len(errors))
+        self._absent = absent
+        self._rekey = rekey
+        log.info("xfrm: reconciled (%d operations, %d failed, %d states kept)", len(ops),
+                 len(errors), len(want.states) - sum(1 for o in ops if o[0] == "add_state")
+                 - len(absent))
+        if rekey:
+            log.warning("xfrm: SAs to be replaced by the controller: %s",
+                        ", ".join(f"{n} ({r[0]})" for n, r in sorted(rekey.items())))
+
+    def rekey_required(self) -> dict[str, tuple[str, bool]]:
+        """SAs the controller must replace (i2nsf-sadb nsf-status)."""
+        return {n: (r, s) for n, (r, s, _) in self._rekey.items()}
+
+    def _prune(self, cfg: IkelessConfig) -> None:
+        if not self._rekey:
+            return
+        by_name = {e.name: e for e in cfg.sad}
+        for name, (_, _, ident) in list(self._rekey.items()):
+            e = by_name.get(name)
+            if e is None or _sa_id(e) != ident:
+                del self._rekey[name]
+
+    def _skip_absent(self, ops: list[Op], new: Translation) -> list[Op]:
+        """Operations on states that reconcile left out of the kernel (outbound SAs whose
+        counter was lost): a deletion has nothing to delete; an add of the same keys would
+        send from 1 again, so it stays out (still suspended); other keys are another SA."""
+        if not self._absent:
+            return ops
+        running = self._running[1].states
+        out = []
+        for o in ops:
+            if isinstance(o.obj, State):
+                k = state_key(o.obj)
+                if k in self._absent:
+                    if o.kind == "delete_state":
+                        continue
+                    was = running.get(k)
+                    if o.kind == "add_state" and was is not None and same_keys(o.obj, was[0]):
+                        continue
+            out.append(o)
+        return out
 
     # ---- operational state -----------------------------------------------------------------
 

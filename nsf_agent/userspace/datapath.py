@@ -70,7 +70,7 @@ GLOBAL_COUNTERS = (
     "malformed", "integrity_failed", "replay", "decrypt_failed", "policy_violation",
     "no_policy", "discarded", "bypassed", "no_sa", "acquires", "udp_non_esp", "seq_overflow",
     "dummy", "nat_keepalives", "wrong_next_header", "seq_store_failed", "sending_suspended",
-    "out_of_window",
+    "out_of_window", "hard_expired",
 )
 
 
@@ -311,6 +311,10 @@ class Datapath:
             st.seq_limit, st.reserve = ost.seq_limit, ost.reserve
             sa.suspended = old.suspended
         elif self.seqs is not None:
+            if self._hard_expired(sa):
+                if old is not None:
+                    self._unlink(old)
+                return
             self._number(sa)
         if suspend and cfg.direction is Direction.OUTBOUND:
             sa.suspended = True
@@ -326,6 +330,26 @@ class Datapath:
         self._udp_ports()
         if cfg.direction is Direction.OUTBOUND and sa.udp is not None:
             self._keepalives(time.monotonic())
+
+    def _hard_expired(self, sa: _Sa) -> bool:
+        """An SA installed again (a restart) counts its time lifetimes from when it was first
+        installed; one whose hard time lifetime is already over is not installed (reported
+        hard-expired, and a hard expire event asks the agent's controller for a new one)."""
+        assert self.seqs is not None
+        cfg = sa.state.cfg
+        first = self.seqs.installed_at(cfg)
+        if first is None:
+            return False
+        age = max(0.0, time.time() - first)
+        if cfg.hard.time and age >= cfg.hard.time:
+            log.warning("SA %s: its hard lifetime (%d s) ended %d s ago: not installed",
+                        cfg.name, cfg.hard.time, int(age - cfg.hard.time))
+            self._restored[cfg.name] = "hard-expired"
+            self.stats["hard_expired"] += 1
+            self.emit("expire", hard=True, trigger="time", **self._sa_event_fields(sa))
+            return True
+        sa.state.added = time.monotonic() - age  # (soft/hard time go on from the first add)
+        return False
 
     def _number(self, sa: _Sa) -> None:
         """Sequence numbering of an SA (re)installed without a predecessor in this process:

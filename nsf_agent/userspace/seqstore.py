@@ -35,11 +35,10 @@ from .model import Direction, SaConfig
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"I2NSFSEQ\x00\x01"
+MAGIC = b"I2NSFSEQ\x00\x02"
 HEADER = 64
 SLOT = 64
-_COPY = struct.Struct("!16sQII")  # fingerprint, mark, crc, flags
-FLAG_OUTBOUND = 1
+_COPY = struct.Struct("!16sQII")  # fingerprint, mark, crc, first installed (Unix time)
 MIN_BLOCK = 1 << 12
 MAX_BLOCK = 1 << 22
 
@@ -58,17 +57,17 @@ def fingerprint(cfg: SaConfig) -> bytes:
     return h.digest()[:16]
 
 
-def _pack(fp: bytes, mark: int, flags: int) -> bytes:
+def _pack(fp: bytes, mark: int, installed: int) -> bytes:
     body = fp + mark.to_bytes(8, "big")
-    return _COPY.pack(fp, mark, zlib.crc32(body + flags.to_bytes(4, "big")), flags)
+    return _COPY.pack(fp, mark, zlib.crc32(body + installed.to_bytes(4, "big")), installed)
 
 
 def _unpack(raw: bytes) -> tuple[bytes, int, int] | None:
-    fp, mark, crc, flags = _COPY.unpack(raw)
+    fp, mark, crc, installed = _COPY.unpack(raw)
     if fp == bytes(16) or zlib.crc32(fp + mark.to_bytes(8, "big")
-                                     + flags.to_bytes(4, "big")) != crc:
+                                     + installed.to_bytes(4, "big")) != crc:
         return None
-    return fp, mark, flags
+    return fp, mark, installed
 
 
 @dataclass(slots=True)
@@ -76,7 +75,7 @@ class Record:
     slot: int
     mark: int  # every sequence number up to `mark` may have been used
     copy: int  # the copy written last (0/1); the next write goes to the other
-    outbound: bool
+    installed: int  # when the SA was first installed (Unix time): lifetimes count from it
     live: bool = False
     retired_at: float = 0.0
     block: int = MIN_BLOCK
@@ -116,7 +115,7 @@ class SeqStore:
         now = time.monotonic()
         for i in range(self.nslots):
             raw = data[i * SLOT:(i + 1) * SLOT]
-            best: tuple[int, bytes, int, int] | None = None  # (mark, fp, flags, copy)
+            best: tuple[int, bytes, int, int] | None = None  # (mark, fp, installed, copy)
             for c in (0, 1):
                 got = _unpack(raw[c * 32:(c + 1) * 32])
                 if got is not None and (best is None or got[1] > best[0]):
@@ -124,14 +123,13 @@ class SeqStore:
             if best is None:
                 self._free.append(i)
                 continue
-            mark, fp, flags, copy = best
+            mark, fp, installed, copy = best
             old = self.records.get(fp)
             if old is not None and old.mark >= mark:
                 self._free.append(i)
                 continue
             # retired until the data path installs the SA again (keeps its slot meanwhile)
-            self.records[fp] = Record(i, mark, copy, bool(flags & FLAG_OUTBOUND),
-                                      retired_at=now)
+            self.records[fp] = Record(i, mark, copy, installed, retired_at=now)
 
     def _sync_all(self) -> None:
         os.fsync(self.fd)
@@ -159,11 +157,16 @@ class SeqStore:
 
     def _write(self, fp: bytes, r: Record) -> None:
         r.copy ^= 1
-        os.pwrite(self.fd, _pack(fp, r.mark, FLAG_OUTBOUND if r.outbound else 0),
+        os.pwrite(self.fd, _pack(fp, r.mark, r.installed),
                   HEADER + r.slot * SLOT + r.copy * 32)
         self._dirty = True
 
     # -- SAs ----------------------------------------------------------------------------
+
+    def installed_at(self, cfg: SaConfig) -> int | None:
+        """When this SA was first installed (Unix time), if it ever was."""
+        r = self.records.get(fingerprint(cfg))
+        return None if r is None else r.installed
 
     def install(self, cfg: SaConfig) -> tuple[int | None, int]:
         """Register an SA being installed. Returns (the mark it had before — None if this SA
@@ -174,7 +177,7 @@ class SeqStore:
         r = self.records.get(fp)
         before = None if r is None else r.mark
         if r is None:
-            r = self.records[fp] = Record(self._alloc(), 0, 1, out)
+            r = self.records[fp] = Record(self._alloc(), 0, 1, int(time.time()))
         r.live = True
         if out:
             # pre-reserve the first block so that the first packet does not wait for a disk
