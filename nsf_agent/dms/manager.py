@@ -230,6 +230,31 @@ class Manager:
         self.on_change(inst, "register")
         return inst
 
+    def rules_for_new(self, sf_type: str, source: str | None, spec: Spec, given: bool
+                      ) -> Spec:
+        """The rules of a new instance given none (or copy-rules-from): those of `source`,
+        else of the newest instance of the type (scaling out keeps the policy)."""
+        if source is not None:
+            if given:
+                raise RpcError("application", "invalid-value",
+                               "copy-rules-from and rules are exclusive",
+                               info={"bad-element": "copy-rules-from"})
+            src = self.instances.get(source)
+            if src is None:
+                raise RpcError("application", "invalid-value", f"no instance {source!r}",
+                               path="/i2nsf-dms:create-instance/copy-rules-from",
+                               info={"bad-element": "copy-rules-from"})
+            if src.type != sf_type:
+                raise RpcError("application", "invalid-value",
+                               f"instance {source} is a {src.type}, not a {sf_type}",
+                               info={"bad-element": "copy-rules-from"})
+            return Spec.from_json(src.spec.to_json())
+        same = [i for i in self.instances.values() if i.type == sf_type]
+        if same:
+            newest = max(same, key=lambda i: i.started or datetime.min.replace(tzinfo=UTC))
+            return Spec.from_json(newest.spec.to_json())
+        return spec
+
     def get(self, name: str, what: str) -> Instance:
         inst = self.instances.get(name)
         if inst is None:

@@ -144,11 +144,21 @@ class Registrar:
             todo = [(n, i) for n, i in self.wanted.items() if self.done.get(n) != i]
             gone = dict(self.gone)
         for name, info in todo:
-            self._call(register_rpc(info))
+            ok = True
+            try:
+                self._call(register_rpc(info))
+            except Exception as exc:
+                if "RPCError" not in type(exc).__name__:
+                    raise
+                # refused (e.g. the name belongs to another DMS): not retried until the
+                # instance changes; the reason is in the DMS's state
+                ok, self.last_error = False, f"register-instance {name}: {exc}"
+                log.warning("controller refused %s", self.last_error)
             with self.lock:
                 self.done[name] = info
-            self.on_registered(name, True)
-            log.info("registered instance %s with the controller", name)
+            self.on_registered(name, ok)
+            if ok:
+                log.info("registered instance %s with the controller", name)
         for name, reason in gone.items():
             try:
                 self._call(unregister_rpc(name, self.dms, reason))

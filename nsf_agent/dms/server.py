@@ -174,6 +174,10 @@ class Dms:
         inp = parse_rpc_input(srv, op)
         sf_type = inp.findtext(Q + "type") or ""
         spec = xmlio.spec_from_input(sf_type, op, inp)
+        given = any(op.find(Q + c) is not None for c in xmlio.RULE_CONTAINERS)
+        source = inp.findtext(Q + "copy-rules-from")
+        if source is not None or not given:
+            spec = self.manager.rules_for_new(sf_type, source, spec, given)
         inst = self.manager.create(
             inp.findtext(Q + "name") or "", sf_type, spec, inp.findtext(Q + "to-sf"),
             inp.findtext(Q + "from-sf"), [e.text or "" for e in inp.findall(Q + "report-socket")])

@@ -19,8 +19,7 @@ NS = "urn:i2nsf-sdn:yang:i2nsf-dms"
 Q = f"{{{NS}}}"
 CAT_NS = "urn:i2nsf-sdn:yang:i2nsf-sfc-catalog"
 MODULES = ("i2nsf-sfc-catalog", "i2nsf-dms")
-RULE_CONTAINERS = {"firewall": "firewall", "anti-spoofing": "anti-spoofing", "ddos": "ddos",
-                   "signatures": "ids"}
+RULE_CONTAINERS = ("firewall", "anti-spoofing", "ddos", "signatures")
 ALLOWED = {"firewall": {"firewall"}, "anti-spoofing": {"anti-spoofing"}, "ddos": {"ddos"},
            "ids": {"signatures"}, "ips": {"signatures"}, "dpi": {"signatures"},
            "forward": set()}

@@ -223,7 +223,13 @@ def test_dead_instance_is_reported_and_restarted(lab: Lab, dms: DmsProcess) -> N
         st2 = instance_state(m, "ips1")
         assert st2["state"] == "running" and st2["restarts"] == "1" and st2["pid"] != st["pid"]
         until(lambda: passes(lab, rx), 2.0, "traffic after restart")
-        rpc(m, f'<remove-instance xmlns="{ns_uri}"><name>ips1</name></remove-instance>')
+        # scaling out: a new instance given no rules gets those of the newest of its type
+        rpc(m, create_xml("ips2", "ips"))
+        steer(lab, m, "ips2")
+        until(lambda: passes(lab, rx), 2.0, "traffic through the second instance")
+        assert not passes(lab, rx, b"never")
+        for n in ("ips1", "ips2"):
+            rpc(m, f'<remove-instance xmlns="{ns_uri}"><name>{n}</name></remove-instance>')
     rx.close()
 
 
