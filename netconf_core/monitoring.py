@@ -57,9 +57,10 @@ def _sub(parent: etree._Element, name: str, text: object | None = None) -> etree
 
 
 def _ident(parent: etree._Element, name: str, identity: str) -> None:
-    """An identityref leaf; the prefix is declared on the leaf itself so that the value
-    still resolves when a filter copies the leaf somewhere else."""
-    el = etree.SubElement(parent, f"{{{NCM_NS}}}{name}", nsmap={"ncm": NCM_NS})
+    """An identityref leaf. Its `ncm` prefix is declared on the netconf-state root (a
+    declaration on the leaf itself is dropped by lxml as redundant with the default
+    namespace as soon as the tree is moved: the value would no longer resolve)."""
+    el = etree.SubElement(parent, f"{{{NCM_NS}}}{name}")
     el.text = f"ncm:{identity}"
 
 
@@ -78,7 +79,7 @@ def netconf_state(
     stats: ServerStats,
 ) -> etree._Element:
     """The `/ncm:netconf-state` container."""
-    root = etree.Element(f"{{{NCM_NS}}}netconf-state", nsmap={None: NCM_NS})
+    root = etree.Element(f"{{{NCM_NS}}}netconf-state", nsmap={None: NCM_NS, "ncm": NCM_NS})
     caps = _sub(root, "capabilities")
     for c in capabilities:
         _sub(caps, "capability", c)

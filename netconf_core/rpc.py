@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from netconf_core import params as P
+from netconf_core import with_defaults as wd
 from netconf_core.errors import NC_NS, RpcError
 from netconf_core.monitoring import NCM_NS, YANGLIB_NS
 from netconf_core.notifications import NETMOD_NOTIF_NS, NOTIF_NS, parse_time
@@ -70,8 +71,8 @@ def apply_filter(data: etree._Element, filt: etree._Element | None,
 
 
 def op_get(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
-    p = P.children(op, ("filter", "with-defaults"))
-    _no_with_defaults(p)
+    p = P.children(op, ("filter", "with-defaults"), also_ns=(wd.WD_NS,))
+    mode = wd.mode_of(p.get("with-defaults"))
     filt = p.get("filter")
     from netconf_core.filters import top_level_selector
 
@@ -88,21 +89,23 @@ def op_get(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body
     if (sel is None or sel(f"{{{NETMOD_NOTIF_NS}}}netconf")) and \
             srv.schema.namespace_known(NETMOD_NOTIF_NS):
         data.append(srv.bus.streams())
+    data = wd.apply(srv.schema, data, mode, state=True)
     _hide_secrets(srv, sess, data)
     return [apply_filter(data, filt, srv.schema)]
 
 
 def op_get_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
-    p = P.children(op, ("source", "filter", "with-defaults"))
-    _no_with_defaults(p)
+    p = P.children(op, ("source", "filter", "with-defaults"), also_ns=(wd.WD_NS,))
+    mode = wd.mode_of(p.get("with-defaults"))
     source = P.datastore(P.require(p, "source", "get-config"), P.DATASTORE_NAMES, "source")
     hide = sess.username in srv.config.no_secrets_users
     with srv.ds_lock:
-        if p.get("filter") is None and not hide:
+        if p.get("filter") is None and not hide and mode == wd.BASIC_MODE:
             raw = srv.datastores.config_bytes(str(source))
             if raw is not None:
                 return [raw]  # no copy of the tree, no serialization
         data = srv.datastores.get_config(str(source))
+    data = wd.apply(srv.schema, data, mode, state=False)
     _hide_secrets(srv, sess, data)
     return [apply_filter(data, p.get("filter"), srv.schema)]
 
@@ -115,14 +118,6 @@ def _hide_secrets(srv: NetconfServer, sess: NetconfSession, data: etree._Element
 def _guard_secrets(srv: NetconfServer, sess: NetconfSession, config: etree._Element) -> None:
     if sess.username in srv.config.no_secrets_users:
         check_no_secrets(srv.schema, config, sess.username)
-
-
-def _no_with_defaults(p: dict[str, etree._Element]) -> None:
-    if "with-defaults" in p:
-        raise RpcError(
-            "protocol", "operation-not-supported", ":with-defaults is not supported",
-            info={"bad-element": "with-defaults"},
-        )
 
 
 # -- editing ----------------------------------------------------------------------------------
@@ -173,8 +168,8 @@ def op_edit_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element)
 
 
 def op_copy_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:
-    p = P.children(op, ("target", "source", "with-defaults"))
-    _no_with_defaults(p)
+    p = P.children(op, ("target", "source", "with-defaults"), also_ns=(wd.WD_NS,))
+    mode = wd.mode_of(p.get("with-defaults"))
     target = str(P.datastore(P.require(p, "target", "copy-config"), P.DATASTORE_NAMES, "target"))
     source = P.datastore(
         P.require(p, "source", "copy-config"), P.DATASTORE_NAMES, "source", allow_config=True
@@ -190,6 +185,11 @@ def op_copy_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element)
             _guard_secrets(srv, sess, srv.datastores.get_config(source))
     srv.locks.check_write(target, sess.id)
     with srv.ds_lock, srv.config_change(sess, target):
+        if mode != wd.BASIC_MODE:
+            # RFC 6243 4.5.3: the source as that mode reports it (tags are no config)
+            data = srv.datastores.get_config(source) if isinstance(source, str) else source
+            source = wd.apply(srv.schema, data, "report-all" if mode == "report-all-tagged"
+                              else mode, state=False)
         srv.datastores.copy_config(target, source)
         if target == "running":
             _follow_running(srv)

@@ -19,6 +19,7 @@ from pathlib import Path
 from lxml import etree
 
 from netconf_core import capabilities as caps
+from netconf_core import with_defaults
 from netconf_core.confirmed import DEFAULT_CONFIRM_TIMEOUT, ConfirmedCommit
 from netconf_core.datastore import Datastores
 from netconf_core.errors import NC_NS, RpcError
@@ -59,7 +60,7 @@ NOTIFICATION_MODULES = ("notifications", "nc-notifications")
 class NetconfServer:
     def __init__(self, schema: YangSchema, config: ServerConfig | None = None) -> None:
         self.schema = schema
-        schema.load_modules(NOTIFICATION_MODULES)
+        schema.load_modules((*NOTIFICATION_MODULES, with_defaults.MODULE))
         self.config = config or ServerConfig()
         self._datastores: Datastores | None = None
         self.ds_lock = threading.RLock()
@@ -111,8 +112,11 @@ class NetconfServer:
             if m.implemented
         ]
         self.module_set_id = caps.module_set_id(module_caps)
+        protocol = list(caps.PROTOCOL_CAPABILITIES)
+        if self.schema.namespace_known(with_defaults.WD_NS):
+            protocol.append(with_defaults.CAPABILITY)
         return [
-            *caps.PROTOCOL_CAPABILITIES,
+            *protocol,
             caps.yang_library_capability(self.module_set_id),
             *module_caps,
         ]

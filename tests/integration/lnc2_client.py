@@ -3,7 +3,7 @@
 Run as a script in its own process (libnetconf2 brings its own libyang context and log
 callbacks, which must not meet the agent's in one process):
 
-    python lnc2_client.py PORT USER PASSWORD [XPATH]
+    python lnc2_client.py PORT USER PASSWORD [XPATH [WD-MODE]]
 
 prints one JSON object: whether the session came up, the modules libnetconf2 built its
 context from (it reads our yang-library and fetches every schema with get-schema), and the
@@ -20,10 +20,12 @@ import sys
 
 NC_MSG_REPLY = 6
 NC_WD_UNKNOWN = 0
+WD_MODES = {"report-all": 1, "report-all-tagged": 2, "trim": 3, "explicit": 4}
 NC_PARAMTYPE_CONST = 0
 NC_SSH_AUTH_PUBLICKEY, NC_SSH_AUTH_PASSWORD, NC_SSH_AUTH_INTERACTIVE = 1, 2, 4
 LYD_XML = 1
 LYD_PRINT_WITHSIBLINGS = 1
+LYD_PRINT_WD_ALL_TAG = 0x40  # tag the nodes the client's libyang holds as defaults
 
 LIBNETCONF2 = "libnetconf2.so.2"
 
@@ -39,6 +41,7 @@ def available() -> bool:
 def main(argv: list[str]) -> int:
     port, user, password = int(argv[0]), argv[1], argv[2]
     xpath = argv[3] if len(argv) > 3 else None
+    wd_mode = WD_MODES[argv[4]] if len(argv) > 4 else NC_WD_UNKNOWN
     nc = ctypes.CDLL(LIBNETCONF2)
     ly = ctypes.CDLL("libyang.so.2")
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
@@ -79,7 +82,7 @@ def main(argv: list[str]) -> int:
                           for name in ("notifications", "nc-notifications",
                                        "ietf-i2nsf-ikeless", "ietf-netconf")}
         if xpath is not None:
-            out["reply"] = _get(nc, ly, libc, sess, xpath)
+            out["reply"] = _get(nc, ly, libc, sess, xpath, wd_mode)
         nc.nc_session_free.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         nc.nc_session_free(sess, None)
     out["log"] = logs
@@ -88,11 +91,12 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _get(nc: ctypes.CDLL, ly: ctypes.CDLL, libc: ctypes.CDLL, sess: int, xpath: str) -> object:
+def _get(nc: ctypes.CDLL, ly: ctypes.CDLL, libc: ctypes.CDLL, sess: int, xpath: str,
+         wd_mode: int) -> object:
     nc.nc_rpc_get.restype = ctypes.c_void_p
     nc.nc_rpc_get.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
     xp = ctypes.c_char_p(xpath.encode())
-    rpc = nc.nc_rpc_get(xp, NC_WD_UNKNOWN, NC_PARAMTYPE_CONST)
+    rpc = nc.nc_rpc_get(xp, wd_mode, NC_PARAMTYPE_CONST)
     msgid = ctypes.c_uint64()
     nc.nc_send_rpc.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                                ctypes.POINTER(ctypes.c_uint64)]
@@ -108,7 +112,8 @@ def _get(nc: ctypes.CDLL, ly: ctypes.CDLL, libc: ctypes.CDLL, sess: int, xpath: 
             buf = ctypes.c_void_p()
             ly.lyd_print_mem.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p,
                                          ctypes.c_int, ctypes.c_uint32]
-            ly.lyd_print_mem(ctypes.byref(buf), node, LYD_XML, LYD_PRINT_WITHSIBLINGS)
+            flags = LYD_PRINT_WITHSIBLINGS | (LYD_PRINT_WD_ALL_TAG if wd_mode else 0)
+            ly.lyd_print_mem(ctypes.byref(buf), node, LYD_XML, flags)
             result[name] = ctypes.string_at(buf.value).decode() if buf.value else ""
             libc.free(buf)
     return result

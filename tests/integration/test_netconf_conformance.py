@@ -347,3 +347,98 @@ def test_error_info_per_rfc7950_section15(tagent: AgentThread) -> None:
         assert err.findtext(q("error-app-tag", NC_NS)) == "missing-instance"
         assert err.findtext(f"{q('error-info', NC_NS)}/{q('bad-attribute', NC_NS)}") == "key"
         assert tagent.snapshot() == before
+
+
+# -- issue 14.7: RFC 6243 with-defaults -------------------------------------------------------
+
+WD_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"
+WD_ATTR = "{urn:ietf:params:xml:ns:netconf:default:1.0}default"
+
+
+def _wd_get_config(m, mode: str, source: str = "running") -> etree._Element:  # type: ignore[no-untyped-def]
+    r = m.dispatch(etree.fromstring(
+        f'<get-config xmlns="{NC_NS}"><source><{source}/></source><filter>'
+        f'<top xmlns="{TEST_NS}"/></filter><with-defaults xmlns="{WD_NS}">{mode}'
+        "</with-defaults></get-config>"))
+    return etree.fromstring(r.xml.encode())
+
+
+def _leaves(root: etree._Element) -> dict[str, tuple[str | None, str | None]]:
+    out = {}
+    for item in root.iter(q("item", TEST_NS)):
+        mtu = item.find(q("mtu", TEST_NS))
+        out[item.findtext(q("name", TEST_NS))] = (
+            None if mtu is None else mtu.text, None if mtu is None else mtu.get(WD_ATTR))
+    mode = root.find(f".//{q('mode', TEST_NS)}")
+    out["mode"] = (None, None) if mode is None else (mode.text, mode.get(WD_ATTR))
+    return out
+
+
+def test_with_defaults_modes(tagent: AgentThread) -> None:
+    with tagent.connect() as m:
+        m.edit_config(target="running", config=tcfg(
+            _item("a", "<mtu>1500</mtu><tcp/>", 11) + _item("b", "<mtu>9000</mtu><tcp/>", 12)
+            + _item("c", "<tcp/>", 13)))
+        assert _leaves(_wd_get_config(m, "explicit")) == {
+            "a": ("1500", None), "b": ("9000", None), "c": (None, None), "mode": (None, None)}
+        assert _leaves(_wd_get_config(m, "report-all")) == {
+            "a": ("1500", None), "b": ("9000", None), "c": ("1500", None),
+            "mode": ("auto", None)}
+        assert _leaves(_wd_get_config(m, "trim")) == {
+            "a": (None, None), "b": ("9000", None), "c": (None, None), "mode": (None, None)}
+        assert _leaves(_wd_get_config(m, "report-all-tagged")) == {
+            "a": ("1500", "true"), "b": ("9000", None), "c": ("1500", "true"),
+            "mode": ("auto", "true")}
+        # get, with ncclient's own parameter
+        r = m.get(filter=("subtree", f'<top xmlns="{TEST_NS}"/>'),
+                  with_defaults="report-all-tagged")
+        assert _leaves(etree.fromstring(r.xml.encode()))["c"] == ("1500", "true")
+        # copy-config: the source as the mode reports it
+        m.dispatch(etree.fromstring(
+            f'<copy-config xmlns="{NC_NS}"><target><startup/></target><source><running/>'
+            f'</source><with-defaults xmlns="{WD_NS}">report-all</with-defaults></copy-config>'))
+        assert _leaves(_wd_get_config(m, "explicit", "startup"))["mode"] == ("auto", None)
+        before = tagent.snapshot()
+        for bad, tag in ((f'<with-defaults xmlns="{WD_NS}">everything</with-defaults>',
+                          "invalid-value"),
+                         ('<with-defaults xmlns="urn:example:x">trim</with-defaults>',
+                          "unknown-element")):
+            from ncclient.operations import RaiseMode
+
+            m.raise_mode = RaiseMode.NONE
+            r = m.dispatch(etree.fromstring(
+                f'<get-config xmlns="{NC_NS}"><source><running/></source>{bad}</get-config>'))
+            m.raise_mode = RaiseMode.ALL
+            (err,) = _errors(r.xml)
+            assert err.findtext(q("error-tag", NC_NS)) == tag
+        assert tagent.snapshot() == before
+        m.edit_config(target="running", config=(
+            f'<config xmlns="{NC_NS}" xmlns:nc="{NC_NS}"><top xmlns="{TEST_NS}" '
+            'nc:operation="remove"/></config>'))
+
+
+def test_libnetconf2_with_defaults_report_all_tagged(tagent: AgentThread) -> None:
+    if not lnc2_client.available():
+        pytest.skip("libnetconf2 is not installed (Debian package libnetconf2-2)")
+    with tagent.connect() as m:
+        m.edit_config(target="running", config=tcfg(_item("w", "<tcp/>", 21)))
+    try:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.run(
+            [sys.executable, str(HERE / "lnc2_client.py"), str(tagent.port), "admin",
+             PASSWORD, "/nc-conformance-test:top", "report-all-tagged"],
+            capture_output=True, text=True, timeout=60, env=env, check=True)
+        out = json.loads(proc.stdout)
+        assert out["connected"], out["log"]
+        assert "data" in out["reply"], out
+        root = etree.fromstring(out["reply"]["data"].encode())
+        # the client's libyang took our wd:default (RFC 6243 namespace) as the
+        # ietf-netconf-with-defaults annotation, and prints it in that module's namespace
+        mtu = next(i for i in root.iter(q("item", TEST_NS))
+                   if i.findtext(q("name", TEST_NS)) == "w").find(q("mtu", TEST_NS))
+        assert (mtu.text, mtu.get(f"{{{WD_NS}}}default")) == ("1500", "true"), out["reply"]
+    finally:
+        with tagent.connect() as m:
+            m.edit_config(target="running", config=(
+                f'<config xmlns="{NC_NS}" xmlns:nc="{NC_NS}"><top xmlns="{TEST_NS}" '
+                'nc:operation="remove"/></config>'))
