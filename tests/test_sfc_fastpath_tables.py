@@ -8,13 +8,10 @@ import random
 from nsf_agent.sfc.fastpath.tables import (
     MAX_RULES,
     RULE,
-    ClassifierRule,
     CounterAllocator,
-    Generation,
-    NextHop,
-    SffEntry,
     compile_generation,
 )
+from nsf_agent.sfc.model import ClassifierRule, Match, NextHop, PortRange, SfcConfig, SffEntry
 
 LOCAL = "192.0.2.1"
 
@@ -24,9 +21,15 @@ def comp(gen, ifaces=None):
     return compile_generation(gen, ifaces.get, CounterAllocator())
 
 
-def rule(name, order, **kw):
-    kw.setdefault("first_hop", "198.51.100.2")
-    return ClassifierRule(name, order, spi=kw.pop("spi", 1), si=kw.pop("si", 255), **kw)
+def rule(name, order, first_hop="198.51.100.2", spi=1, si=255, md_type=1, ttl=63, **m):
+    for k in ("sport", "dport"):
+        if k in m:
+            m[k] = PortRange(*m[k])
+    return ClassifierRule(name, order, Match(**m), spi, si, first_hop, md_type=md_type, ttl=ttl)
+
+
+def Generation(locator, rules=(), sff=()):
+    return SfcConfig(sff_id=1, locator=locator, rules=list(rules), table=list(sff))
 
 
 def lpm_match(lpm, addr):
@@ -56,7 +59,7 @@ def test_lpm_bitmaps_give_every_rule_containing_the_address():
         want = {
             i
             for i, n in enumerate(names)
-            if ipaddress.ip_address(addr) in ipaddress.ip_network(by_name[n].dst)
+            if ipaddress.ip_address(addr) in ipaddress.ip_network(by_name[n].match.dst)
         }
         assert lpm_match(c.dst_lpm, addr) == want
 
@@ -67,12 +70,12 @@ def test_rules_sorted_by_order_then_name_and_cut_at_first_unusable():
         rule("a", 5),
         rule("z", 1),
         rule("v6", 2, dst="2001:db8::/32"),  # never matches IPv4: skipped, not a cut
-        rule("nowhere", 7, ingress="missing0"),
+        rule("md2", 7, md_type=2),
         rule("after", 9),
     )
     c = comp(Generation(LOCAL, rules=rules))
     assert [r.name for r in c.rules] == ["z", "a", "b"]
-    assert any("nowhere and the 1 after it" in x for x in c.left)
+    assert any("md2 and the 1 after it" in x for x in c.left)
     assert any("v6" in x for x in c.left)
 
 
@@ -81,16 +84,37 @@ def test_rule_value_layout():
         Generation(
             LOCAL,
             rules=(
-                rule("x", 1, spi=0x123456, si=7, proto=17, dport=(53, 53), dscp=46, ingress="eth9"),
+                rule(
+                    "x",
+                    1,
+                    spi=0x123456,
+                    si=7,
+                    protocol=17,
+                    dport=(53, 53),
+                    dscp=46,
+                    ingress="eth9",
+                    ttl=9,
+                ),
             ),
         ),
         {"eth9": 42},
     )
-    (ifx, _cnt, sp, hop, slo, shi, dlo, dhi, proto, dscp, ports, valid) = RULE.unpack(
+    (ifx, _cnt, sp, hop, slo, shi, dlo, dhi, proto, dscp, ports, valid, ttl) = RULE.unpack(
         c.rules[0].value
     )
     assert (ifx, sp, hop) == (42, bytes.fromhex("12345607"), bytes([198, 51, 100, 2]))
-    assert (slo, shi, dlo, dhi, proto, dscp, ports, valid) == (0, 65535, 53, 53, 17, 46, 1, 1)
+    assert (slo, shi, dlo, dhi, proto, dscp, ports, valid, ttl) == (
+        0,
+        65535,
+        53,
+        53,
+        17,
+        46,
+        1,
+        1,
+        9,
+    )
+    assert c.cls_ifs == {42}
 
 
 def test_too_many_rules_leaves_the_rest_to_userspace():

@@ -176,3 +176,93 @@ def collect(s: socket.socket, want: int, timeout: float = 2.0, keep=None) -> lis
         if keep is None or keep(b):
             out.append(b)
     return out
+
+
+# ---- a packet generator: raw Ethernet frames, sendmmsg batches, in its own process ----
+
+PACKET_QDISC_BYPASS = 20
+SOL_PACKET = 263
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.POINTER(_Iovec)),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+
+
+def blast(
+    ifname: str, frames: list[bytes], seconds: float, batch: int = 512, pps: float = 0
+) -> int:
+    """Send `frames` round-robin out of `ifname` for `seconds` (sendmmsg, qdisc bypassed),
+    as fast as possible or paced to `pps`; returns the number of frames the kernel took."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+    s.bind((ifname, 0))
+    bufs = [ctypes.create_string_buffer(frames[i % len(frames)]) for i in range(batch)]
+    iov = (_Iovec * batch)()
+    msgs = (_Mmsghdr * batch)()
+    for i, b in enumerate(bufs):
+        iov[i].iov_base = ctypes.addressof(b)
+        iov[i].iov_len = len(frames[i % len(frames)])
+        msgs[i].msg_hdr.msg_iov = ctypes.pointer(iov[i])
+        msgs[i].msg_hdr.msg_iovlen = 1
+    send = _libc.sendmmsg
+    send.argtypes = [ctypes.c_int, ctypes.POINTER(_Mmsghdr), ctypes.c_uint, ctypes.c_int]
+    fd, sent = s.fileno(), 0
+    start = time.monotonic()
+    end = start + seconds
+    while (now := time.monotonic()) < end:
+        if pps and sent > (now - start) * pps:
+            time.sleep(min(0.001, end - now))  # pacing a generator, not waiting for a result
+            continue
+        n = send(fd, msgs, batch, 0)
+        if n > 0:
+            sent += n
+    s.close()
+    return sent
+
+
+def start_blast(
+    net: Net, frames: list[bytes], seconds: float, pps: float = 0, batch: int = 512
+) -> subprocess.Popen[str]:
+    """The generator as a process in namespace A (no GIL shared with the test)."""
+    import json
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = (
+        f"import json,sys; sys.path.insert(0, {here!r}); import fastpath_net as f; "
+        "a = json.load(sys.stdin); "
+        "print(f.blast(a['if'], [bytes.fromhex(x) for x in a['frames']], a['s'], a['b'], a['p']))"
+    )
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", net.a, sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdin is not None
+    args = {"if": net.a0, "frames": [f.hex() for f in frames], "s": seconds, "p": pps, "b": batch}
+    p.stdin.write(json.dumps(args))
+    p.stdin.close()
+    return p
+
+
+def link_stats(ns: str, ifname: str) -> dict[str, int]:
+    with NetNS(ns) as x:
+        link = x.get_links(x.link_lookup(ifname=ifname)[0])[0]
+        return dict(link.get_attr("IFLA_STATS64"))

@@ -37,7 +37,6 @@
 #define GRE_PROTO_NSH 0x894F
 #define NSH_MD1_LEN 6          /* NSH length field, 4-byte words */
 #define NSH_NP_IPV4 1
-#define NSH_TTL_DEFAULT 63     /* RFC 8300 section 2.2 */
 #define OUTER_TTL 64
 #define ENCAP_LEN (20 + 4 + 24)
 #define ETH_LEN 14
@@ -55,7 +54,7 @@ enum stat {
 	ST_PASS_MALFORMED, ST_PASS_GSO, ST_PASS_CLS_MISS, ST_PASS_SFF_MISS,
 	ST_PASS_GRE_FLAGS, ST_PASS_NOT_NSH, ST_PASS_NSH_VERSION, ST_PASS_O_BIT,
 	ST_PASS_MD_TYPE, ST_PASS_TTL, ST_PASS_NEXT_PROTO, ST_PASS_FIB,
-	ST_PASS_TABLE_CHANGED, ST_ERROR,
+	ST_PASS_TABLE_CHANGED, ST_ERROR, ST_PASS_NOT_CLASSIFIER_IF, ST_PASS_LOCAL,
 	ST_MAX
 };
 
@@ -82,8 +81,20 @@ struct rule {
 	__u16 sport_lo, sport_hi, dport_lo, dport_hi;
 	__u8 proto;		/* 0 = any */
 	__u8 dscp;		/* 0xff = any */
-	__u8 ports;		/* 1 = port ranges must be checked */
+	__u8 ports;		/* 1 = port ranges must be checked (ports are 0 without L4 ports) */
 	__u8 valid;
+	__u8 ttl;		/* initial NSH TTL */
+	__u8 pad[3];
+};
+
+struct if_key {
+	__u32 slot;
+	__u32 ifindex;
+};
+
+struct addr_key {
+	__u32 slot;
+	__u32 addr;		/* network order */
 };
 
 struct sff_key {
@@ -139,6 +150,22 @@ struct {
 	__type(key, __u32);
 	__type(value, struct rule);
 } fp_cls_rules SEC(".maps");
+
+/* interfaces the classifier works on (those the userspace classifier listens on) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * 256);
+	__type(key, struct if_key);
+	__type(value, __u32);
+} fp_cls_ifs SEC(".maps");
+
+/* addresses of this node: packets to them are not classified (the kernel delivers them) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * 1024);
+	__type(key, struct addr_key);
+	__type(value, __u32);
+} fp_local SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -214,7 +241,8 @@ struct outer {
 	__u8 nsh[24];
 };
 
-/* The outer header both roles emit: no options, no ECN, DF clear, ID 0, TTL 64. */
+/* The outer header both roles emit, as the userspace path's raw GRE socket gets it from
+ * the kernel (IP_PMTUDISC_DONT): no options, TOS 0, DF clear, a fresh ID, TTL 64. */
 static __always_inline void build_ip(struct iphdr *ip, __u16 tot_len, __be32 src, __be32 dst)
 {
 	__u32 sum = 0;
@@ -224,7 +252,7 @@ static __always_inline void build_ip(struct iphdr *ip, __u16 tot_len, __be32 src
 	ip->ihl = 5;
 	ip->tos = 0;
 	ip->tot_len = bpf_htons(tot_len);
-	ip->id = 0;
+	ip->id = (__u16)bpf_get_prandom_u32();
 	ip->frag_off = 0;
 	ip->ttl = OUTER_TTL;
 	ip->protocol = IPPROTO_GRE;
@@ -239,8 +267,10 @@ static __always_inline void build_ip(struct iphdr *ip, __u16 tot_len, __be32 src
 	ip->check = ~sum & 0xffff;
 }
 
-/* FIB lookup towards dst; returns 1 (neighbour known: MACs filled), 2 (no neighbour
- * entry yet: use bpf_redirect_neigh) or 0 (not forwardable here: pass up). */
+/* FIB lookup towards dst as for a packet this host sends (input interface = loopback,
+ * which is what the kernel's output route lookup uses; the userspace path sends from
+ * raw sockets). Returns 1 (neighbour known: MACs filled), 2 (no neighbour entry yet: use
+ * bpf_redirect_neigh) or 0 (local, unreachable, too big, ...: pass up). */
 static __always_inline int fib(struct __sk_buff *skb, struct bpf_fib_lookup *p,
 			       __be32 src, __be32 dst, __u16 tot_len, __u8 proto, __u8 tos)
 {
@@ -251,7 +281,7 @@ static __always_inline int fib(struct __sk_buff *skb, struct bpf_fib_lookup *p,
 	p->tos = tos;
 	p->l4_protocol = proto;
 	p->tot_len = tot_len;
-	p->ifindex = skb->ingress_ifindex;
+	p->ifindex = 1;		/* LOOPBACK_IFINDEX */
 	p->ipv4_src = src;
 	p->ipv4_dst = dst;
 	rc = bpf_fib_lookup(skb, p, sizeof(*p), 0);
@@ -343,7 +373,7 @@ static __always_inline int sff(struct __sk_buff *skb, __u32 gen, __u32 slot, __b
 		if (trim(skb, ip_len) ||
 		    bpf_skb_store_bytes(skb, ETH_LEN, &o, sizeof(o), BPF_F_RECOMPUTE_CSUM))
 			return drop_err();
-		count(e.counter, ip_len);
+		count(e.counter, ip_len - ENCAP_LEN);
 		pass(ST_SFF_FORWARD);
 		return send(skb, &p, how);
 	}
@@ -358,30 +388,11 @@ static __always_inline int sff(struct __sk_buff *skb, __u32 gen, __u32 slot, __b
 		in_len = bpf_ntohs(in->tot_len);
 		if (in->version != 4 || in->ihl < 5 || in_len + ENCAP_LEN > ip_len)
 			return pass(ST_PASS_MALFORMED);
-		if (in->ttl <= 1)
-			return pass(ST_PASS_TTL);
+		/* delivered as the userspace path delivers it (a header-including raw
+		 * socket): routed as sent by this host, inner packet unchanged */
 		how = fib(skb, &p, in->saddr, in->daddr, in_len, in->protocol, in->tos);
 		if (!how)
 			return pass(ST_PASS_FIB);
-		/* routed like the kernel routes it: inner TTL - 1, checksum adjusted */
-		{
-			__u16 old = *(__u16 *)&in->ttl;
-			__u16 new;
-			__u32 csum_off = ETH_LEN + ENCAP_LEN + 10;
-			__u32 ttl_off = ETH_LEN + ENCAP_LEN + 8;
-			__u8 nt = in->ttl - 1;
-
-			if (bpf_skb_store_bytes(skb, ttl_off, &nt, 1, BPF_F_RECOMPUTE_CSUM))
-				return drop_err();
-			data = (void *)(long)skb->data;
-			data_end = (void *)(long)skb->data_end;
-			in = data + ETH_LEN + ENCAP_LEN;
-			if ((void *)(in + 1) > data_end)
-				return drop_err();
-			new = *(__u16 *)&in->ttl;
-			if (bpf_l3_csum_replace(skb, csum_off, old, new, 2))
-				return drop_err();
-		}
 		if (bpf_skb_adjust_room(skb, -ENCAP_LEN, BPF_ADJ_ROOM_MAC, 0))
 			return drop_err();
 		if (trim(skb, in_len))
@@ -404,7 +415,7 @@ static __always_inline int classify(struct __sk_buff *skb, __u32 gen, __u32 slot
 	struct bpf_fib_lookup p;
 	struct outer o;
 	__u16 sport = 0, dport = 0, ip_len;
-	bool have_ports = false, found = false;
+	bool found = false;
 	__u8 dscp;
 	int how;
 
@@ -413,6 +424,17 @@ static __always_inline int classify(struct __sk_buff *skb, __u32 gen, __u32 slot
 	ip_len = bpf_ntohs(ip->tot_len);
 	if (ip_len < 20 || skb->len < ETH_LEN + ip_len)
 		return pass(ST_PASS_MALFORMED);
+	{
+		struct if_key ik = { .slot = slot, .ifindex = skb->ingress_ifindex };
+		struct addr_key ak = { .slot = slot, .addr = ip->daddr };
+
+		if (!bpf_map_lookup_elem(&fp_cls_ifs, &ik))
+			return pass(ST_PASS_NOT_CLASSIFIER_IF);
+		if (skb->pkt_type != 0 /* PACKET_HOST */)
+			return pass(ST_PASS_NOT_CLASSIFIER_IF);
+		if (bpf_map_lookup_elem(&fp_local, &ak))
+			return pass(ST_PASS_LOCAL);
+	}
 	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP ||
 	    ip->protocol == IPPROTO_SCTP) {
 		__u16 *l4 = (void *)(ip + 1);
@@ -421,7 +443,6 @@ static __always_inline int classify(struct __sk_buff *skb, __u32 gen, __u32 slot
 			return pass(ST_PASS_MALFORMED);
 		sport = bpf_ntohs(l4[0]);
 		dport = bpf_ntohs(l4[1]);
-		have_ports = true;
 	}
 	dscp = ip->tos >> 2;
 	k.addr = ip->saddr;
@@ -452,8 +473,6 @@ static __always_inline int classify(struct __sk_buff *skb, __u32 gen, __u32 slot
 			if (rp->dscp != 0xff && rp->dscp != dscp)
 				continue;
 			if (rp->ports) {
-				if (!have_ports)
-					continue;
 				if (sport < rp->sport_lo || sport > rp->sport_hi ||
 				    dport < rp->dport_lo || dport > rp->dport_hi)
 					continue;
@@ -477,8 +496,8 @@ static __always_inline int classify(struct __sk_buff *skb, __u32 gen, __u32 slot
 	o.gre_flags = 0;
 	o.gre_proto = bpf_htons(GRE_PROTO_NSH);
 	__builtin_memset(o.nsh, 0, sizeof(o.nsh));
-	o.nsh[0] = NSH_TTL_DEFAULT >> 2;
-	o.nsh[1] = ((NSH_TTL_DEFAULT & 3) << 6) | NSH_MD1_LEN;
+	o.nsh[0] = (r.ttl >> 2) & 0x0f;
+	o.nsh[1] = ((r.ttl & 3) << 6) | NSH_MD1_LEN;
 	o.nsh[2] = 1;			/* MD type 1 */
 	o.nsh[3] = NSH_NP_IPV4;
 	__builtin_memcpy(&o.nsh[4], &r.sp, 4);

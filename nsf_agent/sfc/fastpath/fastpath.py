@@ -15,13 +15,17 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from socket import AF_INET
+from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import build, libbpf
 from .tables import (
+    ADDR_KEY,
     COUNTER,
+    IF_KEY,
     MAX_RULES,
     RULE,
     SFF_KEY,
@@ -29,13 +33,16 @@ from .tables import (
     U32,
     Compiled,
     CounterAllocator,
-    Generation,
     bitmap,
     compile_generation,
     lpm_key,
 )
 
+if TYPE_CHECKING:
+    from nsf_agent.sfc.model import SfcConfig
+
 log = logging.getLogger(__name__)
+LO_FORWARDING = "/proc/sys/net/ipv4/conf/lo/forwarding"
 
 PROG_NAME = "fp_ingress"
 FILTER_PRIO = 1
@@ -65,6 +72,8 @@ STATS = (
     "pass-no-route",
     "pass-table-changed",
     "error-dropped",
+    "pass-not-classifier-interface",
+    "pass-to-local",
 )
 
 
@@ -102,6 +111,7 @@ class FastPath:
         self._live: Compiled | None = None
         self._ncpu = 1
         self._lock = threading.RLock()
+        self._lo_forwarding: str | None = None  # what attach() changed, restored by close()
 
     # ---- capability ----
 
@@ -137,6 +147,8 @@ class FastPath:
                     "fp_cls_src",
                     "fp_cls_dst",
                     "fp_cls_rules",
+                    "fp_cls_ifs",
+                    "fp_local",
                     "fp_sff",
                     "fp_counters",
                     "fp_stats",
@@ -149,17 +161,23 @@ class FastPath:
             self._obj = obj
 
     def attach(self, ifnames: Iterable[str]) -> None:
-        """Attach at tc ingress of each interface (replacing an older fast path filter)."""
+        """Be attached at tc ingress of exactly these interfaces (all or nothing).
+
+        Interfaces no longer named are detached. The program's FIB lookups are those of a
+        packet this host sends (input interface = loopback, as the kernel's output route
+        lookup), which the kernel allows only with IPv4 forwarding on `lo`: it is turned
+        on here and put back by close() (it concerns only packets arriving on `lo`)."""
         self.load()
+        want = list(dict.fromkeys(ifnames))
         done: list[str] = []
         with self._lock, IPRoute() as ipr:
             try:
-                for name in ifnames:
+                for name in want:
                     if name in self._attached:
                         continue
                     idx = ipr.link_lookup(ifname=name)
                     if not idx:
-                        raise FastPathError(f"no interface {name}")
+                        raise FastPathError(f"no interface {name} to attach the fast path to")
                     created = True
                     try:
                         ipr.tc("add", "clsact", idx[0])
@@ -167,6 +185,8 @@ class FastPath:
                         if e.code != errno.EEXIST:
                             raise
                         created = False
+                    self._attached[name] = (idx[0], created)
+                    done.append(name)
                     ipr.tc(
                         "replace-filter",
                         "bpf",
@@ -179,15 +199,27 @@ class FastPath:
                         direct_action=True,
                         prio=FILTER_PRIO,
                     )
-                    self._attached[name] = (idx[0], created)
-                    done.append(name)
+                if want:
+                    self._lo_forwarding_on()
             except (NetlinkError, OSError, FastPathError) as e:
                 for name in done:
                     self._detach(ipr, name)
                 if isinstance(e, FastPathError):
                     raise
                 raise FastPathError(f"cannot attach the fast path: {e}") from e
-        log.info("fast path attached to %s", ", ".join(done) or "nothing new")
+            for name in [n for n in self._attached if n not in want]:
+                self._detach(ipr, name)
+        if done:
+            log.info("fast path attached to %s", ", ".join(done))
+
+    def _lo_forwarding_on(self) -> None:
+        with open(LO_FORWARDING) as f:
+            cur = f.read().strip()
+        if cur != "1":
+            with open(LO_FORWARDING, "w") as f:
+                f.write("1")
+            if self._lo_forwarding is None:
+                self._lo_forwarding = cur
 
     def _detach(self, ipr: IPRoute, name: str) -> None:
         idx, created = self._attached.pop(name)
@@ -207,6 +239,13 @@ class FastPath:
                 with IPRoute() as ipr:
                     for name in list(self._attached):
                         self._detach(ipr, name)
+            if self._lo_forwarding is not None:
+                try:
+                    with open(LO_FORWARDING, "w") as f:
+                        f.write(self._lo_forwarding)
+                except OSError as e:
+                    log.warning("restoring %s: %s", LO_FORWARDING, e)
+                self._lo_forwarding = None
             if self._obj is not None:
                 self._obj.close()
                 self._obj = None
@@ -222,20 +261,18 @@ class FastPath:
 
     # ---- tables ----
 
-    def apply(self, gen: Generation) -> ApplyReport:
-        """Make `gen` the active table generation, or raise with the old one still active."""
+    def apply(self, cfg: SfcConfig) -> ApplyReport:
+        """Make `cfg` the active table generation, or raise with the old one still active."""
         t0 = time.perf_counter()
         self.load()
         with self._lock:
             self._alloc.begin()
             try:
                 with IPRoute() as ipr:
-
-                    def ifindex(name: str) -> int | None:
-                        found = ipr.link_lookup(ifname=name)
-                        return found[0] if found else None
-
-                    comp = compile_generation(gen, ifindex, self._alloc)
+                    names = {ln.get_attr("IFLA_IFNAME"): ln["index"] for ln in ipr.get_links()}
+                    ifindex = names.get
+                    addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=AF_INET)]
+                    comp = compile_generation(cfg, ifindex, self._alloc, addrs)
             except (ValueError, OverflowError) as e:
                 self._alloc.abort()
                 raise FastPathError(f"table not usable by the fast path: {e}") from e
@@ -276,9 +313,14 @@ class FastPath:
             for k in libbpf.map_keys(fd[m], 12):
                 if k[4:8] == slot.to_bytes(4, "big"):
                     libbpf.map_delete(fd[m], k, what=f"{m} delete")
-        for k in libbpf.map_keys(fd["fp_sff"], SFF_KEY.size):
-            if U32.unpack_from(k)[0] == slot:
-                libbpf.map_delete(fd["fp_sff"], k, what="fp_sff delete")
+        for m, ksize in (
+            ("fp_sff", SFF_KEY.size),
+            ("fp_cls_ifs", IF_KEY.size),
+            ("fp_local", ADDR_KEY.size),
+        ):
+            for k in libbpf.map_keys(fd[m], ksize):
+                if U32.unpack_from(k)[0] == slot:
+                    libbpf.map_delete(fd[m], k, what=f"{m} delete")
         # 3. fresh counters for new counter slots
         zero = bytes(COUNTER.size * self._ncpu)
         for idx in self._alloc.new:
@@ -300,6 +342,11 @@ class FastPath:
         for m, lpm in (("fp_cls_src", comp.src_lpm), ("fp_cls_dst", comp.dst_lpm)):
             for net, idxs in lpm.items():
                 up(fd[m], lpm_key(slot, net), bitmap(idxs), what=f"{m} {net}")
+        one = U32.pack(1)
+        for ifx in comp.cls_ifs:
+            up(fd["fp_cls_ifs"], IF_KEY.pack(slot, ifx), one, what="classifier interface")
+        for a in comp.local_addrs:
+            up(fd["fp_local"], ADDR_KEY.pack(slot, a), one, what="local address")
         for sp, val in comp.sff.items():
             up(fd["fp_sff"], SFF_KEY.pack(slot, sp), val, what="sff entry")
         # 5. the slot is complete

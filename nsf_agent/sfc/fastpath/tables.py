@@ -1,11 +1,15 @@
-"""Turn one applied SFC table generation into the fast path's map entries (pure code).
+"""Turn one applied SFC table generation (`nsf_agent.sfc.model.SfcConfig`, the same object
+the userspace path gets) into the fast path's map entries (pure code).
 
 What the kernel program can do exactly as the userspace path does goes in; the rest is
 left to the userspace path and reported (`Compiled.left`):
 - classifier rules are taken in order (order, then name) and the list is cut at the
-  first rule the program cannot evaluate (not IPv4, unknown interface, ...), so a packet
+  first rule the program cannot carry out (MD type 2, IPv6 first hop, ...), so a packet
   whose first matching rule is not in the fast path never matches a later one there;
   rules with IPv6 prefixes are skipped (they never match an IPv4 packet);
+- like the userspace classifier, the program classifies only on the interfaces some rule
+  names as its ingress interface, only unicast frames to us, and not packets to one of
+  this node's addresses;
 - SFF entries with one GRE next hop over IPv4, or "terminate", go in; weighted groups
   (several next hops) stay in userspace, which owns the balancing.
 """
@@ -16,7 +20,10 @@ import ipaddress
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from nsf_agent.sfc.model import SfcConfig
 
 MAX_RULES = 256
 RULE_WORDS = MAX_RULES // 64
@@ -32,7 +39,9 @@ ANY4 = ipaddress.IPv4Network("0.0.0.0/0")
 # C struct layouts (fastpath.bpf.c), little-endian host, network-order fields as bytes.
 SLOT_CFG = struct.Struct("<I4s")  # gen, local
 RULE_BITS = struct.Struct(f"<{RULE_WORDS}Q")
-RULE = struct.Struct("<I I 4s 4s HHHH BBBB")
+RULE = struct.Struct("<I I 4s 4s HHHH BBBB B3x")
+IF_KEY = struct.Struct("<II")
+ADDR_KEY = struct.Struct("<I4s")
 SFF_KEY = struct.Struct("<I4s")
 SFF_VAL = struct.Struct("<I4sII")
 COUNTER = struct.Struct("<QQ")
@@ -47,49 +56,6 @@ def lpm_key(slot: int, net: ipaddress.IPv4Network) -> bytes:
 
 def sp_word(spi: int, si: int) -> bytes:
     return struct.pack(">I", (spi << 8) | si)
-
-
-# ---- input: what the sfc applier hands over (duck-typed, see adapt.py) ----
-
-
-@dataclass(frozen=True)
-class ClassifierRule:
-    name: str
-    order: int
-    spi: int
-    si: int
-    first_hop: str
-    src: str | None = None
-    dst: str | None = None
-    proto: int | None = None
-    sport: tuple[int, int] | None = None
-    dport: tuple[int, int] | None = None
-    dscp: int | None = None
-    ingress: str | None = None
-
-
-@dataclass(frozen=True)
-class NextHop:
-    locator: str | None
-    kind: str = "sff"
-    transport: str = "gre"
-    weight: int = 1
-
-
-@dataclass(frozen=True)
-class SffEntry:
-    spi: int
-    si: int
-    next_hops: tuple[NextHop, ...]
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One committed table: the node's local locator, classifier rules, SFF table."""
-
-    local_locator: str | None
-    rules: tuple[ClassifierRule, ...] = ()
-    sff: tuple[SffEntry, ...] = ()
 
 
 class _Counters(Protocol):
@@ -152,6 +118,8 @@ class RuleEntry:
 class Compiled:
     local: bytes  # 4 bytes, 0.0.0.0 when there is no forwarder
     rules: list[RuleEntry] = field(default_factory=list)
+    cls_ifs: set[int] = field(default_factory=set)
+    local_addrs: set[bytes] = field(default_factory=set)
     src_lpm: dict[ipaddress.IPv4Network, tuple[int, ...]] = field(default_factory=dict)
     dst_lpm: dict[ipaddress.IPv4Network, tuple[int, ...]] = field(default_factory=dict)
     sff: dict[bytes, bytes] = field(default_factory=dict)  # sp word -> SFF_VAL
@@ -187,41 +155,51 @@ def bitmap(indices: Iterable[int]) -> bytes:
 
 
 def compile_generation(
-    gen: Generation,
+    cfg: SfcConfig,
     ifindex: Callable[[str], int | None],
     counters: _Counters,
+    local_addrs: Iterable[str] = (),
 ) -> Compiled:
-    local = _v4addr(gen.local_locator) if gen.local_locator else None
+    local = _v4addr(cfg.locator) if cfg.locator else None
     out = Compiled(local=(local.packed if local else b"\0\0\0\0"))
-    if gen.local_locator and local is None:
-        out.left.append(f"everything: local locator {gen.local_locator} is not IPv4")
+    if cfg.locator and local is None:
+        out.left.append(f"everything: locator {cfg.locator} is not IPv4")
         return out
     if local is None:
-        if gen.rules or gen.sff:
-            out.left.append("everything: no local locator")
+        if cfg.rules or cfg.table:
+            out.left.append("everything: no locator")
         return out
-    _compile_rules(gen, local, ifindex, counters, out)
-    _compile_sff(gen, counters, out)
+    out.local_addrs = {a.packed for a in map(_v4addr, [*local_addrs, cfg.locator]) if a}
+    for r in cfg.rules:
+        if r.match.ingress:
+            idx = ifindex(r.match.ingress)
+            if idx:
+                out.cls_ifs.add(idx)
+    _compile_rules(cfg, local, ifindex, counters, out)
+    _compile_sff(cfg, counters, out)
     return out
 
 
-def _compile_rules(gen, local, ifindex, counters, out: Compiled) -> None:
-    rules = sorted(gen.rules, key=lambda r: (r.order, r.name))
+def _compile_rules(cfg, local, ifindex, counters, out: Compiled) -> None:
+    rules = sorted(cfg.rules, key=lambda r: (r.order, r.name))
     taken: list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Network]] = []
     for pos, r in enumerate(rules):
+        m = r.match
         reason = None
-        src, dst = _v4net(r.src), _v4net(r.dst)
+        src, dst = _v4net(m.src), _v4net(m.dst)
         if src is False or dst is False:
             out.left.append(f"rule {r.name}: IPv6 prefix (never matches IPv4 packets here)")
             continue
         hop = _v4addr(r.first_hop)
         ifx = 0
-        if hop is None:
+        if r.md_type != 1:
+            reason = f"MD type {r.md_type} (the RSP trace TLV is built in userspace)"
+        elif hop is None:
             reason = f"first hop {r.first_hop} is not IPv4"
-        elif r.ingress:
-            ifx = ifindex(r.ingress) or 0
+        elif m.ingress:
+            ifx = ifindex(m.ingress) or 0
             if not ifx:
-                reason = f"ingress interface {r.ingress} does not exist"
+                reason = f"ingress interface {m.ingress} does not exist"
         if reason is None and len(taken) >= MAX_RULES:
             reason = f"more than {MAX_RULES} rules"
         if reason is not None:
@@ -229,9 +207,8 @@ def _compile_rules(gen, local, ifindex, counters, out: Compiled) -> None:
             break
         idx = len(taken)
         taken.append((src or ANY4, dst or ANY4))
-        sport = r.sport or (0, 65535)
-        dport = r.dport or (0, 65535)
-        ports = 1 if (r.sport is not None or r.dport is not None) else 0
+        sp, dp = m.sport, m.dport
+        ports = 0 if (sp.start, sp.end, dp.start, dp.end) == (0, 65535, 0, 65535) else 1
         cnt = counters.index(("rule", r.name))
         out.rule_counters[r.name] = cnt
         value = RULE.pack(
@@ -239,14 +216,15 @@ def _compile_rules(gen, local, ifindex, counters, out: Compiled) -> None:
             cnt,
             sp_word(r.spi, r.si),
             hop.packed,
-            sport[0],
-            sport[1],
-            dport[0],
-            dport[1],
-            r.proto or 0,
-            0xFF if r.dscp is None else r.dscp,
+            sp.start,
+            sp.end,
+            dp.start,
+            dp.end,
+            m.protocol or 0,
+            0xFF if m.dscp is None else m.dscp,
             ports,
             1,
+            r.ttl,
         )
         out.rules.append(RuleEntry(r.name, idx, value))
     for which, lpm in ((0, out.src_lpm), (1, out.dst_lpm)):
@@ -255,9 +233,9 @@ def _compile_rules(gen, local, ifindex, counters, out: Compiled) -> None:
             lpm[p] = tuple(i for i, t in enumerate(taken) if p.subnet_of(t[which]))
 
 
-def _compile_sff(gen, counters, out: Compiled) -> None:
+def _compile_sff(cfg, counters, out: Compiled) -> None:
     seen = 0
-    for e in sorted(gen.sff, key=lambda e: (e.spi, -e.si)):
+    for e in sorted(cfg.table, key=lambda e: (e.spi, -e.si)):
         key = (e.spi, e.si)
         hops = tuple(e.next_hops)
         if len(hops) != 1:
