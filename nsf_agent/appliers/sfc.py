@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import subprocess
 import threading
 import time
@@ -26,7 +25,7 @@ from netconf_core.applier import ConfigChange, Notify
 from netconf_core.errors import RpcError
 from nsf_agent.sfc import config as sfcconf
 from nsf_agent.sfc.client import SfcClient, SfcDatapathError, spawn
-from nsf_agent.sfc.model import ModelError, SfcConfig
+from nsf_agent.sfc.model import ANY_PORTS, ModelError, SfcConfig
 
 if TYPE_CHECKING:
     from nsf_agent.config import AgentConfig
@@ -50,6 +49,32 @@ def _rpc_error(exc: ModelError | SfcDatapathError) -> RpcError:
                     path=f"{sfcconf.ROOT}/{path}" if path else sfcconf.ROOT)
 
 
+def to_generation(cfg: SfcConfig) -> Any:
+    """The fast path's view of a committed table: classifier rules and the SFF entries it
+    may take over. Entries whose next hop is a local proxy stay in userspace (the proxy
+    lives there); packets the fast path does not handle are passed up unchanged."""
+    from nsf_agent.sfc import fastpath as fp
+
+    local = {cfg.locator} if cfg.locator else set()
+    rules = []
+    for r in sorted(cfg.rules, key=lambda r: (r.order, r.name)):
+        if r.md_type != 1 or r.first_hop in local:
+            break   # cut here: a later rule must never match where this one would have
+        rules.append(fp.ClassifierRule(
+            name=r.name, order=r.order, spi=r.spi, si=r.si, first_hop=r.first_hop,
+            src=r.match.src, dst=r.match.dst, proto=r.match.protocol,
+            sport=None if r.match.sport == ANY_PORTS else (r.match.sport.start,
+                                                           r.match.sport.end),
+            dport=None if r.match.dport == ANY_PORTS else (r.match.dport.start,
+                                                           r.match.dport.end),
+            dscp=r.match.dscp, ingress=r.match.ingress))
+    sff = tuple(
+        fp.SffEntry(e.spi, e.si, tuple(fp.NextHop(h.locator, h.kind, h.transport, h.weight)
+                                       for h in e.next_hops))
+        for e in cfg.table if not any(h.locator in local for h in e.next_hops))
+    return fp.Generation(local_locator=cfg.locator, rules=tuple(rules), sff=sff)
+
+
 class SfcApplier:
     """Applier feeding the SFC data path over its control socket."""
 
@@ -61,6 +86,7 @@ class SfcApplier:
         self.control = str(state_dir / "sfc-datapath.sock")
         self.log_path = str(state_dir / "sfc-datapath.log")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.netns = netns
         self.client = self._connect_or_spawn(netns, connect_timeout, log_level)
         self.notify: Notify | None = None
         self._lock = threading.Lock()
@@ -99,19 +125,28 @@ class SfcApplier:
 
     def bind(self, notify: Notify) -> None:
         self.notify = notify
+        # events come on a connection of their own, so that waiting for them never holds
+        # up a commit (a table miss is answered by a commit: both must be quick)
+        self._evc = SfcClient(self.control, timeout=10.0)
+        self._evc.call("subscribe")
         self._pump = threading.Thread(target=self._events, name="sfc-events", daemon=True)
         self._pump.start()
 
     def close(self, stop_datapath: bool = False) -> None:
         self._stop.set()
         if self.fastpath is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), self._in_netns():
                 self.fastpath.close()
         with self._lock:
             if stop_datapath:
                 with contextlib.suppress(OSError, TimeoutError, SfcDatapathError):
                     self.client.shutdown()
             self.client.close()
+        evc = getattr(self, "_evc", None)
+        if evc is not None:
+            evc.close()
+        if self._pump is not None and self._pump is not threading.current_thread():
+            self._pump.join(timeout=2)
         if stop_datapath and self.proc is not None:
             try:
                 self.proc.wait(timeout=5)
@@ -206,17 +241,28 @@ class SfcApplier:
 
     def _fastpath_apply(self, cfg: SfcConfig, fast: dict[str, Any]) -> None:
         """Hand the committed generation to the fast path (attach/detach as configured)."""
-        if not fast.get("enabled"):
-            if self.fastpath is not None:
-                self.fastpath.close()
-                self.fastpath = None
-            return
-        from nsf_agent.sfc.fastpath import FastPath
+        with self._in_netns():
+            if not fast.get("enabled"):
+                if self.fastpath is not None:
+                    self.fastpath.close()
+                    self.fastpath = None
+                return
+            from nsf_agent.sfc.fastpath import FastPath
 
-        if self.fastpath is None:
-            self.fastpath = FastPath()
-            self.fastpath.attach(list(fast.get("interfaces", [])))
-        self.fastpath.apply(cfg)
+            if self.fastpath is None:
+                fp = FastPath()
+                fp.attach(list(fast.get("interfaces", [])))
+                self.fastpath = fp
+            self.fastpath.apply(to_generation(cfg))
+
+    def _in_netns(self) -> contextlib.AbstractContextManager[None]:
+        """The fast path's netlink and BPF calls act on the data path's namespace (the
+        agent's own unless it drives a data path in another one, as tests do)."""
+        if self.netns is None:
+            return contextlib.nullcontext()
+        from nsf_agent.userspace.lab import in_netns
+
+        return in_netns(self.netns)
 
     # ---- operational state -----------------------------------------------------------------
 
@@ -236,11 +282,10 @@ class SfcApplier:
     # ---- data path events → notifications ----------------------------------------------------
 
     def _events(self) -> None:
+        evc = self._evc
         while not self._stop.is_set():
             try:
-                readable, _, _ = select.select([self.client.sock], [], [], 0.5)
-                with self._lock:
-                    evs = self.client.events(timeout=0.05 if readable else 0.0)
+                evs = evc.events(timeout=0.5)
             except (OSError, ValueError, ConnectionError):
                 if not self._stop.is_set():
                     log.exception("sfc: lost the data path's event channel")

@@ -36,6 +36,7 @@ from typing import Any
 from nsf_agent.userspace import mmsg
 
 from .engine import ETH_IPV4, Engine, Proxy
+from .hotpath import HotLoop
 from .model import ModelError, SfcConfig
 
 log = logging.getLogger("nsf_agent.sfc.datapath")
@@ -136,6 +137,7 @@ class _Link:
 class _Conn:
     sock: socket.socket
     rbuf: bytearray = field(default_factory=bytearray)
+    events: bool = False      # a subscriber: gets every event, sends no requests
 
 
 class Datapath:
@@ -151,6 +153,7 @@ class Datapath:
         self.gre_bound: str | None = None
         self._names: dict[str, ctypes.Array[ctypes.c_char]] = {}
         self._running = True
+        self._dirty = True
         self.started = time.monotonic()
 
     # ---- setup -------------------------------------------------------------------------
@@ -201,8 +204,10 @@ class Datapath:
                 old.close()
         self.gre4, self.gre6 = socks
         self.gre_bound = locator
-        self.mm4 = mmsg.RecvBatch(self.gre4.fileno(), BATCH, 65536)
+        self.hot = HotLoop(self.gre4.fileno(), BATCH)
+        self.hot.load(self.engine, _sockaddr)
         self.sb4 = mmsg.SendBatch(self.gre4.fileno(), BATCH)
+        self._dirty = True
 
     def close(self) -> None:
         for link in self.links.values():
@@ -281,7 +286,9 @@ class Datapath:
             self._use_gre(gre, cfg.locator)
         macs = {k[0]: link.mac for k, link in self.links.items()}
         self.engine.load(cfg, local_addresses(), macs)
+        self.hot.load(self.engine, _sockaddr)
         self.cfg = cfg
+        self._dirty = True
         self._flush()
 
     def cfg_proxy(self, name: str) -> Any:
@@ -342,19 +349,10 @@ class Datapath:
     # ---- packet I/O --------------------------------------------------------------------
 
     def _on_gre(self) -> None:
-        eng = self.engine
         for _ in range(8):
-            batch = self.mm4.recv()
-            if not batch:
-                return
-            for raw in batch:
-                pkt = bytearray(raw)
-                if len(pkt) < 20:
-                    eng.drops["truncated"] += 1
-                    continue
-                eng.receive_gre(pkt, (pkt[0] & 0xF) * 4)
+            got = self.hot.run(self.engine)
             self._flush()
-            if len(batch) < BATCH:
+            if got < BATCH:
                 return
 
     def _on_gre6(self) -> None:
@@ -474,7 +472,7 @@ class Datapath:
     def _broadcast(self, msg: dict[str, Any]) -> None:
         data = json.dumps(msg, separators=(",", ":")).encode()
         frame = _LEN.pack(len(data)) + data
-        for c in list(self.conns):
+        for c in [c for c in self.conns if c.events]:
             try:
                 c.sock.setblocking(True)
                 c.sock.sendall(frame)
@@ -486,6 +484,7 @@ class Datapath:
         with contextlib.suppress(ValueError):
             self.conns.remove(c)
         c.sock.close()
+        self._dirty = True
 
     def _on_conn(self, c: _Conn) -> None:
         try:
@@ -507,7 +506,10 @@ class Datapath:
                 break
             body = bytes(c.rbuf[4:4 + n])
             del c.rbuf[:4 + n]
-            reply = self._handle(json.loads(body))
+            req = json.loads(body)
+            if req.get("op") == "subscribe":
+                c.events = True
+            reply = self._handle(req)
             out = json.dumps(reply, separators=(",", ":")).encode()
             try:
                 c.sock.setblocking(True)
@@ -532,6 +534,8 @@ class Datapath:
             elif op == "stats":
                 result = self.engine.stats()
                 result["uptime"] = time.monotonic() - self.started
+            elif op == "subscribe":
+                result = True
             elif op == "shutdown":
                 self._running = False
                 result = True
@@ -575,7 +579,9 @@ class Datapath:
                 registered[fd] = what
 
         while self._running:
-            sync()
+            if self._dirty:
+                sync()
+                self._dirty = False
             timeout = 50 if self.engine.held else 250
             try:
                 ready = poller.poll(timeout)
@@ -601,6 +607,7 @@ class Datapath:
                         conn, _ = self.listener.accept()
                         conn.setblocking(False)
                         self.conns.append(_Conn(conn))
+                        self._dirty = True
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EINTR):
                         log.exception("data path: %s failed", kind)

@@ -1,0 +1,148 @@
+"""The SFC packet logic without sockets (Engine): what the data path does with each packet."""
+
+from __future__ import annotations
+
+import time
+
+from scapy.contrib.nsh import NSH
+from scapy.layers.inet import ICMP, IP, TCP
+
+from nsf_agent.sfc import nsh
+from nsf_agent.sfc.engine import Engine
+from nsf_agent.sfc.model import (
+    ClassifierRule,
+    Match,
+    NextHop,
+    PortRange,
+    ProxyEntry,
+    ReclassifyRule,
+    SfcConfig,
+    SffEntry,
+)
+
+LOC = "192.0.2.2"
+SF_MAC = "02:00:00:00:00:05"
+
+
+def tcp(sport: int = 1000, dport: int = 80, src: str = "198.51.100.10") -> bytes:
+    return bytes(IP(src=src, dst="203.0.113.10") / TCP(sport=sport, dport=dport))
+
+
+def engine(**kw) -> Engine:  # type: ignore[no-untyped-def]
+    cfg = SfcConfig(sff_id=2, locator=LOC, **kw)
+    cfg.check()
+    e = Engine()
+    e.load(cfg, set(), {"i0": b"\x02" * 6})
+    return e
+
+
+def gre(h: nsh.Nsh, inner: bytes) -> bytearray:
+    return bytearray(nsh.encapsulate(h, inner))
+
+
+def test_classifier_first_matching_rule_in_order_pushes_nsh() -> None:
+    e = engine(rules=[
+        ClassifierRule("web", 20, Match(protocol=6, dport=PortRange(80, 80)), 10, 255, "192.0.2.9"),
+        ClassifierRule("any", 30, Match(src="198.51.100.0/24"), 11, 200, "192.0.2.9", ttl=9),
+        ClassifierRule("ssh", 10, Match(dport=PortRange(22, 22)), 12, 255, "192.0.2.9"),
+    ])
+    assert e.classify(tcp(dport=80), "a") and e.classify(tcp(dport=443), "a")
+    assert e.classify(tcp(dport=22), "a")
+    assert not e.classify(tcp(dport=443, src="192.0.2.200"), "a")
+    spis = [NSH(p[4:]).spi for p, _ in e.out_gre]
+    assert spis == [10, 11, 12]
+    h = NSH(e.out_gre[1][0][4:])
+    assert (h.si, h.ttl, h.nextproto) == (200, 9, 1)
+    assert e.counters["unmatched"] == 1
+    assert e.stats()["rules"]["web"][0] == 1
+
+
+def test_sff_forwards_with_ttl_minus_one_and_keeps_flows_on_one_hop() -> None:
+    hops = (NextHop("192.0.2.3", "sf", 3), NextHop("192.0.2.4", "sf", 1))
+    e = engine(table=[SffEntry(10, 255, hops)])
+    seen: dict[int, set[str]] = {}
+    for port in range(200):
+        for _ in range(2):
+            e.sff(gre(nsh.Nsh(spi=10, si=255, ttl=20), tcp(sport=port)), 4)
+            p, dst = e.out_gre.pop()
+            seen.setdefault(port, set()).add(dst)
+            assert NSH(p[4:]).ttl == 19 and NSH(p[4:]).si == 255
+    assert all(len(v) == 1 for v in seen.values())            # a flow stays on one hop
+    share = sum(1 for v in seen.values() if "192.0.2.3" in v) / len(seen)
+    assert 0.6 < share < 0.9                                   # weights 3:1
+
+
+def test_ttl_expiry_terminate_si_zero_and_miss_hold_release() -> None:
+    e = engine(table=[SffEntry(10, 250, (NextHop("192.0.2.3"),)),
+                      SffEntry(10, 249, (NextHop(None, "terminate"),))])
+    e.sff(gre(nsh.Nsh(spi=10, si=250, ttl=1), tcp()), 4)
+    assert e.drops["ttl-expired"] == 1 and e.events[-1]["event"] == "sff-ttl-expired"
+    e.sff(gre(nsh.Nsh(spi=10, si=249), tcp()), 4)
+    e.sff(gre(nsh.Nsh(spi=10, si=0), tcp()), 4)
+    assert e.out_ip == [tcp(), tcp()]
+    e.sff(gre(nsh.Nsh(spi=10, si=248), tcp()), 4)
+    e.sff(gre(nsh.Nsh(spi=10, si=248), tcp(sport=2)), 4)
+    assert e.held == 2 and [ev["event"] for ev in e.events].count("sff-table-miss") == 1
+    cfg = SfcConfig(sff_id=2, locator=LOC, table=[
+        *e.cfg.table, SffEntry(10, 248, (NextHop("192.0.2.7"),))])
+    e.load(cfg, set(), {})
+    assert e.held == 0 and [d for _, d in e.out_gre] == ["192.0.2.7", "192.0.2.7"]
+    e.sff(gre(nsh.Nsh(spi=99, si=1), tcp()), 4)
+    e.expire(time.monotonic() + 10)
+    assert e.drops["table-miss"] == 1 and e.held == 0
+
+
+def test_md2_trace_grows_and_a_revisit_is_a_loop() -> None:
+    e = engine(table=[SffEntry(10, 255, (NextHop("192.0.2.3"),))])
+    e.sff(gre(nsh.Nsh(spi=10, si=255, md_type=2, tlvs=[nsh.trace_tlv([(1, 255)])]), tcp()), 4)
+    out, _ = e.out_gre.pop()
+    h, _ = nsh.decode(out, 4)
+    assert nsh.trace_entries(h.tlv(nsh.MD_CLASS_I2NSF, nsh.TLV_RSP_TRACE)) == [(1, 255), (2, 255)]
+    e.sff(bytearray(out), 4)          # comes back to us at the same SI: a loop
+    assert e.drops["loop"] == 1 and e.events[-1]["event"] == "sff-loop-detected"
+
+
+def test_proxy_strips_restores_si_minus_one_and_tags_after_a_result() -> None:
+    e = engine(
+        table=[SffEntry(10, 255, (NextHop(LOC, "proxy"),)),
+               SffEntry(10, 254, (NextHop("192.0.2.6"),))],
+        proxies=[ProxyEntry("p", 10, 255, "i0", "o0", SF_MAC)],
+        reclassify=[ReclassifyRule("ddos-suspected", 20, 255, "192.0.2.8")])
+    inner = bytes(IP(src="198.51.100.10", dst="203.0.113.10") / ICMP(id=7))
+    e.sff(gre(nsh.Nsh(spi=10, si=255, ttl=30, context=bytes(range(16))), inner), 4)
+    frame = e.out_frames["i0"].pop()
+    assert frame[:6] == bytes.fromhex("020000000005") and frame[12:14] == b"\x08\x00"
+    assert frame[14:] == inner
+    e.from_sf(e.proxy_by_name["p"], frame[6:12] + frame[:6] + frame[12:])
+    out, dst = e.out_gre.pop()
+    h = NSH(out[4:])
+    assert (dst, h.spi, h.si, h.ttl, h.context_header) == ("192.0.2.6", 10, 254, 28,
+                                                          bytes(range(16)))
+    e.inspection_result(e.proxy_by_name["p"], {
+        "instance": "sf", "type": "ddos", "sid": 1, "msg": "m", "verdict": "alert",
+        "flow": {"src": "198.51.100.10", "dst": "203.0.113.10", "proto": 1},
+        "action": {"reclassify": "ddos-suspected"}})
+    assert e.events[-1]["event"] == "inspection-result"
+    e.from_sf(e.proxy_by_name["p"], frame)
+    out, dst = e.out_gre.pop()
+    assert (dst, NSH(out[4:]).spi, NSH(out[4:]).si) == ("192.0.2.8", 20, 255)
+    assert e.counters["reclassified"] == 1
+
+
+def test_malformed_packets_are_counted_by_reason() -> None:
+    e = engine(table=[SffEntry(10, 255, (NextHop("192.0.2.3"),))])
+    good = gre(nsh.Nsh(spi=10, si=255), tcp())
+    bad = bytearray(good)
+    bad[4] |= 0x40
+    e.receive_gre(bad, 0)
+    short = bytearray(good[:10])
+    e.receive_gre(short, 0)
+    e.receive_gre(bytearray(b"\x00\x00\x08\x00") + tcp(), 0)
+    e.receive_gre(bytearray(b"\x00\x07\x89\x4f") + good[4:], 0)
+    beyond = bytearray(good[:40])
+    beyond[5] = (beyond[5] & 0xC0) | 30
+    e.receive_gre(beyond, 0)
+    assert dict(e.drops) == {"bad-version": 1, "truncated": 1, "not-nsh": 1, "bad-gre": 1,
+                             "bad-length": 1}
+    e.receive_gre(bytearray(b"\xb0\x00\x89\x4f" + bytes(12)) + good[4:], 0)   # C, K, S bits
+    assert len(e.out_gre) == 1 and e.out_gre[0][0][:4] == nsh.GRE_NSH
