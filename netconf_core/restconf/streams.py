@@ -1,0 +1,91 @@
+"""RFC 8040 section 6: the NETCONF event stream as server-sent events (text/event-stream),
+one `data:` event per notification, in XML or RFC 7951 JSON; `start-time` replays from the
+server's replay log, `stop-time` ends the stream. A subscriber too slow to take events is
+disconnected rather than allowed to grow the server's memory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from netconf_core.errors import RpcError
+from netconf_core.notifications import STREAM, parse_time
+from netconf_core.restconf import codec
+from netconf_core.restconf.errors import not_found
+
+if TYPE_CHECKING:
+    from netconf_core.restconf.server import RestconfServer
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = 20.0
+MAX_QUEUED = 10000
+
+
+def sse_event(payload: bytes) -> bytes:
+    lines = payload.replace(b"\r\n", b"\n").split(b"\n")
+    return b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+
+
+async def serve(rc: RestconfServer, request: web.Request) -> web.StreamResponse:
+    stream = request.match_info["stream"]
+    enc = request.match_info["encoding"]
+    if stream != STREAM or enc not in ("xml", "json"):
+        raise not_found(f"no stream {stream}/{enc} (see ietf-restconf-monitoring:"
+                        "restconf-state/streams)")
+    for k in request.query:
+        if k not in ("start-time", "stop-time"):
+            raise RpcError("protocol", "invalid-value",
+                           f"query parameter {k!r} is not supported on a stream",
+                           info={"bad-element": k})
+    start = stop = None
+    if "start-time" in request.query:
+        start = parse_time(request.query["start-time"], "start-time")
+    if "stop-time" in request.query:
+        stop = parse_time(request.query["stop-time"], "stop-time")
+    nc = rc.nc
+    sess = rc._session(request)
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def deliver(msg: bytes) -> None:
+        if queue.qsize() >= MAX_QUEUED:
+            log.warning("RESTCONF stream of %s: client too slow, closing", sess.username)
+            queue.put_nowait(None)
+            return
+        queue.put_nowait(msg)
+
+    sub = nc.bus.subscribe(sess.id, deliver, STREAM, None, start, stop)
+    sub.on_end.append(lambda: queue.put_nowait(None))
+    try:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        nc.bus.start(sub)
+        log.info("RESTCONF stream %s/%s opened by %s", stream, enc, sess.username)
+        while True:
+            try:
+                msg = await asyncio.wait_for(queue.get(), KEEPALIVE)
+            except TimeoutError:
+                await resp.write(b": keepalive\n\n")
+                continue
+            if msg is None:
+                break
+            if enc == "json":
+                try:
+                    msg = codec.notification_json(nc.schema, msg)
+                except Exception:
+                    log.exception("cannot encode a notification as JSON")
+                    continue
+            await resp.write(sse_event(msg))
+        with contextlib.suppress(ConnectionError):
+            await resp.write_eof()
+        return resp
+    except (ConnectionError, asyncio.CancelledError):
+        raise
+    finally:
+        nc.bus.unsubscribe(sess.id)
+        log.info("RESTCONF stream %s/%s of %s closed", stream, enc, sess.username)
