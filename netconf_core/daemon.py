@@ -4,6 +4,7 @@ until SIGINT/SIGTERM, with the bound port announced in a ready file for supervis
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import os
@@ -14,16 +15,19 @@ log = logging.getLogger(__name__)
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log collectors."""
+    """One JSON object per line (`--log-format json`), for journald/log collectors: RFC 3339
+    UTC time with milliseconds, level, logger, message, pid, and the traceback if any."""
 
     def format(self, record: logging.LogRecord) -> str:
+        t = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
         out = {
-            "time": self.formatTime(record), "level": record.levelname,
-            "logger": record.name, "message": record.getMessage(),
+            "time": t.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname, "logger": record.name,
+            "message": record.getMessage(), "pid": record.process,
         }
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
+        return json.dumps(out, ensure_ascii=False)
 
 
 def setup_logging(level: str, as_json: bool = False) -> None:

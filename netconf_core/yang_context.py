@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,19 @@ IPSEC_MODULES: tuple[str, ...] = ("ietf-i2nsf-ikec", "ietf-i2nsf-ike", "ietf-i2n
 
 
 def yang_dir() -> Path:
-    """Where the YANG modules live: $I2NSF_YANG_DIR, else `yang/` of the source tree."""
+    """Where the YANG modules live: $I2NSF_YANG_DIR, else `yang/` of the source tree, else
+    `<prefix>/share/i2nsf-sdn/yang` where `pip install .` puts them (pyproject data-files)."""
     env = os.environ.get("I2NSF_YANG_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "yang"
+    tree = Path(__file__).resolve().parent.parent / "yang"
+    if tree.is_dir():
+        return tree
+    for prefix in (sys.prefix, sys.base_prefix, "/usr/local", "/usr"):
+        installed = Path(prefix) / "share" / "i2nsf-sdn" / "yang"
+        if installed.is_dir():
+            return installed
+    return tree
 
 
 def search_paths(base: Path | None = None) -> list[Path]:

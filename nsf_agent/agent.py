@@ -10,6 +10,7 @@ from netconf_core.applier import Applier
 from netconf_core.auth import UserDb
 from netconf_core.datastore import Datastores
 from netconf_core.features import set_features
+from netconf_core.metrics import Metrics, MetricsHttp, sa_collector, start_metrics
 from netconf_core.schema import YangSchema
 from netconf_core.server import NetconfServer, ServerConfig
 from netconf_core.ssh import SshConfig, SshTransport
@@ -49,6 +50,8 @@ class Agent:
         self.datastores: Datastores | None = None
         self.boot: BootRecord | None = None
         self.status: StatusApplier | None = None
+        self.metrics: Metrics | None = None
+        self._metrics_http: MetricsHttp | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -100,6 +103,9 @@ class Agent:
             ),
         )
         await self.ssh.start()
+        if cfg.metrics is not None:
+            self.metrics, self._metrics_http = await start_metrics(
+                "i2nsf_agent", cfg.metrics, lambda: self.server, sa_collector)
         log.info(
             "agent ready: %d modules, appliers %s, state in %s",
             len(schema.module_list()), ",".join(a.name for a in self.appliers), cfg.state_dir,
@@ -129,6 +135,8 @@ class Agent:
         return self.ssh.port
 
     async def stop(self) -> None:
+        if self._metrics_http is not None:
+            await self._metrics_http.stop()
         if self.ssh is not None:
             await self.ssh.stop()
         for a in self.appliers:

@@ -53,7 +53,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="state directory (host key, datastores)")
     ic.add_argument("--port", type=int, default=830, help="listen port (default 830)")
     ic.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    iu = sub.add_parser("install-unit", help="write the systemd unit i2nsf-agent.service",
+                        description="Render the systemd unit (sandboxed, state in "
+                        "/var/lib/i2nsf-agent, config /etc/i2nsf/agent.toml) with this "
+                        "installation's path and write it (docs/operations.md).")
+    iu.add_argument("--dir", type=Path, default=Path("/etc/systemd/system"),
+                    help="where to write it (default /etc/systemd/system)")
+    iu.add_argument("--print", action="store_true", dest="print_only",
+                    help="print the unit instead of writing it")
+    iu.add_argument("--force", action="store_true", help="overwrite an existing unit")
     return p
+
+
+def _cmd_install_unit(args: argparse.Namespace) -> int:
+    from netconf_core import systemd
+
+    if args.print_only:
+        print(systemd.render("agent"), end="")
+        return 0
+    try:
+        path = systemd.install("agent", args.dir, force=args.force)
+    except (FileExistsError, OSError) as exc:
+        print(f"i2nsf-agent: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}; then: systemctl daemon-reload && systemctl enable --now "
+          "i2nsf-agent")
+    return 0
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
@@ -72,7 +97,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="write the bound port to PATH once the server accepts connections")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
-    p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    p.add_argument("--log-format", choices=["text", "json"], default=None,
+                   help="text (default) or json: one JSON object per line, for journald "
+                   "or a log collector")
+    p.add_argument("--log-json", action="store_true", help=argparse.SUPPRESS)  # = json
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -100,7 +128,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg.state_dir = args.state_dir
     if args.dataplane:
         cfg.appliers = args.dataplane
-    setup_logging(args.log_level, args.log_json)
+    setup_logging(args.log_level, args.log_json or args.log_format == "json")
     if not cfg.users:
         log.warning("no [[users]] configured: nobody can log in")
     try:
@@ -134,8 +162,8 @@ def _cmd_init_config(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("run", "hash-password", "init-config", "-h", "--help",
-                                "--version"):
+    if argv and argv[0] not in ("run", "hash-password", "init-config", "install-unit", "-h",
+                                "--help", "--version"):
         argv.insert(0, "run")  # `i2nsf-agent -c agent.toml` is `run`
     args = build_parser().parse_args(argv)
     if args.command in (None, "run"):
@@ -148,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "init-config":
         return _cmd_init_config(args)
+    if args.command == "install-unit":
+        return _cmd_install_unit(args)
     return 2
 
 

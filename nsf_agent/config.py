@@ -28,6 +28,10 @@ Example (`i2nsf-agent init-config` writes one):
     password_hash = "scrypt$16384$8$1$..."   # i2nsf-agent hash-password
     authorized_keys = ["ssh-ed25519 AAAA... admin@host"]
     # authorized_keys_file = "/etc/i2nsf/admin.pub"
+
+    [metrics]                 # optional: Prometheus /metrics over HTTP (docs/operations.md)
+    host = "127.0.0.1"
+    port = 9101
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Any
 from netconf_core.auth import User
 from netconf_core.configfile import ConfigError, check_table, parse_users, read_toml
 from netconf_core.framing import DEFAULT_MAX_MESSAGE
+from netconf_core.metrics import MetricsConfig
 from netconf_core.yang_context import IPSEC_MODULES
 
 DEFAULT_STATE_DIR = Path("/var/lib/i2nsf-agent")
@@ -64,6 +69,7 @@ class AgentConfig:
     # the NETCONF layer); otherwise such commits are refused (nsf_agent/enforce.py)
     accept_unenforced: bool = False
     users: list[User] = field(default_factory=list)
+    metrics: MetricsConfig | None = None  # [metrics]: Prometheus endpoint (off when absent)
 
 
 _SERVER_KEYS = {
@@ -76,7 +82,7 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> AgentConfig:
     """Build an AgentConfig from parsed TOML; relative paths are taken from `base`."""
     base = base or Path.cwd()
     for k in data:
-        if k not in ("server", "yang", "dataplane", "users"):
+        if k not in ("server", "yang", "dataplane", "users", "metrics"):
             raise ConfigError(f"unknown section [{k}]")
     cfg = AgentConfig()
     srv = data.get("server", {})
@@ -102,6 +108,8 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> AgentConfig:
         cfg.appliers = [str(a) for a in dp["appliers"]]
     cfg.accept_unenforced = bool(dp.get("accept_unenforced", False))
     cfg.users = parse_users(data.get("users", []), base)
+    if "metrics" in data:
+        cfg.metrics = MetricsConfig.parse(data["metrics"])
     return cfg
 
 

@@ -10,8 +10,8 @@ other way round: the XML the engine returns is parsed by libyang and printed as 
 from __future__ import annotations
 
 import json
-from xml.sax.saxutils import escape
 from typing import Any
+from xml.sax.saxutils import escape
 
 import libyang
 from _libyang import ffi, lib  # type: ignore[import-not-found]
