@@ -68,6 +68,39 @@ class RestconfConfig:
     public_url: str | None = None  # what stream locations name (default from host/port)
     cert_names: list[str] = field(default_factory=list)
 
+    @classmethod
+    def parse(cls, table: dict[str, Any], base: Path, state_dir: Path) -> RestconfConfig:
+        """`[restconf]` of a configuration file (paths relative to the file's folder):
+
+            [restconf]
+            host = "127.0.0.1"
+            port = 8443
+            # certificate_file = "/etc/i2nsf/restconf.crt"   # else a generated one
+            # private_key_file = "/etc/i2nsf/restconf.key"
+            # names = ["ctl.example.net"]   # subjectAltNames of a generated certificate
+            # public_url = "https://ctl.example.net:8443/restconf"
+            # tls = false                   # only behind a TLS-terminating proxy
+        """
+        from netconf_core.configfile import ConfigError, check_table
+
+        check_table(table, {"host": str, "port": int, "tls": bool, "certificate_file": str,
+                            "private_key_file": str, "names": list, "public_url": str},
+                    "restconf")
+        cfg = cls(host=table.get("host", "127.0.0.1"), port=table.get("port", 8443),
+                  tls=table.get("tls", True), state_dir=state_dir,
+                  public_url=table.get("public_url"),
+                  cert_names=[str(n) for n in table.get("names", [])])
+        if not 0 <= cfg.port <= 65535:
+            raise ConfigError(f"[restconf] port {cfg.port} out of range")
+        if "certificate_file" in table:
+            cfg.certificate_file = base / table["certificate_file"]
+            if "private_key_file" not in table:
+                raise ConfigError("[restconf] certificate_file needs private_key_file")
+            cfg.private_key_file = base / table["private_key_file"]
+        elif "private_key_file" in table:
+            raise ConfigError("[restconf] private_key_file needs certificate_file")
+        return cfg
+
 
 class RestconfSession:
     """What the NETCONF handlers need of a session, for one HTTP request (or stream)."""
