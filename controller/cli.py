@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ready-file", help="write the bound port here once serving")
     s.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    s.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text (default) or json: one JSON object per line (journald, log "
+                   "collectors)")
 
     nsf = sub.add_parser("nsf", help="the NSF inventory").add_subparsers(
         dest="sub", metavar="ACTION", required=True)
@@ -165,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="controller overview: NSF sessions, policies")
     rs = sub.add_parser("resync", help="rewrite an NSF's entries from the controller's store")
     rs.add_argument("nsf")
+    from controller import cli_setup
+
+    cli_setup.add_parsers(sub)
     kg = sub.add_parser("keygen", help="write a new ed25519 SSH key (for the controller's "
                         "logins to agents, or an agent's host key) and print its public key",
                         description="Write an OpenSSH ed25519 private key to PATH (mode "
@@ -187,7 +193,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"i2nsf-controller: {exc}", file=sys.stderr)
         return 2
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format == "json")
     if not cfg.users:
         log.warning("no [[users]] configured: nobody can use the northbound interface")
     asyncio.run(_serve(cfg, args.ready_file))
@@ -593,6 +599,11 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_serve(args)
     if args.command == "keygen":
         return _cmd_keygen(args)
+    if args.command in ("init-config", "install-unit"):
+        from controller import cli_setup
+
+        return (cli_setup.cmd_init_config(args) if args.command == "init-config"
+                else cli_setup.cmd_install_unit(args))
     try:
         return _run_client(args)
     except CliError as exc:

@@ -14,6 +14,16 @@
     reconnect_max = 30
     retry_max = 30            # failed actions retry with backoff up to this
 
+    [restconf]                # optional: RFC 8040 northbound beside NETCONF (docs/restconf.md)
+    host = "127.0.0.1"
+    port = 8443               # HTTPS; a self-signed certificate is generated in state_dir
+    # certificate_file = "/etc/i2nsf/restconf.crt"
+    # private_key_file = "/etc/i2nsf/restconf.key"
+
+    [metrics]                 # optional: Prometheus /metrics (docs/operations.md)
+    host = "127.0.0.1"
+    port = 9100
+
     [[users]]                 # who may use the northbound (same format as the agent's)
     name = "admin"
     password_hash = "scrypt$..."              # i2nsf-agent hash-password
@@ -32,6 +42,8 @@ from typing import Any
 from controller.core.engine import ServiceOptions
 from netconf_core.auth import User
 from netconf_core.configfile import ConfigError, check_table, parse_users, read_toml
+from netconf_core.metrics import MetricsConfig
+from netconf_core.restconf import RestconfConfig
 
 
 @dataclass
@@ -42,6 +54,8 @@ class ControllerConfig:
     database: Path | None = None
     options: ServiceOptions = field(default_factory=ServiceOptions)
     users: list[User] = field(default_factory=list)
+    restconf: RestconfConfig | None = None
+    metrics: MetricsConfig | None = None
 
     @property
     def db_path(self) -> Path:
@@ -60,7 +74,7 @@ _CONTROLLER = {"rekey_grace": (int, float), "confirm_timeout": int, "rpc_timeout
 
 def parse_config(data: dict[str, Any], base: Path) -> ControllerConfig:
     for k in data:
-        if k not in ("server", "controller", "users"):
+        if k not in ("server", "controller", "users", "restconf", "metrics"):
             raise ConfigError(f"unknown section [{k}]")
     cfg = ControllerConfig()
     srv = data.get("server", {})
@@ -83,6 +97,10 @@ def parse_config(data: dict[str, Any], base: Path) -> ControllerConfig:
     o.retry_max = float(ctl.get("retry_max", o.retry_max))
     o.batch_max = int(ctl.get("batch_max", o.batch_max))
     cfg.users = parse_users(data.get("users", []), base)
+    if "restconf" in data:
+        cfg.restconf = RestconfConfig.parse(data["restconf"], base, cfg.state_dir)
+    if "metrics" in data:
+        cfg.metrics = MetricsConfig.parse(data["metrics"])
     return cfg
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Any
 
 from lxml import etree
 
@@ -29,6 +30,14 @@ from netconf_core.auth import UserDb
 from netconf_core.datastore import Datastores
 from netconf_core.errors import RpcError
 from netconf_core.features import set_features
+from netconf_core.metrics import (
+    Metrics,
+    MetricsHttp,
+    flow_collector,
+    start_metrics,
+    stats_collector,
+)
+from netconf_core.restconf import RestconfServer, RestconfStateApplier
 from netconf_core.schema import YangSchema
 from netconf_core.server import NetconfServer, ServerConfig
 from netconf_core.session import NetconfSession
@@ -41,6 +50,18 @@ PROTOCOL_MODULES = ("ietf-netconf", "ietf-netconf-monitoring", "ietf-netconf-not
 NETCONF_FEATURES = ("writable-running", "candidate", "confirmed-commit", "rollback-on-error",
                     "validate", "startup", "xpath")
 MODULES = (*PROTOCOL_MODULES, "i2nsf-flow-policy", *sfc_wiring.MODULES)
+SERVICE_COUNTERS = {
+    "rekeys_done": "Rekeys completed (outbound switched to the new SAs)",
+    "installs_done": "Policy installs completed on both NSFs",
+    "deletes_done": "Policy removals completed on both NSFs",
+    "actions_done": "Provisioning actions completed",
+    "resyncs": "NSF resyncs (entries rewritten from the store)",
+    "notifications": "Notifications received from NSFs",
+    "transactions": "Two-phase transactions started",
+    "transactions_failed": "Two-phase transactions that failed (rolled back)",
+}
+# served when [restconf] is configured: RFC 8040 monitoring (streams, capabilities)
+RESTCONF_MODULES = ("ietf-restconf", "ietf-restconf-monitoring")
 Q = f"{{{FP_NS}}}"
 
 
@@ -111,9 +132,13 @@ class ControllerServer:
         self.server: NetconfServer | None = None
         self.ssh: SshTransport | None = None
         self.datastores: Datastores | None = None
+        self.restconf: RestconfServer | None = None
+        self.metrics: Metrics | None = None
+        self._metrics_http: MetricsHttp | None = None
 
     async def start(self) -> None:
-        ctx = create_context(MODULES)
+        rc_cfg = self.config.restconf
+        ctx = create_context((*MODULES, *(RESTCONF_MODULES if rc_cfg else ())))
         set_features(ctx, "ietf-netconf", list(NETCONF_FEATURES))
         schema = YangSchema(ctx)
         nc_dir = self.config.state_dir / "netconf"
@@ -135,7 +160,12 @@ class ControllerServer:
         self.service.load()
         self.service.start()
         self.sfc.start()
-        self.datastores = Datastores(schema, [applier, sfc_applier], nc_dir)
+        appliers: list[Any] = [applier, sfc_applier]
+        if rc_cfg is not None:
+            self.restconf = RestconfServer(server, UserDb(self.config.users), rc_cfg)
+            appliers.append(RestconfStateApplier(self.restconf.base_url,
+                                                 lambda: server.bus.log_created))
+        self.datastores = Datastores(schema, appliers, nc_dir)
         server.attach(self.datastores)
         self.datastores.reconcile()
         self.server = server
@@ -143,6 +173,14 @@ class ControllerServer:
             host=self.config.host, port=self.config.port,
             host_key_path=self.config.host_key_path))
         await self.ssh.start()
+        if self.restconf is not None:
+            await self.restconf.start()
+        if self.config.metrics is not None:
+            self.metrics, self._metrics_http = await start_metrics(
+                "i2nsf_controller", self.config.metrics, lambda: self.server, flow_collector)
+            self.metrics.register(stats_collector("i2nsf_controller", lambda: self.service.stats,
+                                                  SERVICE_COUNTERS))
+            self.service.metrics = self.metrics
         log.info("controller ready: NETCONF on %s port %d, store %s", self.config.host,
                  self.port, self.config.db_path)
 
@@ -152,6 +190,10 @@ class ControllerServer:
         return self.ssh.port
 
     async def stop(self) -> None:
+        if self._metrics_http is not None:
+            await self._metrics_http.stop()
+        if self.restconf is not None:
+            await self.restconf.stop()
         if self.ssh is not None:
             await self.ssh.stop()
         if getattr(self, "sfc", None) is not None:

@@ -3,8 +3,9 @@
 Most values are read at scrape time from what the daemons already keep — the NETCONF
 server's RFC 6022 counters and sessions, and the operational state that `<get>` returns
 (SA counters from `ietf-i2nsf-ikeless`, policy status from `i2nsf-flow-policy`) — so
-`/metrics` can never disagree with NETCONF. Events that leave no state behind (rekeys,
-transaction latencies) are counted where they happen through `Metrics`.
+`/metrics` can never disagree with NETCONF. Event counts the daemons keep anyway (the
+controller's rekeys, installs, deletes) are read from their stats; transaction latencies
+are observed where they happen through `Metrics.observe_transaction`.
 
 Each daemon has its own registry (several daemons in one test process must not share one).
 `Metrics.register(collector)` is the hook for later subsystems (SFC counters): any object
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from lxml import etree
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -40,8 +41,6 @@ class Metrics:
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
         self.registry = CollectorRegistry(auto_describe=False)
-        self.rekeys = Counter("rekeys", "SA rekeys completed (make-before-break), by outcome",
-                              ["outcome"], namespace=namespace, registry=self.registry)
         self.transactions = Histogram(
             "transaction_seconds", "Two-phase provisioning transactions across NSFs: "
             "candidate edits, confirmed commit and confirm, by outcome", ["outcome"],
@@ -53,9 +52,6 @@ class Metrics:
 
     def observe_transaction(self, seconds: float, ok: bool) -> None:
         self.transactions.labels("ok" if ok else "failed").observe(seconds)
-
-    def rekeyed(self, ok: bool = True) -> None:
-        self.rekeys.labels("ok" if ok else "failed").inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -157,6 +153,25 @@ def sa_collector(ns: str, server_ref: Callable[[], NetconfServer | None]) -> _Co
         spd.add_metric([], n_spd)
         sad.add_metric([], n_sad)
         yield from (spd, sad, packets, octets, replay, failed)
+
+    return _Collector(collect)
+
+
+def stats_collector(ns: str, stats_ref: Callable[[], Any],
+                    help_: dict[str, str]) -> _Collector:
+    """Integer fields of a stats dataclass (e.g. the controller's rekeys done) as counters;
+    `help_` names the fields to export and says what each counts."""
+
+    def collect() -> Iterator[Metric]:
+        stats = stats_ref()
+        if stats is None:
+            return
+        for name, text in help_.items():
+            value = getattr(stats, name, None)
+            if isinstance(value, int):
+                c = CounterMetricFamily(f"{ns}_{name}", text)
+                c.add_metric([], value)
+                yield c
 
     return _Collector(collect)
 

@@ -100,7 +100,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=["text", "json"], default=None,
                    help="text (default) or json: one JSON object per line, for journald "
                    "or a log collector")
-    p.add_argument("--log-json", action="store_true", help=argparse.SUPPRESS)  # = json
+    p.add_argument("--log-json", action="store_true", help="same as --log-format json")
 
 
 def _read_password(from_stdin: bool) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,8 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._leftover_checked: set[str] = set()
+        # netconf_core.metrics.Metrics when /metrics is served (transaction latencies)
+        self.metrics: Any = None
 
     def wake(self) -> None:
         if self._wake is not None:
@@ -113,6 +116,7 @@ class Engine:
                         commit_order: list[str] | None = None) -> None:
         await self._clear_leftovers(sessions)
         self.stats.transactions += 1
+        started = time.monotonic()
         try:
             await transact(sessions, edits, timeout=self.opts.rpc_timeout,
                            confirm_timeout=self.opts.confirm_timeout, journal=self._journal,
@@ -120,7 +124,11 @@ class Engine:
         except BaseException:
             self.stats.transactions_failed += 1
             self._leftover_checked.difference_update(sessions)
+            if self.metrics is not None:
+                self.metrics.observe_transaction(time.monotonic() - started, ok=False)
             raise
+        if self.metrics is not None:
+            self.metrics.observe_transaction(time.monotonic() - started, ok=True)
 
     async def _await_first_sessions(self, nsfs: set[str], timeout: float = 5.0) -> None:
         """Right after start every session is still connecting: give them a moment

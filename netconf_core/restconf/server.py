@@ -8,7 +8,8 @@ locks, libyang validation, appliers (the controller's checks), nacm:default-deny
 confirmed-commit interplay and rpc-errors as NETCONF; a rejected edit changes nothing.
 
 Edits go to `running` (the server has :writable-running), honouring NETCONF locks: while a
-NETCONF session holds the lock on running, a RESTCONF edit is refused with lock-denied (409).
+NETCONF session holds the lock on running, a RESTCONF edit is refused with in-use (409), as
+over NETCONF.
 """
 
 from __future__ import annotations
