@@ -25,6 +25,7 @@ from controller.core.inventory import NS as FP_NS
 from controller.core.inventory import Nsf
 from controller.core.nc_client import NOTIF_NS, HostKeyMismatch, NcClient, NcError, NcRpcError
 from netconf_core.errors import NC_NS
+from netconf_core.i2nsf.namespaces import IKE_EVENTS_NS, IKELESS_NS, SADB_NS
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +35,19 @@ ConnectedHandler = Callable[["NsfSession"], Awaitable[None]]
 DISCONNECTED, CONNECTING, CONNECTED, MISMATCH = (
     "disconnected", "connecting", "connected", "host-key-mismatch")
 
-# The notifications the controller acts on (service._on_notification, ike.on_notification).
+# The notifications the controller acts on (ipsec.events, ipsec.ike_manager).
 # Subscribing to these only spares the controller parsing a netconf-config-change and a
 # netconf-confirmed-commit for every commit it makes, and lets an agent skip building them.
-_IKELESS_NS = "urn:ietf:params:xml:ns:yang:ietf-i2nsf-ikeless"
-_IKE_EVENTS_NS = "urn:i2nsf-sdn:yang:i2nsf-ike-events"
 _SFC_NSF_NS = "urn:i2nsf-sdn:yang:i2nsf-sfc-nsf"  # the SFC service (controller/sfc)
 WANTED_NOTIFICATIONS = (
-    *((_IKELESS_NS, n) for n in ("sadb-acquire", "sadb-expire", "sadb-seq-overflow",
+    *((IKELESS_NS, n) for n in ("sadb-acquire", "sadb-expire", "sadb-seq-overflow",
                                  "sadb-bad-spi")),
-    *((_IKE_EVENTS_NS, n) for n in ("ike-sa-up", "ike-sa-down", "ike-sa-rekeyed",
+    *((IKE_EVENTS_NS, n) for n in ("ike-sa-up", "ike-sa-down", "ike-sa-rekeyed",
                                     "child-sa-up", "child-sa-down", "child-sa-rekeyed",
                                     "auth-failure", "child-sa-failed")),
     *((_SFC_NSF_NS, n) for n in ("sff-table-miss", "sff-loop-detected", "sff-ttl-expired",
                                  "inspection-result")),
+    (SADB_NS, "nsf-restarted"),
 )
 SUBSCRIBE = (f'<create-subscription xmlns="{NOTIF_NS}"><filter xmlns="{NC_NS}" '
              f'type="subtree">'

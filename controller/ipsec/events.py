@@ -11,15 +11,20 @@ import logging
 
 from lxml import etree
 
-from controller.core.nc_client import NcError
+from controller.core.nc_client import NcError, NcRpcError
 from controller.core.southbound import CONNECTED, NsfSession
 from controller.ipsec import translate
 from controller.ipsec.rekey import Phase
-from netconf_core.i2nsf.namespaces import IKELESS_NS
+from netconf_core.i2nsf.namespaces import IKELESS_NS, SADB_NS
 
 log = logging.getLogger(__name__)
 
 IK = f"{{{IKELESS_NS}}}"
+SB = f"{{{SADB_NS}}}"
+_NSF_STATUS = (f'<get xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><filter type="subtree">'
+               f'<nsf-status xmlns="{SADB_NS}"/></filter></get>')
+# phases in which the live generation's SAs stay in use (a rekey replaces them only after)
+_LIVE_STAYS = (Phase.IDLE, Phase.REMOVE_OLD)
 
 
 class Events:
@@ -28,6 +33,9 @@ class Events:
     def _on_notification(self, nsf: str, n: etree._Element) -> None:
         self.stats.notifications += 1
         if self.ike.on_notification(nsf, n):
+            return
+        if n.tag == SB + "nsf-restarted":
+            self._on_restart_report(nsf, n)
             return
         now = self.clock()
         if n.tag == IK + "sadb-expire":
@@ -62,7 +70,10 @@ class Events:
         """After every (re)connection: put back what the store says the NSF should hold,
         and retry at once the actions that failed while it was away."""
         self.ike.on_connected(sess.name)
-        await self.resync(sess.name)
+        try:
+            await self.resync(sess.name)
+        finally:
+            await self._check_restart(sess)
         now = self.clock()
         for name, t in self.sched.timers.items():
             plan = self.plans.get(name)
@@ -72,6 +83,71 @@ class Events:
         for name in self.deleting:
             if name not in self._busy and sess.name in self._policy_nsfs(name):
                 self.deleting[name] = now
+        self.wake()
+
+    async def _check_restart(self, sess: NsfSession) -> None:
+        """Read the NSF's restart report (i2nsf-sadb nsf-status, docs/restart-safety.md)
+        after every connection: the nsf-restarted notification is usually sent while the
+        controller's session is down, so this is the channel to rely on."""
+        client = sess.client
+        if client is None:
+            return
+        try:
+            reply = await client.rpc(_NSF_STATUS, self.opts.rpc_timeout)
+        except NcRpcError as exc:  # an agent without that module revision
+            log.debug("NSF %s: no nsf-status (%s)", sess.name, exc)
+            return
+        except NcError as exc:
+            log.warning("NSF %s: cannot read nsf-status: %s", sess.name, exc)
+            return
+        st = reply.find(f".//{SB}nsf-status")
+        if st is not None:
+            self._on_restart_report(sess.name, st)
+
+    def _on_restart_report(self, nsf: str, st: etree._Element) -> None:
+        """An NSF's nsf-status or nsf-restarted: after an unclean restart (a boot id not
+        seen before, previous-stop unclean) every IKE-less policy with SAs on it is rekeyed
+        at once, make-before-break (the peer keeps its old inbound SA until the switch);
+        on later reports of the same run, the policies whose live SAs are still listed as
+        having lost state (sa-rekey-required) are. The handled boot id is stored so that
+        a controller restart does not rekey the same run again."""
+        boot = (st.findtext(SB + "boot-id") or "").strip()
+        unclean = (st.findtext(SB + "previous-stop") or "").strip() == "unclean"
+        listed: dict[str, str] = {}
+        for e in st.iter(SB + "sa-rekey-required"):
+            name = (e.findtext(SB + "ipsec-sa-name") or "").strip()
+            if name:
+                listed[name] = (e.findtext(SB + "reason") or "").strip()
+        key = f"boot:{nsf}"
+        new_run = bool(boot) and self.store.get_meta(key) != boot
+        wanted: set[str] = set()
+        if new_run and (unclean or listed):
+            wanted = {name for name, plan in self.plans.items()
+                      if nsf in (plan.a.name, plan.b.name)}
+        for sa, reason in listed.items():
+            ref = translate.parse_sad_name(sa)
+            t = self.sched.timers.get(ref.policy) if ref is not None else None
+            if ref is not None and t is not None and ref.generation == t.generation:
+                wanted.add(ref.policy)
+                log.info("NSF %s: SA %s lost state (%s)", nsf, sa, reason)
+        now = self.clock()
+        rekeyed = []
+        for name in sorted(wanted):
+            t = self.sched.timers.get(name)
+            if (t is None or name in self.deleting or t.generation is None
+                    or t.phase not in _LIVE_STAYS or t.rekey_pending
+                    or (t.phase is Phase.IDLE and t.in_flight is not None)):
+                continue  # no SAs yet, or new ones are already on their way
+            self.sched.request_rekey(name, now, f"NSF {nsf} restarted uncleanly")
+            self._persist(name)
+            rekeyed.append(name)
+        if boot and new_run:
+            self.store.put_meta(key, boot)
+        if rekeyed or (new_run and unclean):
+            log.warning("NSF %s restarted uncleanly (boot %s, %d SAs reported): rekeying "
+                        "%d policies: %s", nsf, boot or "?", len(listed), len(rekeyed),
+                        ", ".join(rekeyed) or "-")
+            self.stats.restarts_handled += 1
         self.wake()
 
     def expected_edit(self, nsf: str) -> tuple[etree._Element, set[str]]:

@@ -63,6 +63,7 @@ class Stats(EngineStats):
     deletes_done: int = 0
     resyncs: int = 0
     notifications: int = 0
+    restarts_handled: int = 0  # unclean NSF restarts that were acted on
     by_kind: dict[str, int] = field(default_factory=dict)
 
 

@@ -209,3 +209,57 @@ def test_changed_policy_is_recreated_and_stale_entries_removed(env: dict[str, An
              and len(spd(a3)) == 2, 10, "re-created on s1/s3, gone from s2")
     assert ctl.status("x") == "active"
     assert len(sad(a1)) == 2 and sorted(sad(a1)) == sorted(sad(a3))
+
+
+def _generation(ctl: ControllerThread, name: str) -> int:
+    for p in ctl.state().iter(Q + "policy"):
+        if p.findtext(Q + "name") == name:
+            return int(p.findtext(Q + "generation") or -1)
+    return -1
+
+
+def _restart(env: dict[str, Any], name: str, *, clean: bool) -> str:
+    """Stop agent `name` and start it again on the same port and state; without `clean`
+    its boot record is left as a kill -9 leaves it. Returns the new run's boot id."""
+    import json
+
+    old = env["agents"][name]
+    port = old.port
+    old.stop()
+    boot = env["tmp"] / name / "boot.json"
+    if not clean:
+        rec = json.loads(boot.read_text())
+        boot.write_text(json.dumps({**rec, "clean": False}))
+    new = env["agents"][name] = AgentThread(env["tmp"] / name, port=port).start()
+    return new.call(lambda: new.agent.boot.info.boot_id)
+
+
+def test_unclean_nsf_restart_rekeys_its_policies_once(env: dict[str, Any]) -> None:
+    """Issue 13.1 (controller side): an NSF that comes back from an unclean stop gets every
+    SA replaced (make-before-break); a clean restart, or the same run seen again, does not."""
+    ctl, ag = env["ctl"], env["agents"]
+    ctl.edit("<nsfs>" + "".join(nsf_xml(env, n, i) for i, n in
+                                ((1, "s1"), (2, "s2"), (3, "s3"))) + "</nsfs>" + PROFILE
+             + policy("x", "s1", "s2"))
+    ctl.edit(policy("y", "s2", "s3"))
+    wait_for(lambda: ctl.status("x") == ctl.status("y") == "active", 10, "policies active")
+    gx, gy = _generation(ctl, "x"), _generation(ctl, "y")
+    old_sas = set(sad(ag["s1"]))
+    store = ctl.ctl.store
+
+    boot = _restart(env, "s1", clean=False)
+    wait_for(lambda: _generation(ctl, "x") == gx + 1 and ctl.status("x") == "active", 20,
+             "x rekeyed after s1's unclean restart")
+    # make-before-break done: both ends hold only the new generation's SAs
+    wait_for(lambda: len(sad(ag["s1"])) == 2 and not old_sas & set(sad(ag["s1"]))
+             and set(sad(ag["s1"])) <= set(sad(ag["s2"])), 10, "old SAs removed")
+    assert all(n.endswith(f"/{gx + 1}") for n in sad(ag["s1"]))
+    assert _generation(ctl, "y") == gy  # s1 is not one of y's NSFs
+    assert ctl.ctl.service.stats.restarts_handled == 1
+    assert store.get_meta("boot:s1") == boot
+
+    # a clean restart: nothing to rekey
+    boot2 = _restart(env, "s1", clean=True)
+    wait_for(lambda: store.get_meta("boot:s1") == boot2, 10, "s1's new run seen")
+    assert _generation(ctl, "x") == gx + 1
+    assert ctl.ctl.service.stats.restarts_handled == 1
