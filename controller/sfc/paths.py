@@ -352,7 +352,33 @@ def compile(cfg: SfcConfig, catalog: CatalogManager, spis: SpiAllocator
     for p in r.paths.values():
         _render_path(p, cfg, r)
     _render_classifiers(cfg, r, assignment)
+    _one_result_socket(cfg, r, assignment)
     return r, assignment
+
+
+def _one_result_socket(cfg: SfcConfig, r: Rendering, assignment: Mapping[str, int]) -> None:
+    """An instance reports its results to one socket, which one proxy entry binds: keep it
+    on the entry of the path where its results re-classify flows (else the lowest SPI)."""
+    spi_of = {c.name: assignment[SpiAllocator.key("chain", c.name, c.types)]
+              for c in cfg.chains.values()}
+    acting: set[tuple[int, str]] = set()  # (spi, type) from which a rule moves flows
+    for rule in cfg.reclass.values():
+        for c in [rule.from_chain] if rule.from_chain else list(cfg.chains):
+            if rule.from_type in cfg.chains[c].types:
+                acting.add((spi_of[c], rule.from_type))
+    for a in r.agents.values():
+        by_inst: dict[str, list[ProxyPlan]] = {}
+        for p in a.proxies.values():
+            if p.report_socket:
+                by_inst.setdefault(p.instance, []).append(p)
+        for plans in by_inst.values():
+            if len(plans) < 2:
+                continue
+            t = r.paths[plans[0].spi].hops[SI_INITIAL - plans[0].si].sf_type
+            keep = min(plans, key=lambda p: ((p.spi, t) not in acting, p.spi, p.si))
+            for p in plans:
+                if p is not keep:
+                    a.proxies[p.name] = replace(p, report_socket=None)
 
 
 def _render_path(p: PathPlan, cfg: SfcConfig, r: Rendering) -> None:
