@@ -19,6 +19,13 @@ from netconf_core.schema import YangSchema
 from netconf_core.yang_context import create_context
 
 
+@pytest.fixture(autouse=True)
+def shared_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The translation in general (one instance on several paths); the agent's current
+    one-hop-per-instance limit has its own test."""
+    monkeypatch.setattr(paths, "SHARED_PROXIES", True)
+
+
 @pytest.fixture(scope="module")
 def schema() -> YangSchema:
     return YangSchema(create_context(["i2nsf-sfc-policy"]))
@@ -479,3 +486,34 @@ def test_pushed_state_round_trips_through_json(schema: YangSchema) -> None:
     for c in render.configs(r).values():
         back = render.from_json(json.loads(json.dumps(render.to_json(c))))
         assert back.key() == c.key()
+
+
+def test_instances_are_shared_out_when_proxies_cannot_be_shared(
+        schema: YangSchema, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(paths, "SHARED_PROXIES", False)
+    cfg = parse_config(valid(schema, TYPES + CHAINS))
+    cat = full_catalog()  # one instance per type: sfp-1 and sfp-2 both want firewall, ids
+    r, _ = compile(cfg, cat, SpiAllocator())
+    p1, p2 = r.path_by_name("sfp-1"), r.path_by_name("sfp-2")
+    assert p1 is not None and p2 is not None
+    assert not (p1.ready and p2.ready)  # one ids instance cannot serve light, sfp-1, sfp-2
+    assert r.demand["firewall"] == 3 and r.demand["ids"] == 3  # sfp-1, sfp-2, deep / light
+    for t in ("firewall", "ids", "avc"):
+        cat.register(inst(f"{t}-2", t, "edge" if t == "avc" else "core"))
+        cat.register(inst(f"{t}-3", t, "edge" if t == "avc" else "core"))
+    r, _ = compile(cfg, cat, SpiAllocator())
+    p1, p2 = r.path_by_name("sfp-1"), r.path_by_name("sfp-2")
+    assert p1 is not None and p2 is not None and p1.ready and p2.ready
+    used = [i.name for p in r.paths.values() for h in p.hops for i, _w in h.instances
+            if h.sf_type == "firewall"]
+    assert sorted(used) == ["firewall-1", "firewall-2", "firewall-3"]  # one hop each
+    proxies = [n for a in r.agents.values() for n in a.proxies]
+    assert len(proxies) == len({n.rsplit("-", 2)[0] for n in proxies})
+
+
+def test_catalog_asks_for_what_the_paths_need(schema: YangSchema) -> None:
+    fw = parse_config(valid(schema, TYPES)).types["firewall"]  # min 1, max 2
+    cat = CatalogManager(clock=Clock())
+    cat.register(inst("fw-1", "firewall"))
+    assert [r.kind for r in cat.evaluate([fw], {"firewall": 2})] == ["create"]
+    assert cat.evaluate([fw], {"firewall": 2}) == []  # pending

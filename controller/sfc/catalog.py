@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -204,8 +204,10 @@ class CatalogManager:
 
     # ---- scaling (seed §5.3 steps 1-2) ----------------------------------------------------
 
-    def evaluate(self, types: Iterable[SfType]) -> list[ScaleRequest]:
-        """What to ask the DMSs now; call after load reports (and periodically)."""
+    def evaluate(self, types: Iterable[SfType], demand: Mapping[str, int] | None = None
+                 ) -> list[ScaleRequest]:
+        """What to ask the DMSs now; call after load reports (and periodically). `demand`:
+        instances a type needs for the paths to be served at all (the Policy Manager's)."""
         now = self.clock()
         out: list[ScaleRequest] = []
         for t in types:
@@ -220,9 +222,10 @@ class CatalogManager:
             active = self.by_type(t.name)
             dms = self.dms_for(t)
             n = len(active) + (1 if ts.pending_create is not None else 0)
-            if dms is not None and n < sc.min_instances and ts.pending_create is None:
+            need = min(sc.max_instances, max(sc.min_instances, (demand or {}).get(t.name, 0)))
+            if dms is not None and n < need and ts.pending_create is None:
                 out.append(self._create(t, ts, dms, now, f"{len(active)} instance(s), "
-                                        f"minimum {sc.min_instances}"))
+                                        f"{need} needed"))
                 continue
             if not active:
                 continue
@@ -239,7 +242,7 @@ class CatalogManager:
                     ts.above_since = None
                 continue
             ts.above_since = None
-            if load < sc.low and len(active) > sc.min_instances:
+            if load < sc.low and len(active) > need:
                 victim = min(active, key=lambda i: (i.load.pps, -i.registered, i.name))
                 rest = [i for i in active if i is not victim]
                 cap = sum(i.capacity_pps for i in rest)

@@ -34,6 +34,7 @@ from controller.sfc.model import (
     IpNet,
     Match,
     PortRange,
+    ReclassRule,
     SfcConfig,
 )
 from netconf_core.errors import RpcError
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["sff", "sf", "proxy", "terminate"]
 MAX_WEIGHT = 100
+# Can several proxy entries of one agent share an SF's interfaces (one instance on several
+# paths)? Not with the agent's proxy of 2026-12-04 (see _share_instances).
+SHARED_PROXIES = False
 
 
 def _bad(msg: str, path: str | None = None) -> RpcError:
@@ -130,6 +134,7 @@ class Rendering:
     paths: dict[int, PathPlan] = field(default_factory=dict)
     agents: dict[str, AgentPlan] = field(default_factory=dict)
     waiting: list[str] = field(default_factory=list)  # why some paths are not ready
+    demand: dict[str, int] = field(default_factory=dict)  # type → instances it needs
 
     def path_by_name(self, name: str, kind: str = "chain") -> PathPlan | None:
         return next((p for p in self.paths.values() if p.name == name and p.kind == kind),
@@ -290,6 +295,13 @@ def compile(cfg: SfcConfig, catalog: CatalogManager, spis: SpiAllocator
         if p.chain not in cfg.chains:
             raise _bad(f"policy {p.name}: unknown chain {p.chain!r}")
     check_reclass(cfg)
+    by_result: dict[str, ReclassRule] = {}
+    for rule in sorted(cfg.reclass.values(), key=lambda x: x.name):
+        other = by_result.setdefault(rule.result, rule)
+        if other.to_chain != rule.to_chain:
+            raise _bad(f"re-classification rules {other.name} and {rule.name}: the agents "
+                       f"re-classify by result name, and {rule.result!r} cannot lead to both "
+                       f"{other.to_chain} and {rule.to_chain}")
     if cfg.policies and not cfg.classifiers():
         raise _bad("SFC policies are configured but no forwarder is a classifier")
     for f in cfg.classifiers():
@@ -341,9 +353,10 @@ def compile(cfg: SfcConfig, catalog: CatalogManager, spis: SpiAllocator
     assignment = spis.allocate(wanted, cfg.spi_start, cfg.spi_end)
 
     r = Rendering(waiting=waiting)
+    share = _share_instances(assignment, keys, usable, r)
     for k, spi in assignment.items():
         kind, name, types = keys[k]
-        hops = tuple(HopPlan(SI_INITIAL - n, t, tuple(_weights(usable.get(t, []))))
+        hops = tuple(HopPlan(SI_INITIAL - n, t, tuple(_weights(share[(spi, SI_INITIAL - n)])))
                      for n, t in enumerate(types))
         ready = all(any(w > 0 for _i, w in h.instances) for h in hops)
         r.paths[spi] = PathPlan(spi, name, kind, hops, ready)  # type: ignore[arg-type]
@@ -356,6 +369,36 @@ def compile(cfg: SfcConfig, catalog: CatalogManager, spis: SpiAllocator
     return r, assignment
 
 
+def _share_instances(assignment: Mapping[str, int],
+                     keys: Mapping[str, tuple[str, str, tuple[str, ...]]],
+                     usable: Mapping[str, list[Instance]], r: Rendering
+                     ) -> dict[tuple[int, int], list[Instance]]:
+    """Which instances serve each (SPI, SI) hop. An NSH-unaware instance sits behind one
+    proxy entry (the agent's proxy restores the NSH of what comes back from the SF by the
+    entry that owns the SF's return interface), so with SHARED_PROXIES off each such
+    instance serves one hop only: the hops of a type share its instances out (round robin
+    over the sorted names, chains before steering paths); a hop left without one waits and
+    `demand` tells the Catalog Manager how many the type needs. NSH-aware instances are
+    shared by every hop of their type."""
+    hops: dict[str, list[tuple[int, int]]] = {}
+    for k, spi in sorted(assignment.items(), key=lambda kv: (keys[kv[0]][0] != "chain",
+                                                             kv[1])):
+        for n, t in enumerate(keys[k][2]):
+            hops.setdefault(t, []).append((spi, SI_INITIAL - n))
+    out: dict[tuple[int, int], list[Instance]] = {}
+    for t, hs in hops.items():
+        insts = usable.get(t, [])
+        shared = [i for i in insts if i.nsh_aware or SHARED_PROXIES]
+        own = [i for i in insts if i not in shared]
+        for n, h in enumerate(hs):
+            out[h] = list(shared) + own[n::len(hs)]
+        r.demand[t] = len(hs) if own and not SHARED_PROXIES else 1
+        if own and len(own) < len(hs):
+            r.waiting.append(f"type {t}: {len(hs)} path hops need their own instance, "
+                             f"{len(own)} registered")
+    return out
+
+
 def _one_result_socket(cfg: SfcConfig, r: Rendering, assignment: Mapping[str, int]) -> None:
     """An instance reports its results to one socket, which one proxy entry binds: keep it
     on the entry of the path where its results re-classify flows (else the lowest SPI)."""
@@ -366,9 +409,16 @@ def _one_result_socket(cfg: SfcConfig, r: Rendering, assignment: Mapping[str, in
         for c in [rule.from_chain] if rule.from_chain else list(cfg.chains):
             if rule.from_type in cfg.chains[c].types:
                 acting.add((spi_of[c], rule.from_type))
+    guarded = {rule.from_type for rule in cfg.reclass.values()}
     for a in r.agents.values():
         by_inst: dict[str, list[ProxyPlan]] = {}
-        for p in a.proxies.values():
+        for p in list(a.proxies.values()):
+            t = r.paths[p.spi].hops[SI_INITIAL - p.si].sf_type
+            if p.report_socket and t in guarded and (p.spi, t) not in acting:
+                # the agents re-classify by result name alone: a tag from a hop no rule
+                # applies to (e.g. the IDS again on the path it sent the flow to) would
+                # move the flow again, so this proxy takes no results
+                a.proxies[p.name] = p = replace(p, report_socket=None)
             if p.report_socket:
                 by_inst.setdefault(p.instance, []).append(p)
         for plans in by_inst.values():

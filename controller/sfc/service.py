@@ -347,7 +347,8 @@ class SfcService:
     # ---- scaling --------------------------------------------------------------------------
 
     def _scale(self) -> None:
-        for req in self.catalog.evaluate(self.cfg.types.values()):
+        demand = self.rendering.demand if self.rendering is not None else None
+        for req in self.catalog.evaluate(self.cfg.types.values(), demand):
             self._spawn(self._ask_dms(req))
 
     def _instance_name(self, sf_type: str) -> str:

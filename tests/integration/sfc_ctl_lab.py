@@ -249,7 +249,7 @@ class SfcControllerLab:
         m.edit_config(target="running", config=cfg)
 
     def register(self, m: Any, i: int, name: str, sf_type: str, capacity: int = 10000,
-                 dms: str = "lab-dms") -> None:
+                 dms: str = "lab-dms", report_socket: str | None = None) -> None:
         """Register SF namespace `i` (behind F's proxy interfaces i<i>/o<i>) as an instance,
         the way a DMS does (register-instance RPC)."""
         from lxml import etree
@@ -259,7 +259,8 @@ class SfcControllerLab:
             f"<dms>{dms}</dms><host>f</host><locator><address>{LOCATOR['f']}</address>"
             f"</locator><interfaces><to-sf>i{i}</to-sf><from-sf>o{i}</from-sf>"
             f"<sf-mac>{self.net.sf_mac(i)}</sf-mac></interfaces>"
-            f"<capacity>{capacity}</capacity></register-instance>")
+            + (f"<report-socket>{report_socket}</report-socket>" if report_socket else "")
+            + f"<capacity>{capacity}</capacity></register-instance>")
         m.dispatch(rpc)
 
     def sfc_state(self, m: Any) -> Any:
