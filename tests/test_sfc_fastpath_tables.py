@@ -164,3 +164,27 @@ def test_counter_slots_are_stable_and_quarantined():
     a.begin()
     later = {a.index(("rule", f"m{i}")) for i in range(7)}
     assert y in later
+
+
+def test_merge_stats_adds_fast_path_counts_to_the_userspace_snapshot():
+    from nsf_agent.sfc.fastpath import Counters
+    from nsf_agent.sfc.fastpath.merge import merge_stats
+
+    snap = {
+        "counters": {"received": 3, "forwarded": 2, "delivered": 1, "unmatched": 4},
+        "rules": {"a": [1, 100]},
+        "entries": [[10, 255, 2, 200, [2]]],
+    }
+    fast = Counters(
+        rules={"a": (5, 500), "b": (1, 10)},
+        sff={(10, 255): (7, 700), (10, 254): (1, 50)},
+        stats={"sff-forwarded": 7, "sff-terminated": 1, "classified": 6},
+    )
+    out = merge_stats(snap, fast)
+    assert out["rules"] == {"a": [6, 600], "b": [1, 10]}
+    assert sorted(map(tuple, [e[:4] for e in out["entries"]])) == [
+        (10, 254, 1, 50),
+        (10, 255, 9, 900),
+    ]
+    assert out["counters"] == {"received": 11, "forwarded": 9, "delivered": 2, "unmatched": 4}
+    assert snap["rules"]["a"] == [1, 100]  # the snapshot itself is left alone

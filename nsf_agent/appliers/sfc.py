@@ -25,7 +25,7 @@ from netconf_core.applier import ConfigChange, Notify
 from netconf_core.errors import RpcError
 from nsf_agent.sfc import config as sfcconf
 from nsf_agent.sfc.client import SfcClient, SfcDatapathError, spawn
-from nsf_agent.sfc.model import ANY_PORTS, ModelError, SfcConfig
+from nsf_agent.sfc.model import ModelError, SfcConfig
 
 if TYPE_CHECKING:
     from nsf_agent.config import AgentConfig
@@ -47,32 +47,6 @@ def _rpc_error(exc: ModelError | SfcDatapathError) -> RpcError:
     path = getattr(exc, "path", None)
     return RpcError("application", "invalid-value", str(exc),
                     path=f"{sfcconf.ROOT}/{path}" if path else sfcconf.ROOT)
-
-
-def to_generation(cfg: SfcConfig) -> Any:
-    """The fast path's view of a committed table: classifier rules and the SFF entries it
-    may take over. Entries whose next hop is a local proxy stay in userspace (the proxy
-    lives there); packets the fast path does not handle are passed up unchanged."""
-    from nsf_agent.sfc import fastpath as fp
-
-    local = {cfg.locator} if cfg.locator else set()
-    rules = []
-    for r in sorted(cfg.rules, key=lambda r: (r.order, r.name)):
-        if r.md_type != 1 or r.first_hop in local:
-            break   # cut here: a later rule must never match where this one would have
-        rules.append(fp.ClassifierRule(
-            name=r.name, order=r.order, spi=r.spi, si=r.si, first_hop=r.first_hop,
-            src=r.match.src, dst=r.match.dst, proto=r.match.protocol,
-            sport=None if r.match.sport == ANY_PORTS else (r.match.sport.start,
-                                                           r.match.sport.end),
-            dport=None if r.match.dport == ANY_PORTS else (r.match.dport.start,
-                                                           r.match.dport.end),
-            dscp=r.match.dscp, ingress=r.match.ingress))
-    sff = tuple(
-        fp.SffEntry(e.spi, e.si, tuple(fp.NextHop(h.locator, h.kind, h.transport, h.weight)
-                                       for h in e.next_hops))
-        for e in cfg.table if not any(h.locator in local for h in e.next_hops))
-    return fp.Generation(local_locator=cfg.locator, rules=tuple(rules), sff=sff)
 
 
 class SfcApplier:
@@ -249,11 +223,12 @@ class SfcApplier:
                 return
             from nsf_agent.sfc.fastpath import FastPath
 
+            # the fast path takes the same SfcConfig and leaves to userspace what it
+            # cannot carry out exactly as userspace would (nsf_agent/sfc/fastpath/tables.py)
             if self.fastpath is None:
-                fp = FastPath()
-                fp.attach(list(fast.get("interfaces", [])))
-                self.fastpath = fp
-            self.fastpath.apply(to_generation(cfg))
+                self.fastpath = FastPath()
+            self.fastpath.attach(list(fast.get("interfaces", [])))
+            self.fastpath.apply(cfg)
 
     def _in_netns(self) -> contextlib.AbstractContextManager[None]:
         """The fast path's netlink and BPF calls act on the data path's namespace (the
@@ -276,7 +251,9 @@ class SfcApplier:
         snap = self.stats()
         if self.fastpath is not None:
             with contextlib.suppress(Exception):
-                snap.setdefault("fastpath", self.fastpath.counters())
+                from nsf_agent.sfc.fastpath.merge import merge_stats
+
+                snap = merge_stats(snap, self.fastpath.counters())
         return [sfcconf.state(self.cfg, snap)]
 
     # ---- data path events → notifications ----------------------------------------------------
