@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--profile", default="default", help="crypto profile (created with "
                     "the options below if it does not exist; default 'default')")
     pa.add_argument("--encryption", choices=sorted(ENCRYPTION), help="profile encryption")
-    pa.add_argument("--key-length", type=int, help="profile key length in bits")
+    pa.add_argument("--key-length", type=int, help="profile key length in bits (0 with "
+                    "--encryption null, which implies it)")
     pa.add_argument("--integrity", choices=sorted(INTEGRITY), help="profile integrity")
     pa.add_argument("--soft-time", type=int, help="soft lifetime (s): rekey before it")
     pa.add_argument("--hard-time", type=int, help="hard lifetime (s)")
@@ -369,8 +370,11 @@ def _policy_apply(m: Any, a: argparse.Namespace) -> None:
     prof = _e("crypto-profile", None, _e("name", a.profile))
     if a.encryption:
         prof.append(_e("encryption-algorithm", ENCRYPTION[a.encryption]))
-    if a.key_length:
-        prof.append(_e("key-length", a.key_length))
+    key_length = a.key_length
+    if key_length is None and a.encryption == "null":
+        key_length = 0  # NULL encryption has no key (RFC 9061 allows it for tests)
+    if key_length is not None:  # 0 too: it is the only value NULL encryption takes
+        prof.append(_e("key-length", key_length))
     if a.integrity:
         prof.append(_e("integrity-algorithm", INTEGRITY[a.integrity]))
     if a.soft_time is not None:

@@ -263,3 +263,28 @@ def test_unclean_nsf_restart_rekeys_its_policies_once(env: dict[str, Any]) -> No
     wait_for(lambda: store.get_meta("boot:s1") == boot2, 10, "s1's new run seen")
     assert _generation(ctl, "x") == gx + 1
     assert ctl.ctl.service.stats.restarts_handled == 1
+
+
+@pytest.mark.parametrize("key_length", [["--key-length", "0"], []])
+def test_cli_null_encryption_with_key_length_0(env: dict[str, Any],
+                                               key_length: list[str]) -> None:
+    """Issue 24.5: `--key-length 0` was dropped (a falsy value), so `--encryption null`
+    could not be applied from the CLI; `--encryption null` alone now implies it."""
+    from controller import cli
+
+    ctl, ag = env["ctl"], env["agents"]
+    ctl.edit("<nsfs>" + nsf_xml(env, "s1", 1) + nsf_xml(env, "s2", 2) + "</nsfs>")
+    args = cli.build_parser().parse_args(
+        ["policy", "apply", "n", "-a", "s1", "-b", "s2", "--profile", "nul",
+         "--encryption", "null", *key_length, "--integrity", "hmac-sha2-256-128"])
+    m = connect(ctl.ctl.port)
+    try:
+        cli._policy_apply(m, args)
+    finally:
+        m.close_session()
+    wait_for(lambda: ctl.status("n") == "active", 10, "null-encryption policy active")
+    IK = "{urn:ietf:params:xml:ns:yang:ietf-i2nsf-ikeless}"
+    run = etree.fromstring(ag["s1"].snapshot()["running"])
+    encs = [e for e in run.iter(IK + "encryption") if e.getparent().tag == IK + "esp-sa"]
+    assert encs and all(e.findtext(IK + "encryption-algorithm") == "11" for e in encs)
+    assert all((e.findtext(IK + "key") or "") == "" for e in encs)
