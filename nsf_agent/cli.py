@@ -97,6 +97,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="write the bound port to PATH once the server accepts connections")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
+    p.add_argument("--sfc-dataplane", choices=["auto", "userspace", "bpf"],
+                   help="SFC data plane: auto (tc-BPF fast path when forwarder/fast-path is "
+                   "enabled and the kernel takes it, else userspace only), userspace, bpf "
+                   "(required: refuse to start without it); overrides [dataplane] sfc")
     p.add_argument("--log-format", choices=["text", "json"], default=None,
                    help="text (default) or json: one JSON object per line, for journald "
                    "or a log collector")
@@ -128,6 +132,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg.state_dir = args.state_dir
     if args.dataplane:
         cfg.appliers = args.dataplane
+    if args.sfc_dataplane:
+        cfg.sfc_dataplane = args.sfc_dataplane
+    if cfg.sfc_dataplane == "bpf":
+        from nsf_agent.sfc.fastpath import FastPath
+
+        ok, why = FastPath.available()
+        if not ok:
+            print(f"i2nsf-agent: --sfc-dataplane bpf: {why}", file=sys.stderr)
+            return 2
     setup_logging(args.log_level, args.log_json or args.log_format == "json")
     if not cfg.users:
         log.warning("no [[users]] configured: nobody can log in")

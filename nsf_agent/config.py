@@ -22,6 +22,9 @@ Example (`i2nsf-agent init-config` writes one):
     appliers = ["auto"]       # xfrm if the kernel has ESP, else userspace; add "ike" for
                               # IKE; "null" stores configuration only (SAs are refused)
     # accept_unenforced = true  # accept SAs/IKE config nothing enforces (benchmarks)
+    # sfc = "auto"            # SFC data plane: "auto" (tc-BPF fast path for
+                              # forwarder/fast-path when the kernel takes it, else
+                              # userspace only), "userspace", "bpf" (required)
 
     [[users]]
     name = "admin"
@@ -47,6 +50,7 @@ from netconf_core.metrics import MetricsConfig
 from netconf_core.yang_context import IPSEC_MODULES
 
 DEFAULT_STATE_DIR = Path("/var/lib/i2nsf-agent")
+SFC_DATAPLANES = ("auto", "userspace", "bpf")
 
 
 @dataclass
@@ -68,6 +72,8 @@ class AgentConfig:
     # accept SAs / IKE configuration no applier enforces (store-only agents, benchmarks of
     # the NETCONF layer); otherwise such commits are refused (nsf_agent/enforce.py)
     accept_unenforced: bool = False
+    # SFC data plane (issue 19): auto | userspace | bpf, see nsf_agent/appliers/sfc.py
+    sfc_dataplane: str = "auto"
     users: list[User] = field(default_factory=list)
     metrics: MetricsConfig | None = None  # [metrics]: Prometheus endpoint (off when absent)
 
@@ -103,7 +109,11 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> AgentConfig:
     if "dir" in yang:
         cfg.yang_dir = base / yang["dir"]
     dp = data.get("dataplane", {})
-    check_table(dp, {"appliers": list, "accept_unenforced": bool}, "dataplane")
+    check_table(dp, {"appliers": list, "accept_unenforced": bool, "sfc": str}, "dataplane")
+    if "sfc" in dp:
+        if dp["sfc"] not in SFC_DATAPLANES:
+            raise ConfigError(f"[dataplane] sfc must be one of {', '.join(SFC_DATAPLANES)}")
+        cfg.sfc_dataplane = dp["sfc"]
     if "appliers" in dp:
         cfg.appliers = [str(a) for a in dp["appliers"]]
     cfg.accept_unenforced = bool(dp.get("accept_unenforced", False))
@@ -140,6 +150,7 @@ def render_config(cfg: AgentConfig) -> str:
         "[dataplane]",
         "appliers = [" + ", ".join(s(a) for a in cfg.appliers) + "]",
         *(["accept_unenforced = true"] if cfg.accept_unenforced else []),
+        *([f"sfc = {s(cfg.sfc_dataplane)}"] if cfg.sfc_dataplane != "auto" else []),
     ]
     for u in cfg.users:
         lines += ["", "[[users]]", f"name = {s(u.name)}"]

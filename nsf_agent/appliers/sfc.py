@@ -40,7 +40,7 @@ def create(cfg: AgentConfig) -> SfcApplier:
     and the agent serves the module it is configured with."""
     if MODULE not in cfg.modules:
         cfg.modules.append(MODULE)
-    return SfcApplier(cfg.state_dir)
+    return SfcApplier(cfg.state_dir, dataplane=getattr(cfg, "sfc_dataplane", "auto"))
 
 
 def _rpc_error(exc: ModelError | SfcDatapathError) -> RpcError:
@@ -55,7 +55,12 @@ class SfcApplier:
     name = "sfc"
 
     def __init__(self, state_dir: Path, netns: str | None = None,
-                 connect_timeout: float = 15.0, log_level: str = "info") -> None:
+                 connect_timeout: float = 15.0, log_level: str = "info",
+                 dataplane: str = "auto") -> None:
+        # --sfc-dataplane: "userspace" refuses forwarder/fast-path, "bpf" requires it to
+        # work, "auto" uses it when the kernel takes it and falls back to userspace only
+        self.dataplane = dataplane
+        self._fast_ok: tuple[bool, str] | None = None
         state_dir.mkdir(parents=True, exist_ok=True)
         self.control = str(state_dir / "sfc-datapath.sock")
         self.log_path = str(state_dir / "sfc-datapath.log")
@@ -200,15 +205,25 @@ class SfcApplier:
 
     # ---- fast path hook (nsf_agent.sfc.fastpath, owned by the fast path's issue) ----------
 
+    def _fastpath_usable(self) -> tuple[bool, str]:
+        """Whether forwarder/fast-path can be honoured here (cached: a kernel probe)."""
+        if self.dataplane == "userspace":
+            return False, "the agent runs with --sfc-dataplane userspace"
+        if self._fast_ok is None:
+            try:
+                from nsf_agent.sfc.fastpath import FastPath
+            except ImportError as exc:
+                self._fast_ok = (False, f"the SFC fast path is not installed: {exc}")
+            else:
+                self._fast_ok = FastPath.available()
+        return self._fast_ok
+
     def _fastpath_available(self) -> None:
-        try:
-            from nsf_agent.sfc.fastpath import FastPath  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise RpcError("application", "operation-not-supported",
-                           f"the SFC fast path is not installed: {exc}",
-                           path=f"{sfcconf.ROOT}/forwarder/fast-path/enabled") from exc
-        ok, reason = FastPath.available()
-        if not ok:
+        """validate(): forwarder/fast-path enabled. Refused under --sfc-dataplane userspace
+        (and bpf, should the kernel stop taking it); under auto an unusable fast path
+        means the userspace path alone, said in the log."""
+        ok, reason = self._fastpath_usable()
+        if not ok and self.dataplane != "auto":
             raise RpcError("application", "operation-not-supported",
                            f"the SFC fast path is not available: {reason}",
                            path=f"{sfcconf.ROOT}/forwarder/fast-path/enabled")
@@ -216,7 +231,14 @@ class SfcApplier:
     def _fastpath_apply(self, cfg: SfcConfig, fast: dict[str, Any]) -> None:
         """Hand the committed generation to the fast path (attach/detach as configured)."""
         with self._in_netns():
-            if not fast.get("enabled"):
+            enabled = bool(fast.get("enabled"))
+            if enabled:
+                ok, reason = self._fastpath_usable()
+                if not ok:
+                    log.warning("sfc: fast path requested but not used (%s): userspace path "
+                                "only", reason)
+                    enabled = False
+            if not enabled:
                 if self.fastpath is not None:
                     self.fastpath.close()
                     self.fastpath = None
