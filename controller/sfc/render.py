@@ -163,6 +163,8 @@ def config_xml(c: AgentConfig | None) -> etree._Element:
         if hops and hops[0].kind == "terminate":
             _sub(e, "terminate")
             continue
+        if any(h.weight > 0 for h in hops):  # draining (weight 0): no new flows
+            hops = tuple(h for h in hops if h.weight > 0)
         merged: dict[str, NextHop] = {}
         for h in hops:  # the agent keys next hops by locator: one per locator
             k = str(h.locator)
