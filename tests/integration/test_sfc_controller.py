@@ -169,3 +169,66 @@ def test_controller_restart_keeps_paths_and_pushes_nothing(lab: SfcControllerLab
         assert _ping(lab, UNTRUSTED_SRC).returncode == 0
     finally:
         m2.close_session()
+
+
+NSF_NS = "urn:i2nsf-sdn:yang:i2nsf-sfc-nsf"
+
+
+def _agent_edit(lab: SfcControllerLab, node: str, entries: str) -> None:
+    """Change an agent's table behind the controller's back (another NETCONF client)."""
+    a = lab.connect_agent(node)
+    try:
+        a.edit_config(target="running", config=(
+            f'<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
+            f'<sfc xmlns="{NSF_NS}"><forwarder><table>{entries}</table></forwarder></sfc>'
+            "</config>"))
+    finally:
+        a.close_session()
+
+
+def _stat(lab: SfcControllerLab, m: Any, name: str) -> int:
+    root = lab.sfc_state(m)
+    v = root.findtext(f".//{{urn:i2nsf-sdn:yang:i2nsf-sfc-policy}}statistics/"
+                      f"{{urn:i2nsf-sdn:yang:i2nsf-sfc-policy}}{name}")
+    return int(v or 0)
+
+
+def test_table_miss_is_answered_within_10_ms(lab: SfcControllerLab, m: Any) -> None:
+    """Seed §4.5 pull: C lost its entry for the light path's first hop; the held packet
+    goes on once the controller's answer arrives."""
+    lab.configure(m, TRUST + CHAINS, inventory=False)
+    light = int(_active(lab, m, "light", "deep")["light"]["spi"])
+    before = _stat(lab, m, "table-misses-answered")
+    _agent_edit(lab, "c", f'<entry xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0" '
+                f'nc:operation="delete"><spi>{light}</spi><si>255</si></entry>')
+    assert f"<entry><spi>{light}</spi><si>255</si>" not in lab.agent_running("c")
+    r = _ping(lab, "198.51.100.10", count=1)
+    assert r.returncode == 0, r.stdout + r.stderr
+    poll(lambda: _stat(lab, m, "table-misses-answered") > before, 5, "the miss answered")
+    us = _stat(lab, m, "last-miss-answer-time")
+    print(f"\ntable miss: answer sent {us / 1000:.2f} ms after the notification arrived")
+    assert 0 < us <= 10_000
+    assert f"<entry><spi>{light}</spi><si>255</si>" in lab.agent_running("c")
+
+
+def test_loop_is_fixed_by_a_resync(lab: SfcControllerLab, m: Any) -> None:
+    """Seed §4.5 last paragraph: two SFFs whose tables drifted into a loop (C and F send the
+    end of the light path to each other); TTL expiry is reported, the controller rewrites
+    every agent, traffic flows again."""
+    from tests.integration.sfc_ctl_lab import LOCATOR
+
+    lab.configure(m, TRUST + CHAINS, inventory=False)
+    light = int(_active(lab, m, "light", "deep")["light"]["spi"])
+    good = {n: lab.agent_running(n) for n in ("c", "f")}
+    for node, to in (("c", "f"), ("f", "c")):
+        _agent_edit(lab, node, f'<entry xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0" '
+                    f'nc:operation="replace"><spi>{light}</spi><si>254</si><next-hop>'
+                    f"<locator>{LOCATOR[to]}</locator><kind>sff</kind></next-hop></entry>")
+    _ping(lab, "198.51.100.10", count=1)  # loops until its NSH TTL runs out
+    poll(lambda: any(k == "path-resync" for k, _ in lab.events(m)), 10, "the loop handled")
+    kinds = [k for k, _ in lab.events(m)]
+    assert "loop-detected" in kinds
+    poll(lambda: {n: lab.agent_running(n) for n in ("c", "f")} == good, 10,
+         "agents rewritten")
+    r = _ping(lab, "198.51.100.10", count=2)
+    assert r.returncode == 0, r.stdout + r.stderr
