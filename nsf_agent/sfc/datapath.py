@@ -226,8 +226,9 @@ class Datapath:
     def check(self, cfg: SfcConfig) -> None:
         """Everything `replace` would refuse, without changing anything."""
         cfg.check()
-        ifs = interfaces()
-        for ifname, path in cfg.interfaces().items():
+        named = cfg.interfaces()
+        ifs = interfaces() if named else {}
+        for ifname, path in named.items():
             if ifname not in ifs:
                 raise ModelError(f"interface {ifname!r} does not exist in the NSF's namespace",
                                  path)
@@ -246,7 +247,7 @@ class Datapath:
         for p in cfg.proxies:
             want[(p.to_sf, "to-sf")] = p.to_sf
             want[(p.from_sf, "from-sf")] = p.from_sf
-        ifs = interfaces()
+        ifs = interfaces() if want else {}
         new_links: dict[tuple[str, str], _Link] = {}
         new_results: dict[str, socket.socket] = {}
         gre: tuple[socket.socket, socket.socket | None] | None = None

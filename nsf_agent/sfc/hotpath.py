@@ -47,6 +47,13 @@ class HotLoop:
         for i in range(n):
             self._smsg[i].msg_hdr.msg_iov = ctypes.pointer(self._siov[i])
             self._smsg[i].msg_hdr.msg_iovlen = 1
+        # the same arrays as flat integer views: per-packet field access without ctypes
+        # objects (struct mmsghdr is 64 bytes: msg_len at 56; struct iovec is 16 bytes)
+        assert ctypes.sizeof(_Mmsghdr) == 64 and ctypes.sizeof(_Iovec) == 16
+        self._rlen = memoryview(self._rmsg).cast("B").cast("I")      # msg_len: [i*16 + 14]
+        self._siov_q = memoryview(self._siov).cast("B").cast("Q")    # base, len: [2i], [2i+1]
+        self._smsg_q = memoryview(self._smsg).cast("B").cast("Q")    # msg_name: [8i]
+        self._smsg_i = memoryview(self._smsg).cast("B").cast("I")    # msg_namelen: [16i + 2]
         # (spi, si) → (entry, sockaddr buffer address, its length)
         self.hot: dict[tuple[int, int], tuple[_Entry, int, int]] = {}
         self._names: list[ctypes.Array[ctypes.c_char]] = []
@@ -75,38 +82,38 @@ class HotLoop:
                 raise OSError(err, os.strerror(err))
             return 0
         hot = self.hot
-        views, addrs, rmsg = self._views, self._addrs, self._rmsg
-        siov, smsg = self._siov, self._smsg
+        views, addrs, rlen = self._views, self._addrs, self._rlen
+        siq, smq, smi = self._siov_q, self._smsg_q, self._smsg_i
         out = 0
         slow = []
         for i in range(got):
-            ln = rmsg[i].msg_len
+            ln = rlen[i * 16 + 14]
             v = views[i]
             o = (v[0] & 15) * 4
-            if v[o:o + 4] == GRE_NSH and ln >= o + 28:
+            if (ln >= o + 28 and v[o + 2] == 0x89 and v[o + 3] == 0x4F and not v[o]
+                    and not v[o + 1] and v[o + 6] & 0xF == 1):
                 b0, b1 = v[o + 4], v[o + 5]
-                if not b0 & 0xC0 and b1 & 0x3F == 6 and v[o + 6] & 0xF == 1:
-                    ent = hot.get(((v[o + 8] << 16) | (v[o + 9] << 8) | v[o + 10], v[o + 11]))
-                    ttl = ((b0 & 0xF) << 2) | (b1 >> 6)
-                    if ent is not None and ttl > 1:
-                        ttl -= 1
-                        v[o + 4] = (b0 & 0xF0) | (ttl >> 2)
-                        v[o + 5] = ((ttl & 3) << 6) | 6
-                        e = ent[0]
-                        e.packets += 1
-                        e.bytes += ln - o - 28
-                        e.hop_packets[0] += 1
-                        siov[out].iov_base = addrs[i] + o
-                        siov[out].iov_len = ln - o
-                        smsg[out].msg_hdr.msg_name = ent[1]
-                        smsg[out].msg_hdr.msg_namelen = ent[2]
-                        out += 1
-                        continue
+                ent = hot.get(((v[o + 8] << 16) | (v[o + 9] << 8) | v[o + 10], v[o + 11]))
+                ttl = ((b0 & 0xF) << 2) | (b1 >> 6)
+                if ent is not None and ttl > 1 and not b0 & 0xC0 and b1 & 0x3F == 6:
+                    ttl -= 1
+                    v[o + 4] = (b0 & 0xF0) | (ttl >> 2)
+                    v[o + 5] = ((ttl & 3) << 6) | 6
+                    e = ent[0]
+                    e.packets += 1
+                    e.bytes += ln - o - 28
+                    e.hop_packets[0] += 1
+                    siq[2 * out] = addrs[i] + o
+                    siq[2 * out + 1] = ln - o
+                    smq[8 * out] = ent[1]
+                    smi[16 * out + 2] = ent[2]
+                    out += 1
+                    continue
             slow.append((i, ln, o))
         engine.counters["received"] += got
         if out:
             engine.counters["forwarded"] += out
-            r = self._send(self.fd, smsg, out, 0)
+            r = self._send(self.fd, self._smsg, out, 0)
             sent = max(r, 0)
             if sent < out:
                 engine.drops["send-error"] += out - sent

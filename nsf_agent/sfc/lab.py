@@ -48,12 +48,13 @@ def mac_of(ns: str, ifname: str) -> str:
 class SfcLab:
     prefix: str
     sfs: int = 1
+    mtu: int = 1500          # hosts' MTU; the other links get room for GRE + NSH
     namespaces: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @classmethod
-    def unique(cls, sfs: int = 1, tag: str = "i2sf") -> SfcLab:
-        return cls(unique_prefix(tag), sfs)
+    def unique(cls, sfs: int = 1, tag: str = "i2sf", mtu: int = 1500) -> SfcLab:
+        return cls(unique_prefix(tag), sfs, mtu)
 
     def ns(self, role: str) -> str:
         return f"{self.prefix}-{role}"
@@ -104,6 +105,10 @@ class SfcLab:
                 "peer", "name", i2, "netns", n2)
             _ip(n1, "link", "set", "dev", f"{self.prefix[:10]}t", "name", i1)
             for ns, ifn, addr in ((n1, i1, a1), (n2, i2, a2)):
+                if self.mtu != 1500:
+                    host = ns in (self.host_a, self.host_b)
+                    _ip(ns, "link", "set", "dev", ifn, "mtu",
+                        str(self.mtu if host else self.mtu + 100))
                 if addr:
                     _ip(ns, "addr", "add", addr, "dev", ifn)
                 _ip(ns, "link", "set", "dev", ifn, "up")
