@@ -81,6 +81,9 @@ class Agent:
         # must learn of a crash and of the SAs it cost, see nsf_agent/restart.py)
         self.boot = BootRecord(cfg.state_dir)
         appliers = ([self.guard] if self.guard is not None else []) + list(self.appliers)
+        for a in self.appliers:  # i2nsf-sadb state only where clients can make sense of it
+            if hasattr(a, "sadb_state"):
+                a.sadb_state = schema.namespace_known(sadb.NS)
         if schema.namespace_known(sadb.NS):
             self.status = StatusApplier(self.boot, self.appliers)
             appliers.append(self.status)  # type: ignore[arg-type]

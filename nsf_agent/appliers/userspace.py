@@ -117,6 +117,7 @@ class UserspaceApplier:
     """Applier feeding the userspace ESP data path over its control socket."""
 
     name = "userspace"
+    sadb_state = True  # serve i2nsf-sadb counters (the agent clears it if not loaded)
 
     def __init__(
         self,
@@ -319,7 +320,7 @@ class UserspaceApplier:
 
     def state(self, running: etree._Element) -> list[etree._Element]:
         snap = self.stats()
-        out = [_statistics(snap.get("global", {}))]
+        out = [_statistics(snap.get("global", {}))] if self.sadb_state else []
         if not self._cfg.sad:
             return out
         by_name = {s["sa"]: s for s in snap.get("sas", [])}
@@ -347,7 +348,8 @@ class UserspaceApplier:
             etree.SubElement(rs, Q + "packet-dropped").text = str(replay + window)
             etree.SubElement(rs, Q + "failed").text = str(window)
             etree.SubElement(rs, Q + "seq-number-counter").text = str(int(s.get("seq", 0)))
-            _drops(etree.SubElement(st, sadb.Q + "sa-drops", nsmap={None: sadb.NS}), s)
+            if self.sadb_state:
+                _drops(etree.SubElement(st, sadb.Q + "sa-drops", nsmap={None: sadb.NS}), s)
         out.append(root)
         return out
 

@@ -382,6 +382,7 @@ class XfrmApplier:
     """Applier for the ietf-i2nsf-ikeless tree on the kernel's XFRM."""
 
     name = "xfrm"
+    sadb_state = True  # serve i2nsf-sadb counters (the agent clears it if not loaded)
 
     def __init__(self, netns: str | None = None, state_dir: Path | None = None) -> None:
         self.netns = netns
@@ -727,8 +728,12 @@ class XfrmApplier:
 
     def state(self, running: etree._Element) -> list[etree._Element]:
         t = self._running[1]
+        out = []
+        glob = self._xfrm_stat() if self.sadb_state else None
+        if glob is not None:
+            out.append(glob)
         if not t.cfg.sad:
-            return []
+            return out
         kernel = {state_key(s): s for s in self.xfrm.dump_states()}
         root = etree.Element(Q + "ipsec-ikeless", nsmap={None: NS})
         sad = etree.SubElement(root, Q + "sad")
@@ -752,16 +757,45 @@ class XfrmApplier:
             stats = st.stats or {}
             rw = etree.SubElement(rs, Q + "replay-window")
             etree.SubElement(rw, Q + "w").text = str(e.anti_replay_window)
-            dropped = int(stats.get("replay", 0)) + int(stats.get("replay_window", 0))
+            # RFC 9061: packet-dropped = replays, failed = outside the window; integrity
+            # failures are in i2nsf-sadb:sa-drops (the kernel counts no other reason per SA)
+            window = int(stats.get("replay_window", 0))
+            dropped = int(stats.get("replay", 0)) + window
             etree.SubElement(rs, Q + "packet-dropped").text = str(dropped)
-            etree.SubElement(rs, Q + "failed").text = str(int(stats.get("integrity_failed", 0)))
+            etree.SubElement(rs, Q + "failed").text = str(window)
             seq = 0
             if st.replay_esn is not None:
                 seq = (st.replay_esn.oseq_hi << 32) | st.replay_esn.oseq
             elif st.replay:
                 seq = int(st.replay.get("oseq", 0))
             etree.SubElement(rs, Q + "seq-number-counter").text = str(seq)
-        return [root]
+            if self.sadb_state:
+                drops = etree.SubElement(ss, sadb.Q + "sa-drops", nsmap={None: sadb.NS})
+                etree.SubElement(drops, sadb.Q + "integrity-failed").text = str(
+                    int(stats.get("integrity_failed", 0)))
+                etree.SubElement(drops, sadb.Q + "replay").text = str(dropped)
+        out.append(root)
+        return out
+
+    def _xfrm_stat(self) -> etree._Element | None:
+        """/i2nsf-sadb:sadb-statistics from the namespace's /proc/net/xfrm_stat (Linux
+        counts drops per namespace, not per SA; bad ESP padding counts as a protocol error
+        there, i.e. under integrity-failed)."""
+        text = _read_xfrm_stat(self.netns)
+        if text is None:
+            return None
+        v: dict[str, int] = {}
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                v[parts[0]] = int(parts[1])
+        root = etree.Element(sadb.Q + "sadb-statistics", nsmap={None: sadb.NS})
+        for leaf, keys in _XFRM_STAT:
+            if any(k in v for k in keys):
+                etree.SubElement(root, sadb.Q + leaf).text = str(sum(v.get(k, 0) for k in keys))
+        return root
+
+
 
     # ---- kernel events → RFC 9061 notifications --------------------------------------------
 
@@ -816,6 +850,46 @@ class XfrmApplier:
             etree.SubElement(cur, Q + "bytes").text = str(c.bytes)
             etree.SubElement(cur, Q + "packets").text = str(min(c.packets, 2**32 - 1))
         self.notify(n)
+
+
+# i2nsf-sadb sadb-statistics leaf -> /proc/net/xfrm_stat counters (linux xfrm_proc.c)
+_XFRM_STAT = (
+    ("unknown-spi", ("XfrmInNoStates",)),
+    ("integrity-failed", ("XfrmInStateProtoError",)),
+    ("replay", ("XfrmInStateSeqError",)),
+    ("wrong-next-header", ("XfrmInStateModeError",)),
+    ("malformed", ("XfrmInHdrError", "XfrmInBufferError")),
+    ("policy-violation", ("XfrmInTmplMismatch", "XfrmInNoPols")),
+    ("no-sa", ("XfrmOutNoStates",)),
+    ("discarded", ("XfrmInPolBlock", "XfrmOutPolBlock")),
+    ("sequence-overflow", ("XfrmOutStateSeqError",)),
+)
+
+
+def _read_xfrm_stat(netns: str | None) -> str | None:
+    """The counters of `netns` (read from a thread that entered it) or of our own."""
+    try:
+        if netns is None:
+            with open("/proc/net/xfrm_stat") as f:
+                return f.read()
+        from pyroute2 import netns as pnetns
+
+        box: list[str | None] = [None]
+
+        def read() -> None:
+            pnetns.pushns(netns)
+            try:
+                with open("/proc/thread-self/net/xfrm_stat") as f:
+                    box[0] = f.read()
+            finally:
+                pnetns.popns()
+
+        t = threading.Thread(target=read, name="xfrm-stat")
+        t.start()
+        t.join(5)
+        return box[0]
+    except OSError:
+        return None  # (kernel without CONFIG_XFRM_STATISTICS)
 
 
 def _host_prefix(addr: str | None) -> str:
