@@ -653,3 +653,18 @@ def test_child_sa_failure_from_the_log(schema: YangSchema, tmp_path: Path) -> No
                               b"traffic selectors 10.0.0.0/24 === 10.9.0.0/24 unacceptable"})
     assert n.find(f"{{{EV_NS}}}spd-entry-name") is None
     schema.validate_notification(n)
+
+
+def test_auth_failure_while_the_connection_is_being_loaded(schema: YangSchema,
+                                                          tmp_path: Path) -> None:
+    """charon can fail a peer's authentication before load-conn has returned: the event
+    still names the peer and identity of the connection being loaded."""
+    ap = _applier_offline(tmp_path)
+    ap._loading, ap._cfg = ap._cfg, IkeConfig()
+    [n] = ap.on_event("log", {"group": b"IKE", "level": b"1", "ikesa-uniqueid": b"7",
+                              "ikesa-name": b"i2nsf-nsf_h1-nsf_h2",
+                              "msg": b"received AUTHENTICATION_FAILED notify error"})
+    schema.validate_notification(n)
+    assert n.findtext(f"{{{EV_NS}}}connection-name") == "nsf_h1-nsf_h2"
+    assert n.findtext(f"{{{EV_NS}}}peer") == "198.51.100.2"
+    assert n.findtext(f"{{{EV_NS}}}remote-id")

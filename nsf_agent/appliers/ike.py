@@ -233,6 +233,9 @@ class IkeApplier:
         self.ledger_path = self.state_dir / "ike-keys.json"
         self.notify: Notify | None = None
         self._cfg = IkeConfig()
+        # The configuration being loaded into charon: charon may log events of a connection
+        # (e.g. an authentication failure as responder) before load-conn has returned.
+        self._loading: IkeConfig | None = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._events_thread: threading.Thread | None = None
@@ -342,7 +345,11 @@ class IkeApplier:
         with self._lock:
             if steps:
                 self._ensure_started()
-                self._execute(steps)
+                self._loading = new
+                try:
+                    self._execute(steps)
+                finally:
+                    self._loading = None
             self._cfg = new
         if steps:
             log.info("ike: applied %d vici operations", len(steps))
@@ -469,8 +476,15 @@ class IkeApplier:
             except Exception:
                 log.exception("ike: cannot turn a charon event into a notification")
 
-    def _conn_name(self, vici_name: str) -> str | None:
+    def _conn(self, vici_name: str) -> Conn | None:
+        """The connection of a vici name, also while its definition is still being loaded."""
         c = self._cfg.conns.get(vici_name)
+        if c is None and (loading := self._loading) is not None:
+            c = loading.conns.get(vici_name)
+        return c
+
+    def _conn_name(self, vici_name: str) -> str | None:
+        c = self._conn(vici_name)
         if c is not None:
             return c.name
         if vici_name.startswith(self.options.prefix):
@@ -547,7 +561,7 @@ class IkeApplier:
                 self._auth_reported.popitem(last=False)
         n = etree.Element(EV + "auth-failure", nsmap={None: EV_NS})
         _leaf(n, "connection-name", name)
-        conn = self._cfg.conns.get(vname)
+        conn = self._conn(vname)
         if conn is not None:
             peer = (conn.message.get("remote_addrs") or [None])[0]  # type: ignore[index]
             _leaf(n, "peer", _ip(peer))
@@ -575,7 +589,7 @@ class IkeApplier:
             _trim(self._child_reported)
         n = etree.Element(EV + "child-sa-failed", nsmap={None: EV_NS})
         _leaf(n, "connection-name", name)
-        conn = self._cfg.conns.get(vname)
+        conn = self._conn(vname)
         if conn is not None:
             peer = (conn.message.get("remote_addrs") or [None])[0]  # type: ignore[index]
             _leaf(n, "peer", _ip(peer))
