@@ -146,3 +146,39 @@ def test_malformed_packets_are_counted_by_reason() -> None:
                              "bad-length": 1}
     e.receive_gre(bytearray(b"\xb0\x00\x89\x4f" + bytes(12)) + good[4:], 0)   # C, K, S bits
     assert len(e.out_gre) == 1 and e.out_gre[0][0][:4] == nsh.GRE_NSH
+
+
+def test_adding_a_next_hop_moves_only_the_flows_it_takes() -> None:
+    two = (NextHop("192.0.2.3", "sf", 1), NextHop("192.0.2.4", "sf", 1))
+    three = (*two, NextHop("192.0.2.5", "sf", 1))
+
+    def spread(hops: tuple[NextHop, ...]) -> dict[int, str]:
+        e = engine(table=[SffEntry(10, 255, hops)])
+        out = {}
+        for port in range(600):
+            e.sff(gre(nsh.Nsh(spi=10, si=255), tcp(sport=port)), 4)
+            out[port] = e.out_gre.pop()[1]
+        return out
+
+    before, after = spread(two), spread(three)
+    moved = [p for p in before if before[p] != after[p]]
+    assert all(after[p] == "192.0.2.5" for p in moved)         # only to the new hop
+    assert 0.2 < len(moved) / len(before) < 0.45                # about a third of the flows
+
+
+def test_one_sf_instance_behind_two_paths_returns_each_flow_to_its_path() -> None:
+    e = engine(
+        table=[SffEntry(10, 254, (NextHop("192.0.2.6"),)),
+               SffEntry(20, 199, (NextHop("192.0.2.7"),))],
+        proxies=[ProxyEntry("p10", 10, 255, "i0", "o0", SF_MAC),
+                 ProxyEntry("p20", 20, 200, "i0", "o0", SF_MAC)])
+    a = bytes(IP(src="198.51.100.10", dst="203.0.113.10") / ICMP(id=1))
+    b = bytes(IP(src="198.51.100.11", dst="203.0.113.10") / ICMP(id=2))
+    e.sff(gre(nsh.Nsh(spi=10, si=255), a), 4)
+    e.sff(gre(nsh.Nsh(spi=20, si=200), b), 4)
+    fb, fa = e.out_frames["i0"].pop(), e.out_frames["i0"].pop()
+    for fr in (fb, fa):                        # both come back on the shared return veth
+        e.from_sf(e.proxy_by_name["p10"], fr)
+    got = {(NSH(p[4:]).spi, NSH(p[4:]).si, d) for p, d in e.out_gre}
+    assert got == {(10, 254, "192.0.2.6"), (20, 199, "192.0.2.7")}
+    assert e.proxy_by_name["p20"].from_sf == 1 and e.proxy_by_name["p10"].from_sf == 1

@@ -54,3 +54,13 @@ def test_bad_tables_are_refused(change, words) -> None:  # type: ignore[no-untyp
         cfg(**change).check()
     assert words in str(ei.value)
     assert ei.value.path
+
+
+def test_proxies_sharing_an_instance_must_share_it_whole() -> None:
+    a = ProxyEntry("a", 10, 255, "sfi0", "sfo0", "02:00:00:00:00:01", "/run/a.sock")
+    cfg(proxies=[a, ProxyEntry("b", 20, 255, "sfi0", "sfo0", "02:00:00:00:00:01")]).check()
+    with pytest.raises(ModelError, match="another function instance"):
+        cfg(proxies=[a, ProxyEntry("b", 20, 255, "sfi0", "sfo9", "02:00:00:00:00:01")]).check()
+    with pytest.raises(ModelError, match="bound by proxy"):
+        cfg(proxies=[a, ProxyEntry("b", 20, 255, "sfi1", "sfo1", "02:00:00:00:00:02",
+                                   "/run/a.sock")]).check()

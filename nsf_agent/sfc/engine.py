@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
+import math
 import struct
 import time
 import zlib
@@ -87,6 +88,17 @@ class _Rule:
         return flow[3] in m.sport and flow[4] in m.dport
 
 
+_M64 = (1 << 64) - 1
+
+
+def _mix(x: int) -> int:
+    """splitmix64 finalizer: independent-looking 64-bit values from related inputs."""
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
 @dataclass(slots=True)
 class _Entry:
     hops: tuple[NextHop, ...]
@@ -95,16 +107,26 @@ class _Entry:
     packets: int = 0
     bytes: int = 0
     hop_packets: list[int] = field(default_factory=list)
+    salts: list[int] = field(default_factory=list)
 
     def pick(self, inner: bytes | bytearray, off: int) -> int:
+        """Weighted rendezvous (highest random weight) hashing of the inner 5-tuple: a flow
+        stays on one next hop, shares follow the weights, and adding or removing a next hop
+        moves only the flows that must move (to or from that hop)."""
         if len(self.hops) == 1:
             return 0
         f = flow_of(inner, off)
-        h = zlib.crc32(repr(f).encode()) % self.cumulative[-1] if f else 0
-        for i, c in enumerate(self.cumulative):
-            if h < c:
-                return i
-        return len(self.hops) - 1
+        if f is None:
+            return 0
+        key = f[0] + f[1] + struct.pack("!BHH", f[2], f[3], f[4])
+        k = (zlib.crc32(key) << 32) | zlib.crc32(key[::-1])
+        best, bi = -1.0, 0
+        for i, (salt, h) in enumerate(zip(self.salts, self.hops, strict=True)):
+            u = ((_mix(k ^ salt) >> 11) + 1) / 9007199254740993.0   # (0, 1)
+            score = -h.weight / math.log(u)
+            if score > best:
+                best, bi = score, i
+        return bi
 
 
 @dataclass(slots=True)
@@ -113,6 +135,8 @@ class _FlowState:
     md_type: int
     meta: bytes           # MD1 context or MD2 TLV bytes as received
     tag: nsh.Tlv | None = None
+    spi: int = 0          # the path position the flow was handed to the SF at (an SF
+    si: int = 0           # instance may serve several proxy entries, i.e. paths)
 
 
 @dataclass(slots=True)
@@ -176,18 +200,24 @@ class Engine:
                 total += h.weight
                 cum.append(total)
             term = any(h.kind == "terminate" for h in e.next_hops)
-            ne = _Entry(e.next_hops, cum, term, hop_packets=[0] * len(e.next_hops))
+            ne = _Entry(e.next_hops, cum, term, hop_packets=[0] * len(e.next_hops),
+                        salts=[_mix(zlib.crc32(str(h.locator).encode())) for h in e.next_hops])
             prev = old_tab.get((e.spi, e.si))
             if prev is not None and prev.hops == ne.hops:
                 ne.packets, ne.bytes, ne.hop_packets = prev.packets, prev.bytes, prev.hop_packets
             self.table[(e.spi, e.si)] = ne
         old_px = self.proxy_by_name
         self.proxies, self.proxy_by_name = {}, {}
+        shared: dict[str, tuple[Any, Any]] = {}
         for p in cfg.proxies:
             prev = old_px.get(p.name)
             px = prev if prev is not None and prev.entry == p else Proxy(
                 p, bytes.fromhex(p.sf_mac.replace(":", "")))
             px.our_mac = macs.get(p.to_sf, px.our_mac)
+            # entries in front of one SF instance (same veths) share its flow state: what
+            # comes back is matched to the path it was handed over on
+            got = shared.setdefault(p.from_sf, (px.flows, px.tags))
+            px.flows, px.tags = got
             self.proxies[(p.spi, p.si)] = px
             self.proxy_by_name[p.name] = px
         self.cfg = cfg
@@ -398,12 +428,13 @@ class Engine:
             st = px.flows.get(f)
             meta = bytes(pkt[off + 8:off + hlen])
             md = pkt[off + 2] & 0xF
+            spi = (pkt[off + 4] << 16) | (pkt[off + 5] << 8) | pkt[off + 6]
             if st is None:
                 if len(px.flows) >= FLOW_STATE_MAX:
                     px.flows.popitem(last=False)
-                px.flows[f] = _FlowState(ttl, md, meta, px.tags.get(f))
+                px.flows[f] = _FlowState(ttl, md, meta, px.tags.get(f), spi, pkt[off + 7])
             else:
-                st.ttl, st.md_type, st.meta = ttl, md, meta
+                st.ttl, st.md_type, st.meta, st.spi, st.si = ttl, md, meta, spi, pkt[off + 7]
         px.to_sf += 1
         self.out_frames[px.entry.to_sf].append(px.sf_mac + px.our_mac + etype + bytes(inner))
 
@@ -413,10 +444,12 @@ class Engine:
         if et not in (ETH_IPV4, ETH_IPV6):
             return
         inner = frame[14:]
-        px.from_sf += 1
-        e = px.entry
         f = flow_of(inner)
         st = px.flows.get(f) if f is not None else None
+        if st is not None and (st.spi, st.si) != (px.entry.spi, px.entry.si):
+            px = self.proxies.get((st.spi, st.si), px)
+        px.from_sf += 1
+        e = px.entry
         si = e.si - 1
         ttl = st.ttl if st is not None else nsh.DEFAULT_TTL
         tag = (st.tag if st is not None else None) or (px.tags.get(f) if f else None)

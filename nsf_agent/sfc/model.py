@@ -168,6 +168,8 @@ class SfcConfig:
                 raise ModelError(f"re-classification rule {rc.result!r}: SI 0",
                                  f"classifier/reclassify[result='{rc.result}']")
         pseen: set[tuple[int, int]] = set()
+        owner: dict[str, ProxyEntry] = {}
+        sockets: dict[str, str] = {}
         for p in self.proxies:
             path = f"proxies/proxy[name='{p.name}']"
             if p.si == 0:
@@ -178,6 +180,16 @@ class SfcConfig:
             pseen.add((p.spi, p.si))
             if p.to_sf == p.from_sf:
                 raise ModelError(f"proxy {p.name!r}: to-sf and from-sf are one interface", path)
+            for ifname in (p.to_sf, p.from_sf):
+                o = owner.setdefault(ifname, p)
+                if (o.to_sf, o.from_sf, o.sf_mac) != (p.to_sf, p.from_sf, p.sf_mac):
+                    raise ModelError(
+                        f"proxy {p.name!r}: interface {ifname} belongs to proxy {o.name!r} "
+                        "of another function instance (entries sharing an instance share "
+                        "both interfaces and the MAC)", path)
+            if p.result_socket and sockets.setdefault(p.result_socket, p.name) != p.name:
+                raise ModelError(f"proxy {p.name!r}: result socket {p.result_socket} is "
+                                 f"bound by proxy {sockets[p.result_socket]!r}", path)
 
     def interfaces(self) -> dict[str, str]:
         """Interfaces the configuration names → the node naming it (for existence checks)."""
