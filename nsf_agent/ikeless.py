@@ -858,3 +858,17 @@ def _check_unique_spi(sad: tuple[SadEntry, ...]) -> None:
                 app_tag="data-not-unique",
             )
         seen[k] = e.name
+
+
+def check_transport_hosts(e: SadEntry, path: str) -> None:
+    """Transport mode protects traffic between two hosts (RFC 4301 4.1): the SA's endpoints
+    are its traffic selector's addresses, so both prefixes must be single addresses."""
+    sel = e.selector
+    if e.mode == "transport" and (sel.local_prefix.num_addresses != 1
+                                  or sel.remote_prefix.num_addresses != 1):
+        raise RpcError("application", "invalid-value",
+                       f"SAD entry {e.name!r}: transport mode protects traffic between two "
+                       f"hosts: local-prefix and remote-prefix must be single addresses "
+                       f"(/32 or /128), not {sel.local_prefix} and {sel.remote_prefix}; "
+                       "use tunnel mode between networks",
+                       path=path + "/ipsec-sa-config/traffic-selector")

@@ -74,6 +74,7 @@ def to_spd(e: CfgSpd) -> list[um.SpdEntry]:
 
 
 def to_sa(e: SadEntry) -> um.SaConfig:
+    ikeless.check_transport_hosts(e, _path("sad", e.name))
     if e.protocol != "esp":
         raise RpcError("application", "invalid-value",
                        f"SAD entry {e.name!r}: the userspace data path does ESP only",

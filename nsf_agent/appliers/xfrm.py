@@ -198,6 +198,8 @@ def _lifetime(e: SadEntry) -> Lifetime:
 
 
 def sad_state(e: SadEntry) -> State:
+    ikeless.check_transport_hosts(
+        e, f"/ietf-i2nsf-ikeless:ipsec-ikeless/sad/sad-entry[name='{e.name}']")
     algs = Algorithms()
     if e.encryption is not None and e.encryption.aead:
         algs.aead = AeadAlgorithm(e.encryption.kernel, e.enc_key, e.encryption.icv_bits)

@@ -165,7 +165,8 @@ class Datapath:
         self._acquired: dict[tuple[str, int], float] = {}
         self._conns: dict[int, _Conn] = {}
         self._udp: dict[int, socket.socket] = {}
-        self._routes: tuple[set[str], set[str]] = (set(), set())
+        # (prefix routed into the TUN -> its preferred source or None, throw prefixes)
+        self._routes: tuple[dict[str, str | None], set[str]] = ({}, set())
         self._running = True
         self._next_counters = 0.0
         self._ipr: Any = None
@@ -270,17 +271,30 @@ class Datapath:
             self.seqs.close()
 
     def _sync_routes(self) -> None:
-        """Bring the routing table in line with the SPD (add first, then remove)."""
+        """Bring the routing table in line with the SPD (add first, then remove). Routes of
+        host-to-host entries carry their local address as preferred source (see
+        Spd.route_sources): the TUN has no address of its own."""
         if not self.opts.manage_routes or self._ipr is None:
             return
         into, throw = self.spd.routed_prefixes()
+        srcs = self.spd.route_sources()
+        want = {p: srcs.get(p) for p in into}
         old_into, old_throw = self._routes
         t = self.opts.table
-        for p in sorted(into - old_into):
+        for p in sorted(p for p in want if old_into.get(p, "-") != want[p]):
             fam = socket.AF_INET if ipaddress.ip_network(p).version == 4 else socket.AF_INET6
+            kw: dict[str, Any] = {"prefsrc": want[p]} if want[p] else {}
             try:
-                self._ipr.route("replace", dst=p, oif=self.tun_index, table=t, family=fam)
+                self._ipr.route("replace", dst=p, oif=self.tun_index, table=t, family=fam, **kw)
             except Exception as e:
+                if kw:  # (not an address of this NSF: the kernel picks one)
+                    log.warning("route %s into %s with source %s: %s; without source", p,
+                                self.opts.tun, want[p], e)
+                    want[p] = None
+                    with contextlib.suppress(Exception):
+                        self._ipr.route("replace", dst=p, oif=self.tun_index, table=t,
+                                        family=fam)
+                    continue
                 log.error("route %s into %s: %s", p, self.opts.tun, e)
         for p in sorted(throw - old_throw):
             fam = socket.AF_INET if ipaddress.ip_network(p).version == 4 else socket.AF_INET6
@@ -288,11 +302,11 @@ class Datapath:
                 self._ipr.route("replace", dst=p, type="throw", table=t, family=fam)
             except Exception as e:
                 log.error("throw route %s: %s", p, e)
-        for p in (old_into - into) | (old_throw - throw):
+        for p in (set(old_into) - set(want)) | (old_throw - throw):
             fam = socket.AF_INET if ipaddress.ip_network(p).version == 4 else socket.AF_INET6
             with contextlib.suppress(Exception):
                 self._ipr.route("del", dst=p, table=t, family=fam)
-        self._routes = (into, throw)
+        self._routes = (want, throw)
 
     # -- SAD ------------------------------------------------------------------------------
 

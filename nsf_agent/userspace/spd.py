@@ -164,3 +164,18 @@ class Spd:
                             for x in earlier):  # type: ignore[arg-type]
                 throw.add(str(s.remote_prefix))
         return into, throw - into
+
+    def route_sources(self) -> dict[str, str]:
+        """Source address for each prefix routed into the TUN, where the SPD implies one:
+        when every outbound protect entry for the prefix protects a single local address
+        (host-to-host, transport mode), this NSF's own traffic to it must leave from that
+        address, or the SA would carry packets its peer's selector refuses (issue 24.3)."""
+        srcs: dict[str, set[str]] = {}
+        for c in self._out:
+            e = c.entry
+            if e.action is not Action.PROTECT:
+                continue
+            lp = e.selector.local_prefix
+            host = str(lp.network_address) if lp.num_addresses == 1 else ""
+            srcs.setdefault(str(e.selector.remote_prefix), set()).add(host)
+        return {p: next(iter(h)) for p, h in srcs.items() if len(h) == 1 and "" not in h}
