@@ -7,6 +7,7 @@ anything the client did wrong. Datastore calls are made under the server's datas
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -15,8 +16,10 @@ from lxml import etree
 
 from netconf_core import params as P
 from netconf_core import with_defaults as wd
+from netconf_core.edit import apply_edit
 from netconf_core.errors import NC_NS, RpcError
 from netconf_core.monitoring import NCM_NS, YANGLIB_NS
+from netconf_core.nacm import NACM_NS
 from netconf_core.notifications import NETMOD_NOTIF_NS, NOTIF_NS, parse_time
 from netconf_core.secrets_access import check_no_secrets, strip_secrets
 
@@ -89,8 +92,13 @@ def op_get(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body
     if (sel is None or sel(f"{{{NETMOD_NOTIF_NS}}}netconf")) and \
             srv.schema.namespace_known(NETMOD_NOTIF_NS):
         data.append(srv.bus.streams())
+    rules = srv.nacm_rules(sess)
+    if srv.schema.namespace_known(NACM_NS) and (sel is None or sel(f"{{{NACM_NS}}}nacm")):
+        srv.nacm.add_counters(data)
     data = wd.apply(srv.schema, data, mode, state=True)
     _hide_secrets(srv, sess, data)
+    if rules is not None:
+        srv.nacm.filter_read(rules, sess.username, data)
     return [apply_filter(data, filt, srv.schema)]
 
 
@@ -99,14 +107,17 @@ def op_get_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element) 
     mode = wd.mode_of(p.get("with-defaults"))
     source = P.datastore(P.require(p, "source", "get-config"), P.DATASTORE_NAMES, "source")
     hide = sess.username in srv.config.no_secrets_users
+    rules = srv.nacm_rules(sess)
     with srv.ds_lock:
-        if p.get("filter") is None and not hide and mode == wd.BASIC_MODE:
+        if p.get("filter") is None and not hide and mode == wd.BASIC_MODE and rules is None:
             raw = srv.datastores.config_bytes(str(source))
             if raw is not None:
                 return [raw]  # no copy of the tree, no serialization
         data = srv.datastores.get_config(str(source))
     data = wd.apply(srv.schema, data, mode, state=False)
     _hide_secrets(srv, sess, data)
+    if rules is not None:
+        srv.nacm.filter_read(rules, sess.username, data)
     return [apply_filter(data, p.get("filter"), srv.schema)]
 
 
@@ -155,6 +166,19 @@ def op_edit_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element)
     _guard_secrets(srv, sess, config)
     srv.locks.check_write(target, sess.id)
     with srv.ds_lock, srv.config_change(sess, target):
+        rules = srv.nacm_rules(sess)
+        if rules is not None:
+            # RFC 8341 3.4.5: every node the edit creates, updates or deletes, judged on
+            # the change it would make (a trial on a copy; the datastore is untouched)
+            old = srv.datastores.get_config(target)
+            trial = copy.deepcopy(old)
+            try:
+                apply_edit(srv.schema, trial, copy.deepcopy(config), default_op,
+                           continue_on_error=error_opt == "continue-on-error")
+            except RpcError:
+                pass  # the real edit below reports it
+            else:
+                srv.nacm.check_write(rules, sess.username, old, trial)
         skipped = srv.datastores.edit_config(target, config, default_op, test_opt, error_opt,
                                              consume=True)
         if target == "running":
@@ -185,6 +209,11 @@ def op_copy_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element)
             _guard_secrets(srv, sess, srv.datastores.get_config(source))
     srv.locks.check_write(target, sess.id)
     with srv.ds_lock, srv.config_change(sess, target):
+        rules = srv.nacm_rules(sess)
+        if rules is not None:
+            new = srv.datastores.get_config(source) if isinstance(source, str) else source
+            srv.nacm.check_write(rules, sess.username, srv.datastores.get_config(target),
+                                 _as_data_root(new))
         if mode != wd.BASIC_MODE:
             # RFC 6243 4.5.3: the source as that mode reports it (tags are no config)
             data = srv.datastores.get_config(source) if isinstance(source, str) else source
@@ -209,6 +238,10 @@ def op_delete_config(srv: NetconfServer, sess: NetconfSession, op: etree._Elemen
     target = str(P.datastore(P.require(p, "target", "delete-config"), ("startup",), "target"))
     srv.locks.check_write(target, sess.id)
     with srv.ds_lock:
+        rules = srv.nacm_rules(sess)
+        if rules is not None:
+            srv.nacm.check_write(rules, sess.username, srv.datastores.get_config(target),
+                                 etree.Element(NC + "data"))
         srv.datastores.delete_config(target)
     return None
 
@@ -351,9 +384,44 @@ def op_create_subscription(srv: NetconfServer, sess: NetconfSession, op: etree._
                 ("" if P.ns_of(c.tag) in (NC_NS, NOTIF_NS) else P.ns_of(c.tag), P.local(c.tag))
                 for c in filt if isinstance(c.tag, str))
 
+    if srv.schema is not None and srv.schema.namespace_known(NACM_NS):
+        event_filter = _nacm_filtered(srv, sess, event_filter)
     sub = srv.bus.subscribe(sess.id, sess.send_notification, stream, event_filter, start, stop)
     sess.after_reply.append(lambda: srv.bus.start(sub))
     return None
+
+
+def _nacm_filtered(srv: NetconfServer, sess: NetconfSession, inner):  # type: ignore[no-untyped-def]
+    """The subscription's filter behind RFC 8341's notification check, made at delivery
+    with the rules then in force (a denied event is dropped and counted)."""
+
+    def event_filter(content: etree._Element) -> etree._Element | None:
+        rules = srv.nacm_rules(sess)
+        if rules is not None:
+            if not srv.nacm.may_notify(rules, sess.username, content):
+                srv.nacm.counters.denied_notifications += 1
+                return None
+            data = etree.Element(NC + "data")
+            data.append(copy.deepcopy(content))
+            srv.nacm.filter_read(rules, sess.username, data)
+            if not len(data):
+                srv.nacm.counters.denied_notifications += 1
+                return None
+            content = data[0]
+        return inner(content) if inner is not None else content
+
+    selects = getattr(inner, "selects", None)
+    if selects is not None:
+        event_filter.selects = selects  # type: ignore[attr-defined]
+    return event_filter
+
+
+def _as_data_root(config: etree._Element) -> etree._Element:
+    data = etree.Element(NC + "data")
+    for c in config:
+        if isinstance(c.tag, str):
+            data.append(copy.deepcopy(c))
+    return data
 
 
 def op_get_schema(srv: NetconfServer, sess: NetconfSession, op: etree._Element) -> Body:

@@ -48,6 +48,7 @@ class SchemaNode:
     presence: bool = False
     # RFC 8341 nacm:default-deny-all (key material): hidden from users without the right.
     deny_all: bool = False
+    deny_write: bool = False  # nacm:default-deny-write
     snode: libyang.SNode | None = field(default=None, repr=False)
     in_place: bool | None = field(default=None, repr=False)  # see YangSchema.value_in_place
     prefixed: bool | None = field(default=None, repr=False)  # values may hold XML prefixes
@@ -101,7 +102,9 @@ class YangSchema:
         before any lookup is made."""
         for name in names:
             try:
-                self.ctx.get_module(name)
+                mod = self.ctx.get_module(name)
+                if not mod.implemented():
+                    mod.feature_enable_all()  # lys_set_implemented: imported → implemented
                 continue
             except libyang.LibyangError:
                 pass
@@ -112,8 +115,10 @@ class YangSchema:
                 continue
             self._modules_by_ns[c2str(mod.cdata.ns)] = mod
             register_module(mod.name(), c2str(mod.cdata.ns))
+        # the context was compiled again: no schema node found before may be kept
         self._top = None
         self._top_tags.clear()
+        self.__dict__.pop("_referenced", None)
 
     # ---- schema lookup -------------------------------------------------------------------
 
@@ -185,10 +190,9 @@ class YangSchema:
             user_ordered = sn.ordered()
         elif kind == "container":
             presence = bool(sn.presence()) if hasattr(sn, "presence") else False
-        deny_all = any(
-            e.name() == "default-deny-all" and e.module().name() == "ietf-netconf-acm"
-            for e in sn.extensions()
-        )
+        nacm_ext = {e.name() for e in sn.extensions()
+                    if e.module().name() == "ietf-netconf-acm"}
+        deny_all = "default-deny-all" in nacm_ext
         return SchemaNode(
             name=sn.name(),
             namespace=c2str(mod.cdata.ns),
@@ -199,6 +203,7 @@ class YangSchema:
             user_ordered=user_ordered,
             presence=presence,
             deny_all=deny_all,
+            deny_write="default-deny-write" in nacm_ext,
             snode=sn,
         )
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from lxml import etree
 
 from netconf_core import capabilities as caps
-from netconf_core import with_defaults
+from netconf_core import nacm, with_defaults
 from netconf_core.confirmed import DEFAULT_CONFIRM_TIMEOUT, ConfirmedCommit
 from netconf_core.datastore import Datastores
 from netconf_core.errors import NC_NS, RpcError
@@ -50,6 +50,8 @@ class ServerConfig:
     # URL template ("{name}", "{revision}") announced as yang-library `location`; None:
     # no location, schemas come from get-schema only (as from Netopeer2)
     schema_location: str | None = None
+    # RFC 8341 recovery session: these users bypass NACM (as root does with Netopeer2)
+    nacm_recovery_users: frozenset[str] = frozenset()
 
 
 # RFC 5277's modules: we announce :notification, so the yang-library must list them
@@ -60,8 +62,9 @@ NOTIFICATION_MODULES = ("notifications", "nc-notifications")
 class NetconfServer:
     def __init__(self, schema: YangSchema, config: ServerConfig | None = None) -> None:
         self.schema = schema
-        schema.load_modules((*NOTIFICATION_MODULES, with_defaults.MODULE))
+        schema.load_modules((*NOTIFICATION_MODULES, with_defaults.MODULE, nacm.MODULE))
         self.config = config or ServerConfig()
+        self.nacm = nacm.Nacm(schema, self.config.nacm_recovery_users)
         self._datastores: Datastores | None = None
         self.ds_lock = threading.RLock()
         self.locks = LockManager()
@@ -190,11 +193,25 @@ class NetconfServer:
             raise RpcError("protocol", "operation-not-supported",
                            f"operation {name!r} is not supported",
                            info={"bad-element": name})
+        rules = self.nacm_rules(sess)
+        if rules is not None and not self.nacm.may_exec(rules, sess.username, ns, name):
+            self.nacm.counters.denied_operations += 1
+            raise RpcError("protocol", "access-denied",
+                           f"user {sess.username!r} may not call {name!r} (NACM)",
+                           path=f"/{_module_of(self.schema, ns)}:{name}",
+                           info={"bad-element": name})
         if (ns, name) in self._secret_rpcs and sess.username in self.config.no_secrets_users:
             raise RpcError("application", "access-denied",
                            f"user {sess.username!r} may not call {name!r} (it returns secrets)",
                            info={"bad-element": name})
         return handler(self, sess, op)
+
+    def nacm_rules(self, sess: NetconfSession) -> nacm.Config | None:
+        """The NACM configuration that applies to this session (None: no access control)."""
+        if self._datastores is None:
+            return None
+        with self.ds_lock:
+            return self.nacm.applies(self._datastores.running_tree(), sess.username)
 
     # -- confirmed commit ----------------------------------------------------------------------
 
@@ -286,6 +303,11 @@ class NetconfServer:
         for sess in list(self.sessions.values()):
             sess.close("other")
 
+
+
+def _module_of(schema: YangSchema, ns: str) -> str:
+    mod = schema._modules_by_ns.get(ns)
+    return mod.name() if mod is not None else "ietf-netconf"
 
 
 def _user_info(sess: NetconfSession | None) -> list[tuple[str, str]]:

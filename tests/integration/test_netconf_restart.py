@@ -62,6 +62,7 @@ def test_sigkill_during_commits(tmp_path: Path) -> None:
     cfg.write_text(
         f'[server]\nhost = "127.0.0.1"\nport = 0\nstate_dir = "{state}"\n'
         f'[yang]\nmodules = ["ietf-i2nsf-ikeless"]\n'
+        '[dataplane]\nappliers = ["null"]\naccept_unenforced = true\n'  # NETCONF only
         f'[[users]]\nname = "admin"\npassword_hash = "{PASSWORD_HASH}"\n'
     )
     ready = tmp_path / "ready"
