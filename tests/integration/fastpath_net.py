@@ -237,7 +237,12 @@ def blast(
 
 
 def start_blast(
-    net: Net, frames: list[bytes], seconds: float, pps: float = 0, batch: int = 512
+    net: Net,
+    frames: list[bytes],
+    seconds: float,
+    pps: float = 0,
+    batch: int = 512,
+    cpu: int | None = None,
 ) -> subprocess.Popen[str]:
     """The generator as a process in namespace A (no GIL shared with the test)."""
     import json
@@ -250,7 +255,16 @@ def start_blast(
         "print(f.blast(a['if'], [bytes.fromhex(x) for x in a['frames']], a['s'], a['b'], a['p']))"
     )
     p = subprocess.Popen(
-        ["ip", "netns", "exec", net.a, sys.executable, "-c", code],
+        [
+            *(["taskset", "-c", str(cpu)] if cpu is not None else []),
+            "ip",
+            "netns",
+            "exec",
+            net.a,
+            sys.executable,
+            "-c",
+            code,
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -384,7 +384,8 @@ class FastPath:
         return out
 
     def map_fd(self, name: str) -> int:
-        """A map's descriptor (tests use it to provoke kernel-side failures)."""
+        """A map's descriptor, or the program's for "prog" (tests use it to provoke
+        kernel-side failures, the bench to read the program's run time)."""
         self.load()
         return self._fd[name]
 

@@ -215,3 +215,17 @@ def map_keys(fd: int, key_size: int) -> list[bytes]:
 
 def map_freeze(fd: int) -> None:
     _check(lib().bpf_map_freeze(fd), "map freeze")
+
+
+def map_id(fd: int) -> int:
+    """The kernel's id of a map or program (what `bpftool map|prog ... id N` names)."""
+    lb = lib()
+    lb.bpf_obj_get_info_by_fd.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_uint32),
+    ]
+    info = ctypes.create_string_buffer(256)  # bpf_map_info / bpf_prog_info: id at offset 4
+    n = ctypes.c_uint32(len(info))
+    _check(lb.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(n)), "map info")
+    return int.from_bytes(info.raw[4:8], "little")
