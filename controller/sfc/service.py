@@ -175,6 +175,7 @@ class SfcService:
     def apply_config(self, cfg: SfcConfig) -> None:
         if cfg != self.cfg:
             self.withdrawn.clear()  # a new configuration gets a new chance
+            self._retry_at = 0.0  # and is tried at once
         self.cfg = cfg
         for name, s in cfg.dms.items():
             if name in self.dms:
@@ -243,6 +244,7 @@ class SfcService:
     async def reconcile(self, force: bool = False) -> bool:
         """Compile, then push the steps from what agents hold to the new rendering."""
         cfg = self.cfg
+        t_start = time.perf_counter()
         try:
             r, assignment = paths.compile(self._effective(cfg), self.catalog, self.spis)
         except RpcError as exc:
@@ -262,6 +264,8 @@ class SfcService:
                 self.path_status[spi] = ("pending", None)
         self.rendering = r
         t0 = time.perf_counter()
+        log.debug("sfc: compiled %d paths for %d agents in %.1f ms, %d step(s)", len(r.paths),
+                  len(new), 1000 * (t0 - t_start), len(plan))
         for i, step in enumerate(plan):
             ok = await self._push(step, f"step {i + 1}/{len(plan)}")
             if not ok:
@@ -339,6 +343,7 @@ class SfcService:
         """An agent (re)connected: give it the whole of what it should hold."""
         c = self.pushed.get(name)
         if c is None:
+            self._retry_at = 0.0  # what failed for want of this session: try again now
             self.wake()
             return
         if not await self._push({name: c}, f"resync of {name}"):
