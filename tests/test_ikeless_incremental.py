@@ -34,6 +34,8 @@ Q = ikeless.Q
 V4 = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "192.0.2.7/32", "10.1.0.0/16",
       "0.0.0.0/0", "192.0.2.5/24"]  # (the last is not canonical: strict=False → .0/24)
 V6 = ["2001:db8::/32", "2001:db8:1::/48", "2001:db8::1/128", "::/0"]
+HOSTS4 = ["192.0.2.7/32", "198.51.100.9/32", "203.0.113.4/32"]
+HOSTS6 = ["2001:db8::1/128", "2001:db8::2/128"]
 GW4 = [("198.51.100.1", "198.51.100.2"), ("203.0.113.1", "203.0.113.2")]
 GW6 = [("2001:db8:ff::1", "2001:db8:ff::2")]
 
@@ -51,8 +53,10 @@ def ports(rng: random.Random, name: str) -> str:
     return "".join(dict.fromkeys(out))  # (start, end) is the list key
 
 
-def selector(rng: random.Random, v6: bool) -> str:
+def selector(rng: random.Random, v6: bool, hosts: bool = False) -> str:
     pool = V6 if v6 else V4
+    if hosts:  # (transport-mode SAs protect two hosts: the appliers refuse networks)
+        pool = HOSTS6 if v6 else HOSTS4
     s = leaf("local-prefix", rng.choice(pool)) + leaf("remote-prefix", rng.choice(pool))
     proto = rng.choice([None, "any", 6, 17, 1])
     if proto is not None:
@@ -136,7 +140,7 @@ class Gen:
             cfg += leaf("ext-seq-num", rng.choice(["true", "false"]))
         if rng.random() < 0.2:
             cfg += leaf("anti-replay-window-size", rng.choice([0, 128]))
-        cfg += selector(rng, v6)
+        cfg += selector(rng, v6, hosts=mode != "tunnel")
         if mode is not None:
             cfg += leaf("mode", mode)
         if rng.random() < 0.5:

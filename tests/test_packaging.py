@@ -82,8 +82,11 @@ def test_installed_scripts_run(venv: Path, tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     log = tmp_path / "agent.log"
     with open(log, "wb") as logf:
+        # (--dataplane null: init-config writes "auto", which would start a userspace data
+        # path in this host's namespace, and it outlives the agent by design)
         proc = subprocess.Popen([str(bin_ / "i2nsf-agent"), "run", "-c", str(cfg),
-                                 "--ready-file", str(ready), "--log-format", "json"],
+                                 "--ready-file", str(ready), "--log-format", "json",
+                                 "--dataplane", "null"],
                                 stdout=logf, stderr=subprocess.STDOUT, env=_env(), cwd=tmp_path)
     try:
         wait_until(lambda: ready.exists() or proc.poll() is not None, 60, "agent to start")
