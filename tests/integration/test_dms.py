@@ -301,3 +301,21 @@ def test_registration_with_the_catalog(lab: Lab, tmp_path: Path) -> None:
     finally:
         d.stop()
         cat.stop()
+
+
+def test_dms_restart_adopts_running_instances(lab: Lab, dms: DmsProcess) -> None:
+    rx = udp_socket(lab.dst, (DST_IP, 7600))
+    with dms.connect() as m:
+        rpc(m, create_xml("keep1", "firewall", FW_ACCEPT))
+        st = steer(lab, m, "keep1")
+    dms.stop()  # a clean stop (or a crash) leaves complete instances forwarding
+    assert passes(lab, rx) and pid_alive(int(st["pid"]))
+    dms.start()
+    with dms.connect() as m:
+        st2 = instance_state(m, "keep1")
+        assert st2["state"] == "running" and st2["pid"] == st["pid"]
+        load = rpc(m, f'<get-load xmlns="{DMS_NS}"><name>keep1</name></get-load>')
+        assert int(load.findtext(f".//{q('packets')}") or 0) >= 1
+        rpc(m, f'<remove-instance xmlns="{DMS_NS}"><name>keep1</name></remove-instance>')
+    assert dms.namespaces() == [] and not pid_alive(int(st["pid"]))
+    rx.close()

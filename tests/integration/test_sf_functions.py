@@ -21,6 +21,7 @@ from sflab import (
     SfProcess,
     drain,
     needs_root,
+    pending,
     send_udp,
     sh,
     udp_socket,
@@ -188,7 +189,7 @@ def test_ids_alerts_and_ips_drops_on_signatures(lab: Lab, tmp_path: Path) -> Non
             assert evil["action"] == {"next-function": "dpi"}
             assert evil["flow"]["src"] == SRC_A and evil["flow"]["dport"] == 7200
             assert evil["flow"]["proto"] == 17 and evil["type"] == kind
-            load = [json.loads(d) for d, _ in drain(sf.loads)][-1]
+            load = [json.loads(d) for d in pending(sf.loads)][-1]
             assert load["kind"] == "load" and load["counters"]["sid 1000001"][0] == 2
             rx.close()
         finally:
