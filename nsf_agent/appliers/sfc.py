@@ -66,6 +66,8 @@ class SfcApplier:
         self.log_path = str(state_dir / "sfc-datapath.log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.netns = netns
+        self._spawn_args = (netns, connect_timeout, log_level)
+        self.restarts = 0
         self.client = self._connect_or_spawn(netns, connect_timeout, log_level)
         self.notify: Notify | None = None
         self._lock = threading.Lock()
@@ -145,11 +147,36 @@ class SfcApplier:
             got = change.scratch["sfc.new"] = (cfg, fast)
         return got  # type: ignore[return-value]
 
+    def _call(self, op: str, *args: Any) -> Any:
+        """A request to the data path; if the process died or its channel broke, start a
+        new one, give it the configuration in force, and ask once more (a crashed data
+        path is back with its tables before the next commit or get completes)."""
+        with self._lock:
+            try:
+                return getattr(self.client, op)(*args)
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                if self._stop.is_set():
+                    raise
+                log.warning("sfc: data path unreachable (%s): restarting it", exc)
+                self._restart()
+                return getattr(self.client, op)(*args)
+
+    def _restart(self) -> None:
+        with contextlib.suppress(OSError):
+            self.client.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.client = self._connect_or_spawn(*self._spawn_args)
+        self.restarts += 1
+        self.client.replace(self.cfg)
+        log.warning("sfc: data path restarted (%d), generation %d re-applied", self.restarts,
+                    self.generation)
+
     def validate(self, change: ConfigChange) -> None:
         cfg, fast = self._parsed(change)
         try:
-            with self._lock:
-                self.client.check(cfg)
+            self._call("check", cfg)
         except SfcDatapathError as exc:
             raise _rpc_error(exc) from exc
         if fast["enabled"]:
@@ -159,8 +186,7 @@ class SfcApplier:
         self._parsed(change)
 
     def _replace(self, cfg: SfcConfig) -> None:
-        with self._lock:
-            self.client.replace(cfg)
+        self._call("replace", cfg)
 
     def apply(self, change: ConfigChange) -> None:
         cfg, fast = self._parsed(change)
@@ -264,8 +290,7 @@ class SfcApplier:
     # ---- operational state -----------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return self.client.stats()  # type: ignore[no-any-return]
+        return self._call("stats")  # type: ignore[no-any-return]
 
     def state(self, running: etree._Element) -> list[etree._Element]:
         if self.cfg.empty() and not self.cfg.sff_id:
@@ -280,15 +305,32 @@ class SfcApplier:
 
     # ---- data path events → notifications ----------------------------------------------------
 
-    def _events(self) -> None:
-        evc = self._evc
+    def _resubscribe(self) -> None:
+        """Subscribe again once a data path answers (the one `_call` restarts, or this
+        one, which does the restart itself if no request comes)."""
+        with contextlib.suppress(OSError):
+            self._evc.close()
         while not self._stop.is_set():
             try:
-                evs = evc.events(timeout=0.5)
-            except (OSError, ValueError, ConnectionError):
-                if not self._stop.is_set():
-                    log.exception("sfc: lost the data path's event channel")
+                evc = SfcClient(self.control, timeout=1.0)
+                evc.call("subscribe")
+                self._evc = evc
                 return
+            except (OSError, TimeoutError, ConnectionError, SfcDatapathError):
+                with contextlib.suppress(Exception):
+                    self._call("ping")   # restarts a dead data path
+                self._stop.wait(0.05)
+
+    def _events(self) -> None:
+        while not self._stop.is_set():
+            try:
+                evs = self._evc.events(timeout=0.5)
+            except (OSError, ValueError, ConnectionError):
+                if self._stop.is_set():
+                    return
+                log.warning("sfc: lost the data path's event channel; reconnecting")
+                self._resubscribe()
+                continue
             for ev in evs:
                 try:
                     n = sfcconf.notification(ev)

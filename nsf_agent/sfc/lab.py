@@ -48,7 +48,7 @@ def mac_of(ns: str, ifname: str) -> str:
 class SfcLab:
     prefix: str
     sfs: int = 1
-    mtu: int = 1500          # hosts' MTU; the other links get room for GRE + NSH
+    mtu: int = 1500          # hosts' MTU; the other links get 100 bytes more (GRE + NSH)
     namespaces: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -105,10 +105,11 @@ class SfcLab:
                 "peer", "name", i2, "netns", n2)
             _ip(n1, "link", "set", "dev", f"{self.prefix[:10]}t", "name", i1)
             for ns, ifn, addr in ((n1, i1, a1), (n2, i2, a2)):
-                if self.mtu != 1500:
-                    host = ns in (self.host_a, self.host_b)
-                    _ip(ns, "link", "set", "dev", ifn, "mtu",
-                        str(self.mtu if host else self.mtu + 100))
+                # the transport links have room for GRE + NSH (48 bytes and more for MD2),
+                # as an SFC underlay is set up: no fragmentation between SFFs
+                host = ns in (self.host_a, self.host_b)
+                _ip(ns, "link", "set", "dev", ifn, "mtu",
+                    str(self.mtu if host else self.mtu + 100))
                 if addr:
                     _ip(ns, "addr", "add", addr, "dev", ifn)
                 _ip(ns, "link", "set", "dev", ifn, "up")

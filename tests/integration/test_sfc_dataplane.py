@@ -25,6 +25,7 @@ from netconf_core.errors import NC_NS, RpcError
 from netconf_core.polling import wait_until
 from netconf_core.schema import YangSchema
 from netconf_core.yang_context import create_context
+from nsf_agent.sfc import nsh
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tshark") is None
@@ -389,3 +390,21 @@ def test_fast_path_hook_takes_generations_or_refuses(lab: Lab, tmp_path: Path) -
         lab.c.push(L.classifier_xml())
     assert lab.c.applier.fastpath is None
     assert lab.ping(1)
+
+
+def test_a_killed_data_path_is_restarted_with_its_tables(lab: Lab) -> None:
+    """kill -9 of F's data path: the applier notices (its event channel breaks), starts a
+    new one in the namespace, re-applies the running tables; traffic and notifications are
+    back without any commit."""
+    import signal
+
+    old = lab.fsfc._call("ping")["pid"]
+    restarts = lab.fsfc.restarts
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: lab.fsfc.restarts > restarts, 10, "the data path restarted")
+    assert lab.fsfc._call("ping")["pid"] != old
+    assert lab.ping(2)
+    assert lab.f_stats()["proxies"]["sf0"]["to-sf"] >= 2
+    _inject(lab, [nsh.encapsulate(nsh.Nsh(spi=4343, si=3), bytes(20))])
+    n = lab.notifications("sff-table-miss")
+    assert n.findtext(Q + "spi") == "4343"
