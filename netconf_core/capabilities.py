@@ -60,3 +60,10 @@ def yang_library_capability(set_id: str) -> str:
         "urn:ietf:params:netconf:capability:yang-library:1.0"
         f"?revision={YANG_LIBRARY_REVISION}&module-set-id={set_id}"
     )
+
+
+def yang_library_11_capability(content_id: str) -> str:
+    return (
+        "urn:ietf:params:netconf:capability:yang-library:1.1"
+        f"?revision={YANG_LIBRARY_REVISION}&content-id={content_id}"
+    )

@@ -113,7 +113,7 @@ def _filter_children(
                 break
             if sub:
                 if picked is None:
-                    picked = etree.Element(d.tag, nsmap=d.nsmap)
+                    picked = etree.Element(d.tag, attrib=dict(d.attrib), nsmap=d.nsmap)
                     _add_keys(picked, d, sn)
                 keys = len(picked)
                 for item in sub:
@@ -234,7 +234,7 @@ def xpath_filter(
 
 def _shell(el: etree._Element, sn: SchemaNode | None) -> etree._Element:
     """A copy of `el` without content; a list entry keeps its keys."""
-    c = etree.Element(el.tag, nsmap=el.nsmap)
+    c = etree.Element(el.tag, attrib=dict(el.attrib), nsmap=el.nsmap)  # metadata stays
     _add_keys(c, el, sn)
     return c
 

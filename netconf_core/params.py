@@ -20,12 +20,14 @@ def ns_of(tag: str) -> str:
 
 
 def children(
-    op: etree._Element, allowed: tuple[str, ...], also_ns: tuple[str, ...] = ()
+    op: etree._Element, allowed: tuple[str, ...], also_ns: tuple[str, ...] = (),
+    repeatable: tuple[str, ...] = (),
 ) -> dict[str, etree._Element]:
     """The operation's parameters by local name; anything else is unknown-element.
     `also_ns` admits parameters in other namespaces too (clients put create-subscription's
-    `<filter>` in the base namespace)."""
-    out: dict[str, etree._Element] = {}
+    `<filter>` in the base namespace). A `repeatable` parameter (a leaf-list) maps to the
+    list of its elements."""
+    out: dict = {}
     namespaces = (ns_of(op.tag), *also_ns)
     for child in op:
         if not isinstance(child.tag, str):
@@ -36,6 +38,9 @@ def children(
                 "protocol", "unknown-element", f"unexpected parameter {name!r} in {local(op.tag)}",
                 info={"bad-element": name},
             )
+        if name in repeatable:
+            out.setdefault(name, []).append(child)
+            continue
         if name in out:
             raise RpcError(
                 "protocol", "bad-element", f"parameter {name!r} given twice",

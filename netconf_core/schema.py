@@ -110,6 +110,7 @@ class YangSchema:
                 pass
             try:
                 mod = self.ctx.load_module(name)
+                mod.feature_enable_all()  # the server implements all of these modules
             except libyang.LibyangError as exc:
                 log.warning("cannot load YANG module %s: %s", name, exc)
                 continue

@@ -19,7 +19,7 @@ from pathlib import Path
 from lxml import etree
 
 from netconf_core import capabilities as caps
-from netconf_core import nacm, with_defaults
+from netconf_core import nacm, nmda, with_defaults
 from netconf_core.confirmed import DEFAULT_CONFIRM_TIMEOUT, ConfirmedCommit
 from netconf_core.datastore import Datastores
 from netconf_core.errors import NC_NS, RpcError
@@ -62,7 +62,8 @@ NOTIFICATION_MODULES = ("notifications", "nc-notifications")
 class NetconfServer:
     def __init__(self, schema: YangSchema, config: ServerConfig | None = None) -> None:
         self.schema = schema
-        schema.load_modules((*NOTIFICATION_MODULES, with_defaults.MODULE, nacm.MODULE))
+        schema.load_modules((*NOTIFICATION_MODULES, with_defaults.MODULE, nacm.MODULE,
+                             *nmda.MODULES))
         self.config = config or ServerConfig()
         self.nacm = nacm.Nacm(schema, self.config.nacm_recovery_users)
         self._datastores: Datastores | None = None
@@ -74,6 +75,9 @@ class NetconfServer:
         self.sessions: dict[int, NetconfSession] = {}
         self._ids = itertools.count(1)
         self.handlers: dict[tuple[str, str], Handler] = dict(HANDLERS)
+        self.nmda = schema.namespace_known(nmda.NMDA_NS)
+        if self.nmda:
+            self.handlers.update(nmda.HANDLERS)
         self._secret_rpcs: set[tuple[str, str]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._changes = ConfigChangeTracker(self)
@@ -118,6 +122,9 @@ class NetconfServer:
         protocol = list(caps.PROTOCOL_CAPABILITIES)
         if self.schema.namespace_known(with_defaults.WD_NS):
             protocol.append(with_defaults.CAPABILITY)
+        if self.schema.namespace_known(nmda.NMDA_NS):
+            # RFC 8526 section 2: NMDA servers announce yang-library 1.1
+            protocol.append(caps.yang_library_11_capability(self.module_set_id))
         return [
             *protocol,
             caps.yang_library_capability(self.module_set_id),
@@ -290,7 +297,8 @@ class NetconfServer:
             self._yanglib = [
                 etree.tostring(e) for e in yang_library(
                     self.schema.ctx, self.module_set_id, self.config.schema_location,
-                    ("running", "candidate", "startup"))
+                    ("running", "candidate", "startup", "intended", "operational")
+                    if self.nmda else ("running", "candidate", "startup"))
             ]
         return [etree.fromstring(b) for b in self._yanglib]
 

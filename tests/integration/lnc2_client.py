@@ -93,10 +93,22 @@ def main(argv: list[str]) -> int:
 
 def _get(nc: ctypes.CDLL, ly: ctypes.CDLL, libc: ctypes.CDLL, sess: int, xpath: str,
          wd_mode: int) -> object:
-    nc.nc_rpc_get.restype = ctypes.c_void_p
-    nc.nc_rpc_get.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
     xp = ctypes.c_char_p(xpath.encode())
-    rpc = nc.nc_rpc_get(xp, wd_mode, NC_PARAMTYPE_CONST)
+    datastore = os.environ.get("LNC2_GET_DATA")  # e.g. ietf-datastores:operational
+    if datastore:  # RFC 8526 <get-data> with with-origin
+        nc.nc_rpc_getdata.restype = ctypes.c_void_p
+        nc.nc_rpc_getdata.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                                      ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                                      ctypes.c_uint16, ctypes.c_int, ctypes.c_int,
+                                      ctypes.c_int]
+        ds = ctypes.c_char_p(datastore.encode())  # kept alive: NC_PARAMTYPE_CONST
+        rpc = nc.nc_rpc_getdata(ds, xp, None, None, 0, 0, 0,
+                                int(datastore.endswith(":operational")), wd_mode,
+                                NC_PARAMTYPE_CONST)
+    else:
+        nc.nc_rpc_get.restype = ctypes.c_void_p
+        nc.nc_rpc_get.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+        rpc = nc.nc_rpc_get(xp, wd_mode, NC_PARAMTYPE_CONST)
     msgid = ctypes.c_uint64()
     nc.nc_send_rpc.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                                ctypes.POINTER(ctypes.c_uint64)]

@@ -178,7 +178,8 @@ def test_yang_library_has_no_file_paths_and_lists_rfc5277_modules(agent: AgentTh
         assert implemented["notifications"] == "urn:ietf:params:xml:ns:netconf:notification:1.0"
         assert implemented["nc-notifications"] == "urn:ietf:params:xml:ns:netmod:notification"
         ds = [e.findtext(q("name", YL)) for e in root.iter(q("datastore", YL))]
-        assert ds == ["ds:running", "ds:candidate", "ds:startup"]
+        assert ds == ["ds:running", "ds:candidate", "ds:startup", "ds:intended",
+                      "ds:operational"]
         caps = list(m.server_capabilities)
         assert any("module=nc-notifications&revision=2008-07-14" in c for c in caps)
         # RFC 5277 §3.4: the streams
@@ -442,3 +443,98 @@ def test_libnetconf2_with_defaults_report_all_tagged(tagent: AgentThread) -> Non
             m.edit_config(target="running", config=(
                 f'<config xmlns="{NC_NS}" xmlns:nc="{NC_NS}"><top xmlns="{TEST_NS}" '
                 'nc:operation="remove"/></config>'))
+
+
+# -- issue 14.7: RFC 8526 NMDA -----------------------------------------------------------------
+
+NMDA = "urn:ietf:params:xml:ns:yang:ietf-netconf-nmda"
+DS = "urn:ietf:params:xml:ns:yang:ietf-datastores"
+ORIGIN = "urn:ietf:params:xml:ns:yang:ietf-origin"
+
+
+def _nmda(m, op: str, body: str):  # type: ignore[no-untyped-def]
+    from ncclient.operations import RaiseMode
+
+    m.raise_mode = RaiseMode.NONE
+    try:
+        r = m.dispatch(etree.fromstring(
+            f'<{op} xmlns="{NMDA}" xmlns:ds="{DS}" xmlns:or="{ORIGIN}">{body}</{op}>'))
+    finally:
+        m.raise_mode = RaiseMode.ALL
+    return etree.fromstring(r.xml.encode())
+
+
+def test_nmda_get_data_and_edit_data(agent: AgentThread) -> None:
+    with agent.connect() as m:
+        caps = list(m.server_capabilities)
+        assert any(c.startswith("urn:ietf:params:netconf:capability:yang-library:1.1?"
+                                "revision=2019-01-04&content-id=") for c in caps)
+        assert any("module=ietf-netconf-nmda&revision=2019-01-07" in c for c in caps)
+        for ds in ("running", "candidate", "intended", "operational"):
+            root = _nmda(m, "get-data", f"<datastore>ds:{ds}</datastore>")
+            assert root.find(q("data", NMDA)) is not None, ds
+            assert [e.findtext(q("name")) for e in _entries(root)] == ["p1", "p2", "p3"], ds
+        # operational: config with origin, state from the server
+        root = _nmda(m, "get-data", "<datastore>ds:operational</datastore><xpath-filter "
+                     f'xmlns:ik="{IKELESS_NS}">/ik:ipsec-ikeless/ik:spd/ik:spd-entry/ik:name'
+                     "</xpath-filter><with-origin/>")
+        top = root.find(f".//{q('ipsec-ikeless')}")
+        pfx, _, ident = top.get(q("origin", ORIGIN)).partition(":")
+        assert (top.nsmap[pfx], ident) == (ORIGIN, "intended")
+        _assert_valid_spd_names(root, ["p1", "p2", "p3"])
+        state = _nmda(m, "get-data", "<datastore>ds:operational</datastore>"
+                      "<config-filter>false</config-filter>")
+        assert state.find(f".//{q('spd-entry')}") is None
+        ncm = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
+        assert state.find(f".//{q('netconf-state', ncm)}") is not None
+        kept = _nmda(m, "get-data", "<datastore>ds:operational</datastore>"
+                     "<origin-filter>or:intended</origin-filter>")
+        assert len(_entries(kept)) == 3
+        dropped = _nmda(m, "get-data", "<datastore>ds:operational</datastore>"
+                        "<negated-origin-filter>or:intended</negated-origin-filter>")
+        assert _entries(dropped) == []
+        shallow = _nmda(m, "get-data", "<datastore>ds:running</datastore><max-depth>1"
+                        "</max-depth>")
+        top = shallow.find(f".//{q('ipsec-ikeless')}")
+        assert top is not None and len(top) == 0
+        before = agent.snapshot()
+        for body in ("<datastore>ds:nowhere</datastore>",
+                     "<datastore>ds:running</datastore><with-origin/>",
+                     "<datastore>ds:running</datastore><max-depth>0</max-depth>"):
+            (err,) = _errors(etree.tostring(_nmda(m, "get-data", body)).decode())
+            assert err.findtext(q("error-tag", NC_NS)) == "invalid-value", body
+        # edit-data: edit-config's semantics on running / candidate only
+        cfg = (f'<config><ipsec-ikeless xmlns="{IKELESS_NS}"><spd>'
+               f'{spd_entry("p4", reqid=4)}</spd></ipsec-ikeless></config>')
+        (err,) = _errors(etree.tostring(_nmda(
+            m, "edit-data", f"<datastore>ds:operational</datastore>{cfg}")).decode())
+        assert err.findtext(q("error-tag", NC_NS)) == "invalid-value"
+        bad = cfg.replace("<reqid>4</reqid>", "<reqid>x</reqid>")
+        (err,) = _errors(etree.tostring(_nmda(
+            m, "edit-data", f"<datastore>ds:running</datastore>{bad}")).decode())
+        assert err.findtext(q("error-tag", NC_NS)) == "invalid-value"
+        assert agent.snapshot() == before
+        ok = _nmda(m, "edit-data", f"<datastore>ds:candidate</datastore>{cfg}")
+        assert ok.find(q("ok", NC_NS)) is not None
+        cand = _nmda(m, "get-data", "<datastore>ds:candidate</datastore>")
+        assert [e.findtext(q("name")) for e in _entries(cand)] == ["p1", "p2", "p3", "p4"]
+        m.discard_changes()
+        assert agent.snapshot() == before
+
+
+def test_libnetconf2_get_data_with_origin(agent: AgentThread) -> None:
+    if not lnc2_client.available():
+        pytest.skip("libnetconf2 is not installed (Debian package libnetconf2-2)")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LNC2_GET_DATA="ietf-datastores:operational")
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "lnc2_client.py"), str(agent.port), "admin", PASSWORD,
+         "/ietf-i2nsf-ikeless:ipsec-ikeless/spd/spd-entry/name"],
+        capture_output=True, text=True, timeout=60, env=env, check=True)
+    out = json.loads(proc.stdout)
+    assert out["connected"], out["log"]
+    assert "data" in out["reply"], out
+    root = etree.fromstring(out["reply"]["data"].encode())
+    _assert_valid_spd_names(root, ["p1", "p2", "p3"])
+    top = root.find(f".//{q('ipsec-ikeless')}")
+    assert top.get(q("origin", ORIGIN)) is not None  # libyang took it as metadata
+    assert not [line for line in out["log"] if "get-schema" in line]

@@ -52,7 +52,8 @@ def test_capabilities_exact(agent: AgentThread) -> None:
         assert not any(":url:" in c for c in caps)
         assert ("urn:ietf:params:netconf:capability:with-defaults:1.0?basic-mode=explicit"
                 "&also-supported=report-all,report-all-tagged,trim") in caps
-        ylib = [c for c in caps if c.startswith("urn:ietf:params:netconf:capability:yang-library")]
+        ylib = [c for c in caps
+                if c.startswith("urn:ietf:params:netconf:capability:yang-library:1.0")]
         assert len(ylib) == 1 and "revision=2019-01-04" in ylib[0] and "module-set-id=" in ylib[0]
         assert any(c.startswith(f"{IKELESS_NS}?module=ietf-i2nsf-ikeless&revision=2021-07-14")
                    for c in caps)
