@@ -33,6 +33,7 @@ $(STAMP): pyproject.toml
 # Gateway-to-gateway IPsec managed by the controller, on network namespaces (needs root).
 demo: setup
 	bash examples/gateway_to_gateway.sh
+	bash examples/sfc_use_cases.sh
 
 test: setup
 	$(PY) -m pytest -q

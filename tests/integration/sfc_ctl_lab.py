@@ -248,6 +248,22 @@ class SfcControllerLab:
                + f'<sfc xmlns="{SFCP}">{sfc_body}</sfc></config>')
         m.edit_config(target="running", config=cfg)
 
+    def wait_sessions(self, m: Any, timeout: float = 20.0) -> None:
+        """Until the controller's sessions to the three agents are up."""
+        from lxml import etree
+
+        q = f"{{{FP}}}"
+
+        def up() -> bool:
+            data = m.get(filter=("subtree", f'<flow-protection xmlns="{FP}"><nsfs/>'
+                                 "</flow-protection>")).data_ele
+            states = {(n.findtext(q + "name") or ""): n.findtext(f"{q}session/{q}state")
+                      for n in data.iter(q + "nsf")}
+            return all(states.get(n) == "connected" for n in NODES)
+
+        del etree
+        wait_until(up, timeout, "the controller's sessions to the agents")
+
     def register(self, m: Any, i: int, name: str, sf_type: str, capacity: int = 10000,
                  dms: str = "lab-dms", report_socket: str | None = None) -> None:
         """Register SF namespace `i` (behind F's proxy interfaces i<i>/o<i>) as an instance,
