@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from typing import TYPE_CHECKING
 
 from nsf_agent.userspace import mmsg
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from .engine import Engine, _Entry
 
 GRE_NSH = nsh.GRE_NSH
+_HDR = struct.Struct("!IBBBBI")   # GRE word (flags/version 0 + 0x894F), NSH base, SPI|SI
 
 
 class HotLoop:
@@ -54,8 +56,8 @@ class HotLoop:
         self._siov_q = memoryview(self._siov).cast("B").cast("Q")    # base, len: [2i], [2i+1]
         self._smsg_q = memoryview(self._smsg).cast("B").cast("Q")    # msg_name: [8i]
         self._smsg_i = memoryview(self._smsg).cast("B").cast("I")    # msg_namelen: [16i + 2]
-        # (spi, si) → (entry, sockaddr buffer address, its length)
-        self.hot: dict[tuple[int, int], tuple[_Entry, int, int]] = {}
+        # (spi << 8 | si) → (entry, sockaddr buffer address, its length)
+        self.hot: dict[int, tuple[_Entry, int, int]] = {}
         self._names: list[ctypes.Array[ctypes.c_char]] = []
 
     def load(self, engine: Engine, sockaddr: object) -> None:
@@ -69,7 +71,7 @@ class HotLoop:
                 continue
             nm = sockaddr(h.locator)  # type: ignore[operator]
             names.append(nm)
-            hot[key] = (e, ctypes.addressof(nm), len(nm))
+            hot[(key[0] << 8) | key[1]] = (e, ctypes.addressof(nm), len(nm))
         self.hot, self._names = hot, names
 
     def run(self, engine: Engine) -> int:
@@ -86,16 +88,18 @@ class HotLoop:
         siq, smq, smi = self._siov_q, self._smsg_q, self._smsg_i
         out = 0
         slow = []
+        unpack = _HDR.unpack_from
         for i in range(got):
             ln = rlen[i * 16 + 14]
             v = views[i]
             o = (v[0] & 15) * 4
-            if (ln >= o + 28 and v[o + 2] == 0x89 and v[o + 3] == 0x4F and not v[o]
-                    and not v[o + 1] and v[o + 6] & 0xF == 1):
-                b0, b1 = v[o + 4], v[o + 5]
-                ent = hot.get(((v[o + 8] << 16) | (v[o + 9] << 8) | v[o + 10], v[o + 11]))
+            if ln >= o + 28:
+                # GRE flags+version, protocol | NSH b0, b1, MD type, next protocol | SPI+SI
+                gre, b0, b1, md, _np, spsi = unpack(v, o)
+                ent = hot.get(spsi)
                 ttl = ((b0 & 0xF) << 2) | (b1 >> 6)
-                if ent is not None and ttl > 1 and not b0 & 0xC0 and b1 & 0x3F == 6:
+                if (gre == 0x894F and ent is not None and ttl > 1 and not b0 & 0xC0
+                        and b1 & 0x3F == 6 and md & 0xF == 1):
                     ttl -= 1
                     v[o + 4] = (b0 & 0xF0) | (ttl >> 2)
                     v[o + 5] = ((ttl & 3) << 6) | 6
