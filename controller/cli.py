@@ -9,33 +9,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from lxml import etree
-
+from controller.cli_client import ENCRYPTION, INTEGRITY
+from controller.cli_output import CliError
 from netconf_core import __version__
 from netconf_core.daemon import serve_until_signalled, setup_logging
 
 log = logging.getLogger("controller")
 
-NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
-FP = "urn:i2nsf-sdn:yang:i2nsf-flow-policy"
-Q = f"{{{FP}}}"
-
-# IKEv2 transform ids (RFC 9061 / IANA) for readable --encryption/--integrity values.
-ENCRYPTION = {"aes-gcm-16": 20, "aes-gcm-8": 18, "aes-gcm-12": 19, "aes-cbc": 12,
-              "aes-ctr": 13, "chacha20-poly1305": 28, "null": 11}
-INTEGRITY = {"none": 0, "hmac-sha1-96": 2, "hmac-sha2-256-128": 12,
-             "hmac-sha2-384-192": 13, "hmac-sha2-512-256": 14}
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
+__all__ = ["CliError", "build_parser", "main"]
 
 
 # ---- argument parsing ---------------------------------------------------------------------------
@@ -60,8 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-file", type=Path,
                    help="file whose first line is the password (else env I2NSF_PASSWORD)")
     p.add_argument("--key", "-i", type=Path, help="SSH private key for public key login")
-    p.add_argument("--host-key", help="pin the controller's host key (base64 of the OpenSSH "
-                   "public key, or a 'ssh-ed25519 AAAA...' line); default: not verified")
+    p.add_argument("--host-key", help="the controller's host key: an 'ssh-ed25519 AAAA...' "
+                   "line, its base64, or a SHA256: fingerprint (env I2NSF_CONTROLLER_HOST_KEY;"
+                   " default: ~/.ssh/known_hosts). A different key is refused before any "
+                   "credential is sent")
+    p.add_argument("--host-key-file", type=Path, dest="controller_host_key_file",
+                   help="file holding the controller's host key (its "
+                   "<state_dir>/ssh_host_ed25519_key.pub; env I2NSF_CONTROLLER_HOST_KEY_FILE)")
+    p.add_argument("--json", action="store_true", help="list/show/status: print JSON")
+    p.add_argument("--wait", action="store_true", help="changes: block until they took "
+                   "effect on the NSFs (progress on stderr); exit 1 if they failed")
+    p.add_argument("--timeout", type=float, default=120.0, help="--wait limit in seconds "
+                   "(default 120; exit 3 when reached)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("serve", help="run the controller",
@@ -97,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--nat-public-port", type=int, help="NAT's public UDP port (4500)")
     a.add_argument("--dataplane", choices=["kernel", "userspace"], default="kernel")
     nsf.add_parser("list", help="list NSFs and their session state")
-    r = nsf.add_parser("remove", help="remove an NSF (its policies must be gone)")
+    r = nsf.add_parser("remove", help="remove an NSF (refused while policies, groups or road "
+                       "warriors use it; with --wait, waits for removals still running)")
     r.add_argument("name")
     rc = nsf.add_parser("rotate-cert", help="IKE case: issue a new key and certificate to "
                         "an NSF and push them (established IKE SAs stay up)")
@@ -126,6 +125,33 @@ def build_parser() -> argparse.ArgumentParser:
     rwe.add_argument("name")
     rwe.add_argument("--out", type=Path, required=True, help="directory to write")
     rw.add_parser("list", help="road warriors and whether they are connected")
+    rwr = rw.add_parser("remove", help="remove a road warrior (its identity stops "
+                        "authenticating at the gateway)")
+    rwr.add_argument("name")
+
+    prof = sub.add_parser("profile", help="crypto profiles (shared by policies)"
+                          ).add_subparsers(dest="sub", metavar="ACTION", required=True)
+    ps = prof.add_parser("set", help="create or change a profile: every policy using it is "
+                         "re-created with the new settings")
+    ps.add_argument("name")
+    ps.add_argument("--encryption", choices=sorted(ENCRYPTION))
+    ps.add_argument("--key-length", type=int, help="key length in bits (0 with null)")
+    ps.add_argument("--integrity", choices=sorted(INTEGRITY))
+    ps.add_argument("--soft-time", type=int, help="soft lifetime (s)")
+    ps.add_argument("--hard-time", type=int, help="hard lifetime (s)")
+    prof.add_parser("list", help="crypto profiles")
+
+    grp = sub.add_parser("group", help="policy groups (full mesh of NSFs)").add_subparsers(
+        dest="sub", metavar="ACTION", required=True)
+    ga = grp.add_parser("add", help="create or replace a group: one policy per pair of "
+                        "members, named GROUP:NSF1:NSF2")
+    ga.add_argument("name")
+    ga.add_argument("--member", "-m", action="append", required=True, help="member NSF "
+                    "(repeatable, at least two)")
+    ga.add_argument("--profile", default="default", help="crypto profile (default 'default')")
+    grp.add_parser("list", help="groups, members and the status of their policies")
+    gd = grp.add_parser("delete", help="delete a group and its policies")
+    gd.add_argument("name")
 
     pol = sub.add_parser("policy", help="flow protection policies").add_subparsers(
         dest="sub", metavar="ACTION", required=True)
@@ -137,13 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the NSF's protected prefixes)")
     pa.add_argument("--b-prefix", action="append", default=[], help="prefix of end b")
     pa.add_argument("--profile", default="default", help="crypto profile (created with "
-                    "the options below if it does not exist; default 'default')")
+                    "the options below if it does not exist; an existing one is never "
+                    "changed here, see 'profile set'; default 'default')")
     pa.add_argument("--encryption", choices=sorted(ENCRYPTION), help="profile encryption")
     pa.add_argument("--key-length", type=int, help="profile key length in bits (0 with "
                     "--encryption null, which implies it)")
     pa.add_argument("--integrity", choices=sorted(INTEGRITY), help="profile integrity")
-    pa.add_argument("--soft-time", type=int, help="soft lifetime (s): rekey before it")
-    pa.add_argument("--hard-time", type=int, help="hard lifetime (s)")
+    pa.add_argument("--soft-time", type=int, help="this policy's soft lifetime (s): rekey "
+                    "before it (overrides the profile's for this policy only)")
+    pa.add_argument("--hard-time", type=int, help="this policy's hard lifetime (s)")
     pa.add_argument("--mode", choices=["tunnel", "transport"], default="tunnel")
     pa.add_argument("--protocol", default="any", help="inner protocol number or 'any'")
     pa.add_argument("--on-demand", action="store_true",
@@ -180,7 +208,38 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("path", type=Path)
     kg.add_argument("--public", action="store_true",
                     help="only print the public key of an existing private key at PATH")
+    _script_options(sub)
     return p
+
+
+JSON_COMMANDS = {("nsf", "list"), ("policy", "list"), ("policy", "show"), ("sa", "list"),
+                 ("roadwarrior", "list"), ("profile", "list"), ("group", "list"),
+                 ("status", None)}
+WAIT_COMMANDS = {("nsf", "add"), ("nsf", "remove"), ("policy", "apply"), ("policy", "delete"),
+                 ("policy", "rekey"), ("group", "add"), ("group", "delete"),
+                 ("roadwarrior", "remove")}
+
+
+def _script_options(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """--json / --wait --timeout --quiet also after the command (`policy list --json`);
+    SUPPRESS keeps a value given before the command."""
+    for cmd, parser in sub.choices.items():
+        leaves: dict[str | None, argparse.ArgumentParser] = {None: parser}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                leaves = dict(action.choices)
+        for name, leaf in leaves.items():
+            if (cmd, name) in JSON_COMMANDS:
+                leaf.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                                  help="print JSON")
+            if (cmd, name) in WAIT_COMMANDS:
+                leaf.add_argument("--wait", action="store_true", default=argparse.SUPPRESS,
+                                  help="block until done on the NSFs (progress on stderr); "
+                                  "exit 1 if it failed, 3 on timeout")
+                leaf.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                                  help="--wait limit in seconds (default 120)")
+                leaf.add_argument("--quiet", "-q", action="store_true",
+                                  default=argparse.SUPPRESS, help="no progress output")
 
 
 # ---- serve --------------------------------------------------------------------------------------
@@ -206,370 +265,6 @@ async def _serve(cfg: Any, ready_file: str | None) -> None:
 
     ctl = ControllerServer(cfg)
     await serve_until_signalled(ctl.start, ctl.stop, lambda: ctl.port, ready_file)
-
-
-# ---- client side --------------------------------------------------------------------------------
-
-
-def _connect(args: argparse.Namespace) -> Any:
-    import ncclient.transport.session as nc_session
-    from ncclient import manager
-    from ncclient.transport.errors import AuthenticationError, SSHError
-
-    nc_session.TICK = 0.001  # ncclient otherwise sleeps up to 100 ms per rpc
-    logging.getLogger("ncclient").setLevel(logging.WARNING)
-    password = None
-    if args.password_file:
-        try:
-            password = args.password_file.read_text().splitlines()[0]
-        except (OSError, IndexError) as exc:
-            raise CliError(f"cannot read password file {args.password_file}: {exc}") from exc
-    else:
-        password = os.environ.get("I2NSF_PASSWORD")
-    if password is None and args.key is None:
-        raise CliError("no credentials: give --password-file, --key or set I2NSF_PASSWORD")
-    kw: dict[str, Any] = dict(host=args.host, port=args.port, username=args.user,
-                              password=password, allow_agent=False, look_for_keys=False,
-                              timeout=30, hostkey_verify=False)
-    if args.key:
-        kw["key_filename"] = str(args.key)
-    if args.host_key:
-        parts = args.host_key.split()
-        kw["hostkey_b64"] = parts[1] if len(parts) > 1 else parts[0]
-    try:
-        return manager.connect(**kw)
-    except AuthenticationError as exc:
-        raise CliError(f"authentication as {args.user!r} failed: {exc}") from exc
-    except (SSHError, OSError) as exc:
-        raise CliError(f"cannot reach the controller at {args.host}:{args.port}: {exc}"
-                       ) from exc
-
-
-def _e(tag: str, text: object | None = None, *children: etree._Element) -> etree._Element:
-    el = etree.Element(Q + tag, nsmap={None: FP})
-    if text is not None:
-        el.text = str(text)
-    for c in children:
-        el.append(c)
-    return el
-
-
-def _config(*children: etree._Element) -> etree._Element:
-    conf = etree.Element(f"{{{NC_NS}}}config", nsmap={"nc": NC_NS})
-    conf.append(_e("flow-protection", None, *children))
-    return conf
-
-
-def _edit(m: Any, conf: etree._Element) -> None:
-    m.edit_config(target="running", config=conf)
-
-
-def _get(m: Any, subtree: str) -> etree._Element:
-    reply = m.get(filter=("subtree", subtree))
-    return etree.fromstring(reply.xml.encode())
-
-
-def _t(el: etree._Element | None, path: str, default: str = "") -> str:
-    if el is None:
-        return default
-    v = el.findtext("/".join(Q + p for p in path.split("/")))
-    return v.strip() if v is not None else default
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    rows = [header, *rows]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _age(ts: str) -> str:
-    if not ts:
-        return "-"
-    try:
-        t = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    except ValueError:
-        return ts
-    secs = (dt.datetime.now(dt.UTC) - t).total_seconds()
-    return _dur(secs)
-
-
-def _until(ts: str) -> str:
-    if not ts:
-        return "-"
-    try:
-        t = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    except ValueError:
-        return ts
-    secs = (t - dt.datetime.now(dt.UTC)).total_seconds()
-    return "now" if secs <= 0 else "in " + _dur(secs)
-
-
-def _dur(secs: float) -> str:
-    secs = max(0, int(secs))
-    if secs < 120:
-        return f"{secs}s"
-    if secs < 7200:
-        return f"{secs // 60}m{secs % 60:02d}s"
-    return f"{secs // 3600}h{secs % 3600 // 60:02d}m"
-
-
-def _nsf_add(m: Any, a: argparse.Namespace) -> None:
-    if a.host_key_file:
-        try:
-            host_key = a.host_key_file.read_text().split("\n")[0].strip()
-        except OSError as exc:
-            raise CliError(f"cannot read {a.host_key_file}: {exc}") from exc
-    else:
-        host_key = a.nsf_host_key
-    mgmt = _e("management", None, _e("address", a.address), _e("port", a.mgmt_port),
-              _e("username", a.username))
-    if a.private_key_file:
-        mgmt.append(_e("private-key-file", os.path.abspath(a.private_key_file)))
-    else:
-        mgmt.append(_e("password-file", os.path.abspath(a.nsf_password_file)))
-    mgmt.append(_e("host-key", host_key))
-    nsf = _e("nsf", None, _e("name", a.name), mgmt,
-             _e("data-plane-address", a.data_plane_address))
-    nsf.set(f"{{{NC_NS}}}operation", "replace")
-    for p in a.prefix:
-        nsf.append(_e("protected-prefix", p))
-    if a.nat_public_address:
-        nat = _e("nat", None, _e("public-address", a.nat_public_address))
-        if a.nat_public_port:
-            nat.append(_e("public-port", a.nat_public_port))
-        nsf.append(nat)
-    nsf.append(_e("dataplane", a.dataplane))
-    _edit(m, _config(_e("nsfs", None, nsf)))
-    print(f"NSF {a.name} saved")
-
-
-def _nsf_list(m: Any) -> None:
-    data = _get(m, f'<flow-protection xmlns="{FP}"><nsfs/></flow-protection>')
-    rows = []
-    for n in data.iter(Q + "nsf"):
-        rows.append([
-            _t(n, "name"), f"{_t(n, 'management/address')}:{_t(n, 'management/port', '830')}",
-            _t(n, "data-plane-address"),
-            ",".join((p.text or "") for p in n.iterfind(Q + "protected-prefix")) or "-",
-            _t(n, "session/state", "-"), _t(n, "session/last-error") or ""])
-    print(_table(rows, ["NSF", "MANAGEMENT", "DATA PLANE", "PREFIXES", "SESSION",
-                        "LAST ERROR"]) if rows else "no NSFs")
-
-
-def _nsf_remove(m: Any, name: str) -> None:
-    nsf = _e("nsf", None, _e("name", name))
-    nsf.set(f"{{{NC_NS}}}operation", "delete")
-    _edit(m, _config(_e("nsfs", None, nsf)))
-    print(f"NSF {name} removed")
-
-
-def _policy_apply(m: Any, a: argparse.Namespace) -> None:
-    prof = _e("crypto-profile", None, _e("name", a.profile))
-    if a.encryption:
-        prof.append(_e("encryption-algorithm", ENCRYPTION[a.encryption]))
-    key_length = a.key_length
-    if key_length is None and a.encryption == "null":
-        key_length = 0  # NULL encryption has no key (RFC 9061 allows it for tests)
-    if key_length is not None:  # 0 too: it is the only value NULL encryption takes
-        prof.append(_e("key-length", key_length))
-    if a.integrity:
-        prof.append(_e("integrity-algorithm", INTEGRITY[a.integrity]))
-    if a.soft_time is not None:
-        prof.append(_e("lifetime-soft", None, _e("time", a.soft_time)))
-    if a.hard_time is not None:
-        prof.append(_e("lifetime-hard", None, _e("time", a.hard_time)))
-    ea = _e("endpoint-a", None, _e("nsf", a.endpoint_a), *(_e("prefix", p) for p in a.a_prefix))
-    eb = _e("endpoint-b", None, _e("nsf", a.endpoint_b), *(_e("prefix", p) for p in a.b_prefix))
-    pol = _e("policy", None, _e("name", a.name), ea, eb, _e("inner-protocol", a.protocol),
-             _e("mode", a.mode), _e("crypto-profile", a.profile))
-    if a.on_demand:
-        pol.append(_e("ikeless", None, _e("on-demand", "true")))
-    if a.ike:
-        ike = _e("ike", None, _e("auth-method", a.ike))
-        if a.psk_file:
-            ike.append(_e("pre-shared-key-file", os.path.abspath(a.psk_file)))
-        pol.append(ike)
-    pol.set(f"{{{NC_NS}}}operation", "replace")
-    _edit(m, _config(_e("crypto-profiles", None, prof), _e("policies", None, pol)))
-    print(f"policy {a.name} applied; the controller is provisioning it "
-          f"(see 'i2nsf-controller policy show {a.name}')")
-
-
-def _state(m: Any) -> etree._Element:
-    return _get(m, f'<flow-protection-state xmlns="{FP}"/>')
-
-
-def _policy_list(m: Any) -> None:
-    st = _state(m)
-    rows = []
-    for p in st.iter(Q + "policy"):
-        rows.append([_t(p, "name"), f"{_t(p, 'endpoint-a')} <-> {_t(p, 'endpoint-b')}",
-                     _t(p, "status"), _t(p, "generation", "-"), _until(_t(p, "next-rekey")),
-                     _t(p, "error-message")])
-    print(_table(rows, ["POLICY", "NSFS", "STATUS", "GEN", "NEXT REKEY", "ERROR"])
-          if rows else "no policies")
-
-
-def _sa_rows(st: etree._Element, policy: str | None) -> list[list[str]]:
-    rows = []
-    for p in st.iter(Q + "policy"):
-        if policy and _t(p, "name") != policy:
-            continue
-        for s in p.iter(Q + "sa"):
-            spi = int(_t(s, "spi", "0"))
-            rows.append([_t(p, "name"), _t(s, "nsf"), _t(s, "direction"), f"0x{spi:08x}",
-                         f"{_t(s, 'source')} -> {_t(s, 'destination')}", _t(s, "generation"),
-                         _age(_t(s, "created")), _until(_t(s, "next-rekey"))])
-    return rows
-
-
-SA_HEADER = ["POLICY", "NSF", "DIR", "SPI", "OUTER", "GEN", "AGE", "REKEY"]
-
-
-def _policy_show(m: Any, name: str) -> None:
-    st = _state(m)
-    pol = next((p for p in st.iter(Q + "policy") if _t(p, "name") == name), None)
-    if pol is None:
-        raise CliError(f"no policy {name!r}")
-    print(f"policy      {name}")
-    if _t(pol, "group"):
-        print(f"group       {_t(pol, 'group')}")
-    print(f"endpoints   {_t(pol, 'endpoint-a')} <-> {_t(pol, 'endpoint-b')}")
-    print(f"status      {_t(pol, 'status')}")
-    if _t(pol, "error-message"):
-        print(f"error       {_t(pol, 'error-message')}")
-    print(f"generation  {_t(pol, 'generation', '-')}")
-    print(f"next rekey  {_until(_t(pol, 'next-rekey'))}")
-    rows = _sa_rows(st, name)
-    print()
-    print(_table(rows, SA_HEADER) if rows else "no SAs (yet)")
-
-
-def _policy_delete(m: Any, name: str) -> None:
-    pol = _e("policy", None, _e("name", name))
-    pol.set(f"{{{NC_NS}}}operation", "delete")
-    _edit(m, _config(_e("policies", None, pol)))
-    print(f"policy {name} deleted; the controller removes it from both NSFs")
-
-
-def _rpc(m: Any, name: str, arg: str, value: str) -> etree._Element:
-    el = _e(name, None, _e(arg, value))
-    reply = m.dispatch(el)
-    return etree.fromstring(reply.xml.encode())
-
-
-def _rw_add(m: Any, a: argparse.Namespace) -> None:
-    rw = _e("road-warrior", None, _e("name", a.name), _e("gateway", a.gateway),
-            _e("identity", a.identity),
-            (_e("pool", a.pool) if a.pool else _e("inner-address", a.inner_address)),
-            *(_e("prefix", p) for p in a.prefix), _e("crypto-profile", a.profile))
-    rw.set(f"{{{NC_NS}}}operation", "replace")
-    _edit(m, _config(_e("road-warriors", None, rw)))
-    print(f"road warrior {a.name} saved; export its credentials with "
-          f"'i2nsf-controller roadwarrior export {a.name} --out DIR'")
-
-
-def _rw_export(m: Any, name: str, out: Path) -> None:
-    from controller.ipsec.ike_bundle import write_bundle
-
-    reply = m.dispatch(_e("export-road-warrior", None, _e("name", name)))
-    root = etree.fromstring(reply.xml.encode())
-    bundle = {k: root.findtext(".//" + Q + k) or "" for k in
-              ("swanctl-conf", "certificate", "private-key", "ca-certificate")}
-    files = write_bundle(bundle, out)
-    print(f"road warrior {name}: wrote {', '.join(str(f) for f in files)}")
-    print(f"on the host: SWANCTL_DIR={out} swanctl --load-all --file {out}/swanctl.conf")
-
-
-def _rw_list(m: Any) -> None:
-    st = _state(m)
-    rows = [[_t(r, "name"), _t(r, "gateway"), _t(r, "status"), _t(r, "peer") or "-",
-             _t(r, "error-message")] for r in st.iter(Q + "road-warrior")]
-    print(_table(rows, ["ROAD WARRIOR", "GATEWAY", "STATUS", "FROM", "ERROR"])
-          if rows else "no road warriors")
-
-
-def _status(m: Any) -> None:
-    data = _get(m, f'<flow-protection xmlns="{FP}"><nsfs/></flow-protection>')
-    st = _state(m)
-    print("NSF sessions:")
-    rows = [[_t(n, "name"), _t(n, "session/state", "-"), _age(_t(n, "session/since")),
-             _t(n, "session/reconnect-attempts", "0"), _t(n, "session/last-error")]
-            for n in data.iter(Q + "nsf")]
-    print(_table(rows, ["NSF", "STATE", "FOR", "RETRIES", "LAST ERROR"]) if rows else "  none")
-    counts: dict[str, int] = {}
-    sas = 0
-    for p in st.iter(Q + "policy"):
-        counts[_t(p, "status")] = counts.get(_t(p, "status"), 0) + 1
-        sas += len(p.findall(Q + "sa"))
-    print()
-    total = sum(counts.values())
-    detail = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    print(f"policies: {total}" + (f" ({detail})" if detail else ""))
-    print(f"SAD entries on NSFs: {sas}")
-
-
-def _run_client(args: argparse.Namespace) -> int:
-    from ncclient.operations.rpc import RPCError
-
-    m = _connect(args)
-    try:
-        cmd, sub = args.command, getattr(args, "sub", None)
-        if cmd == "nsf" and sub == "add":
-            _nsf_add(m, args)
-        elif cmd == "nsf" and sub == "list":
-            _nsf_list(m)
-        elif cmd == "nsf" and sub == "remove":
-            _nsf_remove(m, args.name)
-        elif cmd == "nsf" and sub == "rotate-cert":
-            out = _rpc(m, "rotate-nsf-certificate", "nsf", args.name)
-            print(f"NSF {args.name}: new certificate (serial "
-                  f"{out.findtext('.//' + Q + 'serial')}) issued and being pushed")
-        elif cmd == "ca" and sub == "rotate":
-            out = etree.fromstring(m.dispatch(_e("rotate-ca")).xml.encode())
-            print(f"new CA certificate (serial {out.findtext('.//' + Q + 'serial')}); "
-                  "certificates re-issued and being pushed")
-        elif cmd == "roadwarrior" and sub == "add":
-            _rw_add(m, args)
-        elif cmd == "roadwarrior" and sub == "export":
-            _rw_export(m, args.name, args.out)
-        elif cmd == "roadwarrior" and sub == "list":
-            _rw_list(m)
-        elif cmd == "policy" and sub == "apply":
-            _policy_apply(m, args)
-        elif cmd == "policy" and sub == "list":
-            _policy_list(m)
-        elif cmd == "policy" and sub == "show":
-            _policy_show(m, args.name)
-        elif cmd == "policy" and sub == "delete":
-            _policy_delete(m, args.name)
-        elif cmd == "policy" and sub == "rekey":
-            out = _rpc(m, "rekey-policy", "policy", args.name)
-            print(f"policy {args.name}: rekey started (generation "
-                  f"{out.findtext('.//' + Q + 'generation')})")
-        elif cmd == "sa":
-            rows = _sa_rows(_state(m), args.policy)
-            print(_table(rows, SA_HEADER) if rows else "no SAs")
-        elif cmd == "status":
-            _status(m)
-        elif cmd == "resync":
-            _rpc(m, "resync-nsf", "nsf", args.nsf)
-            print(f"NSF {args.nsf}: resync started")
-    except RPCError as exc:
-        errs = getattr(exc, "errors", None) or [exc]
-        for e in errs:
-            where = f" (at {e.path})" if getattr(e, "path", None) else ""
-            print(f"i2nsf-controller: {e.tag}: {e.message}{where}", file=sys.stderr)
-        return 1
-    finally:
-        try:
-            m.close_session()
-        except Exception:
-            log.debug("close-session failed", exc_info=True)
-    return 0
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -608,11 +303,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return (cli_setup.cmd_init_config(args) if args.command == "init-config"
                 else cli_setup.cmd_install_unit(args))
+    from controller.cli_client import run_client
+
     try:
-        return _run_client(args)
+        return run_client(args)
     except CliError as exc:
-        print(f"i2nsf-controller: {exc}", file=sys.stderr)
-        return 1
+        print(f"i2nsf-controller: error: {exc}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from controller.core.inventory import NS as FP_NS
 from controller.core.store import SqliteStore
 from controller.core.transaction import locked
 from controller.ipsec.checks import check_config
-from controller.ipsec.model import parse_config
+from controller.ipsec.model import FlowConfig, parse_config
 from controller.ipsec.service import FlowService
 from controller.sfc import wiring as sfc_wiring
 from netconf_core.applier import ConfigChange, Notify
@@ -88,7 +88,36 @@ class FlowApplier:
     def validate(self, change: ConfigChange) -> None:
         cfg = parse_config(change.new)
         check_config(cfg)
+        self._check_nsf_removals(cfg)
         change.scratch["flow.cfg"] = cfg  # prepare gets the same change: parse once
+
+    def _check_nsf_removals(self, cfg: FlowConfig) -> None:
+        """An NSF may leave the inventory only when no policy still has entries on it that
+        cannot be removed: one being removed (deleting), or one this change removes while
+        the NSF is not connected. Otherwise the removal would retry forever against an
+        NSF nobody manages any more (and show as a ghost in the NSF list)."""
+        svc = self.service
+        gone = set(svc.cfg.nsfs) - set(cfg.nsfs)
+        if not gone:
+            return
+        removed_now = set(svc.cfg.all_policies()) - set(cfg.all_policies())
+        for nsf in sorted(gone):
+            sess = svc.south.sessions.get(nsf)
+            connected = sess is not None and sess.state == "connected"
+            busy = sorted(p for p in svc.deleting if nsf in svc._policy_nsfs(p))
+            if not connected:
+                busy += sorted(p for p in removed_now
+                               if p not in busy and nsf in svc._policy_nsfs(p))
+            if busy:
+                why = "" if connected else (
+                    f"; it is not connected ({sess.state if sess else 'no session'}"
+                    + (f": {sess.last_error}" if sess and sess.last_error else "") + ")")
+                raise RpcError(
+                    "application", "in-use",
+                    f"NSF {nsf} still holds entries of {', '.join(busy)}, which the "
+                    f"controller must remove first{why}; remove the NSF once they are gone",
+                    path=f"/i2nsf-flow-policy:flow-protection/nsfs/nsf[name='{nsf}']",
+                    info={"bad-element": "nsf"})
 
     def prepare(self, change: ConfigChange) -> None:
         if "flow.cfg" not in change.scratch:

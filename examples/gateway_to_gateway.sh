@@ -123,6 +123,8 @@ ip netns exec "$MG" "$BIN/i2nsf-controller" serve -c "$WORK/controller.toml" \
 wait_for "agent gwA" 30 test -e "$WORK/agent-a.ready"
 wait_for "agent gwB" 30 test -e "$WORK/agent-b.ready"
 wait_for "controller" 30 test -e "$WORK/controller.ready"
+# the CLI verifies the controller's host key before it sends the password
+export I2NSF_CONTROLLER_HOST_KEY_FILE="$WORK/controller/ssh_host_ed25519_key.pub"
 
 bold "== 4. register the two gateways with the controller"
 for side in a b; do

@@ -311,7 +311,10 @@ class GatewayLab:
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """`i2nsf-controller <args>` inside the management namespace."""
-        env = {**os.environ, "I2NSF_PASSWORD": ADMIN_PASSWORD}
+        env = {**os.environ, "I2NSF_PASSWORD": ADMIN_PASSWORD,
+               # the CLI verifies the controller's host key before sending the password
+               "I2NSF_CONTROLLER_HOST_KEY_FILE": str(self.workdir / "controller" /
+                                                     "ssh_host_ed25519_key.pub")}
         return subprocess.run(
             ["ip", "netns", "exec", self.mgmt, str(BIN / "i2nsf-controller"),
              "--port", str(CTL_PORT), "--user", "admin", *args],
