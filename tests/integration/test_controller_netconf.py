@@ -270,7 +270,7 @@ def test_cli_null_encryption_with_key_length_0(env: dict[str, Any],
                                                key_length: list[str]) -> None:
     """Issue 24.5: `--key-length 0` was dropped (a falsy value), so `--encryption null`
     could not be applied from the CLI; `--encryption null` alone now implies it."""
-    from controller import cli
+    from controller import cli, cli_client
 
     ctl, ag = env["ctl"], env["agents"]
     ctl.edit("<nsfs>" + nsf_xml(env, "s1", 1) + nsf_xml(env, "s2", 2) + "</nsfs>")
@@ -279,7 +279,7 @@ def test_cli_null_encryption_with_key_length_0(env: dict[str, Any],
          "--encryption", "null", *key_length, "--integrity", "hmac-sha2-256-128"])
     m = connect(ctl.ctl.port)
     try:
-        cli._policy_apply(m, args)
+        cli_client.policy_apply(m, args)
     finally:
         m.close_session()
     wait_for(lambda: ctl.status("n") == "active", 10, "null-encryption policy active")
