@@ -144,7 +144,7 @@ class Capture:
         self.path = path
         self.p = subprocess.Popen(
             ["ip", "netns", "exec", netns, "tcpdump", "-i", ifname, "--immediate-mode", "-U",
-             "-n", "-w", str(path), "ip proto 47"],
+             "-n", "-w", str(path), "ip proto 47 or ip6 proto 47"],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
         assert self.p.stderr is not None
         line = self.p.stderr.readline()    # "listening on ..." once the capture runs
@@ -408,3 +408,31 @@ def test_a_killed_data_path_is_restarted_with_its_tables(lab: Lab) -> None:
     _inject(lab, [nsh.encapsulate(nsh.Nsh(spi=4343, si=3), bytes(20))])
     n = lab.notifications("sff-table-miss")
     assert n.findtext(Q + "spi") == "4343"
+
+
+def test_ipv6_underlay_carries_the_same_chain(lab: Lab, tmp_path: Path) -> None:
+    """Locators and next hops in IPv6 (GRE over IPv6 between the nodes), inner IPv4."""
+    from nsf_agent.userspace.lab import sysctl
+
+    L, net = lab.L, lab.net
+    addrs = {(net.c, "f"): "2001:db8:cf::1", (net.f, "c"): "2001:db8:cf::2",
+             (net.f, "e"): "2001:db8:fe::1", (net.e, "f"): "2001:db8:fe::2"}
+    for (ns, ifn), a in addrs.items():
+        sysctl(ns, f"net.ipv6.conf.{ifn}.disable_ipv6", "0")
+        subprocess.run(["ip", "-n", ns, "-6", "addr", "add", f"{a}/64", "dev", ifn, "nodad"],
+                       check=True)
+    f6, e6 = addrs[(net.f, "c")], addrs[(net.e, "f")]
+    try:
+        lab.e.push(L.end_xml(net).replace(L.E_F, e6))
+        lab.edit_f(L.middle_xml(net, sockets=[lab.results]).replace(L.E_F, e6)
+                   .replace(L.F_C, f6))
+        lab.c.push(L.classifier_xml(first_hop=f6))
+        cap = Capture(net.f, "e", tmp_path / "v6.pcap")
+        assert lab.ping(2)
+        frames = cap.frames()
+        assert frames and {nsh_fields(f) for f in frames} == {(10, 254, 61)}
+        assert all(f["ipv6"]["ipv6.dst"] == e6 for f in frames)
+        assert all(f["ip"]["ip.dst"] == L.HOST_B for f in frames)   # the inner packet
+    finally:
+        lab.configure()
+    assert lab.ping(1)
