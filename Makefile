@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := libyang2-dev libyang2-tools iproute2 tcpdump iputils-ping ethtool iperf3 nftables \
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins tshark \
-	yangcli libnetconf2-2
+	yangcli libnetconf2-2 curl systemd
 # SFC fast path: tc-BPF program compiled on first use (nsf_agent/sfc/fastpath/build.py)
 APT_PACKAGES += clang llvm libbpf-dev
 APT_PACKAGES += libnetfilter-queue-dev iptables  # security functions: NFQUEUE (netfilterqueue), its hook

@@ -57,6 +57,7 @@ BIN = Path(sys.executable).parent
 CTL_PORT = 8300
 AGENT_PORT = 830
 ADMIN_PASSWORD = "lab-admin-pw"
+METRICS_PORT = 9109  # /metrics of each daemon (when GatewayLab.metrics), in its namespace
 MGMT = {"a": ("10.254.1.1", "10.254.1.2"), "b": ("10.254.2.1", "10.254.2.2")}
 NAT_PUBLIC_B = "192.0.2.20"  # natB's outside address, on the gateway link
 NAT_INSIDE_B = "10.77.0.1"  # natB's inside address (namespace-local, never routed out)
@@ -152,6 +153,7 @@ class GatewayLab:
     appliers: tuple[str, ...] = ("userspace",)  # ("userspace", "ike") for the IKE case
     nat: bool = False  # gwB behind the NAT namespace natB
     nat_port: int = NATT_PORT  # the public port natB maps gwB's UDP 4500 to
+    metrics: bool = False  # Prometheus /metrics: agents on MGMT[side][1], controller on lo
     lab: Lab = field(init=False)
     agents: dict[str, Daemon] = field(default_factory=dict)
     controller: Daemon | None = None
@@ -257,7 +259,9 @@ class GatewayLab:
             f'[server]\nhost = "{MGMT[side][1]}"\nport = {AGENT_PORT}\nstate_dir = "{st}"\n'
             'confirm_timeout = 60\n\n[dataplane]\nappliers = ['
             + ", ".join(f'"{a}"' for a in self.appliers) + ']\n\n'
-            f'[[users]]\nname = "controller"\nauthorized_keys = ["{self.client_pub}"]\n')
+            f'[[users]]\nname = "controller"\nauthorized_keys = ["{self.client_pub}"]\n'
+            + (f'\n[metrics]\nhost = "{MGMT[side][1]}"\nport = {METRICS_PORT}\n'
+               if self.metrics else ""))
         self.agents[side] = Daemon(
             f"agent {side}", self.gw_ns(side),
             [str(BIN / "i2nsf-agent"), "run", "-c", str(cfg), "--ready-file",
@@ -273,7 +277,9 @@ class GatewayLab:
         cfg.write_text(
             f'[server]\nhost = "127.0.0.1"\nport = {CTL_PORT}\nstate_dir = "{st}"\n\n'
             f"[controller]\n{body}\n\n"
-            f'[[users]]\nname = "admin"\npassword_hash = "{hash_password(ADMIN_PASSWORD)}"\n')
+            f'[[users]]\nname = "admin"\npassword_hash = "{hash_password(ADMIN_PASSWORD)}"\n'
+            + (f'\n[metrics]\nhost = "127.0.0.1"\nport = {METRICS_PORT}\n'
+               if self.metrics else ""))
         self.controller = Daemon(
             "controller", self.mgmt,
             [str(BIN / "i2nsf-controller"), "serve", "-c", str(cfg), "--ready-file",
