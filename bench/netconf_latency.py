@@ -179,7 +179,9 @@ class Netconfd(Server):
             startup = [f"--startup={d / 'startup.xml'}"]
         sock = d / "ncxserver.sock"
         self.port = free_port()
-        modpath = f"{ROOT / 'yang'}:{ROOT / 'yang' / 'standard'}:/usr/share/yuma/modules"
+        # yuma's own modules first: netconfd needs its yuma-ncx-annotated `notifications`,
+        # not the plain RFC 5277 one that yang/standard holds for our server
+        modpath = f"/usr/share/yuma/modules:{ROOT / 'yang'}:{ROOT / 'yang' / 'standard'}"
         nd = subprocess.Popen(
             ["/usr/sbin/netconfd", "--module=ietf-i2nsf-ikeless", f"--modpath={modpath}",
              *startup, f"--superuser={self.user}", "--target=running",
