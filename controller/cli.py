@@ -217,7 +217,7 @@ JSON_COMMANDS = {("nsf", "list"), ("policy", "list"), ("policy", "show"), ("sa",
                  ("status", None)}
 WAIT_COMMANDS = {("nsf", "add"), ("nsf", "remove"), ("policy", "apply"), ("policy", "delete"),
                  ("policy", "rekey"), ("group", "add"), ("group", "delete"),
-                 ("roadwarrior", "remove")}
+                 ("roadwarrior", "remove"), ("resync", None)}
 
 
 def _script_options(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

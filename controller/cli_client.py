@@ -598,7 +598,15 @@ def status(m: Any, a: argparse.Namespace) -> int:
 
 def resync(m: Any, a: argparse.Namespace) -> None:
     _rpc(m, "resync-nsf", nsf=a.nsf)
-    print(f"NSF {a.nsf}: resync started")
+    if not getattr(a, "wait", False):
+        print(f"NSF {a.nsf}: resync started")
+        return
+    names = [text(p, "name") for p in _state(m).iter(Q + "policy")
+             if a.nsf in (text(p, "endpoint-a"), text(p, "endpoint-b"))
+             and text(p, "status") != "deleting"]
+    if names:
+        _wait_policies(m, names, a.timeout, a.quiet)
+    print(f"NSF {a.nsf}: resynced ({len(names)} policies active)")
 
 
 def rotate_cert(m: Any, a: argparse.Namespace) -> None:

@@ -193,6 +193,8 @@ def test_policy_apply_wait_json_and_profile_left_alone(env: Env) -> None:
     assert env.js("policy", "show", "w1")["generation"] == show["generation"]  # untouched
     prof = {p["name"]: p for p in env.js("profile", "list")["crypto-profiles"]}
     assert prof["shared"]["encryption-algorithm"] == 20
+    r = env.cli("resync", "c1", "--wait")
+    assert r.returncode == 0 and "resynced (2 policies active)" in r.stdout, r.stderr
     # rekey --wait: back to active at the new generation
     r = env.cli("policy", "rekey", "w1", "--wait")
     assert r.returncode == 0, r.stderr
