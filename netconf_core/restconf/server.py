@@ -371,6 +371,11 @@ class RestconfServer:
             raise HttpError(405, RpcError("protocol", "operation-not-supported",
                                           f"{segments[-1].node.name!r} is state data: "
                                           "read-only"), {"Allow": "GET, HEAD, OPTIONS"})
+        for k in request.query:
+            # insert/point apply to ordered-by-user lists, which these modules do not have
+            raise RpcError("protocol", "invalid-value",
+                           f"query parameter {k!r} is not supported on {method}",
+                           info={"bad-element": k})
         self._check_if_match(request)
         if method == "DELETE":
             return self._delete(request, segments)

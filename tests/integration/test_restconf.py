@@ -273,6 +273,8 @@ def test_errors_change_nothing(ctl: ControllerProcess, http: httpx.Client) -> No
     check(http.get("/data/no-such-module:x"), 400, "invalid-value")
     check(http.get(f"/data/{M}:flow-protection/nothing-here"), 400, "invalid-value")
     check(http.get(NSFS, params={"depth": "0"}), 400, "invalid-value")
+    check(http.post(NSFS, params={"insert": "first"}, headers=j,
+                    content=json.dumps({f"{M}:nsf": [nsf("gw7")]})), 400, "invalid-value")
     check(http.post(NSFS, headers={"Content-Type": "text/plain"}, content=b"x"), 415,
           "malformed-message")
     check(http.get(NSFS, headers={"Accept": "image/png"}), 406, "invalid-value")
@@ -454,3 +456,11 @@ def test_curl(ctl: ControllerProcess) -> None:
                        timeout=60)
     assert r.returncode != 0
     assert Path(ctl.cert).read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert oct(ctl.cert.with_suffix(".key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_controller_logs_json_lines(ctl: ControllerProcess) -> None:
+    lines = [json.loads(ln) for ln in ctl.log.read_text().splitlines() if ln.startswith("{")]
+    assert any("RESTCONF on https://127.0.0.1" in ln["message"] for ln in lines)
+    assert all({"time", "level", "logger", "message"} <= set(ln) for ln in lines)
+    assert all(ln["time"].endswith("Z") for ln in lines)
