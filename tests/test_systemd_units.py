@@ -79,6 +79,20 @@ def test_install_refuses_to_overwrite(tmp_path: Path) -> None:
     systemd.install("agent", tmp_path, Path("/usr/bin"), force=True)
 
 
+def test_dms_unit_matches_its_cli(tmp_path: Path) -> None:
+    """The DMS unit's ExecStart parses with the DMS's own argument parser."""
+    from nsf_agent.dms.cli import build_parser
+
+    unit = systemd.render("dms", Path("/usr/bin"))
+    line = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
+    args = build_parser().parse_args(line.split()[1:])
+    assert str(args.config) == "/etc/i2nsf/dms.toml" and args.log_format == "json"
+    r = subprocess.run([sys.executable, "-m", "netconf_core.systemd", "dms", "--dir",
+                        str(tmp_path)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and (tmp_path / "i2nsf-dms.service").exists(), r.stderr
+
+
 def test_agent_cli_install_unit_prints(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "nsf_agent.cli", "install-unit", "--dir",
                         str(tmp_path)], capture_output=True, text=True, timeout=60,

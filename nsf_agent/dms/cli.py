@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    p.add_argument("--log-format", choices=["text", "json"], default=None,
+                   help="text (default) or json (= --log-json), as the other daemons")
     return p
 
 
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.port = args.port
     if args.state_dir:
         cfg.state_dir = args.state_dir
-    setup_logging(args.log_level, args.log_json)
+    setup_logging(args.log_level, args.log_json or args.log_format == "json")
     if not cfg.users:
         log.warning("no [[users]] configured: nobody can log in")
     dms = Dms(cfg)
