@@ -182,3 +182,25 @@ def test_one_sf_instance_behind_two_paths_returns_each_flow_to_its_path() -> Non
     got = {(NSH(p[4:]).spi, NSH(p[4:]).si, d) for p, d in e.out_gre}
     assert got == {(10, 254, "192.0.2.6"), (20, 199, "192.0.2.7")}
     assert e.proxy_by_name["p20"].from_sf == 1 and e.proxy_by_name["p10"].from_sf == 1
+
+
+def test_a_chain_of_local_proxies_keeps_the_sff_rules_between_them() -> None:
+    e = engine(
+        table=[SffEntry(10, 255, (NextHop(LOC, "proxy"),)),
+               SffEntry(10, 254, (NextHop(LOC, "proxy"),)),
+               SffEntry(10, 253, (NextHop("192.0.2.6"),))],
+        proxies=[ProxyEntry("p0", 10, 255, "i0", "o0", SF_MAC),
+                 ProxyEntry("p1", 10, 254, "i1", "o1", "02:00:00:00:00:06")])
+    inner = bytes(IP(src="198.51.100.10", dst="203.0.113.10") / ICMP(id=3))
+    e.sff(gre(nsh.Nsh(spi=10, si=255, ttl=63), inner), 4)
+    e.from_sf(e.proxy_by_name["p0"], e.out_frames["i0"].pop())
+    fr = e.out_frames["i1"].pop()
+    assert fr[:6] == bytes.fromhex("020000000006") and fr[14:] == inner
+    e.from_sf(e.proxy_by_name["p1"], fr)
+    out, dst = e.out_gre.pop()
+    assert (dst, NSH(out[4:]).si, NSH(out[4:]).ttl) == ("192.0.2.6", 253, 60)  # TTL-1 per SFF
+    assert [x[2] for x in e.stats()["entries"]] == [1, 1, 1]
+    # TTL running out between two local functions: dropped and reported like anywhere else
+    e.sff(gre(nsh.Nsh(spi=10, si=255, ttl=2), inner), 4)
+    e.from_sf(e.proxy_by_name["p0"], e.out_frames["i0"].pop())
+    assert not e.out_frames["i1"] and e.drops["ttl-expired"] == 1

@@ -125,6 +125,8 @@ class _Link:
     role: str                       # "ingress" | "to-sf" | "from-sf"
     saved: dict[str, str] = field(default_factory=dict)
     batch: mmsg.RecvBatch | None = None
+    send: mmsg.SendBatch | None = None
+    addr: Any = None                # sockaddr_ll of the interface (sendmmsg destination)
 
     def restore(self) -> None:
         for k, v in self.saved.items():
@@ -161,6 +163,7 @@ class Datapath:
     def open(self) -> None:
         self.raw4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         _bufsize(self.raw4, socket.SO_SNDBUF, SO_SNDBUFFORCE, 8 << 20)
+        self.sb_raw4 = mmsg.SendBatch(self.raw4.fileno(), BATCH)
         self.raw6: socket.socket | None = None
         with contextlib.suppress(OSError):
             self.raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
@@ -310,6 +313,11 @@ class Datapath:
             s.setblocking(False)
             if role != "to-sf":
                 link.batch = mmsg.RecvBatch(s.fileno(), BATCH, 65536)
+            else:
+                link.send = mmsg.SendBatch(s.fileno(), BATCH)
+                raw = struct.pack("=HHiHBB8s", socket.AF_PACKET, socket.htons(ETH_P_ALL),
+                                  socket.if_nametoindex(ifname), 1, 0, 6, mac + bytes(2))
+                link.addr = ctypes.create_string_buffer(raw, len(raw))
             keys = [f"net.ipv4.conf.{ifname}.forwarding"]
             if role != "ingress":
                 keys.append(f"net.ipv6.conf.{ifname}.disable_ipv6")
@@ -443,12 +451,22 @@ class Datapath:
                     eng.drops["send-error"] += 1
         if eng.out_ip:
             out, eng.out_ip = eng.out_ip, []
-            for p in out:
+            v4 = [p for p in out if p[0] >> 4 == 4]
+            if v4:
                 try:
-                    if p[0] >> 4 == 4:
-                        self.raw4.sendto(p, (socket.inet_ntoa(p[16:20]), 0))
-                    elif self.raw6 is not None:
-                        self.raw6.sendto(p, (socket.inet_ntop(socket.AF_INET6, p[24:40]), 0))
+                    sent = self.sb_raw4.send(v4, [self._name(socket.inet_ntoa(p[16:20]))
+                                                  for p in v4])
+                except OSError:
+                    sent = 0
+                if sent < len(v4):
+                    eng.drops["send-error"] += len(v4) - sent
+            for p in out if len(v4) < len(out) else ():
+                if p[0] >> 4 == 4:
+                    continue
+                try:
+                    if self.raw6 is None:
+                        raise OSError("no IPv6")
+                    self.raw6.sendto(p, (socket.inet_ntop(socket.AF_INET6, p[24:40]), 0))
                 except OSError:
                     eng.drops["send-error"] += 1
         if eng.out_frames:
@@ -458,11 +476,13 @@ class Datapath:
                 if link is None:
                     eng.drops["send-error"] += len(lst)
                     continue
-                for fr in lst:
-                    try:
-                        link.sock.send(fr)
-                    except OSError:
-                        eng.drops["send-error"] += 1
+                assert link.send is not None
+                try:
+                    sent = link.send.send(lst, [link.addr] * len(lst))
+                except OSError:
+                    sent = 0
+                if sent < len(lst):
+                    eng.drops["send-error"] += len(lst) - sent
         if eng.events:
             evs, eng.events = eng.events, []
             for ev in evs:

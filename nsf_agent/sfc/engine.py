@@ -422,19 +422,24 @@ class Engine:
         else:
             self.drops["unsupported-next-protocol"] += 1
             return
-        inner = pkt[off + hlen:]
-        f = flow_of(inner)
+        spi = (pkt[off + 4] << 16) | (pkt[off + 5] << 8) | pkt[off + 6]
+        self._hand_over(px, pkt[off + hlen:], etype, ttl, pkt[off + 2] & 0xF,
+                        bytes(pkt[off + 8:off + hlen]), spi, pkt[off + 7], None)
+
+    def _hand_over(self, px: Proxy, inner: bytes | bytearray, etype: bytes, ttl: int, md: int,
+                   meta: bytes, spi: int, si: int, f: Flow | None) -> None:
+        """Remember the flow's NSH (TTL, metadata, path position) and send the inner
+        packet to the SF as an Ethernet frame."""
+        if f is None:
+            f = flow_of(inner)
         if f is not None:
             st = px.flows.get(f)
-            meta = bytes(pkt[off + 8:off + hlen])
-            md = pkt[off + 2] & 0xF
-            spi = (pkt[off + 4] << 16) | (pkt[off + 5] << 8) | pkt[off + 6]
             if st is None:
                 if len(px.flows) >= FLOW_STATE_MAX:
                     px.flows.popitem(last=False)
-                px.flows[f] = _FlowState(ttl, md, meta, px.tags.get(f), spi, pkt[off + 7])
+                px.flows[f] = _FlowState(ttl, md, meta, px.tags.get(f), spi, si)
             else:
-                st.ttl, st.md_type, st.meta, st.spi, st.si = ttl, md, meta, spi, pkt[off + 7]
+                st.ttl, st.md_type, st.meta, st.spi, st.si = ttl, md, meta, spi, si
         px.to_sf += 1
         self.out_frames[px.entry.to_sf].append(px.sf_mac + px.our_mac + etype + bytes(inner))
 
@@ -456,6 +461,19 @@ class Engine:
         np_ = nsh.NextProto.IPV4 if et == ETH_IPV4 else nsh.NextProto.IPV6
         if tag is None and (st is None or st.md_type == nsh.MdType.MD1):
             meta = st.meta if st is not None else bytes(16)
+            # next function on this node too (the usual chain through local proxies): the
+            # SFF step done here without building the header only to parse it again —
+            # same counters, same TTL rule as sff() (TTL 1 takes the general path: drop)
+            nxt = self.proxies.get((e.spi, si)) if si else None
+            if nxt is not None and ttl > 1:
+                ent = self.table.get((e.spi, si))
+                if (ent is not None and len(ent.hops) == 1 and not ent.terminate
+                        and ent.hops[0].locator in self.local):
+                    ent.packets += 1
+                    ent.bytes += len(inner)
+                    ent.hop_packets[0] += 1
+                    self._hand_over(nxt, inner, et, ttl - 1, 1, meta, e.spi, si, f)
+                    return
             hdr = struct.pack("!BBBBI", ttl >> 2, ((ttl & 3) << 6) | 6, 1, np_,
                               (e.spi << 8) | si) + meta
         else:
