@@ -17,14 +17,16 @@ Topology (tests/integration/fastpath_net.py, one run, same veths for every case)
   kernel-sff   plain UDP frames as long as the GRE/NSH frames of the SFF cases, routed by F;
   bpf-sff      GRE/NSH frames to F's locator, forwarded by the fast path (TTL - 1, new outer);
   user-sff     the same GRE/NSH frames through the userspace SFF (nsf_agent.sfc.datapath).
-  Rounds alternate the cases (--rounds, median kept), so a change of load on the shared
-  machine hits all of them alike.
+  The userspace SFF runs throughout with the same table (the fast path, attached, takes
+  the packets first). Each round measures kernel, userspace, fast path, fast path,
+  userspace, kernel (A-B-B-A), and each ratio is taken within the round, so a drift of the
+  shared machine's load hits both sides alike; the median over rounds is reported.
 * Table update cost: one apply() of 256 rules + 4096 SFF entries (libbpf map writes, one
   bpf(2) call each) against `bpftool map update` (one process per entry), per entry.
 
 Targets: bpf-* >= 0.8 x the kernel forwarding of the same frames; bpf-sff >= 10 x user-sff.
 The machine may be shared with other work: compare the ratios, measured side by side.
-Usage: sudo python bench/sfc_fastpath.py [--seconds 2] [--rounds 3]
+Usage: sudo python bench/sfc_fastpath.py [--seconds 1] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -117,11 +119,27 @@ def tables(net: Net) -> SfcConfig:
 GENERATORS = 1
 
 
+def quiesce(ns: str, ifn: str) -> None:
+    """Wait until nothing arrives any more (the userspace SFF drains its socket buffer after
+    the generator stopped; that must not count in the next case's window)."""
+    last = [link_stats(ns, ifn)["rx_packets"], time.monotonic()]
+
+    def still() -> bool:
+        now = link_stats(ns, ifn)["rx_packets"]
+        if now != last[0]:
+            last[:] = [now, time.monotonic()]
+            return False
+        return time.monotonic() - last[1] >= 0.2
+
+    wait_until(still, 30, "the sink to go quiet", interval=0.05)
+
+
 def measure(
     net: Net, fl: list[bytes], seconds: float, at: tuple[str, str] | None = None
 ) -> dict[str, float]:
     """Frames sent for `seconds`; pps counted on b0 (or on `at` = (netns, ifname))."""
     ns, ifn = at or (net.b, net.b0)
+    quiesce(ns, ifn)
     before = link_stats(ns, ifn)["rx_packets"]
     t0 = time.monotonic()
     gs = [
@@ -289,8 +307,8 @@ def update_cost(net: Net, fp: FastPath) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces, tc BPF)", file=sys.stderr)
@@ -307,49 +325,68 @@ def main() -> int:
     }
     net = make_net()
     runs: dict[str, list[float]] = {}
-    fastc: dict[str, list[int]] = {}
+    ratios: dict[str, list[float]] = {}
+    fastc: dict[str, int] = {}
+    sent: dict[str, int] = {}
+
+    def run(case: str, size: int, fl: list[bytes], stat: str | None = None) -> float:
+        c0 = fp.counters().stats[stat] if stat else 0
+        m = measure(net, fl, a.seconds)
+        runs.setdefault(f"{case}_{size}", []).append(m["pps"])
+        if stat:
+            fastc[f"{case}_{size}"] = fastc.get(f"{case}_{size}", 0) + (
+                fp.counters().stats[stat] - c0
+            )
+            sent[f"{case}_{size}"] = sent.get(f"{case}_{size}", 0) + int(m["pps"] * a.seconds)
+        return m["pps"]
+
     try:
         sink(net)
         fl = {(k, s): frames(net, k, s) for k in ("cls", "sff", "plain") for s in SIZES}
         fp = FastPath()
-        for _ in range(a.rounds):
-            for size in SIZES:
-                # plain kernel forwarding, no program on the veths
-                with in_netns(net.f):
-                    fp.attach([])
-                runs.setdefault(f"kernel-cls_{size}", []).append(
-                    measure(net, fl[("cls", size)], a.seconds)["pps"]
-                )
-                runs.setdefault(f"kernel-sff_{size}", []).append(
-                    measure(net, fl[("plain", size)], a.seconds)["pps"]
-                )
-                with in_netns(net.f):
-                    fp.attach([net.f0])
-                    fp.apply(tables(net))
-                for kind, stat in (("cls", "classified"), ("sff", "sff-forwarded")):
-                    c0 = fp.counters().stats[stat]
-                    runs.setdefault(f"bpf-{kind}_{size}", []).append(
-                        measure(net, fl[(kind, size)], a.seconds)["pps"]
+        with in_netns(net.f):
+            fp.apply(tables(net))
+        # the userspace SFF runs throughout with the same table: with the fast path
+        # detached it forwards the GRE/NSH frames, attached the fast path takes them first
+        us = Userspace(net, tmp)
+        ucpu: dict[int, list[float]] = {}
+        try:
+            for _ in range(a.rounds):
+                for size in SIZES:
+                    # A B B A: kernel / userspace, fast path twice, kernel / userspace again,
+                    # so a drift of the machine's load hits both sides of each ratio alike
+                    with in_netns(net.f):
+                        fp.attach([])
+                    k1 = run("kernel-cls", size, fl[("cls", size)])
+                    ks1 = run("kernel-sff", size, fl[("plain", size)])
+                    c0 = proc_cpu(us.proc.pid)
+                    u1 = run("user-sff", size, fl[("sff", size)])
+                    ucpu.setdefault(size, []).append(
+                        (proc_cpu(us.proc.pid) - c0) * 1e6 / max(1.0, u1 * a.seconds)
                     )
-                    fastc.setdefault(f"bpf-{kind}_{size}", []).append(
-                        fp.counters().stats[stat] - c0
-                    )
+                    with in_netns(net.f):
+                        fp.attach([net.f0])
+                    b1 = run("bpf-cls", size, fl[("cls", size)], "classified")
+                    bs1 = run("bpf-sff", size, fl[("sff", size)], "sff-forwarded")
+                    bs2 = run("bpf-sff", size, fl[("sff", size)], "sff-forwarded")
+                    b2 = run("bpf-cls", size, fl[("cls", size)], "classified")
+                    with in_netns(net.f):
+                        fp.attach([])
+                    u2 = run("user-sff", size, fl[("sff", size)])
+                    ks2 = run("kernel-sff", size, fl[("plain", size)])
+                    k2 = run("kernel-cls", size, fl[("cls", size)])
+                    ratios.setdefault(f"cls/kernel_{size}", []).append((b1 + b2) / (k1 + k2))
+                    ratios.setdefault(f"sff/kernel_{size}", []).append((bs1 + bs2) / (ks1 + ks2))
+                    ratios.setdefault(f"sff/user_{size}", []).append((bs1 + bs2) / (u1 + u2))
+        finally:
+            us.close()
+        res["user_sff_cpu_us_per_packet"] = {s: statistics.median(v) for s, v in ucpu.items()}
+        with in_netns(net.f):
+            fp.attach([net.f0])
         res["program_ns_per_packet"] = program_cost(net, fp, fl, a.seconds)
         res["update"] = update_cost(net, fp)
         with in_netns(net.f):
             fp.close()
-        us = Userspace(net, tmp)
-        try:
-            for _ in range(a.rounds):
-                for size in SIZES:
-                    cpu0 = proc_cpu(us.proc.pid)
-                    m = measure(net, fl[("sff", size)], a.seconds)
-                    runs.setdefault(f"user-sff_{size}", []).append(m["pps"])
-                    res.setdefault(f"user-sff_{size}_cpu_us_per_packet", []).append(
-                        (proc_cpu(us.proc.pid) - cpu0) * 1e6 / max(1.0, m["pps"] * a.seconds)
-                    )
-        finally:
-            us.close()
         # what the generator alone costs: the same frames dropped at the DUT's ingress
         sink(net, net.f, net.f0)
         for _ in range(a.rounds):
@@ -362,36 +399,44 @@ def main() -> int:
         net.delete()
     res["load_after"] = os.getloadavg()[0]
     med = {k: statistics.median(v) for k, v in runs.items()}
-    res["pps_median"] = med
-    res["pps_runs"] = runs
-    res["fastpath_counted"] = fastc
+    rmed = {k: statistics.median(v) for k, v in ratios.items()}
+    res.update(
+        pps_median=med,
+        pps_runs=runs,
+        ratio_runs=ratios,
+        ratio_median=rmed,
+        fastpath_counted=fastc,
+        delivered=sent,
+    )
 
     print(
-        f"SFC fast path ({a.seconds:g} s x {a.rounds} rounds per case, {os.cpu_count()} CPUs, "
+        f"SFC fast path ({a.seconds:g} s per case, {a.rounds} rounds, {os.cpu_count()} CPUs, "
         f"kernel {res['kernel']}, load {res['load_before']:.1f} before / "
         f"{res['load_after']:.1f} after; shared machine)"
     )
-    print(f"{'case':<40}{'64 B pps':>12}{'1400 B pps':>12}")
+    print(f"{'case (median pps)':<42}{'64 B':>12}{'1400 B':>12}")
     names = {
         "kernel-cls": "kernel IP forwarding (classifier frames)",
         "bpf-cls": "fast path classifier (+48 B encap)",
         "kernel-sff": "kernel IP forwarding (SFF-size frames)",
         "bpf-sff": "fast path SFF",
         "user-sff": "userspace SFF",
+        "drop-cls": "generator only (dropped at F, cls frames)",
+        "drop-sff": "generator only (dropped at F, SFF frames)",
     }
     for k, name in names.items():
-        print(f"{name:<40}{med[f'{k}_64']:>12.0f}{med[f'{k}_1400']:>12.0f}")
+        print(f"{name:<42}{med[f'{k}_64']:>12.0f}{med[f'{k}_1400']:>12.0f}")
+    print("ratios, median of the per-round A-B-B-A pairs:")
     for size in SIZES:
-        c = med[f"bpf-cls_{size}"] / max(1.0, med[f"kernel-cls_{size}"])
-        s = med[f"bpf-sff_{size}"] / max(1.0, med[f"kernel-sff_{size}"])
-        u = med[f"bpf-sff_{size}"] / max(1.0, med[f"user-sff_{size}"])
         print(
-            f"{size} B: classifier/kernel {c:.2f}, SFF/kernel {s:.2f} (target >= 0.8); "
-            f"fast SFF/userspace SFF {u:.1f} (target >= 10)"
+            f"  {size} B: classifier/kernel {rmed[f'cls/kernel_{size}']:.2f}, SFF/kernel "
+            f"{rmed[f'sff/kernel_{size}']:.2f} (target >= 0.8); fast SFF/userspace SFF "
+            f"{rmed[f'sff/user_{size}']:.1f} (target >= 10)"
         )
+    ok_count = all(fastc[k] >= sent[k] * 0.99 for k in fastc)
     print(
-        "derived capacity of the DUT alone (1 / (per-packet time - the same frames dropped "
-        "at the DUT's ingress)):"
+        f"fast path counters vs packets delivered: {'consistent' if ok_count else 'MISMATCH'}"
+        f" ({fastc})"
     )
     cap = {}
     for k, drop in (
@@ -404,14 +449,16 @@ def main() -> int:
             d = 1 / med[f"{k}_{size}"] - 1 / med[f"{drop}_{size}"]
             cap[f"{k}_{size}"] = 1 / d if d > 0 else float("inf")
     res["derived_capacity_pps"] = cap
+    print("derived capacity of the DUT alone, 1 / (time per packet - generator-only time):")
     for k in ("kernel-cls", "bpf-cls", "kernel-sff", "bpf-sff"):
-        print(f"  {names[k]:<38}{cap[f'{k}_64']:>12.0f}{cap[f'{k}_1400']:>12.0f}")
+        print(f"  {names[k]:<40}{cap[f'{k}_64']:>12.0f}{cap[f'{k}_1400']:>12.0f}")
     for size in SIZES:
-        ucpu = statistics.median(res[f"user-sff_{size}_cpu_us_per_packet"])
-        pns = res["program_ns_per_packet"].get(f"sff_{size}", float("nan"))
+        pns = res["program_ns_per_packet"]
         print(
-            f"  {size} B: userspace SFF {ucpu:.2f} us CPU/packet (its process alone), "
-            f"fast path SFF program {pns:.0f} ns/packet; derived fast SFF capacity / "
+            f"  {size} B: userspace SFF process {res['user_sff_cpu_us_per_packet'][size]:.2f} "
+            f"us CPU/packet; fast path program (bpf_stats) classifier "
+            f"{pns.get(f'cls_{size}', float('nan')):.0f} ns, SFF "
+            f"{pns.get(f'sff_{size}', float('nan')):.0f} ns/packet; derived fast SFF / "
             f"userspace SFF {cap[f'bpf-sff_{size}'] / max(1.0, med[f'user-sff_{size}']):.1f}"
         )
     up = res["update"]

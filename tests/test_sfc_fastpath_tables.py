@@ -188,3 +188,27 @@ def test_merge_stats_adds_fast_path_counts_to_the_userspace_snapshot():
     ]
     assert out["counters"] == {"received": 11, "forwarded": 9, "delivered": 2, "unmatched": 4}
     assert snap["rules"]["a"] == [1, 100]  # the snapshot itself is left alone
+
+
+def test_counters_survive_unchanged_entries_only():
+    a = CounterAllocator()
+    a.begin()
+    g1 = Generation(
+        "192.0.2.1",
+        rules=(rule("x", 1), rule("y", 2)),
+        sff=(SffEntry(1, 255, (NextHop("198.51.100.2"),)),),
+    )
+    c1 = compile_generation(g1, {}.get, a)
+    a.commit()
+    a.begin()
+    g2 = Generation(
+        "192.0.2.1",
+        rules=(rule("x", 1), rule("y", 2, dst="10.0.0.0/8")),
+        sff=(SffEntry(1, 255, (NextHop("198.51.100.3"),)),),
+    )
+    c2 = compile_generation(g2, {}.get, a)
+    a.commit()
+    assert c2.rule_counters["x"] == c1.rule_counters["x"]
+    assert c2.rule_counters["y"] != c1.rule_counters["y"]  # changed: a fresh counter
+    assert c2.sff_counters[(1, 255)] != c1.sff_counters[(1, 255)]
+    assert set(a.new) == {c2.rule_counters["y"], c2.sff_counters[(1, 255)]}

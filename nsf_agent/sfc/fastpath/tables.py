@@ -63,7 +63,8 @@ class _Counters(Protocol):
 
 
 class CounterAllocator:
-    """Stable counter slots: a rule or (SPI, SI) keeps its slot across generations.
+    """Stable counter slots: a rule or (SPI, SI) entry keeps its slot across generations
+    while it is unchanged (a changed one starts from zero, like the userspace path's).
 
     A slot freed by generation N is reused only from generation N + 2 on, so it is never
     shared by the two generations a packet in flight may see.
@@ -209,7 +210,8 @@ def _compile_rules(cfg, local, ifindex, counters, out: Compiled) -> None:
         taken.append((src or ANY4, dst or ANY4))
         sp, dp = m.sport, m.dport
         ports = 0 if (sp.start, sp.end, dp.start, dp.end) == (0, 65535, 0, 65535) else 1
-        cnt = counters.index(("rule", r.name))
+        # a counter lives as long as the rule is unchanged (as the userspace path's do)
+        cnt = counters.index(("rule", r))
         out.rule_counters[r.name] = cnt
         value = RULE.pack(
             ifx,
@@ -255,6 +257,6 @@ def _compile_sff(cfg, counters, out: Compiled) -> None:
             out.left.append(f"sff ({e.spi}, {e.si}): more than {MAX_SFF} entries")
             continue
         seen += 1
-        cnt = counters.index(("sff", e.spi, e.si))
+        cnt = counters.index(("sff", e.spi, e.si, hops))
         out.sff_counters[key] = cnt
         out.sff[sp_word(e.spi, e.si)] = SFF_VAL.pack(kind, addr, cnt, 0)
