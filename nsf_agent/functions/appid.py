@@ -98,9 +98,8 @@ def identify(pkt: Packet) -> AppInfo | None:
     pl = pkt.payload
     if not pl:
         return None
-    f = pkt.flow
-    if f.proto == TCP:
+    if pkt.proto == TCP:
         return http_host(pl) or tls_sni(pl)
-    if f.proto == UDP and (f.dport == 53 or f.sport == 53 or f.dport == 5353):
+    if pkt.proto == UDP and (pkt.dport == 53 or pkt.sport == 53 or pkt.dport == 5353):
         return dns_qname(pl)
     return None

@@ -42,11 +42,17 @@ class RuleSyntaxError(ValueError):
 class AddrSet:
     nets: tuple[Net, ...] = ()  # empty = any
     negated: bool = False
+    # (version, network as int, mask as int): what the per-packet check compares
+    _ints: tuple[tuple[int, int, int], ...] = field(default=(), compare=False, repr=False)
 
-    def match(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        if not self.nets:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_ints", tuple(
+            (n.version, int(n.network_address), int(n.netmask)) for n in self.nets))
+
+    def match(self, version: int, addr: int) -> bool:
+        if not self._ints:
             return not self.negated
-        hit = any(addr.version == n.version and addr in n for n in self.nets)
+        hit = any(v == version and addr & m == a for v, a, m in self._ints)
         return hit != self.negated
 
 

@@ -16,13 +16,16 @@ from nsf_agent.functions.packet import Packet
 from nsf_agent.functions.rules import Rule, RuleSyntaxError, parse_rules
 
 MAX_FLOWS = 65536
+_PROTO = {"tcp": 6, "udp": 17, "icmp": 1}
 FLOW_IDLE = 120.0
+IDENTIFY_TRIES = 8  # a flow that shows no known protocol in its first packets has none
 
 
 @dataclass
 class FlowState:
     app: AppInfo | None = None
     reported_app: bool = False
+    tries: int = 0  # packets looked at for the application (given up after IDENTIFY_TRIES)
     last: float = 0.0
     alerted: dict[int, float] = field(default_factory=dict)  # sid -> last report time
 
@@ -52,7 +55,7 @@ class SignatureEngine:
         self.rules = rules
         self.prevent = prevent  # IPS: drop rules drop; IDS: they alert
         self.identify_apps = identify_apps or any(r.app for r in rules)
-        self.flows: OrderedDict[tuple[str, str, int, int, int], FlowState] = OrderedDict()
+        self.flows: OrderedDict[tuple[bytes, bytes, int, int, int], FlowState] = OrderedDict()
         self.sid_hits: dict[int, int] = {r.sid: 0 for r in rules}
         self._header_only = [r for r in rules if not any(c.buffer == "payload"
                                                         for c in r.contents)]
@@ -91,7 +94,7 @@ class SignatureEngine:
     # -- per packet --------------------------------------------------------------------------
 
     def _flow(self, pkt: Packet, now: float) -> FlowState:
-        key = pkt.flow.key()
+        key = pkt.key()
         st = self.flows.get(key)
         if st is None:
             st = FlowState()
@@ -115,17 +118,17 @@ class SignatureEngine:
             if r.proto in ("http", "tls", "dns"):
                 if app is None or app.protocol != r.proto:
                     return False
-            elif pkt.flow.proto != {"tcp": 6, "udp": 17, "icmp": 1}[r.proto] and not (
-                    r.proto == "icmp" and pkt.flow.proto == 58):
+            elif pkt.proto != _PROTO[r.proto] and not (r.proto == "icmp" and pkt.proto == 58):
                 return False
         if r.app and (app is None or app.protocol != r.app):
             return False
-        f = pkt.flow
-        if (r.src.match(pkt.src_ip) and r.dst.match(pkt.dst_ip) and r.sport.match(f.sport)
-                and r.dport.match(f.dport)):
+        v = pkt.version
+        s, d = pkt.src_int, pkt.dst_int
+        if (r.src.match(v, s) and r.dst.match(v, d) and r.sport.match(pkt.sport)
+                and r.dport.match(pkt.dport)):
             return True
-        return r.bidirectional and (r.src.match(pkt.dst_ip) and r.dst.match(pkt.src_ip)
-                                    and r.sport.match(f.dport) and r.dport.match(f.sport))
+        return r.bidirectional and (r.src.match(v, d) and r.dst.match(v, s)
+                                    and r.sport.match(pkt.dport) and r.dport.match(pkt.sport))
 
     def _sticky_ok(self, r: Rule, app: AppInfo | None) -> bool:
         for c in r.contents:
@@ -139,7 +142,9 @@ class SignatureEngine:
         now = time.monotonic() if now is None else now
         st = self._flow(pkt, now) if self.identify_apps else None
         new_app = False
-        if st is not None and (st.app is None or not st.app.name):
+        if st is not None and (st.app is None or not st.app.name) and \
+                st.tries < IDENTIFY_TRIES:
+            st.tries += 1
             found = identify(pkt)
             if found is not None and (st.app is None or found.name):
                 st.app = found
