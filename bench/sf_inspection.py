@@ -80,6 +80,12 @@ def run(lab: Lab, kind: str, spec: dict[str, Any], seconds: float, tmp: Path
         loads = [json.loads(x) for x in pending(sf.loads)]
         cpu = [ld["cpu"] for ld in loads if ld.get("pps", 0) > 0]
         out["sf_cpu"] = max(cpu) if cpu else 0.0
+        # CPU the function's process spent per packet it inspected (NFQUEUE functions)
+        busy = [ld for ld in loads if ld.get("inspected")]
+        out["us_per_pkt"] = 0.0
+        if len(busy) >= 2 and busy[-1]["inspected"] > busy[0]["inspected"]:
+            out["us_per_pkt"] = 1e6 * (busy[-1]["cpu_seconds"] - busy[0]["cpu_seconds"]) / (
+                busy[-1]["inspected"] - busy[0]["inspected"])
         return out
     finally:
         sf.close()
@@ -110,10 +116,11 @@ def main() -> int:
     print(f"1400-byte IP packets, iperf3 UDP -b 0, {args.time:g} s each; IDS/DPI with "
           f"{args.rules} signatures (no match: every byte scanned); one instance each")
     print(f"{'instance':<10} {'offered pps':>12} {'passed pps':>11} {'Mbit/s':>8} "
-          f"{'loss %':>7} {'SF CPU %':>9} {'vs forward':>11}")
+          f"{'loss %':>7} {'SF CPU %':>9} {'us CPU/pkt':>11} {'vs forward':>11}")
     for k, r in results.items():
         print(f"{k:<10} {r['sent_pps']:>12.0f} {r['pps']:>11.0f} {r['mbps']:>8.0f} "
-              f"{r['lost_percent']:>7.1f} {r['sf_cpu']:>9.0f} {r['pps'] / base['pps']:>11.3f}")
+              f"{r['lost_percent']:>7.1f} {r['sf_cpu']:>9.0f} {r['us_per_pkt']:>11.1f} "
+              f"{r['pps'] / base['pps']:>11.3f}")
     return 0
 
 

@@ -72,8 +72,8 @@ class Function:
             from netfilterqueue import NetfilterQueue
 
             self.nfq = NetfilterQueue()
-            self.nfq.bind(nftables.QUEUE_NUM, self._on_packet, max_len=4096,
-                          sock_len=8 << 20)
+            self.nfq.bind(nftables.QUEUE_NUM, self._on_packet, max_len=16384,
+                          sock_len=32 << 20)
             # ids/dpi are passive: if this process is gone, traffic passes (fail open);
             # an ips drops what nothing inspected (fail closed)
             nftables.queue_rules(bypass=self.spec.type != "ips")
@@ -175,6 +175,7 @@ class Function:
             "packets": pkts, "bytes": nbytes,
             "dropped": self.base_drops + c.get("dropped", (0, 0))[0] + self.user_drops,
             "alerts": self.results, "counters": counters,
+            "inspected": self.user_pkts, "cpu_seconds": round(sum(os.times()[:2]), 3),
         }
 
     def _control(self, conn: socket.socket) -> bool:

@@ -99,6 +99,16 @@ def test_create_passes_traffic_within_2s_then_remove_leaves_nothing(
         # load, on demand
         load = rpc(m, f'<get-load xmlns="{DMS_NS}"><name>fw1</name></get-load>')
         assert int(load.findtext(f".//{q('packets')}") or 0) >= 1
+        # rules replaced over NETCONF: bad ones refused (old kept), good ones in force at once
+        with pytest.raises(RPCError):
+            rpc(m, f'<set-rules xmlns="{DMS_NS}"><name>fw1</name><firewall><rule><seq>5</seq>'
+                   "<action>drop</action><destination-port>7300</destination-port></rule>"
+                   "</firewall></set-rules>")
+        assert passes(lab, rx)
+        rpc(m, f'<set-rules xmlns="{DMS_NS}"><name>fw1</name><firewall><default-action>accept'
+               "</default-action><rule><seq>5</seq><action>drop</action><protocol>17</protocol>"
+               "<destination-port>7300</destination-port></rule></firewall></set-rules>")
+        assert not passes(lab, rx)
         rpc(m, f'<remove-instance xmlns="{DMS_NS}"><name>fw1</name></remove-instance>')
         assert dms.namespaces() == []
         assert not link_exists(lab.host, "fw1-in") and not link_exists(lab.host, "fw1-out")

@@ -107,6 +107,10 @@ def test_ddos_mitigator_caps_one_source_while_another_passes(lab: Lab, tmp_path:
         assert from_b == 40
         assert from_a <= rate * (dt + 0.2) + burst + 20
         assert before > 4 * rate and from_a < len(flood) / 4
+        counters = json.loads(sh("ip", "netns", "exec", sf.ns, "nft", "-j", "list",
+                                 "counters"))["nftables"]
+        c = {x["counter"]["name"]: x["counter"]["packets"] for x in counters if "counter" in x}
+        assert c["rate_dropped"] >= len(flood) - from_a - 500  # what it dropped, counted
         res = sf.results()
         assert res and all(r["flow"]["src"] == SRC_A for r in res)
         assert res[0]["action"] == {"reclassify": "ddos-suspected"}
