@@ -68,18 +68,27 @@ class Lab:
         self.net = L.SfcLab.unique(1, tag="i2sfc")
         self.nodes: list[Node] = []
         self.agent: Any = None
+        self.fsfc: Any = None
+        self.m: Any = None
+        try:
+            self._start(tmp, Agent, AgentThread, SfcApplier)
+        except BaseException:
+            self.close()   # never leave namespaces or processes behind a failed set-up
+            raise
+
+    def _start(self, tmp: Path, Agent: Any, AgentThread: Any, SfcApplier: Any) -> None:
         self.net.build()
         schema = YangSchema(create_context(["i2nsf-sfc-nsf"]))
         self.c = Node(schema, self.net.c, tmp / "c")
+        self.nodes.append(self.c)
         self.e = Node(schema, self.net.e, tmp / "e")
-        self.nodes = [self.c, self.e]
+        self.nodes.append(self.e)
         self.results = str(tmp / "sf0-results.sock")
-        fsfc = SfcApplier(tmp / "f", netns=self.net.f)
+        fsfc = self.fsfc = SfcApplier(tmp / "f", netns=self.net.f)
         t = AgentThread(tmp / "f", modules=["i2nsf-sfc-nsf"])
         t.applier = fsfc  # type: ignore[assignment]
         t.agent = Agent(t.agent.config, appliers=[fsfc])
         self.agent = t.start()
-        self.fsfc = fsfc
         self.m = t.connect()
         self.m.create_subscription()
         self.configure()
@@ -119,8 +128,9 @@ class Lab:
 
     def close(self) -> None:
         with_errors = []
-        for fn in (lambda: self.m.close_session(), lambda: self.agent.stop(),
-                   lambda: self.fsfc.close(stop_datapath=True),
+        for fn in (lambda: self.m and self.m.close_session(),
+                   lambda: self.agent and self.agent.stop(),
+                   lambda: self.fsfc and self.fsfc.close(stop_datapath=True),
                    *(n.close for n in self.nodes), self.net.destroy):
             try:
                 fn()
