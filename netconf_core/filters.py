@@ -173,12 +173,12 @@ def xpath_filter(
         found = data.xpath(expr, namespaces=ns)
     except etree.XPathError as exc:
         raise RpcError(
-            "protocol", "invalid-value", f"invalid XPath filter {select!r}: {exc}",
+            "application", "invalid-value", f"invalid XPath filter {select!r}: {exc}",
             info={"bad-attribute": "select", "bad-element": "filter"},
         ) from exc
     if not isinstance(found, list):
         raise RpcError(
-            "protocol", "invalid-value",
+            "application", "invalid-value",
             f"XPath filter {select!r} does not select nodes (its value is {found!r})",
             info={"bad-attribute": "select", "bad-element": "filter"},
         )

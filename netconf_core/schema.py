@@ -463,7 +463,30 @@ def map_libyang_error(msg: str, path: str | None, apptag: str | None) -> RpcErro
         tag, app = "operation-failed", "data-not-unique"
     else:
         tag, app = "invalid-value", None
+        node = _last_node(path)
+        if node:  # the element whose value is wrong (RFC 6241 appendix A; as Netopeer2)
+            info["bad-element"] = node
     return RpcError(etype, tag, msg, path=path, app_tag=apptag or app, info=info)
+
+
+def _last_node(path: str | None) -> str | None:
+    """The name of the last node of a data path (`/m:a/b[k='x/y']/c` → `c`)."""
+    if not path:
+        return None
+    depth, quote, start = 0, "", 0
+    for i, ch in enumerate(path):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == "/" and depth == 0:
+            start = i + 1
+    last = path[start:].split("[", 1)[0]
+    return last.rpartition(":")[2] or None
 
 
 def _yang_info(name: str, text: str, path: bool = False) -> etree._Element:

@@ -47,7 +47,7 @@ _DATA_TYPES = (libyang.SNode.CONTAINER, libyang.SNode.LIST, libyang.SNode.LEAF,
 
 
 def _invalid(select: str, why: str) -> RpcError:
-    return RpcError("protocol", "invalid-value", f"invalid XPath filter {select!r}: {why}",
+    return RpcError("application", "invalid-value", f"invalid XPath filter {select!r}: {why}",
                     info={"bad-attribute": "select", "bad-element": "filter"})
 
 
@@ -224,7 +224,7 @@ def _lookup(idx: NameIndex, name: str, cur: str | None, at_top: bool, select: st
         cands = idx.anywhere.get(name, set())
     if len(cands) > 1:
         raise RpcError(
-            "protocol", "invalid-value",
+            "application", "invalid-value",
             f"invalid XPath filter {select!r}: {name!r} is ambiguous (defined in "
             f"{', '.join(sorted(cands))}); give it a prefix",
             info={"bad-attribute": "select", "bad-element": "filter"})

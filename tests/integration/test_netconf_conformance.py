@@ -133,7 +133,7 @@ def test_bad_xpath_is_invalid_value(agent: AgentThread) -> None:
             with pytest.raises(RPCError) as ei:
                 m.get(filter=("xpath", sel))
             assert ei.value.tag == "invalid-value", sel
-            assert ei.value.type == "protocol"
+            assert ei.value.type == "application"  # as Netopeer2 (RFC 6241 8.9.1)
         # `name` is a top-level node of no module, but `modules-state` exists in one only:
         r = m.get(filter=("xpath", "/modules-state/module-set-id"))
         assert etree.fromstring(r.xml.encode()).find(f".//{q('module-set-id', YL)}") is not None
@@ -341,6 +341,10 @@ def test_error_info_per_rfc7950_section15(tagent: AgentThread) -> None:
         (err,) = _raw(m, _item("d", "<tcp/><bogus>1</bogus>", 6))
         assert err.findtext(q("error-tag", NC_NS)) == "unknown-element"
         assert err.findtext(f"{q('error-info', NC_NS)}/{q('bad-element', NC_NS)}") == "bogus"
+        # a value of the wrong type: invalid-value naming the element (bad-element)
+        (err,) = _raw(m, _item("e", "<tcp/><mtu>jumbo</mtu>", 7))
+        assert err.findtext(q("error-tag", NC_NS)) == "invalid-value"
+        assert err.findtext(f"{q('error-info', NC_NS)}/{q('bad-element', NC_NS)}") == "mtu"
         # 15.7 insert with a missing anchor: bad-attribute, app-tag missing-instance
         (err,) = _raw(m, f'<ordered xmlns:yang="{YANG_NS}" yang:insert="after" '
                          "yang:key=\"[id='zz']\"><id>o2</id></ordered>")
