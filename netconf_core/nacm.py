@@ -221,7 +221,8 @@ class Nacm:
             self.counters.denied_data_writes += 1
             raise RpcError(
                 "application", "access-denied",
-                f"user {user!r} may not {op} {_show(here)}",
+                f'Access to the data model "{sn.module if sn else "?"}" is denied because '
+                f'"{user}" NACM authorization failed ({op} of {_show(here)}).',
                 path=_show(here))
         if sn is not None and sn.kind in ("container", "list"):
             for child in el:

@@ -204,7 +204,8 @@ class NetconfServer:
         if rules is not None and not self.nacm.may_exec(rules, sess.username, ns, name):
             self.nacm.counters.denied_operations += 1
             raise RpcError("protocol", "access-denied",
-                           f"user {sess.username!r} may not call {name!r} (NACM)",
+                           f'Executing the operation is denied because "{sess.username}" '
+                           "NACM authorization failed.",  # Netopeer2's words
                            path=f"/{_module_of(self.schema, ns)}:{name}",
                            info={"bad-element": name})
         if (ns, name) in self._secret_rpcs and sess.username in self.config.no_secrets_users:

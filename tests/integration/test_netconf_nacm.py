@@ -109,6 +109,8 @@ def test_exec_rules(agent: AgentThread) -> None:
         with pytest.raises(RPCError) as ei:
             m.lock("running")
         _denied(ei)
+        assert ei.value.type == "protocol" and ei.value.path.strip() == "/ietf-netconf:lock"
+        assert "NACM authorization failed" in ei.value.message
         with pytest.raises(RPCError) as ei:
             m.dispatch(etree.fromstring(
                 f'<kill-session xmlns="{NC_NS}"><session-id>{a.session_id}</session-id>'
