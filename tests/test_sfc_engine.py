@@ -204,3 +204,34 @@ def test_a_chain_of_local_proxies_keeps_the_sff_rules_between_them() -> None:
     e.sff(gre(nsh.Nsh(spi=10, si=255, ttl=2), inner), 4)
     e.from_sf(e.proxy_by_name["p0"], e.out_frames["i0"].pop())
     assert not e.out_frames["i1"] and e.drops["ttl-expired"] == 1
+
+
+def test_unclassified_packets_are_routed_with_ttl_minus_one_and_a_valid_checksum() -> None:
+    from nsf_agent.sfc.datapath import _route_hop
+
+    for ttl in (64, 2, 255):
+        p = bytes(IP(src="198.51.100.10", dst="203.0.113.10", ttl=ttl, id=ttl * 77) / ICMP())
+        out = _route_hop(p)
+        assert out is not None
+        got = IP(out)
+        assert got.ttl == ttl - 1
+        del got.chksum
+        assert IP(bytes(got)).chksum == IP(out).chksum        # scapy recomputes the same
+    assert _route_hop(bytes(IP(dst="203.0.113.10", ttl=1) / ICMP())) is None
+
+
+def test_a_hostile_result_message_yields_only_valid_fields() -> None:
+    e = engine(proxies=[ProxyEntry("p", 10, 255, "i0", "o0", SF_MAC)])
+    e.inspection_result(e.proxy_by_name["p"], {
+        "instance": "x" * 5000, "sid": -4, "msg": "m" * 5000, "verdict": "explode",
+        "flow": {"src": "not-an-ip", "dst": "203.0.113.10", "proto": 999, "sport": "80"},
+        "action": {"reclassify": "r" * 500, "rm -rf": 1}})
+    ev = e.events[-1]
+    assert len(ev["instance"]) == 255 and len(ev["msg"]) == 1024 and ev["sid"] == 0
+    assert ev["verdict"] is None and ev["flow"] == {"dst": "203.0.113.10"}
+    assert ev["action"] == {"reclassify": "r" * 127}
+    from netconf_core.schema import YangSchema
+    from netconf_core.yang_context import create_context
+    from nsf_agent.sfc.config import notification
+
+    YangSchema(create_context(["i2nsf-sfc-nsf"])).validate_notification(notification(ev))

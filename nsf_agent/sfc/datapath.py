@@ -106,6 +106,20 @@ def local_addresses() -> set[str]:
     return addrs
 
 
+def _route_hop(ip: bytes) -> bytes | None:
+    """An IPv4 packet with its TTL decremented and its header checksum updated (RFC 1624),
+    or None when the TTL runs out (the packet is dropped, as a router would)."""
+    ttl = ip[8]
+    if ttl <= 1:
+        return None
+    b = bytearray(ip)
+    b[8] = ttl - 1
+    c = ((b[10] << 8) | b[11]) + 0x0100       # one's complement: ~(~HC + ~m + m')
+    c = (c & 0xFFFF) + (c >> 16)
+    b[10], b[11] = c >> 8, c & 0xFF
+    return bytes(b)
+
+
 def _sockaddr(addr: str) -> ctypes.Array[ctypes.c_char]:
     ip = ipaddress.ip_address(addr)
     if ip.version == 4:
@@ -387,7 +401,11 @@ class Datapath:
                 if socket.inet_ntoa(ip[16:20]) in local:
                     continue   # for this host: the kernel delivers it
                 if not eng.classify(ip, link.name):
-                    eng.out_ip.append(ip)   # not ours to steer: forward it unchanged
+                    fwd = _route_hop(ip)    # not ours to steer: routed as the kernel would
+                    if fwd is None:
+                        eng.drops["ttl-expired-unclassified"] += 1
+                    else:
+                        eng.out_ip.append(fwd)
         else:
             px = self._proxy_from(link.name)
             if px is not None:
@@ -565,7 +583,7 @@ class Datapath:
             return {"id": rid, "ok": True, "result": result}
         except ModelError as exc:
             return {"id": rid, "ok": False, "error": str(exc), "path": exc.path}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:
             log.warning("request %s refused: %s", op, exc)
             return {"id": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
@@ -632,6 +650,11 @@ class Datapath:
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EINTR):
                         log.exception("data path: %s failed", kind)
+                except Exception:
+                    # one bad message or packet must not stop forwarding for everyone
+                    log.exception("data path: %s handling failed", kind)
+                    if kind == "conn":
+                        self._drop_conn(obj)
             if self.engine.held:
                 self.engine.expire(time.monotonic())
 

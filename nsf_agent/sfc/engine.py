@@ -12,6 +12,7 @@ on their behalf) decrement the SI; SI 0 or a `terminate` entry ends the path her
 from __future__ import annotations
 
 import collections
+import contextlib
 import ipaddress
 import logging
 import math
@@ -55,6 +56,22 @@ def flow_of(p: bytes | bytearray | memoryview, off: int = 0) -> Flow | None:
         sport, dport = struct.unpack_from("!HH", p, l4)
         return src, dst, proto, sport, dport
     return src, dst, proto, 0, 0
+
+
+def _clean_flow(fl: object) -> dict[str, Any]:
+    """The flow of an SF's result with only well-formed fields (the SF is not trusted to
+    produce valid YANG values)."""
+    out: dict[str, Any] = {}
+    if not isinstance(fl, dict):
+        return out
+    for k in ("src", "dst"):
+        with contextlib.suppress(KeyError, ValueError):
+            out[k] = str(ipaddress.ip_address(str(fl[k])))
+    for k, hi in (("proto", 255), ("sport", 65535), ("dport", 65535)):
+        v = fl.get(k)
+        if isinstance(v, int) and 0 <= v <= hi:
+            out[k] = v
+    return out
 
 
 def _net(prefix: str | None) -> tuple[int, int, int] | None:
@@ -500,13 +517,24 @@ class Engine:
         """A result datagram from the SF: tag the flow's next packets if it asks for an
         action, and report it to the controller either way."""
         px.results += 1
-        fl = msg.get("flow") or {}
+        fl = _clean_flow(msg.get("flow"))
         action = msg.get("action") or None
+        if isinstance(action, dict):
+            action = {k: str(v)[:nsh.MAX_TLV_VALUE] for k, v in action.items()
+                      if k in ("reclassify", "next-function")} or None
+        else:
+            action = None
+        verdict = msg.get("verdict")
+        try:
+            sid = max(0, min(int(msg.get("sid") or 0), 2**32 - 1))
+        except (TypeError, ValueError):
+            sid = 0
         ev: dict[str, Any] = {"event": "inspection-result", "proxy": px.entry.name,
-                              "instance": str(msg.get("instance", "")),
-                              "sf-type": str(msg.get("type", "")), "sid": int(msg.get("sid", 0)),
-                              "msg": str(msg.get("msg", "")), "flow": fl,
-                              "verdict": msg.get("verdict"), "action": action}
+                              "instance": str(msg.get("instance", ""))[:255],
+                              "sf-type": str(msg.get("type", ""))[:255], "sid": sid,
+                              "msg": str(msg.get("msg", ""))[:1024], "flow": fl,
+                              "verdict": verdict if verdict in ("alert", "drop", "pass")
+                              else None, "action": action}
         self.events.append(ev)
         if not isinstance(action, dict):
             return
