@@ -103,6 +103,13 @@ password_hash = "{hash_password(PASSWORD)}"
         if getattr(self, "log", None):
             self.log.close()
 
+    def cleanup(self) -> None:
+        """Whatever a failed test left of this DMS's instances (processes included)."""
+        from nsf_agent.dms import plumbing
+
+        for ns in self.namespaces():
+            plumbing.destroy(ns, None, None)
+
     def namespaces(self) -> list[str]:
         try:
             return sorted(n for n in os.listdir("/run/netns") if n.startswith(self.prefix))

@@ -52,8 +52,7 @@ def dms(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DmsProce
         yield d
     finally:
         d.stop()
-        for ns in d.namespaces():
-            os.system(f"ip netns del {ns}")
+        d.cleanup()
 
 
 def passes(lab: Lab, rx: socket.socket, payload: bytes = b"probe") -> bool:
@@ -264,6 +263,7 @@ def test_crash_mid_create_leaves_no_orphans_after_restart(
                 assert dms_state(m2).findall(q("instance")) == []
         finally:
             d.stop()
+            d.cleanup()
 
 
 def test_registration_with_the_catalog(lab: Lab, tmp_path: Path) -> None:
@@ -308,8 +308,10 @@ def test_registration_with_the_catalog(lab: Lab, tmp_path: Path) -> None:
                        "</remove-instance>")
         finally:
             d2.stop()
+            d2.cleanup()
     finally:
         d.stop()
+        d.cleanup()
         cat.stop()
 
 

@@ -155,6 +155,7 @@ def test_ids_alert_in_a_chain_reaches_the_agent_subscribers(chain: _Lab, tmp_pat
             rx.close()
     finally:
         dms.stop()
+        dms.cleanup()
 
 
 def _udp(bind: tuple[str, int]) -> socket.socket:
