@@ -129,6 +129,7 @@ class RestconfServer:
         self._port: int | None = None
         self._etag: tuple[str, float] | None = None
         self.requests = 0
+        self.streams: set[Any] = set()  # how to end each open event stream
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -157,7 +158,10 @@ class RestconfServer:
         else:
             log.warning("RESTCONF without TLS on %s: only behind a TLS-terminating proxy "
                         "(RFC 8040 requires TLS)", self.config.host)
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # handler_cancellation: a stream whose client went away ends (and unsubscribes) at
+        # once instead of at its next keep-alive write
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                    handler_cancellation=True, shutdown_timeout=5.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.host, self.config.port, ssl_context=sslctx)
         await site.start()
@@ -184,6 +188,8 @@ class RestconfServer:
         return f"{scheme}://{host}:{self._port or self.config.port}/restconf"
 
     async def stop(self) -> None:
+        for end in list(self.streams):
+            end()  # open event streams end now, not after the shutdown timeout
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

@@ -59,7 +59,12 @@ async def serve(rc: RestconfServer, request: web.Request) -> web.StreamResponse:
         queue.put_nowait(msg)
 
     sub = nc.bus.subscribe(sess.id, deliver, STREAM, None, start, stop)
-    sub.on_end.append(lambda: queue.put_nowait(None))
+
+    def end() -> None:
+        queue.put_nowait(None)
+
+    sub.on_end.append(end)
+    rc.streams.add(end)
     try:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
@@ -87,5 +92,6 @@ async def serve(rc: RestconfServer, request: web.Request) -> web.StreamResponse:
     except (ConnectionError, asyncio.CancelledError):
         raise
     finally:
+        rc.streams.discard(end)
         nc.bus.unsubscribe(sess.id)
         log.info("RESTCONF stream %s/%s of %s closed", stream, enc, sess.username)

@@ -27,7 +27,7 @@ def free_port() -> int:
 
 class ControllerProcess:
     def __init__(self, workdir: Path, restconf: bool = True, metrics: bool = True,
-                 extra: str = "") -> None:
+                 extra: str = "", restconf_extra: str = "") -> None:
         self.workdir = workdir
         self.state = workdir / "state"
         self.rc_port = free_port() if restconf else None
@@ -38,7 +38,8 @@ class ControllerProcess:
                "[controller]\nreconnect_min = 0.05\nreconnect_max = 0.5\nretry_max = 0.5\n"
                "rekey_grace = 0.2\n"]
         if restconf:
-            cfg.append(f'[restconf]\nhost = "127.0.0.1"\nport = {self.rc_port}\n')
+            cfg.append(f'[restconf]\nhost = "127.0.0.1"\nport = {self.rc_port}\n'
+                       + restconf_extra)
         if metrics:
             cfg.append(f'[metrics]\nhost = "127.0.0.1"\nport = {self.metrics_port}\n')
         cfg.append(extra)

@@ -11,6 +11,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -464,3 +465,70 @@ def test_controller_logs_json_lines(ctl: ControllerProcess) -> None:
     assert any("RESTCONF on https://127.0.0.1" in ln["message"] for ln in lines)
     assert all({"time", "level", "logger", "message"} <= set(ln) for ln in lines)
     assert all(ln["time"].endswith("Z") for ln in lines)
+
+
+def test_given_certificate(tmp_path: Path) -> None:
+    """[restconf] certificate_file/private_key_file: the server presents that certificate
+    (and generates none)."""
+    from cryptography import x509
+
+    from netconf_core.restconf.tls import fingerprint, generate_self_signed
+
+    cert, key = tmp_path / "given.crt", tmp_path / "given.key"
+    generate_self_signed(cert, key, ["127.0.0.1", "ctl.test"])
+    work = tmp_path / "w"
+    work.mkdir()
+    c = ControllerProcess(work, metrics=False, restconf_extra=(
+        f'certificate_file = "{cert}"\nprivate_key_file = "{key}"\n')).start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        r = httpx.get(f"{c.base}/yang-library-version", verify=ctx, auth=("admin", ADMIN_PW))
+        assert r.status_code == 200
+        import socket
+
+        with socket.create_connection(("127.0.0.1", c.rc_port)) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            der = tls.getpeercert(binary_form=True)
+        assert x509.load_der_x509_certificate(der) == x509.load_pem_x509_certificate(
+            cert.read_bytes())
+        assert fingerprint(cert).startswith("SHA256:")
+        assert not c.cert.exists()  # nothing generated
+    finally:
+        c.stop()
+
+
+def test_policy_status_change_as_json_event(tmp_path: Path) -> None:
+    """The controller's own notification (i2nsf-flow-policy:policy-status-change) through
+    the stream in RFC 7951 JSON: a policy between two NSFs that cannot be reached (its own
+    controller: the policy cannot be removed from them afterwards)."""
+    ctl = ControllerProcess(tmp_path).start()
+    events: list[str] = []
+    try:
+        with httpx.Client(base_url=ctl.base, verify=_tls(ctl), auth=("admin", ADMIN_PW),
+                          timeout=30) as http, \
+                http.stream("GET", "/streams/NETCONF/json") as resp:
+            reader = threading.Thread(target=_read_events, args=(resp, 1000, events),
+                                      daemon=True)
+            reader.start()
+            wait_until(lambda: _subscribed(ctl), 10, "the stream's subscription")
+            assert post_nsf(http, "ps1").status_code == 201
+            assert post_nsf(http, "ps2", dp="198.51.100.2").status_code == 201
+            doc = {f"{M}:flow-protection": {
+                "crypto-profiles": {"crypto-profile": [{"name": "default"}]},
+                "policies": {"policy": [{"name": "pp", "endpoint-a": {"nsf": "ps1"},
+                                         "endpoint-b": {"nsf": "ps2"},
+                                         "crypto-profile": "default"}]}}}
+            r = http.patch("/data", content=json.dumps(doc), headers={"Content-Type": JSON_T})
+            assert r.status_code == 204, r.text
+            wait_until(lambda: any(f"{M}:policy-status-change" in e for e in events), 30,
+                       "policy-status-change event")
+            # an open stream does not hold the controller's shutdown up
+            t0 = time.monotonic()
+            ctl.stop()
+            assert time.monotonic() - t0 < 5
+    finally:
+        ctl.stop()
+    ev = next(json.loads(e)["ietf-restconf:notification"] for e in events
+              if f"{M}:policy-status-change" in e)
+    change = ev[f"{M}:policy-status-change"]
+    assert change["policy"] == "pp" and change["status"] in ("pending", "failed")
