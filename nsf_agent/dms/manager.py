@@ -190,6 +190,14 @@ class Manager:
             raise RpcError("application", "invalid-value", str(exc),
                            path=f"/i2nsf-dms:create-instance/{exc.path}" if exc.path else None,
                            info={"bad-element": exc.path.split("/")[0] or "type"}) from None
+        for p in report_sockets:
+            # the function (root, in its namespace) sends to these: plain absolute socket paths
+            if not p.startswith("/") or "/../" in p + "/" or len(p.encode()) > 107 or \
+                    "\0" in p:
+                raise RpcError("application", "invalid-value",
+                               f"report-socket {p!r} is not an absolute path of at most 107 "
+                               "bytes", path="/i2nsf-dms:create-instance/report-socket",
+                               info={"bad-element": "report-socket"})
         d_in, d_out = self._names(name)
         to_sf, from_sf = to_sf or d_in, from_sf or d_out
         netns = self.cfg.netns_prefix + name

@@ -133,6 +133,7 @@ def test_bad_input_is_an_rpc_error_and_creates_nothing(lab: Lab, dms: DmsProcess
          "ports need protocol"),
         (f'<remove-instance xmlns="{ns_uri}"><name>nope</name></remove-instance>',
          "no instance"),
+        (create_xml("b6", "forward", report="relative/sock"), "not an absolute path"),
     ]
     with dms.connect() as m:
         for xml, expect in cases:
