@@ -66,3 +66,26 @@ def test_get_schema_and_bad_edit(agent: AgentThread, tmp_path: Path) -> None:
     out = console(agent, "--edit-config", str(bad), ok=False)
     assert "invalid-value" in out
     assert agent.snapshot() == before
+
+
+def test_unprefixed_xpath_and_with_defaults(agent: AgentThread, tmp_path: Path) -> None:
+    """Issue 14: netconf-console2's -x without --ns, and its --with-defaults."""
+    cfg = tmp_path / "edit.xml"
+    cfg.write_text(f'<ipsec-ikeless xmlns="{IKELESS_NS}"><spd>{spd_entry("nc2-wd")}</spd>'
+                   "</ipsec-ikeless>")
+    console(agent, "--edit-config", str(cfg))
+    out = console(agent, "--get-config", "-x",
+                  "/ipsec-ikeless/spd/spd-entry[name='nc2-wd']/reqid")
+    assert names(out) == ["nc2-wd"] and "<reqid>1</reqid>" in out
+    shown = {}
+    for mode in ("report-all", "trim", "report-all-tagged", "explicit"):
+        out = console(agent, "--get-config", "--with-defaults", mode, "-x",
+                      "/ipsec-ikeless/spd/spd-entry[name='nc2-wd']")
+        assert names(out) == ["nc2-wd"], (mode, out)
+        shown[mode] = out
+    # RFC 9061's anti-replay-window-size defaults to 64; inner-protocol "any" (set) is the
+    # default too: trim drops it, report-all-tagged tags it
+    assert "anti-replay-window-size" not in shown["explicit"]
+    assert "<anti-replay-window-size>64<" in shown["report-all"]
+    assert "inner-protocol" in shown["explicit"] and "inner-protocol" not in shown["trim"]
+    assert 'wd:default="true">64<' in shown["report-all-tagged"]
