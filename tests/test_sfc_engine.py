@@ -235,3 +235,24 @@ def test_a_hostile_result_message_yields_only_valid_fields() -> None:
     from nsf_agent.sfc.config import notification
 
     YangSchema(create_context(["i2nsf-sfc-nsf"])).validate_notification(notification(ev))
+
+
+def test_flow_keys_of_packets_and_of_reported_flows_agree() -> None:
+    import ipaddress
+
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import IPv6
+
+    from nsf_agent.sfc.engine import flow_key, key_of
+
+    a, b = ipaddress.ip_address("198.51.100.10").packed, ipaddress.ip_address("203.0.113.10").packed
+    assert flow_key(tcp(sport=5, dport=6)) == key_of(a, b, 6, 5, 6)
+    assert flow_key(bytes(IP(src="198.51.100.10", dst="203.0.113.10") / UDP(sport=7, dport=8))) \
+        == key_of(a, b, 17, 7, 8)
+    assert flow_key(bytes(IP(src="198.51.100.10", dst="203.0.113.10") / ICMP(id=9))) \
+        == key_of(a, b, 1, 0, 0)
+    frag = bytes(IP(src="198.51.100.10", dst="203.0.113.10", proto=6, frag=100) / bytes(20))
+    assert flow_key(frag) == key_of(a, b, 6, 0, 0)        # a fragment has no ports
+    s6, d6 = ipaddress.ip_address("2001:db8::1").packed, ipaddress.ip_address("2001:db8::2").packed
+    assert flow_key(bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(sport=1, dport=2))) \
+        == key_of(s6, d6, 6, 1, 2)

@@ -58,6 +58,33 @@ def flow_of(p: bytes | bytearray | memoryview, off: int = 0) -> Flow | None:
     return src, dst, proto, 0, 0
 
 
+_NOPORTS = bytes(4)
+
+
+def flow_key(p: bytes | bytearray | memoryview) -> bytes | None:
+    """The inner 5-tuple as one bytes key (addresses, protocol, ports or zeros): what the
+    proxy's per-flow state is keyed by — cheaper than `flow_of` on every SF pass."""
+    if len(p) < 20:
+        return None
+    v = p[0] >> 4
+    if v == 4:
+        proto = p[9]
+        l4 = (p[0] & 0xF) * 4
+        ports = (bytes(p[l4:l4 + 4]) if proto in (6, 17, 132) and not (p[6] & 0x1F or p[7])
+                 and len(p) >= l4 + 4 else _NOPORTS)
+        return bytes(p[12:20]) + bytes((proto,)) + ports
+    if v == 6 and len(p) >= 44:
+        proto = p[6]
+        ports = bytes(p[40:44]) if proto in (6, 17, 132) else _NOPORTS
+        return bytes(p[8:40]) + bytes((proto,)) + ports
+    return None
+
+
+def key_of(src: bytes, dst: bytes, proto: int, sport: int, dport: int) -> bytes:
+    ports = struct.pack("!HH", sport, dport) if proto in (6, 17, 132) else _NOPORTS
+    return src + dst + bytes((proto,)) + ports
+
+
 def _clean_flow(fl: object) -> dict[str, Any]:
     """The flow of an SF's result with only well-formed fields (the SF is not trusted to
     produce valid YANG values)."""
@@ -161,9 +188,9 @@ class Proxy:
     entry: ProxyEntry
     sf_mac: bytes
     our_mac: bytes = b"\0" * 6       # set by the data path (MAC of to_sf)
-    flows: collections.OrderedDict[Flow, _FlowState] = field(
+    flows: collections.OrderedDict[bytes, _FlowState] = field(
         default_factory=collections.OrderedDict)
-    tags: dict[Flow, nsh.Tlv] = field(default_factory=dict)
+    tags: dict[bytes, nsh.Tlv] = field(default_factory=dict)
     to_sf: int = 0
     from_sf: int = 0
     results: int = 0
@@ -444,11 +471,11 @@ class Engine:
                         bytes(pkt[off + 8:off + hlen]), spi, pkt[off + 7], None)
 
     def _hand_over(self, px: Proxy, inner: bytes | bytearray, etype: bytes, ttl: int, md: int,
-                   meta: bytes, spi: int, si: int, f: Flow | None) -> None:
+                   meta: bytes, spi: int, si: int, f: bytes | None) -> None:
         """Remember the flow's NSH (TTL, metadata, path position) and send the inner
         packet to the SF as an Ethernet frame."""
         if f is None:
-            f = flow_of(inner)
+            f = flow_key(inner)
         if f is not None:
             st = px.flows.get(f)
             if st is None:
@@ -466,7 +493,7 @@ class Engine:
         if et not in (ETH_IPV4, ETH_IPV6):
             return
         inner = frame[14:]
-        f = flow_of(inner)
+        f = flow_key(inner)
         st = px.flows.get(f) if f is not None else None
         if st is not None and (st.spi, st.si) != (px.entry.spi, px.entry.si):
             px = self.proxies.get((st.spi, st.si), px)
@@ -545,7 +572,7 @@ class Engine:
         else:
             return
         try:
-            key: Flow = (ipaddress.ip_address(fl["src"]).packed,
+            key = key_of(ipaddress.ip_address(fl["src"]).packed,
                          ipaddress.ip_address(fl["dst"]).packed, int(fl["proto"]),
                          int(fl.get("sport") or 0), int(fl.get("dport") or 0))
         except (KeyError, ValueError, TypeError):
