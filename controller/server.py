@@ -61,7 +61,7 @@ SERVICE_COUNTERS = {
     "transactions_failed": "Two-phase transactions that failed (rolled back)",
 }
 # served when [restconf] is configured: RFC 8040 monitoring (streams, capabilities)
-RESTCONF_MODULES = ("ietf-restconf", "ietf-restconf-monitoring")
+RESTCONF_MODULES = ("ietf-restconf", "ietf-restconf-monitoring", "ietf-yang-patch")
 Q = f"{{{FP_NS}}}"
 
 

@@ -28,7 +28,7 @@ from lxml import etree
 
 from netconf_core.auth import UserDb
 from netconf_core.errors import NC_NS, RpcError
-from netconf_core.restconf import codec, streams
+from netconf_core.restconf import codec, streams, yangpatch
 from netconf_core.restconf.auth import BasicAuth
 from netconf_core.restconf.errors import HttpError, not_found, render, status_of
 from netconf_core.restconf.paths import (
@@ -244,11 +244,12 @@ class RestconfServer:
     def _session(self, request: web.Request) -> RestconfSession:
         return RestconfSession(next(self.nc._ids), request["user"], request.remote or "")
 
-    def _call(self, request: web.Request, op: etree._Element) -> list[Any] | None:
+    def _call(self, request: web.Request, op: etree._Element,
+              sess: RestconfSession | None = None) -> list[Any] | None:
         rpc = etree.Element(NC + "rpc", nsmap={None: NC_NS})
         rpc.set("message-id", "restconf")
         rpc.append(op)
-        sess = self._session(request)
+        sess = sess or self._session(request)
         try:
             return self.nc.dispatch(sess, rpc)  # type: ignore[arg-type]
         finally:
@@ -541,11 +542,12 @@ class RestconfServer:
 
     async def _patch(self, request: web.Request, segments: list[Segment]) -> web.Response:
         ctype = (request.content_type or "").lower()
-        if ctype == "application/yang-patch+json" or ctype == "application/yang-patch+xml":
-            raise HttpError(415, RpcError("protocol", "operation-not-supported",
-                                          "YANG Patch (RFC 8072) is not supported; use a "
-                                          "plain patch (merge)"),
-                            {"Accept-Patch": ", ".join(_PATCH_TYPES)})
+        if ctype in yangpatch.TYPES:
+            if segments:
+                _need_instance(segments[-1])
+            fmt_in = yangpatch.TYPES[ctype]
+            return await yangpatch.apply(self, request, segments, fmt_in,
+                                         _output_format(request, prefer=fmt_in))
         fmt = _output_format(request)
         if segments:
             _need_instance(segments[-1])
@@ -601,7 +603,8 @@ class RestconfServer:
                            info={"bad-element": last.node.name})
 
 
-_PATCH_TYPES = ("application/yang-data+json", "application/yang-data+xml")
+_PATCH_TYPES = ("application/yang-data+json", "application/yang-data+xml",
+                "application/yang-patch+json", "application/yang-patch+xml")
 
 
 def find_targets_one(el: etree._Element, seg: Segment) -> bool:

@@ -532,3 +532,83 @@ def test_policy_status_change_as_json_event(tmp_path: Path) -> None:
               if f"{M}:policy-status-change" in e)
     change = ev[f"{M}:policy-status-change"]
     assert change["policy"] == "pp" and change["status"] in ("pending", "failed")
+
+
+# ---- YANG Patch (RFC 8072) ------------------------------------------------------------------
+
+YP_JSON = "application/yang-patch+json"
+
+
+def test_yang_patch_all_or_nothing(ctl: ControllerProcess, http: httpx.Client) -> None:
+    assert post_nsf(http, "gw1").status_code == 201
+    patch = {"ietf-yang-patch:yang-patch": {"patch-id": "add-two", "edit": [
+        {"edit-id": "e1", "operation": "create", "target": "/nsf=gw2",
+         "value": {f"{M}:nsf": [nsf("gw2", "198.51.100.2")]}},
+        {"edit-id": "e2", "operation": "merge", "target": "/nsf=gw1/dataplane",
+         "value": {f"{M}:dataplane": "userspace"}},
+        {"edit-id": "e3", "operation": "replace", "target": "/nsf=gw3",
+         "value": {f"{M}:nsf": [nsf("gw3", "198.51.100.3")]}}]}}
+    r = http.patch(NSFS, content=json.dumps(patch), headers={"Content-Type": YP_JSON})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"ietf-yang-patch:yang-patch-status": {"patch-id": "add-two",
+                                                              "ok": [None]}}
+    names = sorted(n["name"] for n in http.get(NSFS).json()[f"{M}:nsfs"]["nsf"])
+    assert names == ["gw1", "gw2", "gw3"]
+    assert http.get(f"{NSFS}/nsf=gw1/dataplane").json() == {f"{M}:dataplane": "userspace"}
+    before = running(ctl)
+    # the second edit fails: the first (already made in the candidate) is not kept
+    bad = {"ietf-yang-patch:yang-patch": {"patch-id": "bad", "edit": [
+        {"edit-id": "ok-one", "operation": "create", "target": "/nsf=gw4",
+         "value": {f"{M}:nsf": [nsf("gw4", "198.51.100.4")]}},
+        {"edit-id": "dup", "operation": "create", "target": "/nsf=gw1",
+         "value": {f"{M}:nsf": [nsf("gw1")]}},
+        {"edit-id": "never", "operation": "delete", "target": "/nsf=gw2"}]}}
+    r = http.patch(NSFS, content=json.dumps(bad), headers={"Content-Type": YP_JSON})
+    assert r.status_code == 409, r.text
+    st = r.json()["ietf-yang-patch:yang-patch-status"]
+    edit = st["edit-status"]["edit"][0]
+    assert edit["edit-id"] == "dup"
+    assert edit["errors"]["error"][0]["error-tag"] == "data-exists"
+    assert running(ctl) == before
+    # a value the schema refuses: reported against its edit before anything is touched
+    bad2 = {"ietf-yang-patch:yang-patch": {"patch-id": "b2", "edit": [
+        {"edit-id": "v", "operation": "merge", "target": "/nsf=gw1/data-plane-address",
+         "value": {f"{M}:data-plane-address": "nope"}}]}}
+    r = http.patch(NSFS, content=json.dumps(bad2), headers={"Content-Type": YP_JSON})
+    assert r.status_code == 400
+    assert r.json()["ietf-yang-patch:yang-patch-status"]["edit-status"]["edit"][0][
+        "edit-id"] == "v"
+    assert running(ctl) == before
+    # XML, with delete
+    xml = ('<yang-patch xmlns="urn:ietf:params:xml:ns:yang:ietf-yang-patch">'
+           "<patch-id>x1</patch-id><edit><edit-id>d</edit-id><operation>delete</operation>"
+           "<target>/nsf=gw3</target></edit></yang-patch>")
+    r = http.patch(NSFS, content=xml, headers={"Content-Type": "application/yang-patch+xml"})
+    assert r.status_code == 200, r.text
+    assert etree.fromstring(r.content).find(
+        "{urn:ietf:params:xml:ns:yang:ietf-yang-patch}ok") is not None
+    assert b"gw3" not in running(ctl)
+    # while a NETCONF session holds the candidate, a YANG Patch is refused
+    with ctl.netconf() as m:
+        m.lock("candidate")
+        r = http.patch(NSFS, content=xml, headers={"Content-Type":
+                                                     "application/yang-patch+xml"})
+        assert r.status_code == 409
+        m.unlock("candidate")
+
+
+def test_yang_patch_xml_error_status(ctl: ControllerProcess, http: httpx.Client) -> None:
+    before = running(ctl)
+    xml = ('<yang-patch xmlns="urn:ietf:params:xml:ns:yang:ietf-yang-patch">'
+           "<patch-id>x2</patch-id><edit><edit-id>gone</edit-id><operation>delete"
+           "</operation><target>/nsf=nothere</target></edit></yang-patch>")
+    r = http.patch(NSFS, content=xml, headers={"Content-Type": "application/yang-patch+xml",
+                                               "Accept": XML_T})
+    assert r.status_code == 409, r.text
+    yp = "{urn:ietf:params:xml:ns:yang:ietf-yang-patch}"
+    st = etree.fromstring(r.content)
+    assert st.tag == yp + "yang-patch-status" and st.findtext(yp + "patch-id") == "x2"
+    edit = st.find(f"{yp}edit-status/{yp}edit")
+    assert edit.findtext(yp + "edit-id") == "gone"
+    assert edit.findtext(f"{yp}errors/{yp}error/{yp}error-tag") == "data-missing"
+    assert running(ctl) == before
