@@ -22,11 +22,26 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .model import IPPROTO_ESP, Direction, EncAlg, IntegAlg, Mode, SaConfig
 
 __all__ = [
-    "DecryptError", "EspError", "IntegrityError", "MalformedError", "OutOfWindowError",
+    "DecryptError",
+    "EspError",
+    "IntegrityError",
+    "MalformedError",
+    "OutOfWindowError",
     "ReplayError",
-    "ReplayWindow", "SaState", "SequenceOverflow", "SequenceStoreError", "WrongNextHeaderError",
-    "build_ip_packet", "decapsulate",
-    "encapsulate", "encapsulate_packet", "ipv4_checksum", "parse_udp_encap", "split_outer",
+    "ReplayWindow",
+    "SaState",
+    "SequenceOverflow",
+    "SequenceStoreError",
+    "WrongNextHeaderError",
+    "build_ip_packet",
+    "decapsulate",
+    "encapsulate",
+    "encapsulate_packet",
+    "ipv4_checksum",
+    "open_gcm_tunnel",
+    "parse_udp_encap",
+    "seal_gcm_tunnel",
+    "split_outer",
     "udp_encap",
 ]
 
@@ -341,6 +356,14 @@ class SaState:
             raise SequenceStoreError(f"SA spi={self.spi:#x}: cannot reserve sequence "
                                      f"numbers: {e}") from None
 
+    def gcm_fast(self) -> tuple[object, bytes, bytes] | None:
+        """(AESGCM, salt, SPI bytes) when this SA is AES-GCM without ESN, for the data path's
+        fused tunnel-mode send (`seal_gcm_tunnel`); None otherwise."""
+        suite = self._suite
+        if isinstance(suite, _GcmSuite) and not self.cfg.esn:
+            return suite._aead, suite._salt, self._spi_bytes
+        return None
+
     # -- inbound --------------------------------------------------------------------------
 
     def open(self, esp: bytes) -> tuple[bytes, int]:
@@ -380,6 +403,9 @@ class SaState:
                 raise WrongNextHeaderError(f"tunnel-mode next header {nh} is not IP")
             if end == 0 or (plain[0] >> 4) != (4 if nh == IPPROTO_IPIP else 6):
                 raise WrongNextHeaderError("inner IP version does not match next header")
+            hl = (plain[0] & 0x0F) * 4 if nh == IPPROTO_IPIP else 40
+            if hl < 20 or end < hl:  # a dropped packet is not a packet received
+                raise MalformedError("truncated inner IP header")
         c = self.counters
         c.packets += 1
         c.bytes += end
@@ -441,6 +467,77 @@ def _ip_split(packet: bytes) -> tuple[int, int, int]:
             raise MalformedError("truncated IPv6 header")
         return 6, 40, packet[6]
     raise MalformedError(f"IP version {v}")
+
+
+def seal_gcm_tunnel(sa: SaState, fast: tuple, packet: bytes, nh: int) -> bytes:  # type: ignore[type-arg]
+    """`sa.seal(packet, nh)` for an AES-GCM SA without ESN in one function (the per-packet
+    path of the data path; same checks, numbering and counters)."""
+    seq = sa.seq + 1
+    if seq >= _SEQ32:
+        sa.counters.seq_overflow += 1
+        raise SequenceOverflow(f"SA spi={sa.spi:#x} exhausted its sequence numbers")
+    if seq > sa.seq_limit:
+        sa._reserve(seq)
+    sa.seq = seq
+    aead, salt, spi = fast
+    iv = seq.to_bytes(8, "big")
+    header = spi + iv[4:]
+    n = len(packet)
+    pad = (-(n + 2)) & 3
+    c = sa.counters
+    c.bytes += n
+    c.packets += 1
+    return header + iv + aead.encrypt(salt + iv, packet + _PAD[:pad] + bytes((pad, nh)), header)
+
+
+def open_gcm_tunnel(sa: SaState, fast: tuple, esp: bytes) -> bytes:  # type: ignore[type-arg]
+    """`decapsulate(sa, esp)` for a tunnel-mode AES-GCM SA without ESN in one function (the
+    data path's per-packet receive; same checks, replay window and counters)."""
+    try:
+        if len(esp) < 8 + 8 + 16 + 2:
+            raise MalformedError("ESP packet too short")
+        header = esp[:8]
+        seq = int.from_bytes(header[4:8], "big")
+        replay = sa.replay
+        replay.check(seq)
+        if len(esp) < 8 + 8 + 16 + 4:
+            raise MalformedError("ESP payload too short for AES-GCM")
+        aead, salt, _ = fast
+        try:
+            plain = aead.decrypt(salt + esp[8:16], esp[16:], header)
+        except Exception:
+            raise IntegrityError("AES-GCM tag mismatch") from None
+        if len(plain) < 2:
+            raise DecryptError("no ESP trailer")
+        padlen = plain[-2]
+        nh = plain[-1]
+        end = len(plain) - 2 - padlen
+        if end < 0 or (padlen and plain[end:-2] != _PAD[:padlen]):
+            raise DecryptError("bad ESP padding")
+        replay.update(seq)
+        if nh == NH_NO_NEXT:
+            raise _Dummy("TFC dummy packet")
+        if nh == IPPROTO_IPIP:
+            if end == 0 or plain[0] >> 4 != 4:
+                raise WrongNextHeaderError("inner IP version does not match next header")
+            ihl = (plain[0] & 0x0F) * 4
+            if ihl < 20 or end < ihl:
+                raise MalformedError("truncated IPv4 header")
+        elif nh == IPPROTO_IPV6:
+            if end == 0 or plain[0] >> 4 != 6:
+                raise WrongNextHeaderError("inner IP version does not match next header")
+            if end < 40:
+                raise MalformedError("truncated IPv6 header")
+        else:
+            raise WrongNextHeaderError(f"tunnel-mode next header {nh} is not IP")
+    except EspError as e:
+        c = sa.counters
+        setattr(c, e.counter, getattr(c, e.counter) + 1)
+        raise
+    c = sa.counters
+    c.packets += 1
+    c.bytes += end
+    return plain[:end]
 
 
 def encapsulate(sa: SaState, packet: bytes, count: int = 1) -> bytes:
