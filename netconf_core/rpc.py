@@ -163,6 +163,7 @@ def op_edit_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element)
                        info={"bad-element": "url"})
     config = P.require(p, "config", "edit-config")
     check_namespaces(srv, config)
+    wd.accept_default_tags(srv.schema, config, copy=False)
     _guard_secrets(srv, sess, config)
     srv.locks.check_write(target, sess.id)
     with srv.ds_lock, srv.config_change(sess, target):
@@ -203,6 +204,7 @@ def op_copy_config(srv: NetconfServer, sess: NetconfSession, op: etree._Element)
                        info={"bad-element": "target"})
     if not isinstance(source, str):
         check_namespaces(srv, source)
+        wd.accept_default_tags(srv.schema, source, copy=True)
         _guard_secrets(srv, sess, source)
     elif sess.username in srv.config.no_secrets_users:
         with srv.ds_lock:

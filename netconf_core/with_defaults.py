@@ -112,3 +112,49 @@ def _print(dn: libyang.DNode, wd_flag: int) -> bytes:
     finally:
         lib.free(sbuf[0])
 
+
+
+_TAGGED = etree.XPath(f"//*[@*[namespace-uri()='{WD_ATTR_NS}']]")
+_TAG = f"{{{WD_ATTR_NS}}}default"
+_OPERATION = f"{{{NC_NS}}}operation"
+
+
+def accept_default_tags(schema: YangSchema, config: etree._Element, copy: bool) -> None:
+    """RFC 6243 section 4.5.2 / 6: a server with report-all-tagged accepts `wd:default` in
+    the configuration it is sent (a client may send back what it got). A tagged leaf must
+    hold its schema default (else invalid-value); it then means "at its default": in an
+    edit the explicit value is removed (`nc:operation="remove"`), in a copy it is left out.
+    Costs one XPath scan of the request, in C (~4 µs for a one-SA edit)."""
+    for el in _TAGGED(config):
+        value = el.attrib.pop(_TAG)
+        if value not in ("true", "1"):
+            continue  # wd:default="false" says nothing
+        sn = _schema_node(schema, el, config)
+        name = el.tag.rpartition("}")[2]
+        if sn is None or sn.kind != "leaf" or sn.snode is None:
+            raise RpcError("protocol", "bad-attribute",
+                           f"wd:default is only meaningful on a leaf, not on {name!r}",
+                           info={"bad-attribute": "default", "bad-element": name})
+        default = sn.snode.default()
+        if default is None or (el.text or "").strip() != str(default):
+            raise RpcError("protocol", "invalid-value",
+                           f"{name!r} is tagged wd:default but {el.text!r} is not its default "
+                           f"({default!r})", info={"bad-element": name})
+        if copy:
+            el.getparent().remove(el)
+        else:
+            el.set(_OPERATION, "remove")
+
+
+def _schema_node(schema: YangSchema, el: etree._Element, root: etree._Element):  # type: ignore[no-untyped-def]
+    chain = []
+    cur: etree._Element | None = el
+    while cur is not None and cur is not root:
+        chain.append(cur)
+        cur = cur.getparent()
+    sn = None
+    for node in reversed(chain):
+        sn = schema.lookup(sn, node.tag)
+        if sn is None:
+            return None
+    return sn

@@ -417,6 +417,18 @@ def test_with_defaults_modes(tagent: AgentThread) -> None:
             (err,) = _errors(r.xml)
             assert err.findtext(q("error-tag", NC_NS)) == tag
         assert tagent.snapshot() == before
+        # wd:default in an edit (RFC 6243 4.5.2): "at its default" removes the explicit value
+        wdecl = 'xmlns:wd="urn:ietf:params:xml:ns:netconf:default:1.0"'
+        (err,) = _raw(m, _item("b", '<mtu wd:default="true">9000</mtu>'), wdecl)
+        assert err.findtext(q("error-tag", NC_NS)) == "invalid-value"
+        assert tagent.snapshot() == before
+        assert _raw(m, _item("b", '<mtu wd:default="true">1500</mtu>'), wdecl) == []
+        assert _leaves(_wd_get_config(m, "explicit"))["b"] == (None, None)
+        # and a report-all-tagged reply sent back as a whole is accepted
+        tagged = _wd_get_config(m, "report-all-tagged").find(f".//{q('top', TEST_NS)}")
+        m.edit_config(target="running", config=(
+            f'<config xmlns="{NC_NS}">{etree.tostring(tagged).decode()}</config>'))
+        assert _leaves(_wd_get_config(m, "report-all-tagged"))["c"] == ("1500", "true")
         m.edit_config(target="running", config=(
             f'<config xmlns="{NC_NS}" xmlns:nc="{NC_NS}"><top xmlns="{TEST_NS}" '
             'nc:operation="remove"/></config>'))
