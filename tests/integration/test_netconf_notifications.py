@@ -135,3 +135,13 @@ def test_confirmed_commit_events(agent: AgentThread) -> None:
         m.commit()
         ev = next_event(m, f"{{{NCN}}}netconf-confirmed-commit")
         assert ev.findtext(f"{{{NCN}}}confirm-event") == "complete"
+
+
+def test_unprefixed_xpath_subscription_filter(agent: AgentThread) -> None:
+    """Issue 14.4 for create-subscription: unprefixed names resolve to the notification."""
+    with agent.connect() as m:
+        m.create_subscription(filter=("xpath", "/sadb-expire[ipsec-sa-name='wanted']"))
+        agent.applier.notify(sadb_expire("other"))
+        agent.applier.notify(sadb_expire("wanted"))
+        ev = next_event(m, f"{{{IKELESS_NS}}}sadb-expire")
+        assert ev.findtext(f"{{{IKELESS_NS}}}ipsec-sa-name") == "wanted"
