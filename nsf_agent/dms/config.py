@@ -13,6 +13,7 @@
     netns_prefix = "i2nsf-sf-"           # instance namespaces are <prefix><instance name>
     max_instances = 16
     load_interval = 5.0                  # seconds between load reports
+    auto_restart = false                 # restart a failed instance (at most 3 times a minute)
 
     [dms.capacity]                       # packets/s one instance of a type is rated for
     ids = 30000
@@ -82,6 +83,8 @@ class DmsConfig:
     controller: ControllerLink | None = None
     users: list[User] = field(default_factory=list)
     ready_timeout: float = 5.0  # seconds a new process may take to install its rules
+    auto_restart: bool = False
+    restart_limit: int = 3  # automatic restarts of one instance per minute
 
 
 def parse_config(data: dict[str, Any], base: Path | None = None) -> DmsConfig:
@@ -98,7 +101,8 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> DmsConfig:
     d = data.get("dms", {})
     check_table(d, {"name": str, "host": str, "host_netns": str, "locator": str,
                     "netns_prefix": str, "max_instances": int,
-                    "load_interval": (int, float), "capacity": dict}, "dms")
+                    "load_interval": (int, float), "capacity": dict, "auto_restart": bool},
+                "dms")
     cfg.name = d.get("name", cfg.name)
     cfg.agent_host = d.get("host")
     cfg.host_netns = d.get("host_netns")
@@ -106,6 +110,7 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> DmsConfig:
     cfg.netns_prefix = d.get("netns_prefix", cfg.netns_prefix)
     cfg.max_instances = d.get("max_instances", cfg.max_instances)
     cfg.load_interval = float(d.get("load_interval", cfg.load_interval))
+    cfg.auto_restart = d.get("auto_restart", cfg.auto_restart)
     for t, v in d.get("capacity", {}).items():
         if t not in SF_TYPES or not isinstance(v, int) or v <= 0:
             raise ConfigError(f"[dms.capacity] {t} = {v!r}: a function type and a positive "

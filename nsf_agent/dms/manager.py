@@ -103,6 +103,7 @@ class Manager:
         self.load_path = str(self.dir / "load.sock")
         self._socks: list[socket.socket] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._auto: dict[str, list[float]] = {}  # automatic restart times per instance
 
     # -- start / stop -------------------------------------------------------------------------
 
@@ -277,6 +278,7 @@ class Manager:
         self._stop_process(inst)
         self._destroy(inst)
         del self.instances[name]
+        self._auto.pop(name, None)
         self.journal.drop(name)
         log.info("instance %s removed", name)
         self.on_change(inst, "unregister")
@@ -414,6 +416,26 @@ class Manager:
         self.journal.put(name, inst.journal_entry())
         self.notify(xmlio.instance_failed(name, inst.type, inst.last_error))
         self.on_change(inst, "failed")
+        if self.cfg.auto_restart and self.loop is not None:
+            now = time.monotonic()
+            recent = self._auto.setdefault(name, [])
+            recent[:] = [t for t in recent if now - t < 60.0]
+            if len(recent) < self.cfg.restart_limit:
+                recent.append(now)
+                self.loop.call_later(1.0, self._auto_restart, name, pid)
+            else:
+                log.error("instance %s failed %d times within a minute: left failed", name,
+                          len(recent) + 1)
+
+    def _auto_restart(self, name: str, pid: int) -> None:
+        inst = self.instances.get(name)
+        if inst is None or inst.state != FAILED or inst.pid != pid:
+            return  # removed or restarted by hand meanwhile
+        try:
+            self.restart(name)
+            log.info("instance %s restarted automatically", name)
+        except RpcError as exc:
+            log.error("instance %s: automatic restart failed: %s", name, exc.message)
 
     def _stop_process(self, inst: Instance) -> None:
         inst.expected_exit = True

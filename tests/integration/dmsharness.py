@@ -43,7 +43,8 @@ def q(name: str, ns: str = DMS_NS) -> str:
 
 class DmsProcess:
     def __init__(self, lab: Lab, state: Path, *, max_instances: int = 4,
-                 controller: str = "", env: dict[str, str] | None = None) -> None:
+                 controller: str = "", env: dict[str, str] | None = None,
+                 auto_restart: bool = False) -> None:
         self.lab = lab
         self.state = state
         self.prefix = f"sfd{lab.tag}-"
@@ -62,6 +63,7 @@ locator = "192.0.2.1"
 netns_prefix = "{self.prefix}"
 max_instances = {max_instances}
 load_interval = 0.2
+auto_restart = {"true" if auto_restart else "false"}
 {controller}
 [[users]]
 name = "admin"

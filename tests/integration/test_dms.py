@@ -269,7 +269,8 @@ def test_crash_mid_create_leaves_no_orphans_after_restart(
 
 def test_registration_with_the_catalog(lab: Lab, tmp_path: Path) -> None:
     cat = CatalogServer(tmp_path / "cat").start()
-    d = DmsProcess(lab, tmp_path / "dms", controller=cat.controller_section()).start()
+    d = DmsProcess(lab, tmp_path / "dms", controller=cat.controller_section(),
+                   auto_restart=True).start()
     ns_uri = DMS_NS
     c = f"{{{CAT_NS}}}"
     try:
@@ -290,8 +291,18 @@ def test_registration_with_the_catalog(lab: Lab, tmp_path: Path) -> None:
                   "registered state")
             loads = until(lambda: cat.named("report-load"), 5, "report-load")
             assert loads[0].findtext(f"{c}instance/{c}name") == "reg1"
+            # a dead instance leaves the catalog, is restarted (auto_restart) and comes back
+            pid = instance_state(m, "reg1")["pid"]
+            os.kill(int(pid), signal.SIGKILL)
+            gone = until(lambda: cat.named("unregister-instance"), 5, "unregister (failed)")[0]
+            assert gone.findtext(c + "reason") == "failed"
+            st = until(lambda: (s := instance_state(m, "reg1"))["state"] == "running"
+                       and s["pid"] != pid and s, 10, "automatic restart")
+            assert st["restarts"] == "1"
+            until(lambda: len(cat.named("register-instance")) >= 2, 5, "registered again")
             rpc(m, f'<remove-instance xmlns="{ns_uri}"><name>reg1</name></remove-instance>')
-            un = until(lambda: cat.named("unregister-instance"), 5, "unregister-instance")[0]
+            un = until(lambda: len(cat.named("unregister-instance")) >= 2 and
+                       cat.named("unregister-instance")[-1:], 5, "unregister-instance")[0]
             assert un.findtext(c + "name") == "reg1" and un.findtext(c + "reason") == "removed"
         d.stop()
         # the controller's host key is verified: a DMS expecting another key never registers
@@ -303,8 +314,8 @@ def test_registration_with_the_catalog(lab: Lab, tmp_path: Path) -> None:
                 err = until(lambda: dms_state(m).findtext(f"{q('controller')}/{q('last-error')}"),
                             5, "host key refusal")
                 assert "key" in err.lower()
-                assert [e.findtext(c + "name") for e in cat.named("register-instance")] == \
-                    ["reg1"]
+                assert {e.findtext(c + "name") for e in cat.named("register-instance")} == \
+                    {"reg1"}
                 rpc(m, f'<remove-instance xmlns="{ns_uri}"><name>reg2</name>'
                        "</remove-instance>")
         finally:
