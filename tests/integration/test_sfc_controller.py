@@ -232,3 +232,20 @@ def test_loop_is_fixed_by_a_resync(lab: SfcControllerLab, m: Any) -> None:
          "agents rewritten")
     r = _ping(lab, "198.51.100.10", count=2)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_agent_restart_keeps_paths(lab: SfcControllerLab, m: Any) -> None:
+    """An SFF agent restarted (its data path outlives it by design and is re-attached): it
+    comes back with what it held, the controller's new session resyncs it, traffic on both
+    paths flows again."""
+    lab.configure(m, TRUST + CHAINS, inventory=False)
+    _active(lab, m, "light", "deep")
+    before = lab.agent_running("f")
+    agent = lab.agents["f"]
+    agent.stop()
+    agent.start()
+    poll(lambda: lab.agent_running("f") == before, 20, "F back with its tables")
+    for src in ("198.51.100.10", UNTRUSTED_SRC):
+        r = poll(lambda s=src: _ping(lab, s, count=1).returncode == 0, 20, f"ping from {src}")
+        assert r
+    assert {v["status"] for v in lab.paths(m).values()} == {"active"}
