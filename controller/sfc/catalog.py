@@ -229,7 +229,15 @@ class CatalogManager:
                 continue
             if not active:
                 continue
-            load = sum(i.load_percent for i in active) / len(active)
+            # an instance that has not reported yet (just created) says nothing about the
+            # load: it neither lowers the mean nor allows a scale-in
+            reported = [i for i in active if i.load.time >= i.registered and i.load.time > 0]
+            if not reported:
+                continue
+            load = sum(i.load_percent for i in reported) / len(reported)
+            if len(reported) < len(active) and load <= sc.high:
+                ts.below_since = None
+                continue
             if load > sc.high:
                 ts.below_since = None
                 if ts.above_since is None:
@@ -252,7 +260,9 @@ class CatalogManager:
                     continue
                 if ts.below_since is None:
                     ts.below_since = now
-                if now - ts.below_since >= hold and now - ts.last_action >= hold:
+                newest = max(i.registered for i in active)
+                if (now - ts.below_since >= hold and now - ts.last_action >= 2 * hold
+                        and now - newest >= 2 * hold):
                     self.instances[victim.name] = replace(victim, state="draining",
                                                           drain_since=now)
                     ts.last_action, ts.below_since = now, None

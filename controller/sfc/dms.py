@@ -53,12 +53,25 @@ class DmsClient:
             c = await self._session()
             return await c.rpc(body, self.timeout)
 
-    async def create_instance(self, name: str, sf_type: str) -> dict[str, str]:
+    async def create_instance(self, name: str, sf_type: str, rules: str | None = None
+                              ) -> dict[str, str]:
         """Ask for a new instance; the DMS registers it with the catalog once it forwards.
-        Returns the reply's leaves (namespace, sf-mac, pid)."""
+        `rules`: XML of the type's rule container (None: the DMS copies its newest
+        instance's). Returns the reply's leaves (namespace, sf-mac, pid)."""
+        sock = ""
+        if self.server.report_socket_dir:
+            path = f"{self.server.report_socket_dir.rstrip('/')}/{name}.sock"
+            sock = f"<report-socket>{escape(path)}</report-socket>"
+        body = ""
+        if rules:
+            try:
+                for el in etree.fromstring(f"<r>{rules}</r>"):
+                    body += etree.tostring(el).decode()
+            except etree.XMLSyntaxError as exc:
+                raise NcError(f"instance-rules of type {sf_type} are not XML: {exc}") from None
         reply = await self._rpc(
             f'<create-instance xmlns="{DMS_NS}"><name>{escape(name)}</name>'
-            f"<type>{escape(sf_type)}</type></create-instance>")
+            f"<type>{escape(sf_type)}</type>{sock}{body}</create-instance>")
         return {el.tag.rpartition("}")[2]: (el.text or "").strip()
                 for el in reply if isinstance(el.tag, str) and el.tag.startswith(Q)}
 

@@ -31,6 +31,7 @@ class Scaling:
     max_instances: int = 4
     hold_ms: int = 2000
     dms: str | None = None
+    instance_rules: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class DmsServer:
     port: int = 830
     private_key_file: str | None = None
     password_file: str | None = None
+    report_socket_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def parse_config(root: etree._Element | None) -> SfcConfig:
             high=_int(s, "high-watermark", 80), low=_int(s, "low-watermark", 20),
             min_instances=_int(s, "min-instances", 1),
             max_instances=_int(s, "max-instances", 4), hold_ms=_int(s, "hold-time", 2000),
-            dms=_text(s, "dms"))
+            dms=_text(s, "dms"), instance_rules=_text(s, "instance-rules"))
         name = _text(t, "name") or ""
         cfg.types[name] = SfType(name, _text(t, "description") or "",
                                  _bool(t, "steering-target"), sc)
@@ -187,7 +189,8 @@ def parse_config(root: etree._Element | None) -> SfcConfig:
         name = _text(d, "name") or ""
         cfg.dms[name] = DmsServer(name, _text(d, "address") or "", _text(d, "username") or "",
                                   _text(d, "host-key") or "", _int(d, "port", 830),
-                                  _text(d, "private-key-file"), _text(d, "password-file"))
+                                  _text(d, "private-key-file"), _text(d, "password-file"),
+                                  _text(d, "report-socket-dir"))
     for t in sfc.iterfind(f"{Q}trust-levels/{Q}trust-level"):
         cfg.trust[_text(t, "name") or ""] = _nets(t, "source-prefix")
     for c in sfc.iterfind(f"{Q}chains/{Q}chain"):

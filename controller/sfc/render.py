@@ -54,13 +54,15 @@ def configs(r: Rendering) -> dict[str, AgentConfig]:
     return {n: agent_config(a) for n, a in r.agents.items()}
 
 
-def _union(old: AgentConfig | None, new: AgentConfig, classifier_from: AgentConfig | None
-           ) -> AgentConfig:
+def _union(old: AgentConfig | None, new: AgentConfig, classifier_from: AgentConfig | None,
+           live: set[str] | None = None) -> AgentConfig:
     """New forwarding state plus the old entries still in use, and the classifier part of
-    `classifier_from` (None: the agent is new, no classifier yet)."""
+    `classifier_from` (None: the agent is new, no classifier yet). Old proxies of instances
+    that are gone (`live`: the instances that exist) are not kept: their interfaces are."""
     table = dict(old.table) if old else {}
     table.update(new.table)
-    proxies = dict(old.proxies) if old else {}
+    proxies = {k: p for k, p in (old.proxies.items() if old else ())
+               if live is None or p.instance in live}
     # a proxy of the same (SPI, SI) under another name would clash: the new one wins
     taken = {(p.spi, p.si) for p in new.proxies.values()}
     proxies = {k: p for k, p in proxies.items() if (p.spi, p.si) not in taken or k in
@@ -71,8 +73,8 @@ def _union(old: AgentConfig | None, new: AgentConfig, classifier_from: AgentConf
                        dict(c.reclass) if c else {}, table, proxies)
 
 
-def steps(old: dict[str, AgentConfig], new: dict[str, AgentConfig]
-          ) -> list[dict[str, AgentConfig | None]]:
+def steps(old: dict[str, AgentConfig], new: dict[str, AgentConfig],
+          live: set[str] | None = None) -> list[dict[str, AgentConfig | None]]:
     """The sequence of whole-agent states to push (None: remove the agent's SFC config).
     Each step is one transaction over the agents whose state it changes."""
     if all(old.get(n) is not None and old[n].key() == c.key() for n, c in new.items()) and (
@@ -87,8 +89,8 @@ def steps(old: dict[str, AgentConfig], new: dict[str, AgentConfig]
     if simple:
         return [dict(new)]
     out: list[dict[str, AgentConfig | None]] = []
-    install = {n: _union(old.get(n), c, old.get(n)) for n, c in new.items()}
-    switch = {n: _union(old.get(n), c, c) for n, c in new.items()}
+    install = {n: _union(old.get(n), c, old.get(n), live) for n, c in new.items()}
+    switch = {n: _union(old.get(n), c, c, live) for n, c in new.items()}
     cleanup: dict[str, AgentConfig | None] = dict(new)
     for n in old:
         if n not in new:

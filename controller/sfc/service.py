@@ -258,7 +258,8 @@ class SfcService:
             return False
         new = render.configs(r)
         # a forced resync rewrites every agent with its whole state in one transaction
-        plan: list[Any] = [dict(new)] if force else render.steps(self.pushed, new)
+        plan: list[Any] = [dict(new)] if force else render.steps(
+            self.pushed, new, set(self.catalog.instances))
         for spi in r.paths:
             if spi not in self.path_status or self.path_status[spi][0] != "active":
                 self.path_status[spi] = ("pending", None)
@@ -379,7 +380,9 @@ class SfcService:
                 self.event("scale-out", f"asking DMS {req.dms} for {req.sf_type} instance "
                            f"{name} ({req.reason})")
                 self.stats.scale_outs += 1
-                await client.create_instance(name, req.sf_type)
+                t = self.cfg.types.get(req.sf_type)
+                await client.create_instance(name, req.sf_type,
+                                             t.scaling.instance_rules if t else None)
             else:
                 assert req.instance is not None
                 self.event("scale-in", f"asking DMS {req.dms} to remove {req.instance} "

@@ -372,7 +372,8 @@ def sfc_controller_lab(sfs: int = 1) -> Iterator[SfcControllerLab]:
         yield lab
     finally:
         lab.destroy()
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("SFC_LAB_KEEP"):  # keep the logs for a look
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def poll(pred: Any, timeout: float, what: str, interval: float = 0.05) -> Any:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lxml import etree
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None
@@ -208,3 +209,185 @@ def test_dynamic_path_alternation(lab: tuple[SfcControllerLab, dict[str, Functio
         assert "inspection-result" in events  # the controller was told
     finally:
         m.close_session()
+
+
+# ---- use case 3: load balancing with dynamic instantiation (seed §5.3) ----------------------
+
+DMS_NS = "urn:i2nsf-sdn:yang:i2nsf-dms"
+ACCEPT = f'<firewall xmlns="{DMS_NS}"><default-action>accept</default-action></firewall>'
+
+
+def _start_dms(net: SfcControllerLab, name: str, node: str, capacity: int) -> tuple[int, str]:
+    """A real DMS (python -m nsf_agent.dms) in the management namespace whose instances'
+    host-side links are in `node`'s namespace; registers with the controller as admin."""
+    import asyncssh
+
+    from tests.integration.sfc_ctl_lab import ADMIN_PASSWORD, LOCATOR, Daemon
+
+    st = net.workdir / name
+    st.mkdir(mode=0o700)
+    pw = net.workdir / "admin.pw"
+    pw.write_text(ADMIN_PASSWORD + "\n")
+    ctl_key = asyncssh.read_private_key(
+        str(net.workdir / "controller" / "ssh_host_ed25519_key")).export_public_key().decode()
+    cfg = st / "dms.toml"
+    cfg.write_text(
+        f'[server]\nhost = "127.0.0.1"\nport = 0\nstate_dir = "{st}"\n\n'
+        f'[dms]\nname = "{name}"\nhost = "{node}"\nhost_netns = "{net.ns_of(node)}"\n'
+        f'locator = "{LOCATOR[node]}"\nnetns_prefix = "{net.net.prefix}-{node}x"\n'
+        f"max_instances = 4\nload_interval = 0.5\n\n[dms.capacity]\nfirewall = {capacity}\n\n"
+        f'[controller]\naddress = "127.0.0.1"\nport = 8300\nusername = "admin"\n'
+        f'password_file = "{pw}"\nhost_key = "{ctl_key.strip()}"\n\n'
+        f'[[users]]\nname = "ctl"\nauthorized_keys = ["{net.client_pub}"]\n')
+    d = Daemon(name, net.mgmt, [sys.executable, "-m", "nsf_agent.dms", "-c", str(cfg),
+                                "--ready-file", str(st / "ready")], st / "log", st / "ready")
+    d.start()
+    net.agents[name] = d  # stopped with the lab
+    port = int((st / "ready").read_text().split()[0])
+    host_key = asyncssh.read_private_key(
+        str(st / "ssh_host_ed25519_key")).export_public_key().decode().strip()
+    return port, host_key
+
+
+def _dms_session(net: SfcControllerLab, port: int) -> Any:
+    import ncclient.transport.session as nc_session
+    from ncclient import manager
+
+    from nsf_agent.userspace.lab import in_netns
+
+    nc_session.TICK = 0.001
+    with in_netns(net.mgmt):
+        return manager.connect(host="127.0.0.1", port=port, username="ctl",
+                               key_filename=str(net.workdir / "controller_id_ed25519"),
+                               hostkey_verify=False, allow_agent=False, look_for_keys=False,
+                               timeout=30)
+
+
+def _flows(net: SfcControllerLab, sports: range, seconds: float, pps: int) -> None:
+    """UDP flows from hostA, one socket per source port, round robin at `pps` in total."""
+    from nsf_agent.userspace.lab import in_netns
+
+    socks = []
+    with in_netns(net.net.host_a):
+        for p in sports:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("198.51.100.10", p))
+            socks.append(s)
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < seconds:
+        for _ in range(10):  # bursts of 10, paced by sleeping (no busy loop: 2 cores)
+            socks[n % len(socks)].sendto(b"load" * 10, ("203.0.113.10", 9001))
+            n += 1
+        time.sleep(max(0.0, t0 + n / pps - time.monotonic()))
+    for s in socks:
+        s.close()
+
+
+def _where(pcap: Path) -> dict[int, set[str]]:
+    """inner UDP source port → outer destinations (the SFF the classifier chose)."""
+    out = subprocess.run(["tshark", "-r", str(pcap), "-Y", "nsh && udp.dstport == 9001",
+                          "-T", "fields", "-e", "ip.dst", "-e", "udp.srcport"],
+                         capture_output=True, text=True, check=True).stdout
+    res: dict[int, set[str]] = {}
+    for line in out.splitlines():
+        dst, _, sport = line.partition("\t")
+        if sport:
+            res.setdefault(int(sport), set()).add(dst.split(",")[0])
+    return res
+
+
+def test_load_balancing_with_dynamic_instantiation(tmp_path: Path) -> None:
+    """The firewall on F is pushed over its high watermark by a load generator; the Catalog
+    Manager asks the DMS on E for another firewall; it registers, the Policy Manager spreads
+    new flows over both; when the load stops, one instance is drained and removed."""
+    from tests.integration.sfc_ctl_lab import LOCATOR
+
+    with sfc_controller_lab(sfs=0) as net:
+        (net.workdir / "sock").mkdir()
+        # C reaches E's locator through F (the lab routes only the hosts' prefixes)
+        subprocess.run(["ip", "-n", net.net.c, "route", "add", "192.0.2.4/30", "via",
+                        LOCATOR["f"]], check=True)
+        m = net.connect()
+        try:
+            port_f, key_f = _start_dms(net, "dms-f", "f", capacity=400)
+            port_e, key_e = _start_dms(net, "dms-e", "e", capacity=400)
+            servers = "".join(
+                f"<dms><name>{n}</name><address>127.0.0.1</address><port>{p}</port>"
+                f"<username>ctl</username><host-key>{k}</host-key>"
+                f"<report-socket-dir>{net.workdir / 'sock'}</report-socket-dir>"
+                f"<private-key-file>{net.workdir / 'controller_id_ed25519'}</private-key-file>"
+                "</dms>" for n, p, k in (("dms-f", port_f, key_f), ("dms-e", port_e, key_e)))
+            net.configure(m, net.forwarders_xml(egress=False)
+                          + f"<dms-servers>{servers}</dms-servers>")
+            net.wait_sessions(m)
+            d = _dms_session(net, port_f)  # the operator's first firewall, on F
+            try:
+                d.dispatch(etree.fromstring(
+                    f'<create-instance xmlns="{DMS_NS}"><name>fw-1</name><type>firewall</type>'
+                    f"{ACCEPT}</create-instance>"))
+            finally:
+                d.close_session()
+            poll(lambda: "fw-1" in {n for n, _ in _instances(net, m)}, 20, "fw-1 registered")
+            rules = ACCEPT.replace("<", "&lt;").replace(">", "&gt;")
+            net.configure(m, f"""<sf-types><sf-type><name>firewall</name><scaling>
+              <high-watermark>60</high-watermark><low-watermark>20</low-watermark>
+              <min-instances>1</min-instances><max-instances>2</max-instances>
+              <hold-time>1000</hold-time><dms>dms-e</dms><instance-rules>{rules}</instance-rules></scaling></sf-type></sf-types>
+              <chains><chain><name>lb</name><sf-type>firewall</sf-type></chain></chains>
+              <policies><policy><name>a</name><match>
+              <source-prefix>198.51.100.0/24</source-prefix>
+              <protocol>17</protocol></match><chain>lb</chain></policy>
+              </policies>""", inventory=False)
+            poll(lambda: net.paths(m).get("lb", {}).get("status") == "active", 20, "lb active")
+            cap = Capture(net.net.f, "c", tmp_path / "cf.pcap", bpf="ip proto 47")
+            t0 = time.monotonic()
+            # established flows: 20 flows at 500 pps (fw-1 rated 400 pps) while it scales out
+            import threading
+
+            load = threading.Thread(target=_flows, args=(net, range(41000, 41020), 4.5, 500))
+            load.start()
+            poll(lambda: len(_instances(net, m)) == 2, 15, "a second firewall instance")
+            t_new = time.monotonic() - t0
+            new_name = next(n for n, _ in _instances(net, m) if n != "fw-1")
+            poll(lambda: LOCATOR["e"] in net.agent_running("c"), 10, "C sending to E too")
+            t_rebalanced = time.monotonic() - t0
+            _flows(net, range(42000, 42040), 1.0, 400)  # new flows after the rebalance
+            load.join()
+            time.sleep(0.3)
+            where = _where(cap.stop())
+            new = {p: w for p, w in where.items() if p >= 42000}
+            est = {p: w for p, w in where.items() if p < 42000}
+            on_e = sum(1 for w in new.values() if w == {LOCATOR["e"]})
+            moved = sum(1 for w in est.values() if len(w) > 1)
+            print(f"\nscale-out: {new_name} registered {t_new:.1f} s after the load started, "
+                  f"C rebalanced at {t_rebalanced:.1f} s; new flows: {len(new) - on_e} to F "
+                  f"(fw-1), {on_e} to E ({new_name}); established flows that changed "
+                  f"instance: {moved} of {len(est)}")
+            assert len(new) == 40 and on_e > 0
+            kinds = [k for k, _ in net.events(m)]
+            assert "scale-out" in kinds
+            # load gone: one instance is drained, then removed by its DMS
+            poll(lambda: len(_instances(net, m)) == 1, 30, "scale-in to one instance")
+            assert "scale-in" in [k for k, _ in net.events(m)]
+            left = subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                  text=True).stdout
+            gone = [n for n in ("fw-1", new_name) if n not in {x for x, _ in _instances(net, m)}]
+            assert len(gone) == 1 and f"{net.net.prefix}-{'e' if gone[0] == new_name else 'f'}x"\
+                f"{gone[0]}" not in left
+        finally:
+            m.close_session()
+            for n in ("dms-f", "dms-e"):  # the DMSs remove their instances when stopped?
+                with contextlib.suppress(Exception):
+                    net.agents[n].stop()
+            for ns in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                     text=True).stdout.split():
+                if ns.startswith(f"{net.net.prefix}-") and "x" in ns[len(net.net.prefix):]:
+                    net.extra_namespaces.append(ns)
+
+
+def _instances(net: SfcControllerLab, m: Any) -> list[tuple[str, str]]:
+    st = net.sfc_state(m)
+    q = "{urn:i2nsf-sdn:yang:i2nsf-sfc-policy}"
+    return [(i.findtext(q + "name") or "", i.findtext(q + "state") or "")
+            for top in st.iter(q + "sfc-state") for i in top.findall(q + "instance")]
