@@ -464,7 +464,11 @@ class RestconfServer:
                                                       if isinstance(c.tag, str)))
             return codec.json.dumps({"ietf-restconf:data": doc}, indent=1).encode()
         if fmt == "xml":
-            return b"".join(codec.standalone(t) for t in targets)
+            if len(targets) > 1:  # an XML document has one root element
+                raise RpcError("protocol", "invalid-value",
+                               f"{len(targets)} entries of {segments[-1].node.name!r} match: "
+                               "name one with its key values, or ask for JSON")
+            return codec.standalone(targets[0])
         doc = codec.data_to_json(schema, codec.minimal_tree(targets, segments))
         last = segments[-1].node
         value = codec.walk_json(doc, segments)

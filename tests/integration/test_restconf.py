@@ -200,6 +200,10 @@ def test_methods_xml(ctl: ControllerProcess, http: httpx.Client) -> None:
     assert r.status_code == 204, r.text
     r = http.get(f"{NSFS}/nsf=gx/dataplane", headers={"Accept": XML_T})
     assert etree.fromstring(r.content).text == "userspace"
+    post_nsf(http, "gy")
+    r = http.get(f"{NSFS}/nsf", headers={"Accept": XML_T})  # two entries: no single root
+    assert r.status_code == 400 and b"key values" in r.content
+    assert len(http.get(f"{NSFS}/nsf").json()[f"{M}:nsf"]) == 2  # JSON has arrays
     r = http.get(f"{NSFS}/nsf=nope", headers={"Accept": XML_T})
     assert r.status_code == 404
     err = etree.fromstring(r.content)
