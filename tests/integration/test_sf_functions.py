@@ -4,6 +4,7 @@ it; the kernel's nftables and NFQUEUE do the work, the results arrive as JSON da
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -217,5 +218,50 @@ def test_dpi_reports_application_of_flows(lab: Lab, tmp_path: Path) -> None:
         assert app and app[0]["app"] == {"protocol": "dns", "name": "www.evil.example.com"}
         bad = [r for r in res if r["sid"] == 9]
         assert bad and bad[0]["action"] == {"reclassify": "malware"}
+    finally:
+        sf.close()
+
+
+def test_dpi_on_real_tcp_flows_http_host_and_tls_sni(lab: Lab, tmp_path: Path) -> None:
+    """A real TCP connection (kernel handshake through the instance) carrying an HTTP request,
+    another carrying a TLS ClientHello (Python's ssl): the DPI reports Host and SNI, and a rule
+    on the http.host buffer alerts with the flow."""
+    import ssl
+
+    sf = SfProcess(lab, "dpi", {"signatures":
+                                'alert http any any -> any any (msg:"shop"; http.host; '
+                                'content:"shop.example"; sid:21;)'}, tmp_path)
+    try:
+        def listen(port: int) -> socket.socket:
+            s = socket.socket()
+            s.bind((DST_IP, port))
+            s.listen(4)
+            s.settimeout(5)
+            return s
+
+        from sflab import in_netns
+
+        srv_http = in_netns(lab.dst, lambda: listen(8080))
+        srv_tls = in_netns(lab.dst, lambda: listen(8443))
+        cli = in_netns(lab.src, lambda: socket.create_connection((DST_IP, 8080), timeout=5))
+        conn, _ = srv_http.accept()
+        cli.sendall(b"GET /cart HTTP/1.1\r\nHost: www.Shop.Example\r\nUser-Agent: t\r\n\r\n")
+        assert conn.recv(4096).startswith(b"GET /cart")  # the DPI forwards
+        raw = in_netns(lab.src, lambda: socket.create_connection((DST_IP, 8443), timeout=5))
+        tconn, _ = srv_tls.accept()
+        ctx = ssl.create_default_context()
+        tls = ctx.wrap_socket(raw, server_hostname="secure.example.org",
+                              do_handshake_on_connect=False)
+        tls.setblocking(False)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()  # sends the ClientHello; nobody answers
+        assert tconn.recv(4096)[:1] == b"\x16"  # a TLS handshake record arrived
+        res = sf.results()
+        apps = {(r["app"]["protocol"], r["app"]["name"]) for r in res if r["sid"] == 0}
+        assert ("http", "www.shop.example") in apps and ("tls", "secure.example.org") in apps
+        shop = [r for r in res if r["sid"] == 21]
+        assert shop and shop[0]["flow"]["dport"] == 8080 and shop[0]["flow"]["proto"] == 6
+        for s in (cli, conn, tls, tconn, srv_http, srv_tls):
+            s.close()
     finally:
         sf.close()
