@@ -70,6 +70,7 @@ class NameIndex:
         self.top: dict[str, set[str]] = {}
         self.anywhere: dict[str, set[str]] = {}
         self.modules: dict[str, str] = {}  # module name and YANG prefix -> namespace
+        self.top_nodes: dict[tuple[str, str], libyang.SNode] = {}
         for mod in ctx:
             ns = c2str(mod.cdata.ns)
             self.modules.setdefault(mod.name(), ns)
@@ -79,7 +80,18 @@ class NameIndex:
             # top-level notifications too: create-subscription filters select them
             for sn in mod.children(types=(*_DATA_TYPES, libyang.SNode.NOTIF)):
                 self.top.setdefault(sn.name(), set()).add(ns)
+                self.top_nodes[(ns, sn.name())] = sn
                 self._walk(sn)
+
+    def path_exists(self, ns: str, names: list[str]) -> bool:
+        """Does the top-level node `names[0]` of module `ns` have the descendants
+        `names[1:]` (children of any module: augments)?"""
+        sn = self.top_nodes.get((ns, names[0]))
+        for name in names[1:]:
+            if sn is None:
+                return False
+            sn = next((c for c in sn.children(types=_DATA_TYPES) if c.name() == name), None)
+        return sn is not None
 
     def _walk(self, sn: libyang.SNode) -> None:
         self.anywhere.setdefault(sn.name(), set()).add(c2str(sn.module().cdata.ns))
@@ -195,7 +207,7 @@ def resolve(select: str, nsmap: dict[str, str], ctx: libyang.Context
         elif local == "*":
             pass
         else:
-            uri = _lookup(idx, local, cur, at_top, select)
+            uri = _lookup(idx, local, cur, at_top, select, _following_names(toks, i))
             if uri is not None:
                 text = f"{prefix_for(uri)}:{local}"
                 cur = uri
@@ -214,10 +226,24 @@ def _axis_before(out: list[str]) -> str:
     return ""
 
 
-def _lookup(idx: NameIndex, name: str, cur: str | None, at_top: bool, select: str
-            ) -> str | None:
+def _following_names(toks: list[tuple[str, str]], i: int) -> list[str]:
+    """The names of the plain child steps that follow (`/b/c` of `/a/b/c[...]`)."""
+    out: list[str] = []
+    while i + 1 < len(toks) and toks[i][1] == "/" and toks[i + 1][0] == "name" \
+            and ":" not in toks[i + 1][1]:
+        out.append(toks[i + 1][1])
+        i += 2
+    return out
+
+
+def _lookup(idx: NameIndex, name: str, cur: str | None, at_top: bool, select: str,
+            following: list[str]) -> str | None:
     if at_top:
         cands = idx.top.get(name, set())
+        if len(cands) > 1 and following:
+            # several modules have a top-level node of this name: the path decides (as
+            # sysrepo/Netopeer2 do: /top/protocols/... is the module whose top has those)
+            cands = {ns for ns in cands if idx.path_exists(ns, [name, *following])} or cands
     elif cur is not None and cur in idx.anywhere.get(name, ()):
         return cur  # YANG: an unprefixed child is in its parent's module
     else:
