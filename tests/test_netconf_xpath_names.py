@@ -4,7 +4,6 @@ the one module whose tree has the path, ambiguous names refused."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import libyang
 import pytest
