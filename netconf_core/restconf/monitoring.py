@@ -14,6 +14,7 @@ from netconf_core.notifications import STREAM, format_time
 RCMON_NS = "urn:ietf:params:xml:ns:yang:ietf-restconf-monitoring"
 CAPABILITIES = (
     "urn:ietf:params:restconf:capability:depth:1.0",
+    "urn:ietf:params:restconf:capability:fields:1.0",
     # every value is in the datastore as the client sent it or libyang's default is implied
     "urn:ietf:params:restconf:capability:defaults:1.0?basic-mode=explicit",
     "urn:ietf:params:restconf:capability:replay:1.0",

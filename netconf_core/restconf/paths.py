@@ -193,3 +193,77 @@ def data_path(segments: list[Segment]) -> str:
         parts.append(name)
         prev = seg.node
     return "/" + "/".join(parts)
+
+
+# ---- the "fields" query parameter (RFC 8040 section 4.8.3) --------------------------------
+
+FieldTree = dict[str, "FieldTree | None"]
+
+
+def parse_fields(text: str) -> FieldTree:
+    """`a;b/c;d(e;f)` → {"a": None, "b": {"c": None}, "d": {"e": None, "f": None}}
+    (names may be module-qualified; None selects the whole node)."""
+    pos = 0
+
+    def fail(why: str) -> RpcError:
+        return RpcError("protocol", "invalid-value", f"bad fields expression {text!r}: {why}",
+                        info={"bad-element": "fields"})
+
+    def name() -> str:
+        nonlocal pos
+        start = pos
+        while pos < len(text) and text[pos] not in ";/()":
+            pos += 1
+        if pos == start:
+            raise fail(f"a node name is expected at {start}")
+        return text[start:pos]
+
+    def path(into: FieldTree) -> None:
+        nonlocal pos
+        n = name()
+        if pos < len(text) and text[pos] == "/":
+            pos += 1
+            sub = into.get(n) or {}
+            into[n] = sub
+            path(sub)
+        elif pos < len(text) and text[pos] == "(":
+            pos += 1
+            sub = into.get(n) or {}
+            into[n] = sub
+            expr(sub)
+            if pos >= len(text) or text[pos] != ")":
+                raise fail("')' expected")
+            pos += 1
+        else:
+            into.setdefault(n, None)
+
+    def expr(into: FieldTree) -> None:
+        nonlocal pos
+        path(into)
+        while pos < len(text) and text[pos] == ";":
+            pos += 1
+            path(into)
+
+    out: FieldTree = {}
+    expr(out)
+    if pos != len(text):
+        raise fail(f"unexpected {text[pos]!r} at {pos}")
+    return out
+
+
+def select_fields(schema: YangSchema, el: etree._Element, sn: SchemaNode | None,
+                  fields: FieldTree) -> None:
+    """Keep in `el` only the descendants `fields` names (list keys always stay)."""
+    keys = set(sn.key_tags) if sn is not None and sn.kind == "list" else set()
+    for child in list(el):
+        if not isinstance(child.tag, str) or child.tag in keys:
+            continue
+        local = child.tag.rpartition("}")[2]
+        csn = schema.lookup(sn, child.tag)
+        qual = f"{csn.module}:{local}" if csn is not None else local
+        sub = fields.get(qual, fields.get(local, False)) if qual != local else \
+            fields.get(local, False)
+        if sub is False:
+            el.remove(child)
+        elif sub is not None:
+            select_fields(schema, child, csn, sub)

@@ -38,7 +38,9 @@ from netconf_core.restconf.paths import (
     find_targets,
     module_namespaces,
     parse_api_path,
+    parse_fields,
     segment_text,
+    select_fields,
     subtree_filter,
 )
 from netconf_core.restconf.tls import server_context
@@ -410,7 +412,7 @@ class RestconfServer:
         fmt = _output_format(request)
         q = request.query
         for k in q:
-            if k not in ("content", "depth"):
+            if k not in ("content", "depth", "fields"):
                 raise RpcError("protocol", "invalid-value",
                                f"query parameter {k!r} is not supported here",
                                info={"bad-element": k})
@@ -437,6 +439,14 @@ class RestconfServer:
         targets = find_targets(data, segments)
         if segments and not targets:
             raise not_found(f"no data at /{api_path(segments)}")
+        if "fields" in q:
+            fields = parse_fields(q["fields"])
+            schema = self.nc.schema
+            for t in (targets if segments else []):
+                select_fields(schema, t, segments[-1].node, fields)
+            if not segments:
+                wrapper_sn = None
+                select_fields(schema, data, wrapper_sn, fields)
         if depth is not None:
             schema = self.nc.schema
             if segments:

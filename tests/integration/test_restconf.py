@@ -148,6 +148,16 @@ def test_methods_json_shared_with_netconf(ctl: ControllerProcess, http: httpx.Cl
     assert shallow == {"name": "gw1"} or set(shallow) <= {"name", "data-plane-address",
                                                           "protected-prefix", "dataplane"}
 
+    sel = http.get(f"{NSFS}/nsf=gw1", params={"fields": "management(address;port);"
+                                                       "data-plane-address"}).json()
+    assert sel == {f"{M}:nsf": [{"name": "gw1", "data-plane-address": "198.51.100.1",
+                                 "management": {"address": "127.0.0.1",
+                                                "port": CLOSED_PORT}}]}
+    sel = http.get(NSFS, params={"fields": "nsf/session/state"}).json()
+    entry = sel[f"{M}:nsfs"]["nsf"][0]
+    assert set(entry) == {"name", "session"} and set(entry["session"]) == {"state"}
+    r = http.get(NSFS, params={"fields": "nsf("})
+    assert r.status_code == 400 and errors(r)[0]["error-tag"] == "invalid-value"
     # PUT a leaf (replace, existing: 204)
     r = http.put(f"{NSFS}/nsf=gw1/data-plane-address",
                  content=json.dumps({f"{M}:data-plane-address": "198.51.100.7"}),
