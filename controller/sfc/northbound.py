@@ -14,7 +14,8 @@ from lxml import etree
 from controller.sfc.catalog import CatalogError, Instance
 from controller.sfc.model import NS as SFCP_NS
 from controller.sfc.model import SfcConfig, parse_config
-from controller.sfc.service import SfcService, iso
+from controller.sfc.service import SfcService
+from controller.sfc.state import iso
 from netconf_core.applier import ConfigChange, Notify
 from netconf_core.errors import RpcError
 

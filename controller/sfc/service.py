@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime as dt
 import json
 import logging
 import time
@@ -32,6 +31,7 @@ from controller.sfc.model import NS as SFCP_NS
 from controller.sfc.model import SfcConfig
 from controller.sfc.paths import Rendering, SpiAllocator
 from controller.sfc.render import AgentConfig
+from controller.sfc.state import state_xml
 from netconf_core.errors import RpcError
 
 log = logging.getLogger(__name__)
@@ -517,10 +517,4 @@ class SfcService:
     # ---- operational state ----------------------------------------------------------------
 
     def state(self) -> list[etree._Element]:
-        from controller.sfc.state import state_xml
         return [state_xml(self)]
-
-
-def iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import datetime as dt
+import time
+from typing import Any
 
 from lxml import etree
 
 from controller.sfc.model import NS
 
-if TYPE_CHECKING:
-    from controller.sfc.service import SfcService
-
 Q = f"{{{NS}}}"
+
+
+def iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
 
 
 def _sub(parent: etree._Element, tag: str, text: object | None = None) -> etree._Element:
@@ -21,9 +25,8 @@ def _sub(parent: etree._Element, tag: str, text: object | None = None) -> etree.
     return e
 
 
-def state_xml(svc: SfcService) -> etree._Element:
-    from controller.sfc.service import iso
-
+def state_xml(svc: Any) -> etree._Element:
+    """`svc`: the SfcService (not imported: the service renders its state through here)."""
     root = etree.Element(Q + "sfc-state", nsmap={None: NS})
     r = svc.rendering
     if r is not None:
@@ -64,8 +67,7 @@ def state_xml(svc: SfcService) -> etree._Element:
         _sub(el, "queue-depth", inst.load.queue)
         _sub(el, "load-percent", int(inst.load_percent))
         if inst.load.time:
-            import time as _t
-            wall = _t.time() - (svc.clock() - inst.load.time)
+            wall = time.time() - (svc.clock() - inst.load.time)
             _sub(el, "last-report", iso(wall))
         _sub(el, "state", inst.state)
     if r is not None:
