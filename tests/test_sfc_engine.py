@@ -256,3 +256,25 @@ def test_flow_keys_of_packets_and_of_reported_flows_agree() -> None:
     s6, d6 = ipaddress.ip_address("2001:db8::1").packed, ipaddress.ip_address("2001:db8::2").packed
     assert flow_key(bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(sport=1, dport=2))) \
         == key_of(s6, d6, 6, 1, 2)
+
+
+def test_two_local_instances_of_one_hop_share_its_flows_by_weight() -> None:
+    e = engine(
+        table=[SffEntry(10, 255, (NextHop(LOC, "proxy"),)),
+               SffEntry(10, 254, (NextHop("192.0.2.6"),))],
+        proxies=[ProxyEntry("a", 10, 255, "i0", "o0", SF_MAC, weight=3),
+                 ProxyEntry("b", 10, 255, "i1", "o1", "02:00:00:00:00:06", weight=1)])
+    where: dict[int, set[str]] = {}
+    for port in range(400):
+        for _ in range(2):
+            e.sff(gre(nsh.Nsh(spi=10, si=255), tcp(sport=port)), 4)
+            for ifn in ("i0", "i1"):
+                if e.out_frames[ifn]:
+                    fr = e.out_frames[ifn].pop()
+                    where.setdefault(port, set()).add(ifn)
+                    e.from_sf(e.proxy_by_name["a" if ifn == "i0" else "b"], fr)
+    assert all(len(v) == 1 for v in where.values())             # a flow stays on one
+    share = sum(1 for v in where.values() if "i0" in v) / len(where)
+    assert 0.6 < share < 0.9                                     # weights 3:1
+    assert {NSH(p[4:]).si for p, _ in e.out_gre} == {254}
+    assert e.proxy_by_name["a"].from_sf + e.proxy_by_name["b"].from_sf == 800

@@ -48,6 +48,7 @@ def test_round_trip_and_interfaces() -> None:
      "terminating"),
     ({"proxies": [ProxyEntry("p", 1, 0, "a", "b", "02:00:00:00:00:01")]}, "SI 0"),
     ({"proxies": [ProxyEntry("p", 1, 3, "a", "a", "02:00:00:00:00:01")]}, "one interface"),
+    ({"proxies": [ProxyEntry("p", 1, 3, "a", "b", "02:00:00:00:00:01", weight=0)]}, "weight"),
 ])
 def test_bad_tables_are_refused(change, words) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ModelError) as ei:
@@ -61,6 +62,9 @@ def test_proxies_sharing_an_instance_must_share_it_whole() -> None:
     cfg(proxies=[a, ProxyEntry("b", 20, 255, "sfi0", "sfo0", "02:00:00:00:00:01")]).check()
     with pytest.raises(ModelError, match="another function instance"):
         cfg(proxies=[a, ProxyEntry("b", 20, 255, "sfi0", "sfo9", "02:00:00:00:00:01")]).check()
+    cfg(proxies=[a, ProxyEntry("c", 10, 255, "sfi1", "sfo1", "02:00:00:00:00:02")]).check()
+    with pytest.raises(ModelError, match="same function instance"):
+        cfg(proxies=[a, ProxyEntry("c", 10, 255, "sfi0", "sfo0", "02:00:00:00:00:01")]).check()
     with pytest.raises(ModelError, match="bound by proxy"):
         cfg(proxies=[a, ProxyEntry("b", 20, 255, "sfi1", "sfo1", "02:00:00:00:00:02",
                                    "/run/a.sock")]).check()

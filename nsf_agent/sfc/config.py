@@ -98,7 +98,8 @@ def parse(data: etree._Element) -> tuple[SfcConfig, dict[str, Any]]:
             cfg.proxies.append(ProxyEntry(
                 name=_t(p, "name") or "", spi=int(_t(p, "spi") or 0), si=int(_t(p, "si") or 0),
                 to_sf=_t(p, "to-sf-interface") or "", from_sf=_t(p, "from-sf-interface") or "",
-                sf_mac=(_t(p, "sf-mac") or "").lower(), result_socket=_t(p, "result-socket")))
+                sf_mac=(_t(p, "sf-mac") or "").lower(), result_socket=_t(p, "result-socket"),
+                weight=int(_t(p, "weight", "1") or 1)))
     return cfg, fast
 
 

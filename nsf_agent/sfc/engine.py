@@ -194,6 +194,7 @@ class Proxy:
     to_sf: int = 0
     from_sf: int = 0
     results: int = 0
+    salt: int = 0
 
 
 class Engine:
@@ -206,7 +207,9 @@ class Engine:
         self.rules: list[_Rule] = []
         self.reclass: dict[str, list[Any]] = {}
         self.table: dict[tuple[int, int], _Entry] = {}
-        self.proxies: dict[tuple[int, int], Proxy] = {}
+        # (SPI, SI) → the local function instances serving it (several: flows spread by
+        # weighted rendezvous hashing, like next hops)
+        self.proxies: dict[tuple[int, int], list[Proxy]] = {}
         self.proxy_by_name: dict[str, Proxy] = {}
         self.hold: dict[tuple[int, int], collections.deque[tuple[float, bytearray, int]]] = {}
         self.held = 0
@@ -255,14 +258,16 @@ class Engine:
         shared: dict[str, tuple[Any, Any]] = {}
         for p in cfg.proxies:
             prev = old_px.get(p.name)
+            salt = _mix(zlib.crc32(p.name.encode()))
             px = prev if prev is not None and prev.entry == p else Proxy(
                 p, bytes.fromhex(p.sf_mac.replace(":", "")))
             px.our_mac = macs.get(p.to_sf, px.our_mac)
+            px.salt = salt
             # entries in front of one SF instance (same veths) share its flow state: what
             # comes back is matched to the path it was handed over on
             got = shared.setdefault(p.from_sf, (px.flows, px.tags))
             px.flows, px.tags = got
-            self.proxies[(p.spi, p.si)] = px
+            self.proxies.setdefault((p.spi, p.si), []).append(px)
             self.proxy_by_name[p.name] = px
         self.cfg = cfg
         self.sff_id = cfg.sff_id
@@ -343,7 +348,7 @@ class Engine:
             return
         e = self.table.get((spi, si))
         if e is None:
-            px = self.proxies.get((spi, si))
+            px = self._local_proxy(spi, si, pkt, off + hlen)
             if px is not None:
                 self._to_sf(px, pkt, off, hlen, ttl)
                 return
@@ -364,7 +369,7 @@ class Engine:
         hop = e.hops[i]
         nsh.set_ttl_si(pkt, off, ttl - 1, si)
         if hop.locator in self.local:
-            px = self.proxies.get((spi, si))
+            px = self._local_proxy(spi, si, pkt, off + hlen)
             if px is None:
                 self.drops["no-local-proxy"] += 1
                 return
@@ -456,6 +461,26 @@ class Engine:
 
     # ---- proxy ---------------------------------------------------------------------------
 
+    def _local_proxy(self, spi: int, si: int, pkt: bytes | bytearray, ioff: int = 0,
+                     key: bytes | None = None) -> Proxy | None:
+        """The local instance for (SPI, SI): the only one, or by weighted rendezvous hashing
+        of the flow (a flow stays on one instance; adding one moves only what it takes)."""
+        group = self.proxies.get((spi, si))
+        if not group:
+            return None
+        if len(group) == 1:
+            return group[0]
+        if key is None:
+            key = flow_key(memoryview(pkt)[ioff:]) or b""
+        k = (zlib.crc32(key) << 32) | zlib.crc32(key[::-1])
+        best, choice = -1.0, group[0]
+        for px in group:
+            u = ((_mix(k ^ px.salt) >> 11) + 1) / 9007199254740993.0
+            score = -px.entry.weight / math.log(u)
+            if score > best:
+                best, choice = score, px
+        return choice
+
     def _to_sf(self, px: Proxy, pkt: bytearray, off: int, hlen: int, ttl: int) -> None:
         """Strip the NSH, remember it for the flow and hand the inner packet to the SF."""
         np_ = pkt[off + 3]
@@ -496,7 +521,9 @@ class Engine:
         f = flow_key(inner)
         st = px.flows.get(f) if f is not None else None
         if st is not None and (st.spi, st.si) != (px.entry.spi, px.entry.si):
-            px = self.proxies.get((st.spi, st.si), px)
+            # the instance also serves another path: the entry of that path, same veths
+            px = next((q for q in self.proxies.get((st.spi, st.si), ())
+                       if q.entry.from_sf == px.entry.from_sf), px)
         px.from_sf += 1
         e = px.entry
         si = e.si - 1
@@ -508,7 +535,7 @@ class Engine:
             # next function on this node too (the usual chain through local proxies): the
             # SFF step done here without building the header only to parse it again —
             # same counters, same TTL rule as sff() (TTL 1 takes the general path: drop)
-            nxt = self.proxies.get((e.spi, si)) if si else None
+            nxt = self._local_proxy(e.spi, si, inner, 0, f) if si else None
             if nxt is not None and ttl > 1:
                 ent = self.table.get((e.spi, si))
                 if (ent is not None and len(ent.hops) == 1 and not ent.terminate

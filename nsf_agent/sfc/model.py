@@ -104,6 +104,7 @@ class ProxyEntry:
     from_sf: str                      # host-side interface whose peer is the SF's sf-out
     sf_mac: str                       # MAC of the SF's sf-in (destination of our frames)
     result_socket: str | None = None  # unix datagram socket the SF reports results to
+    weight: int = 1                   # share of the flows among the instances of (spi, si)
 
 
 @dataclass(slots=True)
@@ -167,17 +168,21 @@ class SfcConfig:
             if rc.si == 0:
                 raise ModelError(f"re-classification rule {rc.result!r}: SI 0",
                                  f"classifier/reclassify[result='{rc.result}']")
-        pseen: set[tuple[int, int]] = set()
+        pseen: dict[tuple[int, int], list[ProxyEntry]] = {}
         owner: dict[str, ProxyEntry] = {}
         sockets: dict[str, str] = {}
         for p in self.proxies:
             path = f"proxies/proxy[name='{p.name}']"
             if p.si == 0:
                 raise ModelError(f"proxy {p.name!r}: SI 0 (the SF would return SI -1)", path)
-            if (p.spi, p.si) in pseen:
-                raise ModelError(f"proxy {p.name!r}: another proxy serves (SPI {p.spi}, "
-                                 f"SI {p.si})", path)
-            pseen.add((p.spi, p.si))
+            for o in pseen.get((p.spi, p.si), []):
+                if {o.to_sf, o.from_sf} & {p.to_sf, p.from_sf}:
+                    raise ModelError(f"proxy {p.name!r}: another proxy ({o.name!r}) serves "
+                                     f"(SPI {p.spi}, SI {p.si}) through the same function "
+                                     "instance", path)
+            pseen.setdefault((p.spi, p.si), []).append(p)
+            if p.weight < 1:
+                raise ModelError(f"proxy {p.name!r}: weight must be at least 1", path)
             if p.to_sf == p.from_sf:
                 raise ModelError(f"proxy {p.name!r}: to-sf and from-sf are one interface", path)
             for ifname in (p.to_sf, p.from_sf):
