@@ -175,3 +175,24 @@ def test_recovery_user_and_disabling(agent: AgentThread) -> None:
         assert "sad-entry" in m.get_config("running").xml
         m.lock("running")
         m.unlock("running")
+
+
+def test_nmda_operations_are_checked_too(agent: AgentThread) -> None:
+    nmda = "urn:ietf:params:xml:ns:yang:ietf-netconf-nmda"
+    ds = "urn:ietf:params:xml:ns:yang:ietf-datastores"
+    with agent.connect("oper") as m:
+        for store in ("running", "operational"):
+            r = m.dispatch(etree.fromstring(
+                f'<get-data xmlns="{nmda}" xmlns:ds="{ds}"><datastore>ds:{store}</datastore>'
+                "</get-data>"))
+            root = etree.fromstring(r.xml.encode())
+            assert root.find(f".//{{{IKELESS_NS}}}sad") is None, store
+            assert names(etree.tostring(root)) == ["s1"], store
+        before = agent.snapshot()
+        with pytest.raises(RPCError) as ei:
+            m.dispatch(etree.fromstring(
+                f'<edit-data xmlns="{nmda}" xmlns:ds="{ds}"><datastore>ds:running</datastore>'
+                f'<config><ipsec-ikeless xmlns="{IKELESS_NS}"><sad>{sad_entry("sa9", 9000)}'
+                "</sad></ipsec-ikeless></config></edit-data>"))
+        _denied(ei)
+        assert agent.snapshot() == before
