@@ -276,6 +276,7 @@ class Manager:
         inst.state = REMOVING
         self.journal.put(name, inst.journal_entry())
         self._stop_process(inst)
+        _crash_point("mid-remove")
         self._destroy(inst)
         del self.instances[name]
         self._auto.pop(name, None)
@@ -504,7 +505,14 @@ class Manager:
 
 
 def _crash_point(where: str) -> None:
-    """Fault injection for the crash-recovery test: I2NSF_DMS_CRASH_AT=<where> makes the DMS
-    die there as a SIGKILL would (no clean-up runs)."""
-    if os.environ.get("I2NSF_DMS_CRASH_AT") == where:
+    """Fault injection for the crash-recovery tests: I2NSF_DMS_CRASH_AT=<where> (or =@FILE, a
+    file naming the point, read each time) makes the DMS die there as a SIGKILL would (no
+    clean-up runs)."""
+    at = os.environ.get("I2NSF_DMS_CRASH_AT")
+    if at and at.startswith("@"):
+        try:
+            at = Path(at[1:]).read_text().strip()
+        except OSError:
+            return
+    if at == where:
         os._exit(137)

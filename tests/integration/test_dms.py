@@ -243,28 +243,51 @@ def test_dead_instance_is_reported_and_restarted(lab: Lab, dms: DmsProcess) -> N
     rx.close()
 
 
-def test_crash_mid_create_leaves_no_orphans_after_restart(
+def test_crash_mid_create_or_remove_leaves_no_orphans_after_restart(
         lab: Lab, tmp_path: Path) -> None:
-    for where in ("after-plumbing", "after-spawn"):
-        d = DmsProcess(lab, tmp_path / where, env={"I2NSF_DMS_CRASH_AT": where}).start()
-        m = d.connect()
-        with pytest.raises(Exception):  # noqa: B017 (the session dies with the DMS)
-            rpc(m, create_xml("cr1", "forward", to_sf="cr1-in", from_sf="cr1-out"))
-        until(lambda d=d: d.proc is not None and d.proc.poll() is not None, 10, "DMS exit")
-        assert d.namespaces() == [f"{d.prefix}cr1"] and link_exists(lab.host, "cr1-in")
-        orphans = [int(p) for p in os.popen(f"ip netns pids {d.prefix}cr1").read().split()]
-        assert bool(orphans) == (where == "after-spawn")
-        d.env = {}
-        d.start()
-        try:
+    point = tmp_path / "crash-at"
+    d = DmsProcess(lab, tmp_path / "dms", env={"I2NSF_DMS_CRASH_AT": f"@{point}"})
+
+    def crashed() -> None:
+        until(lambda: d.proc is not None and d.proc.poll() is not None, 10, "DMS exit")
+
+    try:
+        for where in ("after-plumbing", "after-spawn"):
+            point.write_text(where)
+            d.start()
+            m = d.connect()
+            with pytest.raises(Exception):  # noqa: B017 (the session dies with the DMS)
+                rpc(m, create_xml("cr1", "forward", to_sf="cr1-in", from_sf="cr1-out"))
+            crashed()
+            assert d.namespaces() == [f"{d.prefix}cr1"] and link_exists(lab.host, "cr1-in")
+            orphans = [int(p) for p in os.popen(f"ip netns pids {d.prefix}cr1").read().split()]
+            assert bool(orphans) == (where == "after-spawn")
+            point.write_text("mid-remove")
+            d.start()  # reconciles
             assert d.namespaces() == []
             assert not link_exists(lab.host, "cr1-in") and not link_exists(lab.host, "cr1-out")
             assert not any(pid_alive(p) for p in orphans)
-            with d.connect() as m2:
-                assert dms_state(m2).findall(q("instance")) == []
-        finally:
+            m2 = d.connect()
+            assert dms_state(m2).findall(q("instance")) == []
+            if where == "after-plumbing":
+                m2.close_session()
+            else:  # the DMS dies in the middle of a remove
+                rpc(m2, create_xml("cr2", "ids", "<signatures></signatures>", "cr2-in",
+                                   "cr2-out"))
+                with pytest.raises(Exception):  # noqa: B017
+                    rpc(m2, f'<remove-instance xmlns="{DMS_NS}"><name>cr2</name>'
+                            "</remove-instance>")
+                crashed()
+                assert d.namespaces() == [f"{d.prefix}cr2"]  # its process was stopped
+                point.write_text("")
+                d.start()  # finishes the remove
+                assert d.namespaces() == [] and not link_exists(lab.host, "cr2-in")
+                with d.connect() as m3:
+                    assert dms_state(m3).findall(q("instance")) == []
             d.stop()
-            d.cleanup()
+    finally:
+        d.stop()
+        d.cleanup()
 
 
 def test_registration_with_the_catalog(lab: Lab, tmp_path: Path) -> None:
