@@ -197,6 +197,8 @@ def _compile_rules(cfg, local, ifindex, counters, out: Compiled) -> None:
             reason = f"MD type {r.md_type} (the RSP trace TLV is built in userspace)"
         elif hop is None:
             reason = f"first hop {r.first_hop} is not IPv4"
+        elif not 1 <= r.ttl <= 63:
+            reason = f"NSH TTL {r.ttl} does not fit the 6-bit field"
         elif m.ingress:
             ifx = ifindex(m.ingress) or 0
             if not ifx:
