@@ -73,6 +73,8 @@ class Agent:
                 replay_size=cfg.replay_size,
                 state_dir=cfg.state_dir,
                 no_secrets_users=frozenset(u.name for u in cfg.users if not u.read_secrets),
+                nacm_recovery_users=frozenset(cfg.nacm_recovery_users),
+                schema_location=cfg.schema_location,
             ),
         )
         server.bind_loop(asyncio.get_running_loop())

@@ -10,6 +10,8 @@ Example (`i2nsf-agent init-config` writes one):
     hello_timeout = 60
     confirm_timeout = 600     # default for <confirmed-commit> without <confirm-timeout>
     replay_size = 1024        # notifications kept for replay (RFC 5277 startTime)
+    # nacm_recovery_users = ["root"]   # RFC 8341 recovery session: NACM does not apply
+    # schema_location = "https://nsf.example/yang/{name}@{revision}.yang"  # yang-library
 
     [yang]
     modules = ["ietf-i2nsf-ikec", "ietf-i2nsf-ike", "ietf-i2nsf-ikeless", "i2nsf-ike-events",
@@ -62,6 +64,8 @@ class AgentConfig:
     hello_timeout: float = 60.0
     confirm_timeout: int = 600
     replay_size: int = 1024
+    nacm_recovery_users: list[str] = field(default_factory=list)
+    schema_location: str | None = None  # None: schemas only by get-schema (no file:// paths)
     yang_dir: Path | None = None
     # The RFC 9061 modules, our IKE event notifications (emitted by the `ike` applier) and
     # our SADB operations RFC 9061 lacks (allocate-spi, served by `xfrm` and `userspace`).
@@ -81,6 +85,7 @@ class AgentConfig:
 _SERVER_KEYS = {
     "host": str, "port": int, "state_dir": str, "max_message_size": int,
     "hello_timeout": (int, float), "confirm_timeout": int, "replay_size": int,
+    "nacm_recovery_users": list, "schema_location": str,
 }
 
 
@@ -98,6 +103,8 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> AgentConfig:
     cfg.state_dir = base / Path(srv.get("state_dir", str(DEFAULT_STATE_DIR)))
     if not 0 <= cfg.port <= 65535:
         raise ConfigError(f"[server] port {cfg.port} out of range")
+    if not all(isinstance(u, str) and u for u in cfg.nacm_recovery_users):
+        raise ConfigError("[server] nacm_recovery_users must be a list of user names")
     if cfg.max_message_size < 4096:
         raise ConfigError("[server] max_message_size must be at least 4096")
     yang = data.get("yang", {})
@@ -143,6 +150,9 @@ def render_config(cfg: AgentConfig) -> str:
         f"hello_timeout = {cfg.hello_timeout}",
         f"confirm_timeout = {cfg.confirm_timeout}",
         f"replay_size = {cfg.replay_size}",
+        *(["nacm_recovery_users = [" + ", ".join(s(u) for u in cfg.nacm_recovery_users) + "]"]
+          if cfg.nacm_recovery_users else []),
+        *([f"schema_location = {s(cfg.schema_location)}"] if cfg.schema_location else []),
         "",
         "[yang]",
         "modules = [" + ", ".join(s(m) for m in cfg.modules) + "]",

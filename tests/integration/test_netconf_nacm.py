@@ -196,3 +196,23 @@ def test_nmda_operations_are_checked_too(agent: AgentThread) -> None:
                 "</sad></ipsec-ikeless></config></edit-data>"))
         _denied(ei)
         assert agent.snapshot() == before
+
+
+def test_recovery_users_from_the_agent_configuration(tmp_path: Path) -> None:
+    from nsf_agent.config import parse_config, render_config
+
+    cfg = parse_config({"server": {"nacm_recovery_users": ["oper"],
+                                   "schema_location": "https://x.example/{name}.yang"}},
+                       tmp_path)
+    assert "nacm_recovery_users = [\"oper\"]" in render_config(cfg)
+    a = AgentThread(tmp_path / "state", nacm_recovery_users=["oper"]).start()
+    try:
+        with a.connect() as m:
+            m.edit_config(target="running", config=NACM)
+        with a.connect("oper") as m:  # the recovery user: no rule applies
+            m.edit_config(target="running", config=ikeless_config(sad=sad_entry("r1", 4500)))
+            m.lock("running")
+            m.unlock("running")
+        assert a.server.nacm.recovery_users == frozenset({"oper"})
+    finally:
+        a.stop()
