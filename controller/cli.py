@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     from controller import cli_setup
 
     cli_setup.add_parsers(sub)
+    from controller import cli_sfc
+
+    cli_sfc.add_parsers(sub)
     kg = sub.add_parser("keygen", help="write a new ed25519 SSH key (for the controller's "
                         "logins to agents, or an agent's host key) and print its public key",
                         description="Write an OpenSSH ed25519 private key to PATH (mode "
@@ -303,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return (cli_setup.cmd_init_config(args) if args.command == "init-config"
                 else cli_setup.cmd_install_unit(args))
+    if args.command == "sfc":
+        from controller import cli_sfc
+        from controller.cli_client import run_client_with
+
+        return run_client_with(args, cli_sfc.run)
     from controller.cli_client import run_client
 
     try:

@@ -637,11 +637,17 @@ COMMANDS: dict[tuple[str, str | None], Callable[[Any, argparse.Namespace], Any]]
 
 
 def run_client(args: argparse.Namespace) -> int:
-    from ncclient.operations.rpc import RPCError
-
     fn = COMMANDS.get((args.command, getattr(args, "sub", None)))
     if fn is None:
         raise CliError(f"unknown command {args.command}", code=2)
+    return run_client_with(args, fn)
+
+
+def run_client_with(args: argparse.Namespace, fn: Callable[[Any, argparse.Namespace], Any]
+                    ) -> int:
+    """Run `fn(manager, args)` on a session to the controller (also the SFC commands)."""
+    from ncclient.operations.rpc import RPCError
+
     m = connect(args)
     try:
         rc = fn(m, args)

@@ -249,3 +249,36 @@ def test_agent_restart_keeps_paths(lab: SfcControllerLab, m: Any) -> None:
         r = poll(lambda s=src: _ping(lab, s, count=1).returncode == 0, 20, f"ping from {src}")
         assert r
     assert {v["status"] for v in lab.paths(m).values()} == {"active"}
+
+
+def test_cli_shows_paths_and_instances(lab: SfcControllerLab, m: Any) -> None:
+    import json
+    import sys
+
+    from tests.integration.sfc_ctl_lab import ADMIN_PASSWORD, CTL_PORT
+
+    lab.configure(m, TRUST + CHAINS, inventory=False)
+    p = _active(lab, m, "light", "deep")
+    key = lab.workdir / "controller" / "ssh_host_ed25519_key.pub"
+    if not key.exists():
+        import asyncssh
+
+        key.write_text(asyncssh.read_private_key(str(key.with_suffix(""))).export_public_key()
+                       .decode())
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", lab.mgmt, sys.executable, "-m", "controller.cli",
+             "--port", str(CTL_PORT), "--user", "admin", "--host-key-file", str(key), *args],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "I2NSF_PASSWORD": ADMIN_PASSWORD})
+
+    r = cli("sfc", "paths", "--json")
+    assert r.returncode == 0, r.stderr
+    paths = {x["chain"]: x for x in json.loads(r.stdout)}
+    assert paths["deep"]["spi"] == int(p["deep"]["spi"]) and paths["deep"]["status"] == "active"
+    assert len(paths["deep"]["hops"]) == 3
+    r = cli("sfc", "instances")
+    assert r.returncode == 0 and "fw-1" in r.stdout and "firewall" in r.stdout, r.stderr
+    r = cli("sfc", "table")
+    assert r.returncode == 0 and "terminate" in r.stdout, r.stderr
