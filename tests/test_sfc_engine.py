@@ -278,3 +278,29 @@ def test_two_local_instances_of_one_hop_share_its_flows_by_weight() -> None:
     assert 0.6 < share < 0.9                                     # weights 3:1
     assert {NSH(p[4:]).si for p, _ in e.out_gre} == {254}
     assert e.proxy_by_name["a"].from_sf + e.proxy_by_name["b"].from_sf == 800
+
+
+def test_next_function_request_steers_the_flow_onto_the_configured_path() -> None:
+    e = engine(
+        table=[SffEntry(10, 255, (NextHop(LOC, "proxy"),)),
+               SffEntry(10, 254, (NextHop("192.0.2.6"),))],
+        proxies=[ProxyEntry("p", 10, 255, "i0", "o0", SF_MAC)],
+        steering=[ReclassifyRule("ips", 30, 255, "192.0.2.9")])
+    inner = bytes(IP(src="198.51.100.10", dst="203.0.113.10") / ICMP(id=4))
+    e.inspection_result(e.proxy_by_name["p"], {
+        "instance": "ids-1", "type": "ids", "sid": 2, "verdict": "alert",
+        "flow": {"src": "198.51.100.10", "dst": "203.0.113.10", "proto": 1},
+        "action": {"next-function": "ips"}})
+    e.sff(gre(nsh.Nsh(spi=10, si=255), inner), 4)
+    e.from_sf(e.proxy_by_name["p"], e.out_frames["i0"].pop())
+    out, dst = e.out_gre.pop()
+    assert (dst, NSH(out[4:]).spi, NSH(out[4:]).si) == ("192.0.2.9", 30, 255)
+    assert e.counters["steered"] == 1 and e.stats()["steering"]["ips"][0] == 1
+    # a type nobody configured: counted, the packet stays on its path
+    e.load(SfcConfig(sff_id=2, locator=LOC, table=e.cfg.table, proxies=e.cfg.proxies),
+           set(), {})
+    e.sff(gre(nsh.Nsh(spi=10, si=255), inner), 4)
+    e.from_sf(e.proxy_by_name["p"], e.out_frames["i0"].pop())
+    out, dst = e.out_gre.pop()
+    assert (dst, NSH(out[4:]).spi) == ("192.0.2.6", 10)
+    assert e.counters["next-function-unknown"] == 1

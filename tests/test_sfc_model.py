@@ -68,3 +68,50 @@ def test_proxies_sharing_an_instance_must_share_it_whole() -> None:
     with pytest.raises(ModelError, match="bound by proxy"):
         cfg(proxies=[a, ProxyEntry("b", 20, 255, "sfi1", "sfo1", "02:00:00:00:00:02",
                                    "/run/a.sock")]).check()
+
+
+def test_yang_and_parser_agree_on_a_configuration_using_every_node() -> None:
+    from lxml import etree
+
+    from netconf_core.errors import NC_NS
+    from netconf_core.schema import YangSchema
+    from netconf_core.yang_context import create_context
+    from nsf_agent.sfc import config as sfcconf
+
+    xml = f"""<data xmlns="{NC_NS}"><sfc xmlns="{sfcconf.NS}"><classifier>
+      <rule><name>r</name><order>5</order><match><source-prefix>198.51.100.0/24</source-prefix>
+        <destination-prefix>203.0.113.0/24</destination-prefix><protocol>6</protocol>
+        <source-ports><start>1000</start><end>2000</end></source-ports>
+        <destination-ports><start>80</start><end>80</end></destination-ports><dscp>46</dscp>
+        <ingress-interface>eth0</ingress-interface></match>
+        <path><spi>10</spi><si>250</si><first-hop>192.0.2.2</first-hop><md-type>md2</md-type>
+        <ttl>9</ttl></path></rule>
+      <reclassify><result>ddos-suspected</result><spi>20</spi><first-hop>192.0.2.2</first-hop>
+      </reclassify>
+      <next-function><sf-type>ips</sf-type><spi>30</spi><si>200</si>
+        <first-hop>192.0.2.2</first-hop></next-function></classifier>
+      <forwarder><sff-id>7</sff-id><locator>192.0.2.1</locator><hold-packets>8</hold-packets>
+        <hold-time>250</hold-time><table>
+        <entry><spi>10</spi><si>250</si><next-hop><locator>192.0.2.3</locator><kind>sf</kind>
+          <weight>3</weight></next-hop><next-hop><locator>192.0.2.4</locator></next-hop></entry>
+        <entry><spi>10</spi><si>249</si><terminate/></entry></table>
+        <fast-path><enabled>false</enabled><interface>eth0</interface></fast-path></forwarder>
+      <proxies><proxy><name>p</name><spi>10</spi><si>250</si><to-sf-interface>sfi0</to-sf-interface>
+        <from-sf-interface>sfo0</from-sf-interface><sf-mac>02:00:00:00:00:05</sf-mac>
+        <weight>2</weight><result-socket>/run/p.sock</result-socket></proxy></proxies>
+    </sfc></data>"""
+    root = etree.fromstring(xml)
+    YangSchema(create_context(["i2nsf-sfc-nsf"])).validate_config(root)
+    c, fast = sfcconf.parse(root)
+    c.check()
+    r = c.rules[0]
+    assert (r.match.sport, r.match.dport, r.match.dscp, r.md_type, r.ttl, r.si) == (
+        PortRange(1000, 2000), PortRange(80, 80), 46, 2, 9, 250)
+    assert [(x.result, x.spi, x.si) for x in c.reclassify] == [("ddos-suspected", 20, 255)]
+    assert [(x.result, x.spi, x.si) for x in c.steering] == [("ips", 30, 200)]
+    assert (c.sff_id, c.locator, c.hold_packets, c.hold_ms) == (7, "192.0.2.1", 8, 250)
+    assert c.table[0].next_hops == (NextHop("192.0.2.3", "sf", 3), NextHop("192.0.2.4"))
+    assert c.table[1].next_hops == (NextHop(None, "terminate"),)
+    assert c.proxies[0].weight == 2 and c.proxies[0].result_socket == "/run/p.sock"
+    assert fast == {"enabled": False, "interfaces": ["eth0"]}
+    assert SfcConfig.from_dict(c.to_dict()) == c

@@ -68,6 +68,10 @@ def parse(data: etree._Element) -> tuple[SfcConfig, dict[str, Any]]:
                 first_hop=_ip(_t(path, "first-hop")) or "",
                 md_type=2 if _t(path, "md-type") == "md2" else 1,
                 ttl=int(_t(path, "ttl", "63") or 63)))
+        for st in cl.findall(Q + "next-function"):
+            cfg.steering.append(ReclassifyRule(
+                result=_t(st, "sf-type") or "", spi=int(_t(st, "spi") or 0),
+                si=int(_t(st, "si", "255") or 255), first_hop=_ip(_t(st, "first-hop")) or ""))
         for rc in cl.findall(Q + "reclassify"):
             cfg.reclassify.append(ReclassifyRule(
                 result=_t(rc, "result") or "", spi=int(_t(rc, "spi") or 0),
@@ -133,9 +137,16 @@ def state(cfg: SfcConfig, stats: dict[str, Any]) -> etree._Element:
         _sub(el, "result", rc.result)
         pk, by = rcs.get(rc.result, [0, 0])
         _counts(el, pk, by)
+    sts = stats.get("steering", {})
+    for st in cfg.steering:
+        el = _sub(cl, "next-function")
+        _sub(el, "sf-type", st.result)
+        pk, by = sts.get(st.result, [0, 0])
+        _counts(el, pk, by)
     cst = _sub(cl, "statistics")
     _sub(cst, "unmatched", c.get("unmatched", 0))
     _sub(cst, "reclassify-unknown", c.get("reclassify-unknown", 0))
+    _sub(cst, "next-function-unknown", c.get("next-function-unknown", 0))
     if cfg.sff_id:
         fw = _sub(root, "forwarder")
         tab = _sub(fw, "table")

@@ -206,6 +206,7 @@ class Engine:
         self.local: set[str] = set()     # our addresses (locator, local proxies)
         self.rules: list[_Rule] = []
         self.reclass: dict[str, list[Any]] = {}
+        self.steer: dict[str, list[Any]] = {}
         self.table: dict[tuple[int, int], _Entry] = {}
         # (SPI, SI) → the local function instances serving it (several: flows spread by
         # weighted rendezvous hashing, like next hops)
@@ -234,11 +235,13 @@ class Engine:
             if r.name in old_rules and old_rules[r.name].rule == r:
                 nr.packets, nr.bytes = old_rules[r.name].packets, old_rules[r.name].bytes
             self.rules.append(nr)
-        old_rc = self.reclass
-        self.reclass = {}
-        for rc in cfg.reclassify:
-            prev = old_rc.get(rc.result)
-            self.reclass[rc.result] = [rc, *(prev[1:] if prev and prev[0] == rc else (0, 0))]
+        old_rc, old_st = self.reclass, self.steer
+        self.reclass, self.steer = {}, {}
+        for new, old, rules in ((self.reclass, old_rc, cfg.reclassify),
+                                (self.steer, old_st, cfg.steering)):
+            for rc in rules:
+                prev = old.get(rc.result)
+                new[rc.result] = [rc, *(prev[1:] if prev and prev[0] == rc else (0, 0))]
         old_tab = self.table
         self.table = {}
         for e in cfg.table:
@@ -382,18 +385,21 @@ class Engine:
              ) -> tuple[bytearray, int] | None:
         """MD type 2 processing: re-classification requests and the RSP trace."""
         h, poff = nsh.decode(pkt, off)
-        req = h.tlv(nsh.MD_CLASS_I2NSF, nsh.TLV_RECLASSIFY)
-        if req is not None:
-            name = req.value.decode(errors="replace")
-            rc = self.reclass.get(name)
+        for typ, table, done, unknown in (
+                (nsh.TLV_RECLASSIFY, self.reclass, "reclassified", "reclassify-unknown"),
+                (nsh.TLV_NEXT_FUNCTION, self.steer, "steered", "next-function-unknown")):
+            req = h.tlv(nsh.MD_CLASS_I2NSF, typ)
+            if req is None:
+                continue
+            rc = table.get(req.value.decode(errors="replace"))
             if rc is not None:
                 rule = rc[0]
                 rc[1] += 1
                 rc[2] += len(pkt) - poff
-                self.counters["reclassified"] += 1
+                self.counters[done] += 1
                 self._push(pkt[poff:], rule.spi, rule.si, nsh.DEFAULT_TTL, 2, rule.first_hop)
                 return None
-            self.counters["reclassify-unknown"] += 1
+            self.counters[unknown] += 1
         trace = h.tlv(nsh.MD_CLASS_I2NSF, nsh.TLV_RSP_TRACE)
         if trace is None or not self.sff_id:
             return pkt, poff - off
@@ -620,6 +626,7 @@ class Engine:
             "held": self.held,
             "rules": {r.rule.name: [r.packets, r.bytes] for r in self.rules},
             "reclassify": {k: [v[1], v[2]] for k, v in self.reclass.items()},
+            "steering": {k: [v[1], v[2]] for k, v in self.steer.items()},
             "entries": [[spi, si, e.packets, e.bytes, e.hop_packets]
                         for (spi, si), e in self.table.items()],
             "proxies": {n: {"to-sf": p.to_sf, "from-sf": p.from_sf, "results": p.results,

@@ -113,6 +113,9 @@ class SfcConfig:
     locator: str | None = None        # this forwarder's GRE address
     rules: list[ClassifierRule] = field(default_factory=list)
     reclassify: list[ReclassifyRule] = field(default_factory=list)
+    # NSF-triggered steering: next-function request (MD2 TLV 3, value = SF type) → path;
+    # `result` holds the SF type name
+    steering: list[ReclassifyRule] = field(default_factory=list)
     table: list[SffEntry] = field(default_factory=list)
     proxies: list[ProxyEntry] = field(default_factory=list)
     hold_packets: int = 64            # per (SPI, SI) held on a table miss
@@ -120,7 +123,8 @@ class SfcConfig:
     generation: int = 0
 
     def empty(self) -> bool:
-        return not (self.rules or self.reclassify or self.table or self.proxies)
+        return not (self.rules or self.reclassify or self.steering or self.table
+                    or self.proxies)
 
     def check(self) -> None:
         """Raise ModelError for a table no data path can carry out."""
@@ -164,6 +168,10 @@ class SfcConfig:
             if fam is not None and v != fam:
                 raise ModelError(f"classifier rule {r.name!r}: first hop {r.first_hop} is not "
                                  f"in the locator's address family", path)
+        for rc in self.steering:
+            if rc.si == 0:
+                raise ModelError(f"next-function entry {rc.result!r}: SI 0",
+                                 f"classifier/next-function[sf-type='{rc.result}']")
         for rc in self.reclassify:
             if rc.si == 0:
                 raise ModelError(f"re-classification rule {rc.result!r}: SI 0",
@@ -225,6 +233,7 @@ class SfcConfig:
             locator=d.get("locator"),
             rules=rules,
             reclassify=[ReclassifyRule(**x) for x in d.get("reclassify", [])],
+            steering=[ReclassifyRule(**x) for x in d.get("steering", [])],
             table=[SffEntry(e["spi"], e["si"], tuple(NextHop(**h) for h in e["next_hops"]))
                    for e in d.get("table", [])],
             proxies=[ProxyEntry(**p) for p in d.get("proxies", [])],
