@@ -83,6 +83,7 @@ class Registrar:
         self.done: dict[str, dict[str, Any]] = {}  # what the controller has (as far as known)
         self.gone: dict[str, str] = {}  # name -> reason, to unregister
         self.loads: dict[str, dict[str, Any]] = {}
+        self.refused: set[str] = set()  # registrations the controller refused
         self.connected = False
         self.last_error = ""
         self._wake = threading.Event()
@@ -156,6 +157,10 @@ class Registrar:
                 log.warning("controller refused %s", self.last_error)
             with self.lock:
                 self.done[name] = info
+                if ok:
+                    self.refused.discard(name)
+                else:
+                    self.refused.add(name)
             self.on_registered(name, ok)
             if ok:
                 log.info("registered instance %s with the controller", name)
@@ -168,6 +173,7 @@ class Registrar:
                 log.info("controller: unregister %s: %s", name, exc)
             with self.lock:
                 self.done.pop(name, None)
+                self.refused.discard(name)
                 if self.gone.get(name) == reason:
                     del self.gone[name]
             self.on_registered(name, False)
@@ -186,9 +192,15 @@ class Registrar:
                 if time.monotonic() >= next_load:
                     next_load = time.monotonic() + self.interval
                     with self.lock:
-                        loads = {n: ld for n, ld in self.loads.items() if n in self.done}
+                        loads = {n: ld for n, ld in self.loads.items()
+                                 if n in self.done and n not in self.refused}
                     if loads:
-                        self._call(report_load_rpc(self.dms, loads))
+                        try:
+                            self._call(report_load_rpc(self.dms, loads))
+                        except Exception as exc:  # refused: the session itself is fine
+                            if "RPCError" not in type(exc).__name__:
+                                raise
+                            log.warning("controller refused report-load: %s", exc)
                 backoff = 0.2
                 self._wake.wait(max(0.0, next_load - time.monotonic()))
                 self._wake.clear()

@@ -323,10 +323,25 @@ def test_registration_with_the_catalog(lab: Lab, tmp_path: Path) -> None:
                        and s["pid"] != pid and s, 10, "automatic restart")
             assert st["restarts"] == "1"
             until(lambda: len(cat.named("register-instance")) >= 2, 5, "registered again")
+            # a registration the controller refuses: reported, the session and the others' load
+            # reports go on
+            cat.fail_register = "instance reg3 belongs to DMS other"
+            rpc(m, create_xml("reg3", "forward"))
+            err = until(lambda: dms_state(m).findtext(f"{q('controller')}/{q('last-error')}"),
+                        5, "refusal in state")
+            assert "reg3" in err and "belongs to DMS other" in err
+            assert dms_state(m).findtext(f"{q('controller')}/{q('connected')}") == "true"
+            assert instance_state(m, "reg3")["registered"] == "false"
+            n = len(cat.named("report-load"))
+            until(lambda: len(cat.named("report-load")) > n, 5, "load reports go on")
+            assert {e.findtext(f"{c}instance/{c}name") for e in cat.named("report-load")} == \
+                {"reg1"}
+            cat.fail_register = None
+            rpc(m, f'<remove-instance xmlns="{DMS_NS}"><name>reg3</name></remove-instance>')
             rpc(m, f'<remove-instance xmlns="{ns_uri}"><name>reg1</name></remove-instance>')
-            un = until(lambda: len(cat.named("unregister-instance")) >= 2 and
-                       cat.named("unregister-instance")[-1:], 5, "unregister-instance")[0]
-            assert un.findtext(c + "name") == "reg1" and un.findtext(c + "reason") == "removed"
+            until(lambda: [u for u in cat.named("unregister-instance")
+                           if (u.findtext(c + "name"), u.findtext(c + "reason")) ==
+                           ("reg1", "removed")], 5, "unregister-instance of reg1")
         d.stop()
         # the controller's host key is verified: a DMS expecting another key never registers
         other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBvXtKb8kDa7yBvCsKTkpwNf8Ky9nqq5qJZo0nDl6l0X"
