@@ -180,7 +180,7 @@ class SfcApplier:
         except SfcDatapathError as exc:
             raise _rpc_error(exc) from exc
         if fast["enabled"]:
-            self._fastpath_available()
+            self._fastpath_available(fast)
 
     def prepare(self, change: ConfigChange) -> None:
         self._parsed(change)
@@ -244,15 +244,27 @@ class SfcApplier:
                 self._fast_ok = FastPath.available()
         return self._fast_ok
 
-    def _fastpath_available(self) -> None:
+    def _fastpath_available(self, fast: dict[str, Any] | None = None) -> None:
         """validate(): forwarder/fast-path enabled. Refused under --sfc-dataplane userspace
         (and bpf, should the kernel stop taking it); under auto an unusable fast path
-        means the userspace path alone, said in the log."""
+        means the userspace path alone, said in the log. Its interfaces must exist in the
+        data path's namespace."""
         ok, reason = self._fastpath_usable()
         if not ok and self.dataplane != "auto":
             raise RpcError("application", "operation-not-supported",
                            f"the SFC fast path is not available: {reason}",
                            path=f"{sfcconf.ROOT}/forwarder/fast-path/enabled")
+        if not ok or not fast:
+            return
+        from pyroute2 import IPRoute
+
+        with self._in_netns(), IPRoute() as ipr:
+            have = {ln.get_attr("IFLA_IFNAME") for ln in ipr.get_links()}
+        for name in fast.get("interfaces", []):
+            if name not in have:
+                raise RpcError("application", "invalid-value",
+                               f"fast path interface {name!r} does not exist in the NSF's "
+                               "namespace", path=f"{sfcconf.ROOT}/forwarder/fast-path/interface")
 
     def _fastpath_apply(self, cfg: SfcConfig, fast: dict[str, Any]) -> None:
         """Hand the committed generation to the fast path (attach/detach as configured)."""

@@ -405,6 +405,49 @@ def test_fast_path_hook_takes_generations_or_refuses(lab: Lab, tmp_path: Path) -
     assert lab.ping(1)
 
 
+def test_fast_path_failures_are_rpc_errors_and_the_old_generation_forwards(
+        lab: Lab, tmp_path: Path) -> None:
+    """A fast path interface that does not exist is refused at validation; a generation
+    the kernel refuses to take (its map frozen, so the writes fail half-way) is an
+    <rpc-error>: running is unchanged and the previous generation keeps forwarding in the
+    kernel."""
+    from nsf_agent.sfc.fastpath import FastPath, libbpf
+
+    ok, why = FastPath.available()
+    if not ok:
+        pytest.skip(f"BPF fast path unavailable: {why}")
+    L = lab.L
+
+    def fast(cls_xml: str, ifs: str = "<interface>a</interface>") -> str:
+        return cls_xml.replace(
+            "</classifier>", f"</classifier><forwarder><sff-id>1</sff-id><locator>{L.C_F}"
+            f"</locator><fast-path><enabled>true</enabled>{ifs}</fast-path></forwarder>")
+
+    before = lab.c.ds.serialize("running")
+    with pytest.raises(RpcError) as ei:
+        lab.c.push(fast(L.classifier_xml(), "<interface>nope0</interface>"))
+    assert "nope0" in ei.value.message
+    assert lab.c.ds.serialize("running") == before and lab.c.applier.fastpath is None
+    lab.c.push(fast(L.classifier_xml()))
+    try:
+        fp = lab.c.applier.fastpath
+        gen, running = fp.generation, lab.c.ds.serialize("running")
+        libbpf.map_freeze(fp.map_fd("fp_cls_rules"))
+        with pytest.raises(RpcError) as ei:
+            lab.c.push(fast(L.classifier_xml(spi=11)))
+        assert "fast path refused" in ei.value.message
+        assert lab.c.ds.serialize("running") == running and fp.generation == gen
+        c0 = fp.counters().rules["a-to-b"][0]
+        cap = Capture(lab.net.c, "f", tmp_path / "old-generation.pcap")
+        assert lab.ping(2)
+        assert {nsh_fields(f) for f in cap.frames()} == {(10, 255, 63)}  # the old SPI
+        assert fp.counters().rules["a-to-b"][0] >= c0 + 2  # carried by the fast path
+    finally:
+        lab.c.push(L.classifier_xml())  # fast path off: detached, frozen maps freed
+    assert lab.c.applier.fastpath is None
+    assert lab.ping(1)
+
+
 def test_a_killed_data_path_is_restarted_with_its_tables(lab: Lab) -> None:
     """kill -9 of F's data path: the applier notices (its event channel breaks), starts a
     new one in the namespace, re-applies the running tables; traffic and notifications are
