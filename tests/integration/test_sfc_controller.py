@@ -282,3 +282,38 @@ def test_cli_shows_paths_and_instances(lab: SfcControllerLab, m: Any) -> None:
     assert r.returncode == 0 and "fw-1" in r.stdout and "firewall" in r.stdout, r.stderr
     r = cli("sfc", "table")
     assert r.returncode == 0 and "terminate" in r.stdout, r.stderr
+
+
+def test_catalog_rpcs_refuse_bad_registrations(lab: SfcControllerLab, m: Any) -> None:
+    """i2nsf-sfc-catalog errors: another DMS's instance name (data-exists), removing another
+    DMS's instance (access-denied), a load report naming an unknown instance (invalid-value,
+    nothing recorded)."""
+    from lxml import etree
+    from ncclient.operations import RPCError
+
+    from tests.integration.sfc_ctl_lab import CAT
+
+    with pytest.raises(RPCError) as ei:
+        lab.register(m, 0, "ids-1", "ids", dms="other-dms")
+    assert ei.value.tag == "data-exists", ei.value
+    with pytest.raises(RPCError) as ei:
+        m.dispatch(etree.fromstring(f'<unregister-instance xmlns="{CAT}"><name>ids-1</name>'
+                                    "<dms>other-dms</dms></unregister-instance>"))
+    assert ei.value.tag == "access-denied"
+    with pytest.raises(RPCError) as ei:
+        m.dispatch(etree.fromstring(
+            f'<report-load xmlns="{CAT}"><dms>lab-dms</dms>'
+            "<instance><name>ids-1</name><packets-per-second>77</packets-per-second></instance>"
+            "<instance><name>nope</name><packets-per-second>1</packets-per-second></instance>"
+            "</report-load>"))
+    assert ei.value.tag == "invalid-value" and "nope" in str(ei.value)
+    st = lab.sfc_state(m)
+    q = "{urn:i2nsf-sdn:yang:i2nsf-sfc-policy}"
+    ids = next(i for i in st.iter(q + "instance") if i.findtext(q + "name") == "ids-1")
+    assert ids.findtext(q + "load-pps") != "77"  # nothing recorded
+    m.dispatch(etree.fromstring(
+        f'<report-load xmlns="{CAT}"><dms>lab-dms</dms><instance><name>ids-1</name>'
+        "<packets-per-second>77</packets-per-second></instance></report-load>"))
+    st = lab.sfc_state(m)
+    ids = next(i for i in st.iter(q + "instance") if i.findtext(q + "name") == "ids-1")
+    assert ids.findtext(q + "load-pps") == "77"
