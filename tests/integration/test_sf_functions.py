@@ -265,3 +265,28 @@ def test_dpi_on_real_tcp_flows_http_host_and_tls_sni(lab: Lab, tmp_path: Path) -
             s.close()
     finally:
         sf.close()
+
+
+def test_rule_table_is_replaced_atomically(lab: Lab) -> None:
+    """A table nft refuses leaves the one in force untouched (one transaction)."""
+    from sflab import in_netns
+
+    from nsf_agent.functions import nftables
+    from nsf_agent.functions.spec import Firewall, FwRule, Spec
+
+    ns = f"sfl-a-{lab.tag}"
+    sh("ip", "netns", "add", ns)
+    try:
+        good = Spec("firewall", firewall=Firewall("accept", True, [
+            FwRule(10, "drop", protocol=17, destination_port="9999")]))
+        bad = Spec("firewall", firewall=Firewall("drop", True, [
+            FwRule(10, "drop", protocol=17, destination_port="7"),
+            FwRule(20, "drop", protocol=17, destination_port="70000")]))  # nft refuses it
+        in_netns(ns, lambda: nftables.apply(good))
+        before = sh("ip", "netns", "exec", ns, "nft", "list", "table", "inet", nftables.TABLE)
+        with pytest.raises(nftables.NftError):
+            in_netns(ns, lambda: nftables.apply(bad))
+        after = sh("ip", "netns", "exec", ns, "nft", "list", "table", "inet", nftables.TABLE)
+        assert after == before and "udp dport 9999" in after and "dport 7 " not in after
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
