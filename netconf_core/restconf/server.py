@@ -30,7 +30,9 @@ from netconf_core.auth import UserDb
 from netconf_core.errors import NC_NS, RpcError
 from netconf_core.restconf import codec, streams, yangpatch
 from netconf_core.restconf.auth import BasicAuth
+from netconf_core.restconf.discovery import RESTCONF_NS, DiscoveryMixin
 from netconf_core.restconf.errors import HttpError, not_found, render, status_of
+from netconf_core.restconf.negotiate import MEDIA, input_format, output_format
 from netconf_core.restconf.paths import (
     Segment,
     api_path,
@@ -43,20 +45,13 @@ from netconf_core.restconf.paths import (
     select_fields,
     subtree_filter,
 )
+from netconf_core.restconf.shape import depth_of, keep_state, prune
 from netconf_core.restconf.tls import server_context
 from netconf_core.server import NetconfServer
 
 log = logging.getLogger(__name__)
 
 NC = f"{{{NC_NS}}}"
-RESTCONF_NS = "urn:ietf:params:xml:ns:yang:ietf-restconf"
-YANG_LIBRARY_VERSION = "2019-01-04"
-MEDIA = {"json": "application/yang-data+json", "xml": "application/yang-data+xml"}
-_IN_TYPES = {"application/yang-data+json": "json", "application/json": "json",
-             "application/yang-data+xml": "xml", "application/xml": "xml", "text/xml": "xml"}
-# operations of these modules are NETCONF protocol operations, not RESTCONF operations
-_PROTOCOL_NS = (NC_NS, "urn:ietf:params:xml:ns:netconf:notification:1.0",
-                "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring")
 MAX_BODY = 64 << 20
 
 
@@ -120,7 +115,7 @@ class RestconfSession:
         return None
 
 
-class RestconfServer:
+class RestconfServer(DiscoveryMixin):
     def __init__(self, nc: NetconfServer, users: UserDb, config: RestconfConfig) -> None:
         self.nc = nc
         self.config = config
@@ -203,7 +198,7 @@ class RestconfServer:
         self.requests += 1
         fmt = "json"
         try:
-            fmt = _output_format(request)
+            fmt = output_format(request)
             if request.path.startswith("/restconf"):
                 request["user"] = await self._authenticate(request)
             return await handler(request)
@@ -278,86 +273,6 @@ class RestconfServer:
             self._etag = (tag, time.time())
         return {"ETag": f'"{tag}"', "Last-Modified": formatdate(self._etag[1], usegmt=True)}
 
-    # ---- discovery -------------------------------------------------------------------------
-
-    async def _host_meta(self, request: web.Request) -> web.Response:
-        body = ("<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>"
-                "<Link rel='restconf' href='/restconf'/></XRD>")
-        return web.Response(text=body, content_type="application/xrd+xml")
-
-    async def _host_meta_json(self, request: web.Request) -> web.Response:
-        return web.json_response({"links": [{"rel": "restconf", "href": "/restconf"}]})
-
-    async def _root(self, request: web.Request) -> web.Response:
-        fmt = _output_format(request)
-        if fmt == "json":
-            body = codec.json.dumps({"ietf-restconf:restconf": {
-                "data": {}, "operations": {}, "yang-library-version": YANG_LIBRARY_VERSION,
-            }}).encode()
-        else:
-            body = (f'<restconf xmlns="{RESTCONF_NS}"><data/><operations/>'
-                    f"<yang-library-version>{YANG_LIBRARY_VERSION}</yang-library-version>"
-                    "</restconf>").encode()
-        return web.Response(body=body, content_type=MEDIA[fmt])
-
-    async def _yanglib_version(self, request: web.Request) -> web.Response:
-        fmt = _output_format(request)
-        body = (codec.json.dumps({"ietf-restconf:yang-library-version": YANG_LIBRARY_VERSION})
-                .encode() if fmt == "json" else
-                f'<yang-library-version xmlns="{RESTCONF_NS}">{YANG_LIBRARY_VERSION}'
-                "</yang-library-version>".encode())
-        return web.Response(body=body, content_type=MEDIA[fmt])
-
-    # ---- operations ------------------------------------------------------------------------
-
-    def _rpcs(self) -> list[tuple[str, str, str]]:
-        """(module, namespace, name) of every operation served over RESTCONF."""
-        out = []
-        for ns, name in self.nc.handlers:
-            if ns in _PROTOCOL_NS:
-                continue
-            mod = next((m for m, n in self.modules.items() if n == ns), None)
-            if mod is not None:
-                out.append((mod, ns, name))
-        return sorted(out)
-
-    async def _operations(self, request: web.Request) -> web.Response:
-        fmt = _output_format(request)
-        rpcs = self._rpcs()
-        if fmt == "json":
-            body = codec.json.dumps({"ietf-restconf:operations": {
-                f"{m}:{n}": [None] for m, _ns, n in rpcs}}).encode()
-        else:
-            root = etree.Element(f"{{{RESTCONF_NS}}}operations", nsmap={None: RESTCONF_NS})
-            for _m, ns, n in rpcs:
-                etree.SubElement(root, f"{{{ns}}}{n}", nsmap={None: ns})
-            body = etree.tostring(root)
-        return web.Response(body=body, content_type=MEDIA[fmt])
-
-    async def _operation(self, request: web.Request) -> web.Response:
-        raw = request.match_info["op"]
-        mod, _, name = raw.partition(":")
-        ns = self.modules.get(mod)
-        if not name or ns is None or ns in _PROTOCOL_NS or (ns, name) not in self.nc.handlers:
-            raise not_found(f"no operation {raw!r} (see /restconf/operations)")
-        if request.method == "OPTIONS":
-            return web.Response(status=200, headers={"Allow": "OPTIONS, POST"})
-        if request.method != "POST":
-            raise HttpError(405, RpcError("protocol", "operation-not-supported",
-                                          "operations are invoked with POST"),
-                            {"Allow": "OPTIONS, POST"})
-        fmt_in = _input_format(request, required=False)
-        fmt = _output_format(request, prefer=fmt_in)
-        body = await request.read()
-        op = codec.rpc_input_to_xml(self.nc.schema, ns, mod, name, body, fmt_in or fmt)
-        result = self._call(request, op)
-        elems = [e for e in (result or []) if not (isinstance(e, etree._Element)
-                                                    and e.tag == NC + "ok")]
-        if not elems:
-            return web.Response(status=204)
-        out = codec.rpc_output(self.nc.schema, ns, mod, name, elems, fmt)
-        return web.Response(status=200, body=out, content_type=MEDIA[fmt])
-
     # ---- streams ---------------------------------------------------------------------------
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
@@ -409,7 +324,7 @@ class RestconfServer:
     # GET ---------------------------------------------------------------------------------
 
     async def _get(self, request: web.Request, segments: list[Segment]) -> web.Response:
-        fmt = _output_format(request)
+        fmt = output_format(request)
         q = request.query
         for k in q:
             if k not in ("content", "depth", "fields"):
@@ -421,7 +336,7 @@ class RestconfServer:
             raise RpcError("protocol", "invalid-value",
                            "content must be all, config or nonconfig",
                            info={"bad-element": "content"})
-        depth = _depth(q.get("depth"))
+        depth = depth_of(q.get("depth"))
         filt = subtree_filter(segments)
         if content == "config":
             op = etree.Element(NC + "get-config", nsmap={None: NC_NS})
@@ -435,7 +350,7 @@ class RestconfServer:
         if isinstance(data, bytes):
             data = etree.fromstring(data)
         if content == "nonconfig":
-            _keep_state(self.nc.schema, data)
+            keep_state(self.nc.schema, data)
         targets = find_targets(data, segments)
         if segments and not targets:
             raise not_found(f"no data at /{api_path(segments)}")
@@ -451,11 +366,11 @@ class RestconfServer:
             schema = self.nc.schema
             if segments:
                 for t in targets:
-                    _prune(schema, t, segments[-1].node, depth - 1)
+                    prune(schema, t, segments[-1].node, depth - 1)
             else:
                 for t in data:
                     if isinstance(t.tag, str):
-                        _prune(schema, t, schema.lookup(None, t.tag), depth - 1)
+                        prune(schema, t, schema.lookup(None, t.tag), depth - 1)
         body = self._represent(data, targets, segments, fmt)
         if request.method == "HEAD":
             return self._reply(request, 200, None, fmt, {"Content-Type": MEDIA[fmt]})
@@ -510,7 +425,7 @@ class RestconfServer:
                     ) -> tuple[etree._Element, list[etree._Element]]:
         """The request body parsed under `parent`: the `<data>` tree and the body's own
         top-level nodes in it."""
-        fmt = _input_format(request, required=True)
+        fmt = input_format(request, required=True)
         assert fmt is not None
         raw = await request.read()
         data = codec.body_to_xml(self.nc.schema, raw, fmt, parent)
@@ -536,7 +451,7 @@ class RestconfServer:
         return self._reply(request, 204, None, "json")
 
     async def _put(self, request: web.Request, segments: list[Segment]) -> web.Response:
-        fmt = _output_format(request)
+        fmt = output_format(request)
         if not segments:  # replace the whole datastore
             data, _nodes = await self._body(request, [])
             op = etree.Element(NC + "copy-config", nsmap={None: NC_NS})
@@ -561,8 +476,8 @@ class RestconfServer:
                 _need_instance(segments[-1])
             fmt_in = yangpatch.TYPES[ctype]
             return await yangpatch.apply(self, request, segments, fmt_in,
-                                         _output_format(request, prefer=fmt_in))
-        fmt = _output_format(request)
+                                         output_format(request, prefer=fmt_in))
+        fmt = output_format(request)
         if segments:
             _need_instance(segments[-1])
             data, nodes = await self._body(request, segments[:-1])
@@ -576,7 +491,7 @@ class RestconfServer:
         return self._reply(request, 204, None, fmt)
 
     async def _post(self, request: web.Request, segments: list[Segment]) -> web.Response:
-        fmt = _output_format(request)
+        fmt = output_format(request)
         parent = segments
         if segments and segments[-1].node.kind in ("list", "leaf-list") \
                 and segments[-1].keys is None:
@@ -652,108 +567,3 @@ def _default_names(host: str) -> list[str]:
     if host not in ("0.0.0.0", "::", "", *names):
         names.insert(0, host)
     return names
-
-
-def _depth(text: str | None) -> int | None:
-    if text is None or text == "unbounded":
-        return None
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise RpcError("protocol", "invalid-value",
-                       "depth must be 1..65535 or 'unbounded'", info={"bad-element": "depth"})
-    return int(text)
-
-
-def _prune(schema: Any, el: etree._Element, sn: Any, levels: int) -> None:
-    """Keep `levels` levels of descendants below `el` (list keys always stay)."""
-    for child in list(el):
-        if not isinstance(child.tag, str):
-            continue
-        csn = schema.lookup(sn, child.tag)
-        if levels <= 0:
-            if not (sn is not None and sn.kind == "list" and child.tag in sn.key_tags):
-                el.remove(child)
-        elif csn is not None:
-            _prune(schema, child, csn, levels - 1)
-
-
-def _keep_state(schema: Any, data: etree._Element) -> None:
-    """content=nonconfig: drop configuration nodes that hold no state below them (list
-    keys of entries with state stay, to name the entry)."""
-    def walk(el: etree._Element, psn: Any) -> bool:
-        keep_any = False
-        for child in list(el):
-            if not isinstance(child.tag, str):
-                continue
-            sn = schema.lookup(psn, child.tag)
-            if sn is None or not sn.config:
-                keep_any = True
-                continue
-            if sn.kind in ("container", "list") and walk(child, sn):
-                keep_any = True
-                continue
-            if psn is not None and psn.kind == "list" and sn.name in psn.keys:
-                continue  # decided below
-            el.remove(child)
-        if psn is not None and psn.kind == "list" and not keep_any:
-            for k in psn.key_tags:
-                for kel in el.findall(k):
-                    el.remove(kel)
-        return keep_any
-    walk(data, None)
-    for child in list(data):
-        if isinstance(child.tag, str) and len(child) == 0:
-            data.remove(child)
-
-
-def _media(value: str) -> str:
-    return value.split(";")[0].strip().lower()
-
-
-def _input_format(request: web.Request, required: bool) -> str | None:
-    if not request.can_read_body and not required:
-        return None
-    ctype = request.headers.get("Content-Type")
-    if ctype is None:
-        if required:
-            raise HttpError(415, RpcError("protocol", "malformed-message",
-                                          "the request needs a Content-Type "
-                                          "(application/yang-data+json or +xml)"))
-        return None
-    fmt = _IN_TYPES.get(_media(ctype))
-    if fmt is None:
-        raise HttpError(415, RpcError("protocol", "malformed-message",
-                                      f"unsupported Content-Type {ctype!r}: use "
-                                      "application/yang-data+json or +xml"))
-    return fmt
-
-
-def _output_format(request: web.Request, prefer: str | None = None) -> str:
-    accept = request.headers.get("Accept")
-    if not accept:
-        if prefer:
-            return prefer
-        ctype = _IN_TYPES.get(_media(request.headers.get("Content-Type", "")))
-        return ctype or "json"
-    choices = []
-    for part in accept.split(","):
-        media = _media(part)
-        q = 1.0
-        for p in part.split(";")[1:]:
-            k, _, v = p.strip().partition("=")
-            if k == "q":
-                try:
-                    q = float(v)
-                except ValueError:
-                    q = 0.0
-        if media in _IN_TYPES:
-            choices.append((q, _IN_TYPES[media]))
-        elif media in ("*/*", "application/*"):
-            choices.append((q * 0.99, prefer or "json"))
-        elif media == "text/event-stream":
-            choices.append((q * 0.98, prefer or "json"))
-    choices = [c for c in choices if c[0] > 0]
-    if not choices:
-        raise HttpError(406, RpcError("protocol", "invalid-value",
-                                      f"cannot answer in {accept!r}: use "
-                                      "application/yang-data+json or +xml"))
-    return max(choices, key=lambda c: c[0])[1]
