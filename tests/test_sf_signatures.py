@@ -35,7 +35,9 @@ def test_parse_rule_fields() -> None:
     ("alert tcp any any -> any any (content:\"a|4\"; sid:1;)", "unterminated"),
     ("alert tcp any any -> any any (content:\"a|4g|\"; sid:1;)", "bad hex"),
     ("alert tcp any any -> any any (nocase; sid:1;)", "must follow a content"),
-    ("alert tcp any any -> any any (flow:established; sid:1;)", "unsupported keyword"),
+    ("alert tcp any any -> any any (pcre:\"/x/\"; sid:1;)", "unsupported keyword"),
+    ("alert tcp any any -> any any (flow:only_stream; sid:1;)", "unsupported flow option"),
+    ("alert tcp any any -> any any (flow:to_server,to_client; sid:1;)", "both directions"),
     ("alert tcp 300.1.1.1 any -> any any (sid:1;)", "bad address"),
     ("alert tcp any 70000 -> any any (sid:1;)", "bad port"),
     ("alert tcp any any -> any any (sid:1)", "not terminated"),
@@ -112,3 +114,26 @@ def test_dpi_identifies_http_tls_dns_and_sticky_buffers() -> None:
     # a later packet of the same flow carries the flow's application
     later = eng.inspect(pkt(IPv6(src="2001:db8::1") / TCP(sport=4000, dport=443) / b"data"))
     assert later.app is not None and later.app.name == "www.example.org" and not later.new_app
+
+
+def test_flow_direction_and_established() -> None:
+    eng = SignatureEngine.from_text(
+        'alert tcp any any -> any any (msg:"req"; flow:established,to_server; content:"GET"; '
+        'sid:1;)\nalert tcp any any -> any any (msg:"resp"; flow:from_server; content:"200"; '
+        'sid:2;)', "ids")
+    c, s = "192.0.2.1", "198.51.100.1"
+    syn = pkt(IP(src=c, dst=s) / TCP(sport=4000, dport=80, flags="S"))
+    synack = pkt(IP(src=s, dst=c) / TCP(sport=80, dport=4000, flags="SA"))
+    assert not eng.inspect(syn).matches and not eng.inspect(synack).matches
+    req = pkt(IP(src=c, dst=s) / TCP(sport=4000, dport=80, flags="PA") / b"GET / HTTP/1.1")
+    assert [m.rule.sid for m in eng.inspect(req).matches] == [1]
+    resp = pkt(IP(src=s, dst=c) / TCP(sport=80, dport=4000, flags="PA") / b"HTTP/1.1 200 GET")
+    assert [m.rule.sid for m in eng.inspect(resp).matches] == [2]  # not to_server
+    # a flow seen one way only is not established
+    lone = pkt(IP(src=c, dst=s) / TCP(sport=4001, dport=80, flags="PA") / b"GET /")
+    assert not eng.inspect(lone).matches
+    # a SYN-ACK seen first: its receiver is the client
+    eng2 = SignatureEngine.from_text('alert tcp any any -> any any (flow:to_server; sid:3;)',
+                                     "ids")
+    eng2.inspect(pkt(IP(src=s, dst=c) / TCP(sport=80, dport=4002, flags="SA")))
+    assert eng2.inspect(pkt(IP(src=c, dst=s) / TCP(sport=4002, dport=80, flags="A"))).matches

@@ -7,7 +7,9 @@ tls, dns (the flow must have been identified as that protocol). Addresses: any, 
 a prefix, a [list], `!` negation, $HOME_NET / $EXTERNAL_NET (both "any" unless given).
 Ports: any, N, N:M, N:, :M, [list], `!`. Direction -> or <>.
 Options: msg, sid (required, unique), rev, content (with |hex| bytes), nocase, offset,
-depth (modifying the content before them), the sticky buffers http.host, tls.sni, dns.query
+depth (modifying the content before them), flow (to_server/to_client, established/
+not_established: the initiator is the sender of the flow's first packet, a TCP SYN-ACK's
+receiver; established = packets seen both ways), the sticky buffers http.host, tls.sni, dns.query
 (contents after one match that field), and our advanced actions reclassify:"<result>" and
 next-function:"<sf type>". classtype, reference, metadata, priority, gid are accepted and
 ignored. Any other keyword is an error (ignoring it would change what the rule matches).
@@ -107,6 +109,8 @@ class Rule:
     contents: list[Content] = field(default_factory=list)
     reclassify: str | None = None
     next_function: str | None = None
+    flow_dir: str | None = None  # "to_server" | "to_client" (flow keyword)
+    flow_state: str | None = None  # "established" | "not_established"
     line: int = 0
     text: str = ""
 
@@ -311,6 +315,24 @@ def parse_rule(text: str, line: int = 1, variables: dict[str, str] | None = None
                 raise RuleSyntaxError(line, f"next-function {nf!r} is not a function type "
                                       f"({', '.join(SF_TYPES)})")
             rule.next_function = nf
+        elif key == "flow":
+            for opt in (o.strip() for o in (val or "").split(",")):
+                if opt in ("to_server", "from_client"):
+                    d = "to_server"
+                elif opt in ("to_client", "from_server"):
+                    d = "to_client"
+                elif opt in ("established", "not_established"):
+                    rule.flow_state = opt
+                    continue
+                elif opt == "stateless":
+                    continue
+                else:
+                    raise RuleSyntaxError(line, f"unsupported flow option {opt!r} "
+                                          "(to_server, to_client, from_server, from_client, "
+                                          "established, not_established, stateless)")
+                if rule.flow_dir not in (None, d):
+                    raise RuleSyntaxError(line, "flow names both directions")
+                rule.flow_dir = d
         elif key in IGNORED:
             continue
         else:

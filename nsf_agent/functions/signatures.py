@@ -28,6 +28,8 @@ class FlowState:
     tries: int = 0  # packets looked at for the application (given up after IDENTIFY_TRIES)
     last: float = 0.0
     alerted: dict[int, float] = field(default_factory=dict)  # sid -> last report time
+    client: tuple[bytes, int] | None = None  # (address, port) of the flow's initiator
+    both_ways: bool = False  # packets seen in both directions (established)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class SignatureEngine:
         self.rules = rules
         self.prevent = prevent  # IPS: drop rules drop; IDS: they alert
         self.identify_apps = identify_apps or any(r.app for r in rules)
+        self.track = self.identify_apps or any(r.flow_dir or r.flow_state for r in rules)
         self.flows: OrderedDict[tuple[bytes, bytes, int, int, int], FlowState] = OrderedDict()
         self.sid_hits: dict[int, int] = {r.sid: 0 for r in rules}
         self._header_only = [r for r in rules if not any(c.buffer == "payload"
@@ -140,10 +143,18 @@ class SignatureEngine:
 
     def inspect(self, pkt: Packet, now: float | None = None) -> Verdict:
         now = time.monotonic() if now is None else now
-        st = self._flow(pkt, now) if self.identify_apps else None
+        st = self._flow(pkt, now) if self.track else None
+        to_server = True
+        if st is not None:
+            if st.client is None:  # a SYN-ACK first: its receiver opened the connection
+                syn_ack = pkt.proto == 6 and pkt.tcp_flags & 0x12 == 0x12
+                st.client = (pkt.dst, pkt.dport) if syn_ack else (pkt.src, pkt.sport)
+            to_server = (pkt.src, pkt.sport) == st.client
+            if not to_server:
+                st.both_ways = True
         new_app = False
-        if st is not None and (st.app is None or not st.app.name) and \
-                st.tries < IDENTIFY_TRIES:
+        if st is not None and self.identify_apps and (st.app is None or not st.app.name) \
+                and st.tries < IDENTIFY_TRIES:
             st.tries += 1
             found = identify(pkt)
             if found is not None and (st.app is None or found.name):
@@ -163,11 +174,12 @@ class SignatureEngine:
             self._db.scan(pkt.payload, match_event_handler=on_match)
             candidates = [ri for ri, cs in hits.items() if len(cs) == self._need[ri]]
         matched: list[Rule] = []
-        for ri in candidates:
-            r = self.rules[ri]
-            if self._header_ok(r, pkt, app) and self._sticky_ok(r, app):
-                matched.append(r)
-        for r in self._header_only:
+        both = st.both_ways if st is not None else False
+        for r in [self.rules[ri] for ri in candidates] + self._header_only:
+            if r.flow_dir and (r.flow_dir == "to_server") != to_server:
+                continue
+            if r.flow_state and (r.flow_state == "established") != both:
+                continue
             if self._header_ok(r, pkt, app) and self._sticky_ok(r, app):
                 matched.append(r)
         if any(r.action == "pass" for r in matched):
