@@ -98,13 +98,16 @@ class YangSchema:
             register_module(mod.name(), c2str(mod.cdata.ns))
 
     def load_modules(self, names: tuple[str, ...]) -> None:
-        """Load (implement) modules the server itself needs, when their files are found;
-        before any lookup is made."""
+        """Load (implement) modules the server itself needs, when their files are found and
+        `create_context` has not loaded them already (it does: a load here compiles the
+        context again, so it must come before any data tree or lookup)."""
         for name in names:
             try:
                 mod = self.ctx.get_module(name)
-                if not mod.implemented():
-                    mod.feature_enable_all()  # lys_set_implemented: imported → implemented
+                if mod.implemented():
+                    continue
+                mod.feature_enable_all()  # lys_set_implemented: imported → implemented
+                self._reset_caches()
                 continue
             except libyang.LibyangError:
                 pass
@@ -116,7 +119,10 @@ class YangSchema:
                 continue
             self._modules_by_ns[c2str(mod.cdata.ns)] = mod
             register_module(mod.name(), c2str(mod.cdata.ns))
-        # the context was compiled again: no schema node found before may be kept
+            self._reset_caches()
+
+    def _reset_caches(self) -> None:
+        """The context was compiled again: no schema node found before may be kept."""
         self._top = None
         self._top_tags.clear()
         self.__dict__.pop("_referenced", None)

@@ -60,11 +60,13 @@ def create_context(
     modules: Iterable[str] = IPSEC_MODULES,
     features: dict[str, Iterable[str]] | None = None,
     base: Path | None = None,
+    server_modules: bool = True,
 ) -> libyang.Context:
     """Return a libyang context with `modules` loaded and their features enabled.
 
     `features` maps a module name to the features to enable; a module missing from the map
     gets all of its features ("*"), which is what an NSF that implements the whole RFC wants.
+    `server_modules`: also the modules the NETCONF server implements (`SERVER_MODULES`).
     """
     paths = search_paths(base)
     for p in paths:
@@ -86,7 +88,33 @@ def create_context(
 
             set_features(ctx, name, wanted)
         log.debug("loaded YANG module %s", name)
+    if server_modules:
+        _load_server_modules(ctx)
     return ctx
+
+
+# What the NETCONF server itself implements (RFC 5277, 6243, 8341, 8342/8526). Loaded with
+# the context, before any data tree exists: loading a module later makes libyang compile the
+# context again, which would leave every schema node and data tree made before dangling.
+SERVER_MODULES: tuple[str, ...] = (
+    "notifications", "nc-notifications", "ietf-netconf-with-defaults", "ietf-netconf-acm",
+    "ietf-origin", "ietf-netconf-nmda",
+)
+
+
+def _load_server_modules(ctx: libyang.Context) -> None:
+    for name in SERVER_MODULES:
+        try:
+            mod = ctx.get_module(name)
+        except libyang.LibyangError:
+            mod = None
+        try:
+            if mod is None:
+                mod = ctx.load_module(name)
+            if not mod.implemented() or name == "ietf-netconf-nmda":
+                mod.feature_enable_all()
+        except libyang.LibyangError as exc:
+            log.warning("cannot load YANG module %s: %s", name, exc)
 
 
 def module_file(name: str, revision: str | None = None, base: Path | None = None) -> Path:
