@@ -405,6 +405,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-chain", action="store_true")
+    ap.add_argument("--skip-fast-path", action="store_true",
+                    help="leave out the tc-BPF fast path rows (bench/sfc_fastpath.py)")
     ap.add_argument("--mtu", type=int, default=1500, help="host MTU in the chain lab")
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -477,7 +479,24 @@ def main() -> int:
         print(f"3-SF chain TCP, host MTU {a.mtu}: {ch['chain_3sf_mbit_s']:.0f} Mbit/s; plainly "
               f"routed: {ch['routed_mbit_s']:.0f} Mbit/s")
     print("raw: " + json.dumps(results, default=str))
+    if not a.skip_fast_path:
+        fast_path_rows(a.seconds)
     return 0
+
+
+def fast_path_rows(seconds: float, rounds: int = 3) -> None:
+    """The tc-BPF fast path rows (owner: the fast path, issue 19): its classifier and SFF
+    against plain kernel forwarding of the same frames on the same veths and the userspace
+    SFF, in this run; method and recorded numbers in bench/sfc_fastpath.py, docs/sfc.md."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import sfc_fastpath
+
+    ok, why = sfc_fastpath.FastPath.available()
+    if not ok:
+        print(f"fast path rows skipped: {why}")
+        return
+    a = argparse.Namespace(seconds=min(seconds, 1.0), rounds=rounds)
+    sfc_fastpath.report(sfc_fastpath.run(a), a)
 
 
 if __name__ == "__main__":
