@@ -282,6 +282,15 @@ def test_errors_change_nothing(ctl: ControllerProcess, http: httpx.Client) -> No
     r = http.patch("/data", headers=j, content=json.dumps(prof))
     assert r.status_code in (400, 409, 500), r.text
     assert running(ctl) == before
+    # replacing the whole datastore with something invalid: refused, all of it kept
+    bad_ds = {f"{M}:flow-protection": {"nsfs": {"nsf": [{**nsf("gw1"),
+                                                          "data-plane-address": "x"}]}}}
+    check(http.put("/data", headers=j, content=json.dumps(bad_ds)), 400, "invalid-value")
+    dangling = {f"{M}:flow-protection": {"policies": {"policy": [
+        {"name": "p9", "endpoint-a": {"nsf": "gw1"}, "endpoint-b": {"nsf": "nowhere"},
+         "crypto-profile": "nope"}]}}}
+    r = http.put("/data", headers=j, content=json.dumps(dangling))
+    assert r.status_code in (400, 409) and running(ctl) == before, r.text
     # malformed requests
     check(http.post(NSFS, headers=j, content=b"{not json"), 400, "malformed-message")
     check(http.get(f"/data/{M}:flow-protection/nsfs/nsf=a,b"), 400, "malformed-message")
