@@ -25,11 +25,13 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import select
 import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,6 +196,12 @@ class Datapath:
         self._txq: list[bytes] = []
         self._txa: list[Any] = []
         self.tx4: mmsg.SendBatch | None = None
+        # the sender thread: sendmmsg runs (GIL released, in ctypes) while the loop goes on
+        # encrypting; FIFO, so ESP leaves in sequence-number order. Its counters are its own.
+        self._txqueue: queue.Queue[tuple[list[bytes], list[Any]] | None] = queue.Queue(64)
+        self._txthread: threading.Thread | None = None
+        self._tx_sent = 0
+        self._tx_errors = 0
         # SAs installed again whose state was not carried over (name -> reason), reported by
         # the replace that installed them
         self._restored: dict[str, str] = {}
@@ -245,6 +253,9 @@ class Datapath:
             if mmsg.available() else None
         self.tx4 = mmsg.SendBatch(self.raw4.fileno(), self.opts.batch) \
             if mmsg.available() and self.opts.fast_path else None
+        if self.tx4 is not None:
+            self._txthread = threading.Thread(target=self._tx_loop, name="esp-tx", daemon=True)
+            self._txthread.start()
         log.info("data path up: tun=%s mtu=%d table=%d control=%s offload=%s big_esp=%s",
                  o.tun, o.mtu, o.table, o.control, o.offload, self._big)
 
@@ -273,6 +284,7 @@ class Datapath:
                     log.warning("cannot add policy rule for family %d: %s", fam, e)
 
     def close(self) -> None:
+        self._stop_tx()
         o = self.opts
         if self._ipr is not None:
             for fam in self._rule_installed:
@@ -588,33 +600,56 @@ class Datapath:
                         "suspended": sa.suspended,
                         "seq": st.seq, "replay_top": st.replay.top,
                         "age": time.monotonic() - st.added})
-        return {"global": dict(self.stats), "sas": sas,
+        glob = dict(self.stats)
+        glob["esp_tx"] += self._tx_sent
+        glob["esp_tx_errors"] += self._tx_errors
+        return {"global": glob, "sas": sas,
                 "spd": sorted(self.spd.entries)}
 
     # -- fast path ------------------------------------------------------------------------
 
     def _flush_tx(self) -> None:
-        """Send the queued outbound IPv4 ESP packets, one sendmmsg per batch; a packet the
-        kernel refuses is counted and skipped."""
-        q, a = self._txq, self._txa
-        if not q:
+        """Hand the queued outbound IPv4 ESP packets to the sender thread (or send them here
+        when there is none)."""
+        if not self._txq:
             return
+        batch = (self._txq, self._txa)
+        self._txq, self._txa = [], []
+        if self._txthread is not None:
+            self._txqueue.put(batch)  # (blocks when the sender is 64 batches behind)
+        else:
+            self._send_batch(*batch)
+
+    def _tx_loop(self) -> None:
+        while True:
+            item = self._txqueue.get()
+            if item is None:
+                return
+            self._send_batch(*item)
+
+    def _send_batch(self, q: list[bytes], a: list[Any]) -> None:
+        """One sendmmsg per batch; a packet the kernel refuses is counted and skipped."""
         assert self.tx4 is not None
-        stats = self.stats
         while q:
             try:
                 n = self.tx4.send(q, a)
             except OSError as e:
-                stats["esp_tx_errors"] += 1
+                self._tx_errors += 1
                 log.debug("ESP send failed: %s", e)
                 n = 1
             else:
-                stats["esp_tx"] += n
+                self._tx_sent += n
                 if n == 0:
                     n = 1
-                    stats["esp_tx_errors"] += 1
+                    self._tx_errors += 1
             del q[:n]
             del a[:n]
+
+    def _stop_tx(self) -> None:
+        if self._txthread is not None:
+            self._txqueue.put(None)
+            self._txthread.join(5)
+            self._txthread = None
 
     def _drain_tun(self) -> None:
         """Outbound: packets the kernel routed into the TUN (super-packets cut to MSS)."""
@@ -1116,7 +1151,7 @@ def main(argv: list[str] | None = None) -> int:
         dp.run()
     finally:
         dp.close()
-        log.info("data path stopped: %s", json.dumps(dp.stats))
+        log.info("data path stopped: %s", json.dumps(dp.snapshot()["global"]))
     return 0
 
 
