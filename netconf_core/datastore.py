@@ -93,12 +93,13 @@ def wipe_file(path: Path) -> None:
 
 
 _ZEROS = bytes(1 << 16)
+_ZERO_VIEW = memoryview(_ZEROS)  # slices without copies
 
 
 def _zero_fill(fd: int, offset: int, length: int) -> None:
     end = offset + length
     while offset < end:
-        offset += os.pwrite(fd, _ZEROS[:min(len(_ZEROS), end - offset)], offset)
+        offset += os.pwrite(fd, _ZERO_VIEW[:min(len(_ZEROS), end - offset)], offset)
 
 
 def _writev_all(fd: int, parts: list[bytes], offset: int) -> None:
@@ -203,8 +204,12 @@ class RunningJournal:
         if self._live is None or self._fd is None:
             return
         off, length = self._live
-        os.pwrite(self._fd, self.HEADER.pack(self.WIPED, length, 0), off)
-        _zero_fill(self._fd, off + self.HEADER.size, length)
+        header = self.HEADER.pack(self.WIPED, length, 0)
+        if length <= len(_ZEROS):  # the usual case: one system call
+            _writev_all(self._fd, [header, _ZERO_VIEW[:length]], off)
+        else:
+            os.pwrite(self._fd, header, off)
+            _zero_fill(self._fd, off + self.HEADER.size, length)
         self._live = None
 
     def compact(self, data: bytes) -> None:
