@@ -93,6 +93,8 @@ def main() -> int:
             bold("== 2. security functions behind F's proxies, registered with the catalog")
             for i, (name, t, spec) in enumerate(FUNCS):
                 funcs[name] = Function(lab, i, name, t, spec)
+            for i, (name, t, _spec) in enumerate(FUNCS):
+                funcs[name].ready()
                 note(f"{name:7} ({t}) in namespace {lab.net.sf(i)}")
             m = lab.connect()
             lab.configure(m, lab.forwarders_xml() + CONFIG.split("<chains>")[0])

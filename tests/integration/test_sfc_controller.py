@@ -309,11 +309,13 @@ def test_catalog_rpcs_refuse_bad_registrations(lab: SfcControllerLab, m: Any) ->
     assert ei.value.tag == "invalid-value" and "nope" in str(ei.value)
     st = lab.sfc_state(m)
     q = "{urn:i2nsf-sdn:yang:i2nsf-sfc-policy}"
-    ids = next(i for i in st.iter(q + "instance") if i.findtext(q + "name") == "ids-1")
+    ids = next(i for top in st.iter(q + "sfc-state") for i in top.findall(q + "instance")
+               if i.findtext(q + "name") == "ids-1")
     assert ids.findtext(q + "load-pps") != "77"  # nothing recorded
     m.dispatch(etree.fromstring(
         f'<report-load xmlns="{CAT}"><dms>lab-dms</dms><instance><name>ids-1</name>'
         "<packets-per-second>77</packets-per-second></instance></report-load>"))
     st = lab.sfc_state(m)
-    ids = next(i for i in st.iter(q + "instance") if i.findtext(q + "name") == "ids-1")
+    ids = next(i for top in st.iter(q + "sfc-state") for i in top.findall(q + "instance")
+               if i.findtext(q + "name") == "ids-1")
     assert ids.findtext(q + "load-pps") == "77"

@@ -79,16 +79,21 @@ class Function:
         rules = d / "rules.json"
         rules.write_text(json.dumps({"type": sf_type, **spec}))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.sf_type = sf_type
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", lab.net.sf(i), sys.executable, "-m", "nsf_agent.functions",
              "--instance", name, "--type", sf_type, "--rules", str(rules),
              "--report-socket", self.proxy_socket, "--report-socket", self.test_path,
              "--load-interval", "0.5"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+
+    def ready(self) -> Function:
+        """Wait for the process's READY line (start them all first: they start in parallel)."""
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if line.strip() != "READY":
-            raise RuntimeError(f"{sf_type} did not start: {line!r} "
+            raise RuntimeError(f"{self.sf_type} did not start: {line!r} "
                                f"{self.proc.stderr.read() if self.proc.stderr else ''}")
+        return self
 
     def results(self, timeout: float = 0.3) -> list[dict[str, Any]]:
         out = []
@@ -115,6 +120,8 @@ def lab() -> Iterator[tuple[SfcControllerLab, dict[str, Function]]]:
         try:
             for i, (name, t, spec) in enumerate(FUNCS):
                 funcs[name] = Function(lab, i, name, t, spec)
+            for f in funcs.values():
+                f.ready()
             m = lab.connect()
             try:
                 lab.configure(m, lab.forwarders_xml() + CONFIG.split("<chains>")[0])
@@ -235,7 +242,7 @@ def _start_dms(net: SfcControllerLab, name: str, node: str, capacity: int) -> tu
         f'[server]\nhost = "127.0.0.1"\nport = 0\nstate_dir = "{st}"\n\n'
         f'[dms]\nname = "{name}"\nhost = "{node}"\nhost_netns = "{net.ns_of(node)}"\n'
         f'locator = "{LOCATOR[node]}"\nnetns_prefix = "{net.net.prefix}-{node}x"\n'
-        f"max_instances = 4\nload_interval = 0.5\n\n[dms.capacity]\nfirewall = {capacity}\n\n"
+        f"max_instances = 4\nload_interval = 0.3\n\n[dms.capacity]\nfirewall = {capacity}\n\n"
         f'[controller]\naddress = "127.0.0.1"\nport = 8300\nusername = "admin"\n'
         f'password_file = "{pw}"\nhost_key = "{ctl_key.strip()}"\n\n'
         f'[[users]]\nname = "ctl"\nauthorized_keys = ["{net.client_pub}"]\n')
@@ -333,7 +340,8 @@ def test_load_balancing_with_dynamic_instantiation(tmp_path: Path) -> None:
             net.configure(m, f"""<sf-types><sf-type><name>firewall</name><scaling>
               <high-watermark>60</high-watermark><low-watermark>20</low-watermark>
               <min-instances>1</min-instances><max-instances>2</max-instances>
-              <hold-time>1000</hold-time><dms>dms-e</dms><instance-rules>{rules}</instance-rules></scaling></sf-type></sf-types>
+              <hold-time>600</hold-time><dms>dms-e</dms>
+              <instance-rules>{rules}</instance-rules></scaling></sf-type></sf-types>
               <chains><chain><name>lb</name><sf-type>firewall</sf-type></chain></chains>
               <policies><policy><name>a</name><match>
               <source-prefix>198.51.100.0/24</source-prefix>
@@ -345,7 +353,7 @@ def test_load_balancing_with_dynamic_instantiation(tmp_path: Path) -> None:
             # established flows: 20 flows at 500 pps (fw-1 rated 400 pps) while it scales out
             import threading
 
-            load = threading.Thread(target=_flows, args=(net, range(41000, 41020), 4.5, 500))
+            load = threading.Thread(target=_flows, args=(net, range(41000, 41020), 3.5, 500))
             load.start()
             poll(lambda: len(_instances(net, m)) == 2, 15, "a second firewall instance")
             t_new = time.monotonic() - t0
