@@ -304,8 +304,13 @@ class CatalogManager:
         return [i.to_dict() for i in sorted(self.instances.values(), key=lambda i: i.name)]
 
     def restore(self, docs: Iterable[dict[str, Any]]) -> None:
+        """Instances from the store (controller restart). Times were of the previous
+        process's clock and loads are stale: both start again (the DMSs report anew)."""
+        now = self.clock()
         for d in docs:
             inst = Instance.from_dict(d)
+            inst = replace(inst, registered=now, load=Load(),
+                           drain_since=now if inst.state == "draining" else None)
             self.instances[inst.name] = inst
             self._known_dms.setdefault(inst.sf_type, set()).add(inst.dms)
 
