@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 IKELESS_NS = "urn:ietf:params:xml:ns:yang:ietf-i2nsf-ikeless"
 FP_NS = "urn:i2nsf-sdn:yang:i2nsf-flow-policy"
+SADB_NS = "urn:i2nsf-sdn:yang:i2nsf-sadb"
 # Transactions take milliseconds (one NSF, loopback) to tens of seconds (confirm timeouts).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -137,6 +138,9 @@ def sa_collector(ns: str, server_ref: Callable[[], NetconfServer | None]) -> _Co
         failed = CounterMetricFamily(f"{ns}_sa_failed",
                                      "Packets dropped by the SA: integrity or decryption "
                                      "failed", labels=["sa"])
+        by_reason = CounterMetricFamily(f"{ns}_sa_drops", "Inbound packets of the SA dropped, "
+                                        "by reason (i2nsf-sadb sa-drops)",
+                                        labels=["sa", "reason"])
         n_spd = n_sad = 0
         for tree in trees:
             n_spd += len(tree.findall(f"{q}spd/{q}spd-entry"))
@@ -150,9 +154,23 @@ def sa_collector(ns: str, server_ref: Callable[[], NetconfServer | None]) -> _Co
                 octets.add_metric([name], _int(st, f"{q}sa-lifetime-current/{q}bytes"))
                 replay.add_metric([name], _int(st, f"{q}replay-stats/{q}packet-dropped"))
                 failed.add_metric([name], _int(st, f"{q}replay-stats/{q}failed"))
+                drops = st.find(f"{{{SADB_NS}}}sa-drops")
+                for c in drops if drops is not None else ():
+                    if isinstance(c.tag, str):
+                        by_reason.add_metric([name, c.tag.rpartition("}")[2]],
+                                             _int(drops, c.tag))
         spd.add_metric([], n_spd)
         sad.add_metric([], n_sad)
-        yield from (spd, sad, packets, octets, replay, failed)
+        yield from (spd, sad, packets, octets, replay, failed, by_reason)
+        stats = _state(srv, f"{{{SADB_NS}}}sadb-statistics")
+        if stats:
+            nsf = CounterMetricFamily(f"{ns}_drops", "Packets the NSF dropped, by reason "
+                                      "(i2nsf-sadb sadb-statistics; also those no SA can be "
+                                      "named for)", labels=["reason"])
+            for c in stats[0]:
+                if isinstance(c.tag, str):
+                    nsf.add_metric([c.tag.rpartition("}")[2]], _int(stats[0], c.tag))
+            yield nsf
 
     return _Collector(collect)
 

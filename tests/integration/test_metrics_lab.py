@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+
+from netconf_core.polling import wait_until
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None,
@@ -55,6 +58,32 @@ def ping(gl: Any, count: int) -> None:
     assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
 
 
+def _replay_one(gl: Any) -> float:
+    """Capture one ESP packet gwA sends during a ping and put it on the wire again;
+    returns gwB's replay drops before."""
+    import socket
+
+    from nsf_agent.userspace.lab import GW_A
+
+    before = total(scrape(gl, "b"), "i2nsf_agent_sa_replay_dropped_total")
+    s = gl.lab.socket_in(gl.lab.gw_a, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    try:
+        s.bind((gl.lab.gw_link_a, 0))
+        s.settimeout(5)
+        ping(gl, 3)
+        src = socket.inet_aton(GW_A)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            frame = s.recv(65536)
+            ip = frame[14:]
+            if len(ip) > 20 and ip[9] == 50 and ip[12:16] == src:  # ESP from gwA
+                s.send(frame)
+                return before
+        raise AssertionError("no ESP packet from gwA captured")
+    finally:
+        s.close()
+
+
 def test_sa_counters_follow_traffic(gl: Any) -> None:
     r = gl.cli("policy", "apply", "g2g", "-a", "gwa", "-b", "gwb", "--profile", "lab",
                "--wait", "--timeout", "60")
@@ -77,6 +106,19 @@ def test_sa_counters_follow_traffic(gl: Any) -> None:
             total(before, "i2nsf_agent_sa_bytes_total") >= 40 * 84
         assert total(after, "i2nsf_agent_sa_replay_dropped_total") == 0
         assert total(after, "i2nsf_agent_sa_failed_total") == 0
+        # per-reason drops (i2nsf-sadb), per SA and for the whole NSF: present, and zero
+        assert any(k.startswith("i2nsf_agent_sa_drops_total{") for k in after)
+        assert any(k.startswith("i2nsf_agent_drops_total{") for k in after)
+        assert total(after, "i2nsf_agent_sa_drops_total") == 0
+
+    # a replayed ESP packet (captured on gwA's link, sent again) is dropped by gwB and
+    # counted as a replay drop of that SA
+    replay_drops = _replay_one(gl)
+    wait_until(lambda: total(scrape(gl, "b"), "i2nsf_agent_sa_replay_dropped_total")
+               >= replay_drops + 1, 10, "the replayed packet counted as a replay drop")
+    b2 = scrape(gl, "b")
+    assert b2.get('i2nsf_agent_drops_total{reason="replay"}', 0) + total(
+        b2, "i2nsf_agent_sa_drops_total") >= 1
 
     names0 = {k for k in a1 if k.startswith("i2nsf_agent_sa_packets_total{")}
     r = gl.cli("policy", "rekey", "g2g", "--wait", "--timeout", "60")
