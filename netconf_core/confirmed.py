@@ -122,7 +122,7 @@ class ConfirmedCommit:
         if path is None:
             return
         # the snapshot holds running's key material: 0600, and wiped when replaced
-        write_atomic(path, etree.tostring(snapshot))
+        write_atomic(path, etree.tostring(snapshot), wipe_old=True)
 
     def _remove(self) -> None:
         path = self._path()

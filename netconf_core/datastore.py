@@ -41,12 +41,13 @@ def empty_data() -> etree._Element:
     return etree.Element(DATA, nsmap={None: NC_NS})
 
 
-def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, durable: bool = True, wipe_old: bool = False
+                 ) -> None:
     """Write to a temporary file and rename it over `path`: whenever the process dies the
     file is the old or the new content. `durable` also fsyncs the file and the directory,
     so that the same holds after a power failure. Callers serialise writes to one path.
-    The replaced file's blocks are overwritten with zeros (it may hold key material that
-    was deleted since: a rename alone leaves it readable on the disk)."""
+    `wipe_old`: the replaced file's blocks are overwritten with zeros first (it may hold key
+    material that was deleted since: a rename alone leaves it readable on the disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -57,16 +58,17 @@ def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
-    try:
-        old = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        old = None
+    old = None
+    if wipe_old:
+        try:
+            old = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            old = None
     try:
         os.replace(tmp, path)
         if old is not None:
             _zero_fill(old, 0, os.fstat(old).st_size)
-            if durable:
-                os.fsync(old)
+            os.fsync(old)  # an unlinked inode's dirty pages may never be written back
     finally:
         if old is not None:
             os.close(old)
@@ -215,11 +217,13 @@ class RunningJournal:
     def compact(self, data: bytes) -> None:
         """running.xml := data (atomically), then an empty journal; nothing of the older
         versions stays readable in either file."""
-        write_atomic(self.base, data, durable=False)
+        write_atomic(self.base, data, durable=False, wipe_old=True)
         if self._fd is None:
             self._open()
         assert self._fd is not None
-        _zero_fill(self._fd, 0, self._size)
+        if self._size:
+            _zero_fill(self._fd, 0, self._size)
+            os.fsync(self._fd)  # truncated pages are dropped, not written: zeros first
         os.ftruncate(self._fd, 0)
         self._size = 0
         self._live = None
@@ -405,7 +409,7 @@ class Datastores:
             return
         path = self._file(name)
         if path is not None:
-            write_atomic(path, self.serialize(name))
+            write_atomic(path, self.serialize(name), wipe_old=True)
 
     @staticmethod
     def _data_parts(text: bytes) -> tuple[bytes, bytes, bytes]:
