@@ -14,6 +14,7 @@
     max_instances = 16
     load_interval = 5.0                  # seconds between load reports
     auto_restart = false                 # restart a failed instance (at most 3 times a minute)
+    start_timeout = 20.0                 # seconds a function may take to load its rules
 
     [dms.capacity]                       # packets/s one instance of a type is rated for
     ids = 30000
@@ -82,7 +83,7 @@ class DmsConfig:
     capacity: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CAPACITY))
     controller: ControllerLink | None = None
     users: list[User] = field(default_factory=list)
-    ready_timeout: float = 5.0  # seconds a new process may take to install its rules
+    ready_timeout: float = 20.0  # seconds a new process may take to install its rules
     auto_restart: bool = False
     restart_limit: int = 3  # automatic restarts of one instance per minute
 
@@ -101,7 +102,8 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> DmsConfig:
     d = data.get("dms", {})
     check_table(d, {"name": str, "host": str, "host_netns": str, "locator": str,
                     "netns_prefix": str, "max_instances": int,
-                    "load_interval": (int, float), "capacity": dict, "auto_restart": bool},
+                    "load_interval": (int, float), "capacity": dict, "auto_restart": bool,
+                    "start_timeout": (int, float)},
                 "dms")
     cfg.name = d.get("name", cfg.name)
     cfg.agent_host = d.get("host")
@@ -111,6 +113,7 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> DmsConfig:
     cfg.max_instances = d.get("max_instances", cfg.max_instances)
     cfg.load_interval = float(d.get("load_interval", cfg.load_interval))
     cfg.auto_restart = d.get("auto_restart", cfg.auto_restart)
+    cfg.ready_timeout = float(d.get("start_timeout", cfg.ready_timeout))
     for t, v in d.get("capacity", {}).items():
         if t not in SF_TYPES or not isinstance(v, int) or v <= 0:
             raise ConfigError(f"[dms.capacity] {t} = {v!r}: a function type and a positive "

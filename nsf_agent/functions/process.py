@@ -64,7 +64,7 @@ class Function:
     # -- set-up ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        check(self.spec)
+        check(self.spec)  # the engine compiles in _install
         nftables.run_nft(f"table inet {nftables.ACCT}\ndelete table inet {nftables.ACCT}\n"
                          + nftables.acct_table())
         self._install(self.spec)

@@ -119,9 +119,11 @@ def check(spec: Spec) -> None:
     for pfx in spec.ddos.exempt_prefix:
         _net(pfx, "ddos/exempt-prefix")
     if spec.type in SIGNATURE_TYPES:
-        from nsf_agent.functions.signatures import SignatureEngine
+        # parsed here; compiled by the function's process (escaped literals always compile,
+        # and a failure there still fails the operation with nothing changed)
+        from nsf_agent.functions.rules import parse_rules
 
         try:
-            SignatureEngine.from_text(spec.signatures, spec.type)
+            parse_rules(spec.signatures)
         except RuleSyntaxError as exc:
             raise SpecError(str(exc), "signatures") from None
