@@ -104,6 +104,17 @@ class StatusApplier:
         self.boot = boot
         self.reporters = [r for r in reporters if callable(getattr(r, "rekey_required", None))]
         self.notify: Notify | None = None
+        for r in self.reporters:
+            if hasattr(r, "on_state_lost"):
+                r.on_state_lost = self.state_lost  # type: ignore[attr-defined]
+
+    def state_lost(self) -> None:
+        """An applier's data path lost SA state while the agent runs (it died and was
+        started again): tell subscribed controllers at once (previous-stop unclean)."""
+        self.boot.info.previous_stop = "unclean"
+        if self.notify is not None:
+            n = self.notification()
+            self.notify(n)
 
     def rekey_required(self) -> dict[str, tuple[str, bool]]:
         out: dict[str, tuple[str, bool]] = {}

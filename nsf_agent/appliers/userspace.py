@@ -18,6 +18,7 @@ import select
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -136,8 +137,13 @@ class UserspaceApplier:
         seq_path = state_dir / "datapath-seq"
         self._seq_store_existed = seq_path.exists()
         extra_args = ("--seq-store", str(seq_path), *extra_args)
-        self.client = self._connect_or_spawn(netns, tun, extra_args, connect_timeout,
-                                             str(state_dir / "datapath.log"))
+        self._spawn_args = (netns, tun, extra_args, connect_timeout,
+                            str(state_dir / "datapath.log"))
+        self.client = self._connect_or_spawn(*self._spawn_args)
+        # called (no arguments) when SAs lost data-path state while the agent runs (the data
+        # path died and was started again): the agent sends nsf-restarted
+        self.on_state_lost: Callable[[], None] | None = None
+        self.respawns = 0
         # SAs whose data-path state did not survive a restart:
         # name -> (reason, suspended, identity of the SA, see _sa_id)
         self._rekey: dict[str, tuple[str, bool, tuple[object, ...]]] = {}
@@ -364,14 +370,43 @@ class UserspaceApplier:
                     # Requests may have queued events already; a readable socket holds more.
                     evs = self.client.events(timeout=0.05 if readable else 0.0)
             except (OSError, ValueError, ConnectionError):
-                if not self._stop.is_set():
-                    log.exception("userspace: lost the data path's event channel")
-                return
+                if self._stop.is_set():
+                    return
+                log.error("userspace: lost the data path (it died?): starting it again")
+                try:
+                    self._respawn()
+                except Exception:
+                    log.exception("userspace: cannot start the data path again")
+                    self._stop.wait(1.0)
+                continue
             for ev in evs:
                 try:
                     self._on_event(ev)
                 except Exception:
                     log.exception("userspace: cannot turn a data path event into a notification")
+
+    def _respawn(self) -> None:
+        """A new data path with the configuration in place. Its sequence marks make every
+        SA resume above what the dead one may have sent; the SAs that lost state are
+        reported (nsf-status, nsf-restarted) for the controller to replace."""
+        with self._lock:
+            with contextlib.suppress(OSError):
+                self.client.close()
+            if self.proc is not None:
+                with contextlib.suppress(OSError, subprocess.SubprocessError):
+                    self.proc.wait(timeout=0.1)  # (reap the dead child)
+            self.proc = None
+            self.client = self._connect_or_spawn(*self._spawn_args)
+        self.respawns += 1
+        while True:  # (a commit may apply meanwhile: end with the configuration in place)
+            cfg = self._cfg
+            self._replace(*translate(cfg))
+            if cfg is self._cfg:
+                break
+        log.warning("userspace: data path started again; %d SAs to be replaced: %s",
+                    len(self._rekey), ", ".join(sorted(self._rekey)))
+        if self._rekey and self.on_state_lost is not None:
+            self.on_state_lost()
 
     def _on_event(self, ev: dict) -> None:
         if self.notify is None:

@@ -28,7 +28,7 @@ from ncclient import manager
 from ncharness import PASSWORD, PASSWORD_HASH, wait_for
 from test_userspace_applier import KEY_AB, Gateway, side_config
 
-from netconf_core.yang_context import create_context
+from netconf_core.yang_context import IPSEC_MODULES, create_context
 from nsf_agent.userspace.client import DatapathClient
 
 pytestmark = pytest.mark.skipif(
@@ -259,3 +259,54 @@ def test_kill9_agent_and_datapath_never_repeats_sequence_numbers(crash_lab) -> N
               for e in status.iter(f"{S}sa-rekey-required")}
     assert listed == {"sa-out": ("sequence-resumed", "false"),
                       "sa-in": ("replay-state-lost", "false")}
+
+
+def test_datapath_killed_alone_is_started_again(tmp_path: Path) -> None:
+    """kill -9 of the data path while the agent runs: the applier starts a new one at once,
+    which resumes above the old one's sequence numbers (traffic flows again without replays)
+    and reports the SAs for the controller to replace (nsf-restarted)."""
+    from netconf_core.schema import YangSchema
+    from nsf_agent.restart import BootRecord, StatusApplier
+    from nsf_agent.userspace.lab import Lab, unique_prefix
+
+    lab = Lab(unique_prefix("i2rs"))
+    gws: list[Gateway] = []
+    try:
+        lab.build(gro=False)
+        schema = YangSchema(create_context())
+        gws = [Gateway(schema, lab.gw_a, tmp_path / "a"), Gateway(schema, lab.gw_b, tmp_path / "b")]
+        a, b = gws
+        notes: list[etree._Element] = []
+        status = StatusApplier(BootRecord(tmp_path / "a"), [a.applier])
+        status.bind(notes.append)
+        a.ds.edit_config("running", side_config("a"))
+        b.ds.edit_config("running", side_config("b"))
+        from test_userspace_applier import ping
+
+        assert ping(lab, 2)
+        seq_before = sa_seq(a, "sa-out")
+        pid = DatapathClient(str(tmp_path / "a" / "datapath.sock"), timeout=5).ping()["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: a.applier.respawns == 1, timeout=20, what="a new data path")
+        assert ping(lab, 3)
+        assert sa_seq(a, "sa-out") > seq_before  # resumed above, not from 1
+        assert sa_in_counters(b)[1] == 0  # no replay drops at the peer
+        assert a.applier.rekey_required() == {"sa-out": ("sequence-resumed", False),
+                                              "sa-in": ("replay-state-lost", False)}
+        n = notes[-1]
+        assert n.tag == S + "nsf-restarted"
+        assert n.findtext(S + "previous-stop") == "unclean"
+        schema_s = YangSchema(create_context([*IPSEC_MODULES, "i2nsf-sadb"]))
+        schema_s.validate_notification(n)
+    finally:
+        for g in gws:
+            g.stop(datapath=True)
+        lab.destroy()
+
+
+def sa_seq(g: Gateway, name: str) -> int:
+    q = "{urn:ietf:params:xml:ns:yang:ietf-i2nsf-ikeless}"
+    for e in g.ds.get_state().iter(q + "sad-entry"):
+        if e.findtext(q + "name") == name:
+            return int(e.findtext(f".//{q}seq-number-counter") or 0)
+    return -1
