@@ -74,7 +74,7 @@ def _cmd_install_unit(args: argparse.Namespace) -> int:
     try:
         path = systemd.install("agent", args.dir, force=args.force)
     except (FileExistsError, OSError) as exc:
-        print(f"i2nsf-agent: {exc}", file=sys.stderr)
+        print(f"i2nsf-agent: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {path}; then: systemctl daemon-reload && systemctl enable --now "
           "i2nsf-agent")
@@ -122,7 +122,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        print(f"i2nsf-agent: {exc}", file=sys.stderr)
+        print(f"i2nsf-agent: error: {exc}", file=sys.stderr)
         return 2
     if args.host:
         cfg.host = args.host
@@ -139,7 +139,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         ok, why = FastPath.available()
         if not ok:
-            print(f"i2nsf-agent: --sfc-dataplane bpf: {why}", file=sys.stderr)
+            print(f"i2nsf-agent: error: --sfc-dataplane bpf: {why}", file=sys.stderr)
             return 2
     setup_logging(args.log_level, args.log_json or args.log_format == "json")
     if not cfg.users:
@@ -147,7 +147,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         agent = Agent(cfg)
     except ValueError as exc:
-        print(f"i2nsf-agent: {exc}", file=sys.stderr)
+        print(f"i2nsf-agent: error: {exc}", file=sys.stderr)
         return 2
     asyncio.run(serve_until_signalled(agent.start, agent.stop, lambda: agent.port,
                                       args.ready_file))
@@ -156,7 +156,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_init_config(args: argparse.Namespace) -> int:
     if args.path.exists():
-        print(f"i2nsf-agent: {args.path} exists; not overwriting", file=sys.stderr)
+        print(f"i2nsf-agent: error: {args.path} exists; not overwriting", file=sys.stderr)
         return 2
     pw_hash = None
     if args.password_stdin or not args.authorized_key:

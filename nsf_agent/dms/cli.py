@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        print(f"i2nsf-dms: {exc}", file=sys.stderr)
+        print(f"i2nsf-dms: error: {exc}", file=sys.stderr)
         return 2
     if args.host:
         cfg.host = args.host
@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _init_config(args: argparse.Namespace) -> int:
     if args.path.exists():
-        print(f"i2nsf-dms: {args.path} exists; not overwriting", file=sys.stderr)
+        print(f"i2nsf-dms: error: {args.path} exists; not overwriting", file=sys.stderr)
         return 2
     text = STARTER.format(host=args.host, port=args.port, state_dir=args.state_dir,
                           name=args.name, locator=args.locator, user=args.user,
