@@ -61,6 +61,8 @@ class User:
     authorized_keys: list[str] = field(default_factory=list)  # OpenSSH public key lines
     # May this user see and set key material (RFC 8341 default-deny-all nodes)?
     read_secrets: bool = True
+    # RFC 8341 external groups (used when /nacm/enable-external-groups is true)
+    groups: list[str] = field(default_factory=list)
 
     def keys(self) -> asyncssh.SSHAuthorizedKeys | None:
         if not self.authorized_keys:

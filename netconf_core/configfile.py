@@ -43,7 +43,7 @@ def parse_users(entries: list[dict[str, Any]], base: Path) -> list[User]:
         check_table(
             u,
             {"name": str, "password_hash": str, "authorized_keys": list,
-             "authorized_keys_file": str, "read_secrets": bool},
+             "authorized_keys_file": str, "read_secrets": bool, "groups": list},
             f"users #{i + 1}",
         )
         if "name" not in u:
@@ -60,6 +60,9 @@ def parse_users(entries: list[dict[str, Any]], base: Path) -> list[User]:
                 raise ConfigError(f"user {u['name']}: cannot read {path}: {exc}") from exc
         if "password_hash" not in u and not keys:
             raise ConfigError(f"user {u['name']} has neither password_hash nor keys")
+        groups = u.get("groups", [])
+        if not all(isinstance(g, str) and g for g in groups):
+            raise ConfigError(f"user {u['name']}: groups must be a list of group names")
         users.append(User(u["name"], u.get("password_hash"), keys,
-                          read_secrets=u.get("read_secrets", True)))
+                          read_secrets=u.get("read_secrets", True), groups=list(groups)))
     return users

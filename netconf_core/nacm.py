@@ -15,7 +15,8 @@ notification-name, path or none) and the access operation decides; otherwise
 `nacm:default-deny-all` / `default-deny-write` on the node (or an ancestor) deny, and
 otherwise read-default / write-default / exec-default. `kill-session` and `delete-config`
 are default-deny-all (section 3.2.?: RFC 6241's module predates the extension). Groups come
-from `/nacm/groups`; external groups are not used (the SSH layer has none to offer).
+from `/nacm/groups` and, while `enable-external-groups` is true, from the user database
+(`[[users]] groups`, `ServerConfig.user_groups`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Config:
     read_default: bool = True
     write_default: bool = False
     exec_default: bool = True
+    external_groups: bool = True
     groups: dict[str, frozenset[str]] = field(default_factory=dict)  # group -> users
     rule_lists: list[RuleList] = field(default_factory=list)
 
@@ -80,10 +82,11 @@ class Counters:
 class Nacm:
     """The access control of one server; rules are read from running when it changes."""
 
-    def __init__(self, schema: YangSchema, recovery_users: frozenset[str] = frozenset()
-                 ) -> None:
+    def __init__(self, schema: YangSchema, recovery_users: frozenset[str] = frozenset(),
+                 external_groups: dict[str, frozenset[str]] | None = None) -> None:
         self.schema = schema
         self.recovery_users = recovery_users
+        self.external_groups = external_groups or {}
         self.counters = Counters()
         self._source: etree._Element | None = None
         self._config: Config | None = None
@@ -109,6 +112,8 @@ class Nacm:
 
     def _rules_for(self, cfg: Config, user: str) -> list[Rule]:
         mine = {g for g, users in cfg.groups.items() if user in users}
+        if cfg.external_groups:
+            mine |= self.external_groups.get(user, frozenset())
         return [r for rl in cfg.rule_lists if "*" in rl.groups or rl.groups & mine
                 for r in rl.rules]
 
@@ -312,6 +317,7 @@ def _parse(el: etree._Element) -> Config:
         read_default=_action(el, "read-default", True),
         write_default=_action(el, "write-default", False),
         exec_default=_action(el, "exec-default", True),
+        external_groups=_bool(el, "enable-external-groups", True),
     )
     for g in el.iterfind(f"{_Q}groups/{_Q}group"):
         cfg.groups[g.findtext(_Q + "name") or ""] = frozenset(

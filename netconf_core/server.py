@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lxml import etree
@@ -52,6 +52,8 @@ class ServerConfig:
     schema_location: str | None = None
     # RFC 8341 recovery session: these users bypass NACM (as root does with Netopeer2)
     nacm_recovery_users: frozenset[str] = frozenset()
+    # RFC 8341 external groups per user (from the user database: `[[users]] groups`)
+    user_groups: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 # RFC 5277's modules: we announce :notification, so the yang-library must list them
@@ -65,7 +67,8 @@ class NetconfServer:
         schema.load_modules((*NOTIFICATION_MODULES, with_defaults.MODULE, nacm.MODULE,
                              *nmda.MODULES))
         self.config = config or ServerConfig()
-        self.nacm = nacm.Nacm(schema, self.config.nacm_recovery_users)
+        self.nacm = nacm.Nacm(schema, self.config.nacm_recovery_users,
+                              self.config.user_groups)
         self._datastores: Datastores | None = None
         self.ds_lock = threading.RLock()
         self.locks = LockManager()

@@ -74,6 +74,7 @@ class Agent:
                 state_dir=cfg.state_dir,
                 no_secrets_users=frozenset(u.name for u in cfg.users if not u.read_secrets),
                 nacm_recovery_users=frozenset(cfg.nacm_recovery_users),
+                user_groups={u.name: frozenset(u.groups) for u in cfg.users},
                 schema_location=cfg.schema_location,
             ),
         )

@@ -168,4 +168,6 @@ def render_config(cfg: AgentConfig) -> str:
             lines.append(f"password_hash = {s(u.password_hash)}")
         if u.authorized_keys:
             lines.append("authorized_keys = [" + ", ".join(s(k) for k in u.authorized_keys) + "]")
+        if u.groups:
+            lines.append("groups = [" + ", ".join(s(g) for g in u.groups) + "]")
     return "\n".join(lines) + "\n"

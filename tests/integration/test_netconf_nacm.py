@@ -216,3 +216,29 @@ def test_recovery_users_from_the_agent_configuration(tmp_path: Path) -> None:
         assert a.server.nacm.recovery_users == frozenset({"oper"})
     finally:
         a.stop()
+
+
+def test_external_groups_from_the_user_database(tmp_path: Path) -> None:
+    from ncharness import PASSWORD_HASH
+
+    from netconf_core.auth import User
+    from netconf_core.configfile import parse_users
+
+    (u,) = parse_users([{"name": "guest", "password_hash": PASSWORD_HASH, "groups": ["ops"]}],
+                       tmp_path)
+    assert u.groups == ["ops"]
+    a = AgentThread(tmp_path / "state", users=[User("admin", PASSWORD_HASH), u]).start()
+    try:
+        with a.connect() as m:
+            m.edit_config(target="running", config=ikeless_config(sad=sad_entry("x1", 4600)))
+            m.edit_config(target="running", config=NACM)
+        with a.connect("guest") as m:  # in "ops" by the user database only
+            assert "sad-entry" not in m.get_config("running").xml
+        with a.connect() as m:
+            m.edit_config(target="running", config=(
+                f'<config xmlns="{NC_NS}"><nacm xmlns="{NACM_NS}"><enable-external-groups>'
+                "false</enable-external-groups></nacm></config>"))
+        with a.connect("guest") as m:  # no group now: read-default permit
+            assert "sad-entry" in m.get_config("running").xml
+    finally:
+        a.stop()
