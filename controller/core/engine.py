@@ -26,6 +26,18 @@ from controller.core.transaction import cancel_leftover, transact
 log = logging.getLogger(__name__)
 
 
+async def wait_event(event: asyncio.Event, timeout: float | None) -> None:
+    """Wait until `event` is set, at most `timeout` seconds (None: no limit). Unlike
+    `asyncio.wait_for` in Python 3.11, a cancellation that races with the event being set
+    is never swallowed: a loop built on wait_for would then go on and its service's stop
+    would hang (seen when a controller stopped right after its NSFs connected)."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+
+
 @dataclass
 class ServiceOptions:
     """Tuning of a service's engine (the `[service]` table of the controller's TOML)."""

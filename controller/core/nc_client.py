@@ -249,11 +249,15 @@ class NcClient:
         fut: asyncio.Future[etree._Element] = asyncio.get_running_loop().create_future()
         self._pending[mid] = fut
         self.chan.write(self.framer.frame(msg))
-        try:
-            reply = await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            self._pending.pop(mid, None)
-            raise NcError(f"no reply within {timeout:.0f} s") from None
+        try:  # (not wait_for: in 3.11 it can turn a cancel into the reply's NcError)
+            await asyncio.wait({fut}, timeout=timeout)
+        finally:
+            if not fut.done():
+                self._pending.pop(mid, None)
+                fut.cancel()
+        if fut.cancelled():
+            raise NcError(f"no reply within {timeout:.0f} s")
+        reply = fut.result()
         errs = rpc_errors(reply)
         if errs:
             raise NcRpcError(errs)

@@ -90,6 +90,7 @@ class NsfSession:
         self.up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
         self.connections = 0
 
     @property
@@ -108,10 +109,15 @@ class NsfSession:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.get_running_loop().create_task(self._run(),
                                                                  name=f"nsf-{self.name}")
 
     async def stop(self) -> None:
+        # The flag, not only the cancellation, ends the loop: asyncio.wait_for in 3.11 can
+        # swallow a cancel that races with the reply future failing (closing the client
+        # fails every pending rpc), and the session would reconnect instead of stopping.
+        self._stopping = True
         task, self._task = self._task, None
         if self.client is not None:
             self.client.close("controller stopping")
@@ -138,8 +144,11 @@ class NsfSession:
 
     async def _sleep(self, delay: float) -> None:
         self._wake.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:  # (not wait_for: in 3.11 it can swallow a cancel racing with the wake-up)
+            await asyncio.wait({waiter}, timeout=delay)
+        finally:
+            waiter.cancel()
 
     async def _connect(self) -> NcClient:
         n = self.nsf
@@ -158,7 +167,7 @@ class NsfSession:
         return client
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._set(CONNECTING)
             try:
                 client = await self._connect()
@@ -188,6 +197,8 @@ class NsfSession:
             try:
                 await self.on_connected(self)
             except Exception:
+                if self._stopping:
+                    return
                 log.exception("NSF %s: resync after connecting failed", self.name)
             await client.closed.wait()
             self.client = None

@@ -72,8 +72,10 @@ class Events:
         self.ike.on_connected(sess.name)
         try:
             await self.resync(sess.name)
-        finally:
+        except Exception:  # (not on cancellation: stopping must not wait for the NSF)
             await self._check_restart(sess)
+            raise
+        await self._check_restart(sess)
         now = self.clock()
         for name, t in self.sched.timers.items():
             plan = self.plans.get(name)

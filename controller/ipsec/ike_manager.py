@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
-from controller.core.engine import Engine
+from controller.core.engine import Engine, wait_event
 from controller.core.nc_client import NcError
 from controller.core.transaction import TransactionError, locked
 from controller.ipsec.ca import ControllerCA
@@ -149,8 +149,7 @@ class IkeManager:
             timeout = None
             if self.dirty:
                 timeout = max(0.0, self._due - time.monotonic())
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
 
     def _components(self, nsfs: set[str]) -> list[set[str]]:
         """Groups of NSFs linked by IKE pairs: each is pushed as one transaction."""

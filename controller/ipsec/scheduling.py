@@ -8,10 +8,10 @@ restarted controller resumes the schedule from the store.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
+from controller.core.engine import wait_event
 from controller.core.nc_client import NcError
 from controller.core.transaction import TransactionError, locked
 from controller.ipsec.rekey import Action, Phase
@@ -46,8 +46,7 @@ class Scheduling:
                 nxt = min(dues) if nxt is None else min(nxt, *dues)
             self._wake.clear()
             timeout = None if nxt is None else max(0.0, nxt - self.clock())
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
 
     def _persist(self, name: str) -> None:
         t = self.sched.timers.get(name)
