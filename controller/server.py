@@ -21,14 +21,15 @@ from controller.config import ControllerConfig
 from controller.core.inventory import NS as FP_NS
 from controller.core.store import SqliteStore
 from controller.core.transaction import locked
-from controller.ipsec.checks import check_config
+from controller.core.yang_errors import HumaneSchema
+from controller.ipsec.checks import check_config, refuse_host_bits
 from controller.ipsec.model import FlowConfig, parse_config
 from controller.ipsec.service import FlowService
 from controller.sfc import wiring as sfc_wiring
 from netconf_core.applier import ConfigChange, Notify
 from netconf_core.auth import UserDb
 from netconf_core.datastore import Datastores
-from netconf_core.errors import RpcError
+from netconf_core.errors import NC_NS, RpcError
 from netconf_core.features import set_features
 from netconf_core.metrics import (
     Metrics,
@@ -38,7 +39,6 @@ from netconf_core.metrics import (
     stats_collector,
 )
 from netconf_core.restconf import RestconfServer, RestconfStateApplier
-from netconf_core.schema import YangSchema
 from netconf_core.server import NetconfServer, ServerConfig
 from netconf_core.session import NetconfSession
 from netconf_core.ssh import SshConfig, SshTransport
@@ -149,6 +149,18 @@ def _arg(op: etree._Element, name: str) -> str:
     return (el.text or "").strip()
 
 
+def _refusing_host_bits(base: Any) -> Any:
+    """An edit-config/copy-config handler that first refuses prefixes with host bits in the
+    `<config>` as sent (#13.5: they were silently truncated)."""
+
+    def handler(srv: Any, sess: Any, op: etree._Element) -> Any:
+        config = next(op.iter(f"{{{NC_NS}}}config"), None)
+        refuse_host_bits(config)
+        return base(srv, sess, op)
+
+    return handler
+
+
 class ControllerServer:
     """Store + flow service + NETCONF server + SSH; `start`/`stop` on a running loop."""
 
@@ -169,7 +181,7 @@ class ControllerServer:
         rc_cfg = self.config.restconf
         ctx = create_context((*MODULES, *(RESTCONF_MODULES if rc_cfg else ())))
         set_features(ctx, "ietf-netconf", list(NETCONF_FEATURES))
-        schema = YangSchema(ctx)
+        schema = HumaneSchema(ctx)  # libyang errors rephrased for operators (#13.5)
         nc_dir = self.config.state_dir / "netconf"
         nc_dir.mkdir(exist_ok=True)
         server = NetconfServer(schema, ServerConfig(
@@ -177,6 +189,8 @@ class ControllerServer:
             no_secrets_users=frozenset(u.name for u in self.config.users if not u.read_secrets),
         ))
         server.bind_loop(asyncio.get_running_loop())
+        for op in ("edit-config", "copy-config"):  # before libyang canonicalizes prefixes
+            server.handlers[(NC_NS, op)] = _refusing_host_bits(server.handlers[(NC_NS, op)])
         server.register_rpc(FP_NS, "rekey-policy", self._rekey_policy)
         server.register_rpc(FP_NS, "resync-nsf", self._resync_nsf)
         server.register_rpc(FP_NS, "rotate-ca", self._rotate_ca)

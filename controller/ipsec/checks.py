@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 
+from lxml import etree
+
 from controller.ipsec.ike_config import check_ike
 from controller.ipsec.model import (
     MAX_FLOWS_PER_POLICY,
     MODULE,
     FlowConfig,
     Policy,
+    Q,
     check_profile,
     policy_flows,
 )
@@ -32,6 +35,55 @@ def _ports_overlap(x: tuple[PortRange, ...], y: tuple[PortRange, ...]) -> bool:
     if not x or not y:
         return True
     return any(r.start <= s.end and s.start <= r.end for r in x for s in y)
+
+
+# (list in flow-protection, its key, prefix leaves under an entry) holding prefixes
+_PREFIX_LEAVES = (
+    ("nsfs/nsf", "name", ("protected-prefix",)),
+    ("policies/policy", "name", ("endpoint-a/prefix", "endpoint-b/prefix")),
+    ("road-warriors/road-warrior", "name", ("pool", "prefix")),
+)
+
+
+def prefix_problems(data: etree._Element | None) -> list[RpcError]:
+    """Prefixes written with host bits (10.5.0.1/24) in `data` (a `<config>`/`<data>` root
+    or `<flow-protection>`): refused instead of being silently truncated to their network
+    (the operator may have meant a host or another prefix)."""
+    if data is None:
+        return []
+    root = data if data.tag == Q + "flow-protection" else data.find(Q + "flow-protection")
+    if root is None:
+        return []
+    out = []
+    for lpath, key, leaves in _PREFIX_LEAVES:
+        for entry in root.iterfind("/".join(Q + s for s in lpath.split("/"))):
+            name = (entry.findtext(Q + key) or "").strip()
+            for leaf in leaves:
+                for el in entry.iterfind("/".join(Q + s for s in leaf.split("/"))):
+                    text = (el.text or "").strip()
+                    try:
+                        net = ipaddress.ip_network(text, strict=False)
+                    except ValueError:
+                        continue  # libyang's type check reports it
+                    if ipaddress.ip_interface(text).ip != net.network_address:
+                        out.append(RpcError(
+                            "application", "invalid-value",
+                            f"{lpath.rpartition('/')[2]} {name!r}, {leaf}: {text} has host "
+                            f"bits set; did you mean {net}? (write the network address of "
+                            f"the prefix, or /{net.max_prefixlen} for one host)",
+                            path=f"/{MODULE}:flow-protection/{lpath}[{key}='{name}']/{leaf}",
+                            app_tag="prefix-host-bits"))
+    return out
+
+
+def refuse_host_bits(config: etree._Element | None) -> None:
+    """For the northbound's edit-config/copy-config: `config` as the client wrote it (the
+    datastore keeps libyang's canonical form, in which 10.5.0.1/24 already is 10.5.0.0/24)."""
+    errors = prefix_problems(config)
+    if errors:
+        first, *rest = errors
+        first.others = rest
+        raise first
 
 
 def check_config(cfg: FlowConfig) -> None:
@@ -100,6 +152,14 @@ def check_config(cfg: FlowConfig) -> None:
                                      != b.reachable_address.version):
             err(path, f"{what}: the data-plane addresses of {a.name} and {b.name} are of "
                 "different address families")
+            continue
+        same = [f for f in flows if f.a_prefix.overlaps(f.b_prefix)]
+        if same:
+            f = same[0]
+            rel = "is the same prefix as" if f.a_prefix == f.b_prefix else "overlaps"
+            err(path, f"{what}: endpoint a's prefix {f.a_prefix} {rel} endpoint b's "
+                f"{f.b_prefix}; a policy protects traffic between two different networks",
+                app_tag="same-prefix-both-ends")
             continue
         for f in flows:
             for nsf, loc, rem, lp, rp in ((a.name, f.a_prefix, f.b_prefix, pol.a.ports,

@@ -288,3 +288,33 @@ def test_cli_null_encryption_with_key_length_0(env: dict[str, Any],
     encs = [e for e in run.iter(IK + "encryption") if e.getparent().tag == IK + "esp-sa"]
     assert encs and all(e.findtext(IK + "encryption-algorithm") == "11" for e in encs)
     assert all((e.findtext(IK + "key") or "") == "" for e in encs)
+
+
+def test_northbound_errors_are_sentences_and_change_nothing(env: dict[str, Any]) -> None:
+    """Issue 13.5 through the controller's NETCONF server (what the CLI prints): the field,
+    the value and the expected form; libyang's text in error-info; host bits refused."""
+    from ncclient.operations.rpc import RPCError
+
+    ctl = env["ctl"]
+    ctl.edit("<nsfs>" + nsf_xml(env, "s1", 1) + nsf_xml(env, "s2", 2) + "</nsfs>" + PROFILE)
+    m = connect(ctl.ctl.port)
+    try:
+        before = m.get_config("running").data_xml
+        for libyang, bad, words in (
+                (True, nsf_xml(env, "s1", 1).replace("10.1.0.0/16", "10.1.0.0/33"),
+                 ["nsf 's1', protected-prefix: '10.1.0.0/33' is not valid",
+                  "IPv4 or IPv6 prefix"]),
+                (False, nsf_xml(env, "s3", 3).replace("10.3.0.0/16", "10.3.7.7/16"),
+                 ["nsf 's3', protected-prefix: 10.3.7.7/16 has host bits set; "
+                  "did you mean 10.3.0.0/16?"])):
+            with pytest.raises(RPCError) as exc:
+                m.edit_config(target="running", config=(
+                    f'<config xmlns="{NC_NS}"><flow-protection xmlns="{FP}"><nsfs>{bad}'
+                    "</nsfs></flow-protection></config>"))
+            for w in words:
+                assert w in exc.value.message, exc.value.message
+            if libyang:  # libyang's own words stay in error-info
+                assert "no matching subtype found" in etree.tostring(exc.value.xml).decode()
+        assert m.get_config("running").data_xml == before
+    finally:
+        m.close_session()
