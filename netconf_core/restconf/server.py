@@ -111,8 +111,12 @@ class RestconfSession:
         self.source_host = source_host
         self.after_reply: list[Any] = []
 
-    def send_notification(self, msg: bytes) -> None:  # pragma: no cover - unused
-        return None
+    # set by an event stream: where the subscription's notifications go
+    on_notification: Any = None
+
+    def send_notification(self, msg: bytes) -> None:
+        if self.on_notification is not None:
+            self.on_notification(msg)
 
 
 class RestconfServer(DiscoveryMixin):

@@ -11,9 +11,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from lxml import etree
 
 from netconf_core.errors import RpcError
-from netconf_core.notifications import STREAM, parse_time
+from netconf_core.notifications import NOTIF_NS, STREAM, parse_time
 from netconf_core.restconf import codec
 from netconf_core.restconf.errors import not_found
 
@@ -42,11 +43,9 @@ async def serve(rc: RestconfServer, request: web.Request) -> web.StreamResponse:
             raise RpcError("protocol", "invalid-value",
                            f"query parameter {k!r} is not supported on a stream",
                            info={"bad-element": k})
-    start = stop = None
-    if "start-time" in request.query:
-        start = parse_time(request.query["start-time"], "start-time")
-    if "stop-time" in request.query:
-        stop = parse_time(request.query["stop-time"], "stop-time")
+    for k in ("start-time", "stop-time"):
+        if k in request.query:
+            parse_time(request.query[k], k)  # RFC 8040 names in the error
     nc = rc.nc
     sess = rc._session(request)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -58,18 +57,29 @@ async def serve(rc: RestconfServer, request: web.Request) -> web.StreamResponse:
             return
         queue.put_nowait(msg)
 
-    sub = nc.bus.subscribe(sess.id, deliver, STREAM, None, start, stop)
-
     def end() -> None:
         queue.put_nowait(None)
 
-    sub.on_end.append(end)
+    # The subscription is a NETCONF create-subscription of this session: the same stream
+    # checks, replay, stop time and NACM (exec of create-subscription, and the read check
+    # of every notification at delivery) as over NETCONF.
+    q = f"{{{NOTIF_NS}}}"
+    op = etree.Element(q + "create-subscription", nsmap={None: NOTIF_NS})
+    etree.SubElement(op, q + "stream").text = STREAM
+    if "start-time" in request.query:
+        etree.SubElement(op, q + "startTime").text = request.query["start-time"]
+    if "stop-time" in request.query:
+        etree.SubElement(op, q + "stopTime").text = request.query["stop-time"]
+    sess.on_notification = deliver
+    rc._call(request, op, sess)  # replays into the queue right away
+    sub = nc.bus.subscriptions.get(sess.id)
+    if sub is not None:
+        sub.on_end.append(end)
     rc.streams.add(end)
     try:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        nc.bus.start(sub)
         log.info("RESTCONF stream %s/%s opened by %s", stream, enc, sess.username)
         while True:
             try:

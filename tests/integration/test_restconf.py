@@ -635,3 +635,60 @@ def test_yang_patch_xml_error_status(ctl: ControllerProcess, http: httpx.Client)
     assert edit.findtext(yp + "edit-id") == "gone"
     assert edit.findtext(f"{yp}errors/{yp}error/{yp}error-tag") == "data-missing"
     assert running(ctl) == before
+
+
+# ---- RFC 8341 NACM, shared with NETCONF ------------------------------------------------------
+
+NACM_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-acm"
+
+
+def test_nacm_rules_apply_to_restconf(tmp_path: Path) -> None:
+    """Rules written over NETCONF govern RESTCONF: an exec rule (rpc), a read rule (data
+    hidden), a write rule (edit refused, nothing changes), and the event stream."""
+    ctl = ControllerProcess(tmp_path).start()
+    try:
+        with httpx.Client(base_url=ctl.base, verify=_tls(ctl), auth=("admin", ADMIN_PW),
+                          timeout=30) as admin:
+            assert post_nsf(admin, "gw1").status_code == 201
+            prof = {f"{M}:crypto-profile": [{"name": "p1"}]}
+            assert admin.post(f"/data/{M}:flow-protection/crypto-profiles",
+                              content=json.dumps(prof),
+                              headers={"Content-Type": JSON_T}).status_code == 201
+        nacm = (f'<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><nacm '
+                f'xmlns="{NACM_NS}"><enable-nacm>true</enable-nacm>'
+                "<read-default>permit</read-default><write-default>permit</write-default>"
+                "<exec-default>permit</exec-default><groups><group><name>ops</name>"
+                "<user-name>oper</user-name></group></groups><rule-list><name>ops-rules"
+                "</name><group>ops</group>"
+                "<rule><name>no-rekey</name><module-name>i2nsf-flow-policy</module-name>"
+                "<rpc-name>rekey-policy</rpc-name><access-operations>exec</access-operations>"
+                "<action>deny</action></rule>"
+                "<rule><name>no-profiles</name><path xmlns:fp=\"" + FP + "\">"
+                "/fp:flow-protection/fp:crypto-profiles</path>"
+                "<access-operations>read</access-operations><action>deny</action></rule>"
+                "<rule><name>no-nsf-edits</name><path xmlns:fp=\"" + FP + "\">"
+                "/fp:flow-protection/fp:nsfs</path>"
+                "<access-operations>create update delete</access-operations>"
+                "<action>deny</action></rule>"
+                "</rule-list></nacm></config>")
+        with ctl.netconf() as m:
+            m.edit_config(target="running", config=nacm)
+        before = running(ctl)
+        j = {"Content-Type": JSON_T}
+        with httpx.Client(base_url=ctl.base, verify=_tls(ctl), auth=("oper", OPER_PW),
+                          timeout=30) as op:
+            r = op.post(f"/operations/{M}:rekey-policy", headers=j,
+                        content=json.dumps({f"{M}:input": {"policy": "x"}}))
+            assert r.status_code == 403 and errors(r)[0]["error-tag"] == "access-denied"
+            assert op.get(f"/data/{M}:flow-protection/crypto-profiles").status_code == 404
+            assert op.get(f"{NSFS}/nsf=gw1").status_code == 200  # other data readable
+            r = op.patch(f"{NSFS}/nsf=gw1", headers=j, content=json.dumps(
+                {f"{M}:nsf": [{"name": "gw1", "dataplane": "userspace"}]}))
+            assert r.status_code == 403 and errors(r)[0]["error-tag"] == "access-denied"
+            assert running(ctl) == before
+        # admin is in no group: the defaults (permit) apply
+        with httpx.Client(base_url=ctl.base, verify=_tls(ctl), auth=("admin", ADMIN_PW),
+                          timeout=30) as admin:
+            assert admin.get(f"/data/{M}:flow-protection/crypto-profiles").status_code == 200
+    finally:
+        ctl.stop()
