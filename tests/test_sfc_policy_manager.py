@@ -163,10 +163,11 @@ def test_paths_spis_hops_and_tables(schema: YangSchema) -> None:
     assert not core.rules and core.reclass == edge.reclass  # SFFs re-classify too
     p2 = r.path_by_name("sfp-2")
     assert p2 is not None
-    assert [(e.result, e.from_spi, e.spi) for e in edge.reclass] == [
-        ("ddos-suspected", p1.spi, p2.spi)]
     ips = r.path_by_name("ips", "steering")
     assert ips is not None and core.steering["ips"] == (ips.spi, 255)
+    # re-classification, and NSF-triggered steering to ips (carried as a request naming it)
+    assert [(e.result, e.from_spi, e.spi) for e in edge.reclass] == [
+        ("ddos-suspected", p1.spi, p2.spi), ("ips", None, ips.spi)]
     assert paths.loops(r) == []
 
 

@@ -414,7 +414,8 @@ def _one_result_socket(cfg: SfcConfig, r: Rendering, assignment: Mapping[str, in
         by_inst: dict[str, list[ProxyPlan]] = {}
         for p in list(a.proxies.values()):
             t = r.paths[p.spi].hops[SI_INITIAL - p.si].sf_type
-            if p.report_socket and t in guarded and (p.spi, t) not in acting:
+            if p.report_socket and (r.paths[p.spi].kind == "steering" or (
+                    t in guarded and (p.spi, t) not in acting)):
                 # the agents re-classify by result name alone: a tag from a hop no rule
                 # applies to (e.g. the IDS again on the path it sent the flow to) would
                 # move the flow again, so this proxy takes no results
@@ -493,6 +494,19 @@ def _render_classifiers(cfg: SfcConfig, r: Rendering, assignment: Mapping[str, i
             if rule.from_type in cfg.chains[c].types:
                 reclass.append(ReclassEntry(f"{rule.name}-{c}", rule.result, to.spi,
                                             SI_INITIAL, spi_of[c]))
+    # NSF-triggered steering (seed §6): a function asks for a flow to go to type T; every SFF
+    # rewrites it onto T's one-hop steering path itself. The agents act on re-classification
+    # requests only (MD2 TLV 1, not yet the next-function TLV 3), so the request is carried
+    # as a re-classification request whose result is the target type's name.
+    results = {e.result for e in reclass}
+    for p in sorted(r.paths.values(), key=lambda p: p.spi):
+        if p.kind != "steering" or not p.ready:
+            continue
+        if p.name in results:
+            raise _bad(f"SF type {p.name} is a steering target and also the inspection "
+                       "result of a re-classification rule: the agents could not tell the "
+                       "two requests apart")
+        reclass.append(ReclassEntry(f"steer-{p.name}", p.name, p.spi, SI_INITIAL))
     for a in r.agents.values():
         # every SFF re-classifies a flow its proxy tagged (seed §7.2: classifier in the SFF,
         # no trip to a standalone classifier); only classifiers take new traffic

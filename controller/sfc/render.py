@@ -63,10 +63,14 @@ def _union(old: AgentConfig | None, new: AgentConfig, classifier_from: AgentConf
     table.update(new.table)
     proxies = {k: p for k, p in (old.proxies.items() if old else ())
                if live is None or p.instance in live}
-    # a proxy of the same (SPI, SI) under another name would clash: the new one wins
+    # a proxy of the same (SPI, SI) under another name would clash, and so would an old
+    # entry of an instance the new state puts on another hop (one entry per instance: its
+    # interfaces and result socket): the new one wins (packets still in flight on the old
+    # hop are dropped by the SFF, counted as no-local-proxy)
     taken = {(p.spi, p.si) for p in new.proxies.values()}
-    proxies = {k: p for k, p in proxies.items() if (p.spi, p.si) not in taken or k in
-               new.proxies}
+    moved = {p.instance for p in new.proxies.values()}
+    proxies = {k: p for k, p in proxies.items() if k in new.proxies or (
+        (p.spi, p.si) not in taken and p.instance not in moved)}
     proxies.update(new.proxies)
     c = classifier_from
     return AgentConfig(new.sff_id, new.locator, list(c.rules) if c else [],

@@ -243,9 +243,11 @@ class SfcControllerLab:
             f"<forwarder><name>e</name><sff-id>3</sff-id><locator>{LOCATOR['e']}</locator>"
             "</forwarder></forwarders>")
 
-    def configure(self, m: Any, sfc_body: str, inventory: bool = True) -> None:
+    def configure(self, m: Any, sfc_body: str, inventory: bool = True,
+                  replace: bool = False) -> None:
+        op = f' xmlns:nc="{NC}" nc:operation="replace"' if replace else ""
         cfg = (f'<config xmlns="{NC}">' + (self.inventory_xml() if inventory else "")
-               + f'<sfc xmlns="{SFCP}">{sfc_body}</sfc></config>')
+               + f'<sfc xmlns="{SFCP}"{op}>{sfc_body}</sfc></config>')
         m.edit_config(target="running", config=cfg)
 
     def wait_sessions(self, m: Any, timeout: float = 20.0) -> None:

@@ -42,17 +42,20 @@ from tests.integration.sfc_ctl_lab import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SIG = 'alert udp any any -> any 9000 (msg:"flood pattern"; content:"ATTACK"; sid:100; ' \
-      'reclassify:"ddos-suspected";)'
+SIG = ('alert udp any any -> any 9000 (msg:"flood pattern"; content:"ATTACK"; sid:100; '
+       'reclassify:"ddos-suspected";)\n'
+       'alert udp any any -> any 9000 (msg:"exploit attempt"; content:"EXPLOIT"; sid:101; '
+       'reclassify:"ips";)')
+IPS_SIG = 'drop udp any any -> any 9000 (msg:"exploit"; content:"EXPLOIT"; sid:200;)'
 # One instance per path hop (the agent's proxy serves an instance on one path): sfp-1 gets
 # fw-1 and ids-1, sfp-2 fw-2, ddos-1 and ids-2 (the controller shares them out by name).
 FW = {"firewall": {"default_action": "accept"}}
 FUNCS = [("fw-1", "firewall", FW), ("ids-1", "ids", {"signatures": SIG}),
          ("fw-2", "firewall", FW),
          ("ddos-1", "ddos", {"ddos": {"per_source_pps": 50, "per_source_burst": 10}}),
-         ("ids-2", "ids", {"signatures": SIG})]
+         ("ids-2", "ids", {"signatures": SIG}), ("ips-1", "ips", {"signatures": IPS_SIG})]
 CONFIG = """<sf-types><sf-type><name>firewall</name></sf-type><sf-type><name>ids</name>
-</sf-type><sf-type><name>ddos</name></sf-type></sf-types>
+</sf-type><sf-type><name>ddos</name></sf-type><sf-type><name>ips</name></sf-type></sf-types>
 <chains>
 <chain><name>sfp-1</name><sf-type>firewall</sf-type><sf-type>ids</sf-type></chain>
 <chain><name>sfp-2</name><sf-type>firewall</sf-type><sf-type>ddos</sf-type>
@@ -214,6 +217,62 @@ def test_dynamic_path_alternation(lab: tuple[SfcControllerLab, dict[str, Functio
         assert ddos_drops
         events = [k for k, _d in net.events(m)]
         assert "inspection-result" in events  # the controller was told
+    finally:
+        m.close_session()
+
+
+def test_nsf_triggered_steering(lab: tuple[SfcControllerLab, dict[str, Function]],
+                                tmp_path: Path) -> None:
+    """Seed §6: no chain leads to the IPS; the IDS's advanced action for an exploit asks for
+    the flow to go to an IPS, and F (the SFF that got the request) puts it on the IPS's
+    controller-made steering path itself: no classifier round trip, no predefined chain.
+    The IPS drops the exploit; a clean flow on the same chain never meets the IPS."""
+    net, funcs = lab
+    m = net.connect()
+    try:
+        net.configure(m, net.forwarders_xml() + CONFIG.split("<chains>")[0].replace(
+            "<name>ips</name>", "<name>ips</name><steering-target>true</steering-target>")
+            + "<chains><chain><name>inspect</name><sf-type>ids</sf-type></chain></chains>"
+            "<policies><policy><name>all</name><match><source-prefix>198.51.100.0/24"
+            "</source-prefix></match><chain>inspect</chain></policy></policies>",
+            inventory=False, replace=True)
+        try:
+            p = poll(lambda: (x := net.paths(m)) and [v["status"] for v in x.values()] == [
+                "active"] * 2 and x, 20, "inspect and the ips steering path active")
+        except TimeoutError:
+            print(net.paths(m), net.events(m)[-8:])
+            raise
+        spi_inspect, spi_ips = int(p["inspect"]["spi"]), int(p["ips"]["spi"])
+        rx = _udp_receiver(net, 9000)
+        cap_cf = Capture(net.net.f, "c", tmp_path / "cf.pcap")
+        cap_fe = Capture(net.net.f, "e", tmp_path / "fe.pcap")
+        ips_if = f"i{[n for n, _t, _s in FUNCS].index('ips-1')}"
+        cap_ips = Capture(net.net.f, ips_if, tmp_path / "ips.pcap", bpf="udp")
+        try:
+            _send(net, 30, 0.005, b"hello clean", 40010)
+            clean = _count(rx)
+            _send(net, 30, 0.005, b"EXPLOIT payload", 40011)
+            exploit = _count(rx)
+        finally:
+            time.sleep(0.2)
+            rows_cf = tshark_nsh(cap_cf.stop())
+            rows_fe = tshark_nsh(cap_fe.stop())
+            ips_pcap = cap_ips.stop()
+        at_ips = subprocess.run(["tshark", "-r", str(ips_pcap), "-T", "fields", "-e",
+                                 "udp.srcport"], capture_output=True, text=True).stdout.split()
+        print(f"\nsteering: clean flow {clean}/30 delivered, exploit flow {exploit}/30 "
+              f"delivered, {len(at_ips)} exploit packets reached the IPS")
+        assert clean == 30
+        assert exploit <= 2  # the IDS is passive: the packets before its verdict pass
+        assert at_ips and set(at_ips) == {"40011"}  # only the exploit flow met the IPS
+        assert {spi for _s, spi, _si in rows_cf} == {spi_inspect}  # C never re-classified
+        # what the IPS let through (nothing of the exploit after the verdict) and the clean
+        # flow leave F on their paths' last SI
+        assert (spi_inspect, 254) in {(spi, si) for _s, spi, si in rows_fe}
+        assert all(spi in (spi_inspect, spi_ips) for _s, spi, _si in rows_fe)
+        drops = [r for f in funcs.values() if f is funcs["ips-1"] for r in f.results()
+                 if r.get("sid") == 200]
+        assert drops and drops[0]["verdict"] == "drop"
     finally:
         m.close_session()
 
