@@ -183,7 +183,7 @@ def minimal_tree(targets: list[etree._Element], segments: list[Segment]) -> byte
         return b"".join(standalone(t) for t in targets)
     parent = targets[0].getparent()
     chain: list[etree._Element] = []
-    while parent is not None and parent.tag != f"{{{NC_NS}}}data":
+    while parent is not None and parent.getparent() is not None:  # up to the <data> root
         chain.append(parent)
         parent = parent.getparent()
     chain.reverse()

@@ -22,12 +22,16 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 from lxml import etree
 
 from netconf_core.auth import UserDb
 from netconf_core.errors import NC_NS, RpcError
+from netconf_core.monitoring import DS_NS
+from netconf_core.nmda import DATASTORES as NMDA_DATASTORES
+from netconf_core.nmda import NMDA_NS
 from netconf_core.restconf import codec, streams, yangpatch
 from netconf_core.restconf.auth import BasicAuth
 from netconf_core.restconf.discovery import RESTCONF_NS, DiscoveryMixin
@@ -147,6 +151,8 @@ class RestconfServer(DiscoveryMixin):
         r.add_get("/restconf/streams/{stream}/{encoding}", self._stream)
         r.add_route("*", "/restconf/data", self._data)
         r.add_route("*", "/restconf/data/{tail:.*}", self._data)
+        r.add_route("*", "/restconf/ds/{ds}", self._ds)
+        r.add_route("*", "/restconf/ds/{ds}/{tail:.*}", self._ds)
         return app
 
     async def start(self) -> None:
@@ -285,7 +291,30 @@ class RestconfServer(DiscoveryMixin):
     # ---- data resources --------------------------------------------------------------------
 
     async def _data(self, request: web.Request) -> web.StreamResponse:
-        tail = request.rel_url.raw_path[len("/restconf/data"):]
+        request["ds"] = None  # the unified datastore (RFC 8040): running + state
+        return await self._resource(request, request.rel_url.raw_path[len("/restconf/data"):])
+
+    async def _ds(self, request: web.Request) -> web.StreamResponse:
+        """RFC 8527: /restconf/ds/ietf-datastores:<name>/... (NMDA datastores)."""
+        raw = request.rel_url.raw_path[len("/restconf/ds/"):]
+        ident, _, tail = raw.partition("/")
+        mod, _, name = unquote(ident).partition(":")
+        if mod != "ietf-datastores" or name not in NMDA_DATASTORES:
+            raise not_found(f"no datastore {unquote(ident)!r} (ietf-datastores:"
+                            f"{'|'.join(NMDA_DATASTORES)})")
+        request["ds"] = name
+        return await self._resource(request, "/" + tail)
+
+    def _edit_ds(self, request: web.Request) -> str:
+        ds = request.get("ds") or "running"
+        if ds not in ("running", "candidate"):
+            raise HttpError(405, RpcError("protocol", "operation-not-supported",
+                                          f"the {ds} datastore is read-only here (edit "
+                                          "running or candidate)"),
+                            {"Allow": "GET, HEAD, OPTIONS"})
+        return ds
+
+    async def _resource(self, request: web.Request, tail: str) -> web.StreamResponse:
         segments = parse_api_path(self.nc.schema, tail, self.modules)
         segments = codec.canonical_keys(self.nc.schema, segments)
         method = request.method
@@ -304,6 +333,7 @@ class RestconfServer(DiscoveryMixin):
             raise RpcError("protocol", "invalid-value",
                            f"query parameter {k!r} is not supported on {method}",
                            info={"bad-element": k})
+        self._edit_ds(request)
         self._check_if_match(request)
         if method == "DELETE":
             return self._delete(request, segments)
@@ -331,7 +361,7 @@ class RestconfServer(DiscoveryMixin):
         fmt = output_format(request)
         q = request.query
         for k in q:
-            if k not in ("content", "depth", "fields"):
+            if k not in ("content", "depth", "fields", "with-origin"):
                 raise RpcError("protocol", "invalid-value",
                                f"query parameter {k!r} is not supported here",
                                info={"bad-element": k})
@@ -342,18 +372,33 @@ class RestconfServer(DiscoveryMixin):
                            info={"bad-element": "content"})
         depth = depth_of(q.get("depth"))
         filt = subtree_filter(segments)
-        if content == "config":
+        ds = request.get("ds")
+        if ds is not None:
+            op = etree.Element(f"{{{NMDA_NS}}}get-data", nsmap={None: NMDA_NS, "ds": DS_NS})
+            etree.SubElement(op, f"{{{NMDA_NS}}}datastore").text = f"ds:{ds}"
+            if filt is not None:
+                sf = etree.SubElement(op, f"{{{NMDA_NS}}}subtree-filter")
+                sf.extend(list(filt))
+            if content != "all":
+                etree.SubElement(op, f"{{{NMDA_NS}}}config-filter").text = (
+                    "true" if content == "config" else "false")
+            if q.get("with-origin") is not None:
+                if ds != "operational":
+                    raise RpcError("protocol", "invalid-value", "with-origin applies to the "
+                                   "operational datastore", info={"bad-element": "with-origin"})
+                etree.SubElement(op, f"{{{NMDA_NS}}}with-origin")
+        elif content == "config":
             op = etree.Element(NC + "get-config", nsmap={None: NC_NS})
             etree.SubElement(etree.SubElement(op, NC + "source"), NC + "running")
         else:
             op = etree.Element(NC + "get", nsmap={None: NC_NS})
-        if filt is not None:
+        if filt is not None and ds is None:
             op.append(filt)
         result = self._call(request, op) or []
         data = result[0]
         if isinstance(data, bytes):
             data = etree.fromstring(data)
-        if content == "nonconfig":
+        if content == "nonconfig" and ds is None:
             keep_state(self.nc.schema, data)
         targets = find_targets(data, segments)
         if segments and not targets:
@@ -407,7 +452,7 @@ class RestconfServer(DiscoveryMixin):
 
     def _exists(self, request: web.Request, segments: list[Segment]) -> bool:
         op = etree.Element(NC + "get-config", nsmap={None: NC_NS})
-        etree.SubElement(etree.SubElement(op, NC + "source"), NC + "running")
+        etree.SubElement(etree.SubElement(op, NC + "source"), NC + self._edit_ds(request))
         filt = subtree_filter(segments)
         if filt is not None:
             op.append(filt)
@@ -419,7 +464,7 @@ class RestconfServer(DiscoveryMixin):
 
     def _edit(self, request: web.Request, config: etree._Element) -> None:
         op = etree.Element(NC + "edit-config", nsmap={None: NC_NS})
-        etree.SubElement(etree.SubElement(op, NC + "target"), NC + "running")
+        etree.SubElement(etree.SubElement(op, NC + "target"), NC + self._edit_ds(request))
         etree.SubElement(op, NC + "error-option").text = "rollback-on-error"
         config.tag = NC + "config"
         op.append(config)
@@ -459,7 +504,7 @@ class RestconfServer(DiscoveryMixin):
         if not segments:  # replace the whole datastore
             data, _nodes = await self._body(request, [])
             op = etree.Element(NC + "copy-config", nsmap={None: NC_NS})
-            etree.SubElement(etree.SubElement(op, NC + "target"), NC + "running")
+            etree.SubElement(etree.SubElement(op, NC + "target"), NC + self._edit_ds(request))
             src = etree.SubElement(op, NC + "source")
             data.tag = NC + "config"
             src.append(data)
@@ -476,6 +521,11 @@ class RestconfServer(DiscoveryMixin):
     async def _patch(self, request: web.Request, segments: list[Segment]) -> web.Response:
         ctype = (request.content_type or "").lower()
         if ctype in yangpatch.TYPES:
+            if request.get("ds") not in (None, "running"):
+                raise HttpError(405, RpcError("protocol", "operation-not-supported",
+                                              "a YANG Patch is committed: send it to "
+                                              "/restconf/data or ds/ietf-datastores:running"),
+                                {"Allow": "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"})
             if segments:
                 _need_instance(segments[-1])
             fmt_in = yangpatch.TYPES[ctype]
@@ -521,8 +571,10 @@ class RestconfServer(DiscoveryMixin):
         self._edit(request, data)
         child = _segment_of(self.nc.schema, parent, new)
         loc = api_path([*parent, child]) if parent else segment_text(child, None)
+        ds = request.get("ds")
+        where = "data" if ds is None else f"ds/ietf-datastores:{ds}"
         return self._reply(request, 201, None, fmt,
-                           {"Location": f"{self.base_url()}/data/{loc}"})
+                           {"Location": f"{self.base_url()}/{where}/{loc}"})
 
     def _one_target(self, nodes: list[etree._Element], segments: list[Segment]) -> None:
         """PUT/PATCH: the body is the target resource itself, keys as in the URI."""

@@ -692,3 +692,36 @@ def test_nacm_rules_apply_to_restconf(tmp_path: Path) -> None:
             assert admin.get(f"/data/{M}:flow-protection/crypto-profiles").status_code == 200
     finally:
         ctl.stop()
+
+
+# ---- NMDA datastores (RFC 8527) ---------------------------------------------------------------
+
+DS = "/ds/ietf-datastores:"
+
+
+def test_nmda_datastores(ctl: ControllerProcess, http: httpx.Client) -> None:
+    j = {"Content-Type": JSON_T}
+    # an edit of the candidate leaves running alone until a NETCONF commit
+    r = http.post(f"{DS}candidate/{M}:flow-protection/nsfs", headers=j,
+                  content=json.dumps({f"{M}:nsf": [nsf("cand1")]}))
+    assert r.status_code == 201, r.text
+    assert r.headers["location"] == f"{ctl.base}{DS}candidate/{M}:flow-protection/nsfs/nsf=cand1"
+    assert http.get(f"{DS}candidate/{M}:flow-protection/nsfs/nsf=cand1").status_code == 200
+    assert http.get(f"{DS}running/{M}:flow-protection/nsfs/nsf=cand1").status_code == 404
+    assert b"cand1" not in running(ctl)
+    with ctl.netconf() as m:
+        m.commit()
+    assert http.get(f"{DS}running/{M}:flow-protection/nsfs/nsf=cand1").status_code == 200
+    # operational: configuration in use plus state, with origin on request
+    op = http.get(f"{DS}operational/{M}:flow-protection/nsfs/nsf=cand1",
+                  params={"with-origin": ""}).json()[f"{M}:nsf"][0]
+    assert "session" in op
+    run = http.get(f"{DS}running/{M}:flow-protection/nsfs/nsf=cand1").json()[f"{M}:nsf"][0]
+    assert "session" not in run
+    # read-only datastores refuse edits
+    for ds in ("operational", "intended", "startup"):
+        r = http.delete(f"{DS}{ds}/{M}:flow-protection/nsfs/nsf=cand1")
+        assert r.status_code == 405, (ds, r.text)
+    assert http.get(f"{DS}nope").status_code == 404
+    r = http.get(f"{DS}running/{M}:flow-protection", params={"with-origin": ""})
+    assert r.status_code == 400
