@@ -140,7 +140,8 @@ class Lab:
 class SfProcess:
     """A function process run directly (without the DMS) in an instance namespace."""
 
-    def __init__(self, lab: Lab, sf_type: str, spec: dict[str, Any], tmp: Path) -> None:
+    def __init__(self, lab: Lab, sf_type: str, spec: dict[str, Any], tmp: Path,
+                 extra: tuple[str, ...] = ()) -> None:
         from nsf_agent.dms import plumbing
 
         self.ns = f"sfl-f-{lab.tag}"
@@ -160,7 +161,7 @@ class SfProcess:
             ["ip", "netns", "exec", self.ns, sys.executable, "-m", "nsf_agent.functions",
              "--instance", f"t-{sf_type}", "--type", sf_type, "--rules", str(rules),
              "--report-socket", self.report_path, "--load-socket", self.load_path,
-             "--control-socket", str(tmp / "ctl.sock"), "--load-interval", "0.2"],
+             "--control-socket", str(tmp / "ctl.sock"), "--load-interval", "0.2", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if line.strip() != "READY":

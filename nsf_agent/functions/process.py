@@ -40,8 +40,10 @@ _FW_VERDICT = {"accept": "pass", "drop": "drop", "reject": "drop"}
 
 class Function:
     def __init__(self, instance: str, spec: Spec, reporter: Reporter,
-                 control_path: str | None, load_interval: float) -> None:
+                 control_path: str | None, load_interval: float,
+                 queue_length: int = 16384) -> None:
         self.instance = instance
+        self.queue_length = queue_length
         self.spec = spec
         self.reporter = reporter
         self.control_path = control_path
@@ -72,8 +74,10 @@ class Function:
             from netfilterqueue import NetfilterQueue
 
             self.nfq = NetfilterQueue()
-            self.nfq.bind(nftables.QUEUE_NUM, self._on_packet, max_len=16384,
+            self.nfq.bind(nftables.QUEUE_NUM, self._on_packet, max_len=self.queue_length,
                           sock_len=32 << 20)
+            if self.spec.type != "ips":  # passive: a full queue lets packets through
+                _queue_fail_open(self.nfq.get_fd(), nftables.QUEUE_NUM)
             # ids/dpi are passive: if this process is gone, traffic passes (fail open);
             # an ips drops what nothing inspected (fail closed)
             nftables.queue_rules(bypass=self.spec.type != "ips")
@@ -265,6 +269,19 @@ class Function:
                 with_unlink(self.control_path)
 
 
+def _queue_fail_open(fd: int, queue: int) -> None:
+    """Set NFQA_CFG_F_FAIL_OPEN on the queue (netfilterqueue has no call for it): one
+    NFQNL_MSG_CONFIG message on the queue's own netlink socket, no ACK asked."""
+    import struct
+
+    def attr(kind: int, value: int) -> bytes:
+        return struct.pack("=HH", 8, kind) + struct.pack("!I", value)
+
+    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue)) + attr(4, 1) + \
+        attr(5, 1)  # NFQA_CFG_MASK, NFQA_CFG_FLAGS = FAIL_OPEN
+    os.write(fd, struct.pack("=IHHII", 16 + len(body), (3 << 8) | 2, 1, 0, 0) + body)
+
+
 def with_unlink(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -293,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-socket", help="unix datagram socket for load reports")
     p.add_argument("--control-socket", help="unix stream socket to serve control requests")
     p.add_argument("--load-interval", type=float, default=5.0)
+    p.add_argument("--queue-length", type=int, default=16384,
+                   help="NFQUEUE length (ids/ips/dpi); an ids/dpi passes what overflows it")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level,
@@ -307,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     fn = Function(args.instance, spec,
                   Reporter(args.instance, args.type, args.report_socket, args.load_socket),
-                  args.control_socket, args.load_interval)
+                  args.control_socket, args.load_interval, args.queue_length)
 
     def stop(*_: object) -> None:
         fn.stopping = True

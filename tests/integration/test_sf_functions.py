@@ -290,3 +290,27 @@ def test_rule_table_is_replaced_atomically(lab: Lab) -> None:
         assert after == before and "udp dport 9999" in after and "dport 7 " not in after
     finally:
         sh("ip", "netns", "del", ns, check=False)
+
+
+def test_full_queue_ids_passes_ips_drops(lab: Lab, tmp_path: Path) -> None:
+    """A stopped (or overloaded) engine: the IDS's full queue lets packets through uninspected
+    (fail-open), the IPS's drops them; queued packets go on once the engine runs again."""
+    import os
+    import signal
+
+    for kind, expect_min, expect_max in (("ids", 26, 30), ("ips", 0, 0)):
+        d = tmp_path / kind
+        d.mkdir()
+        sf = SfProcess(lab, kind, {"signatures": ""}, d, ("--queue-length", "4"))
+        rx = udp_socket(lab.dst, (DST_IP, 7800))
+        try:
+            os.kill(sf.proc.pid, signal.SIGSTOP)
+            send_udp(lab.src, SRC_A, DST_IP, 7800, [b"p%d" % i for i in range(30)])
+            got = len(drain(rx, 0.3))
+            assert expect_min <= got <= expect_max, (kind, got)
+            os.kill(sf.proc.pid, signal.SIGCONT)
+            assert len(drain(rx, 0.5)) == 4  # the 4 queued ones, inspected and passed
+        finally:
+            os.kill(sf.proc.pid, signal.SIGCONT)
+            rx.close()
+            sf.close()
