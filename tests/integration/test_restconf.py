@@ -34,7 +34,8 @@ HOST_KEY = "SHA256:" + "Q" * 43
 CLOSED_PORT = free_port()  # management of test NSFs: loopback, nothing listens
 
 
-def nsf(name: str, dp: str = "198.51.100.1", password: str | None = None) -> dict[str, Any]:
+def nsf(name: str, dp: str = "198.51.100.1", password: str | None = None,
+        prefix: str = "192.0.2.0/24") -> dict[str, Any]:
     mgmt: dict[str, Any] = {"address": "127.0.0.1", "port": CLOSED_PORT, "username": "u",
                             "host-key": HOST_KEY}
     if password is None:
@@ -42,7 +43,7 @@ def nsf(name: str, dp: str = "198.51.100.1", password: str | None = None) -> dic
     else:
         mgmt["password"] = password
     return {"name": name, "management": mgmt, "data-plane-address": dp,
-            "protected-prefix": ["192.0.2.0/24"]}
+            "protected-prefix": [prefix]}
 
 
 @pytest.fixture(scope="module")
@@ -535,7 +536,8 @@ def test_policy_status_change_as_json_event(tmp_path: Path) -> None:
             reader.start()
             wait_until(lambda: _subscribed(ctl), 10, "the stream's subscription")
             assert post_nsf(http, "ps1").status_code == 201
-            assert post_nsf(http, "ps2", dp="198.51.100.2").status_code == 201
+            assert post_nsf(http, "ps2", dp="198.51.100.2",
+                            prefix="203.0.113.0/24").status_code == 201
             doc = {f"{M}:flow-protection": {
                 "crypto-profiles": {"crypto-profile": [{"name": "default"}]},
                 "policies": {"policy": [{"name": "pp", "endpoint-a": {"nsf": "ps1"},
