@@ -403,6 +403,7 @@ class XfrmApplier:
         # SAs the controller must replace: name -> (reason, suspended, _sa_id)
         self._absent: set[StateKey] = set()
         self._rekey: dict[str, tuple[str, bool, tuple[object, ...]]] = {}
+        self._first: dict[StateKey, float] = {}  # first install of each state we own
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -418,14 +419,24 @@ class XfrmApplier:
 
     # ---- ledger of the states we own -----------------------------------------------------
 
-    def _ledger(self) -> set[tuple[str, int, int]]:
+    def _ledger(self) -> dict[tuple[str, int, int], float | None]:
+        """The states we installed, with when each was first installed (Unix time; None in
+        ledgers of older versions), so that lifetimes count from then across a reboot."""
         if self.ledger_path is None or not self.ledger_path.exists():
-            return set()
-        return {tuple(x) for x in json.loads(self.ledger_path.read_text())}  # type: ignore[misc]
+            return {}
+        out: dict[tuple[str, int, int], float | None] = {}
+        for x in json.loads(self.ledger_path.read_text()):
+            out[(str(x[0]), int(x[1]), int(x[2]))] = float(x[3]) if len(x) > 3 else None
+        self._first.update({k: t for k, t in out.items() if t is not None})
+        return out
 
     def _save_ledger(self, keys: Iterable[tuple[str, int, int]]) -> None:
         if self.ledger_path is not None:
-            write_atomic(self.ledger_path, json.dumps(sorted(keys)).encode())
+            now = time.time()
+            keys = set(keys)
+            self._first = {k: self._first.get(k, now) for k in keys}
+            write_atomic(self.ledger_path, json.dumps(
+                sorted([*k, self._first[k]] for k in keys)).encode())
 
     # ---- transaction ---------------------------------------------------------------------
 
@@ -663,6 +674,12 @@ class XfrmApplier:
                     continue
                 rekey[name] = ("not-kept", False, _sa_id(e))
             elif k in owned:
+                first = owned[k]
+                if e.hard.time and first is not None and time.time() - first >= e.hard.time:
+                    # its hard lifetime ended while the NSF was down: not used again
+                    absent.add(k)
+                    rekey[name] = ("hard-expired", out, _sa_id(e))
+                    continue
                 if out:
                     absent.add(k)
                     rekey[name] = ("sequence-unknown", True, _sa_id(e))
@@ -683,6 +700,13 @@ class XfrmApplier:
         for e in errors:
             log.error("xfrm reconcile: %s", e)
         self._save_ledger(want.states)  # (absent ones too: installed before, still ours)
+        for name, (reason, _, _) in rekey.items():
+            if reason == "hard-expired" and self.notify is not None:
+                n = etree.Element(Q + "sadb-expire", nsmap={None: NS})
+                etree.SubElement(n, Q + "ipsec-sa-name").text = name
+                etree.SubElement(n, Q + "soft-lifetime-expire").text = "false"
+                etree.SubElement(n, Q + "lifetime-current")
+                self.notify(n)
         self._running = (running, want)
         self._absent = absent
         self._rekey = rekey

@@ -161,3 +161,36 @@ def test_state_differing_from_config_is_recreated_and_reported(
     finally:
         ap.close()
         ds.close()
+
+
+def test_sa_whose_hard_lifetime_ended_while_down_is_not_installed(
+        schema: YangSchema, netns: str, tmp_path: Path) -> None:
+    """#13.4: lifetimes count from the first install, across a reboot. The inbound SA's hard
+    lifetime is 7200 s; it was first installed 8000 s before the agent starts again."""
+    import json
+    import time
+
+    wire(netns)
+    ap, ds = start(schema, netns, tmp_path)
+    ds.edit_config("running", config())
+    ap.close()
+    ds.close()
+    ledger = tmp_path / "xfrm-states.json"
+    entries = json.loads(ledger.read_text())
+    assert all(len(x) == 4 for x in entries)  # (dst, spi, proto, first install)
+    ledger.write_text(json.dumps([[*x[:3], time.time() - 8000] if x[1] == IN_SPI else x
+                                  for x in entries]))
+    ns_run(netns, "ip", "xfrm", "state", "flush")  # the reboot
+    notes: list[etree._Element] = []
+    ap = XfrmApplier(netns, state_dir=tmp_path)
+    ap.notify = notes.append
+    ds = Datastores(schema, [ap], state_dir=tmp_path)
+    ds.reconcile()
+    try:
+        assert oseq(netns, IN_SPI) is None
+        assert ap.rekey_required()[IN_NAME] == ("hard-expired", False)
+        assert [n.findtext(Q + "ipsec-sa-name") for n in notes
+                if n.tag == Q + "sadb-expire"] == [IN_NAME]
+    finally:
+        ap.close()
+        ds.close()
