@@ -116,8 +116,3 @@ def test_yang_and_parser_agree_on_a_configuration_using_every_node() -> None:
     assert fast == {"enabled": False, "interfaces": ["eth0"]}
     assert SfcConfig.from_dict(c.to_dict()) == c
 
-
-def test_ipv6_classifier_rules_are_refused_not_silently_unmatched() -> None:
-    bad = ClassifierRule("v6", 1, Match(dst="2001:db8::/32"), 10, 255, "192.0.2.2")
-    with pytest.raises(ModelError, match="IPv4 only"):
-        cfg(rules=[bad]).check()

@@ -25,9 +25,11 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,6 +56,7 @@ _LEN = struct.Struct("!I")
 IPPROTO_GRE = 47
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23
 IP_MTU_DISCOVER = 10
@@ -62,6 +65,8 @@ SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 BATCH = 64
 MAX_MSG = 16 * 1024 * 1024
+NFT_TABLE = "i2nsf_sfc"
+ETH_IPV6_B = b"\x86\xdd"
 
 
 @dataclass
@@ -105,6 +110,12 @@ class Datapath:
         self._names: dict[str, ctypes.Array[ctypes.c_char]] = {}
         self._running = True
         self._dirty = True
+        # Packets we take from an interface must not also be forwarded by the kernel: an
+        # nftables forward-hook drop for those interfaces (both families, forwarding stays
+        # on so that a tc-BPF FIB lookup on them works), or, without nft, IPv4 forwarding
+        # off on them (then the classifier takes IPv4 only)
+        self.nft = shutil.which("nft")
+        self.nft_ifs: frozenset[str] = frozenset()
         self.started = time.monotonic()
 
     # ---- setup -------------------------------------------------------------------------
@@ -164,6 +175,9 @@ class Datapath:
     def close(self) -> None:
         for link in self.links.values():
             link.restore()
+        if self.nft is not None and self.nft_ifs:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                self._nft(frozenset())
         for path, s in list(self.results.items()):
             s.close()
             del path
@@ -179,8 +193,16 @@ class Datapath:
         """Everything `replace` would refuse, without changing anything."""
         cfg.check()
         named = cfg.interfaces()
+        if self.nft is None:
+            for r in cfg.rules:
+                if any(p and ":" in p for p in (r.match.src, r.match.dst)):
+                    raise ModelError(f"classifier rule {r.name!r}: IPv6 prefixes need nftables "
+                                     "(nft) on the NSF to intercept IPv6", f"classifier/rule"
+                                     f"[name='{r.name}']/match")
         ifs = interfaces() if named else {}
         for ifname, path in named.items():
+            if '"' in ifname or "\\" in ifname:
+                raise ModelError(f"interface name {ifname!r} cannot be used", path)
             if ifname not in ifs:
                 raise ModelError(f"interface {ifname!r} does not exist in the NSF's namespace",
                                  path)
@@ -196,6 +218,8 @@ class Datapath:
         for r in cfg.rules:
             if r.match.ingress:
                 want[(r.match.ingress, "ingress")] = r.match.ingress
+                if self.nft is not None:   # IPv6: a socket of its own (see _open_link)
+                    want[(r.match.ingress, "ingress6")] = r.match.ingress
         for p in cfg.proxies:
             want[(p.to_sf, "to-sf")] = p.to_sf
             want[(p.from_sf, "from-sf")] = p.from_sf
@@ -217,6 +241,9 @@ class Datapath:
                     new_results[p.name] = self._open_result(p.result_socket)
             if cfg.locator != self.gre_bound:
                 gre = self._open_gre(cfg.locator)
+            block = frozenset(n for (n, role) in want if role != "to-sf")
+            if self.nft is not None and block != self.nft_ifs:
+                self._nft(block)     # last: a failure leaves the old table in place
         except Exception:
             for link in new_links.values():
                 link.restore()
@@ -228,6 +255,8 @@ class Datapath:
                         g.close()
             raise
         # commit point: nothing below fails for reasons of the new configuration
+        if self.nft is not None:
+            self.nft_ifs = block
         for key in [k for k in self.links if k not in want]:
             self.links.pop(key).restore()
         self.links.update(new_links)
@@ -251,14 +280,17 @@ class Datapath:
         return None
 
     def _open_link(self, ifname: str, role: str, mac: bytes) -> _Link:
-        proto = ETH_P_IP if role == "ingress" else ETH_P_ALL
+        # Ingress sockets are protocol-specific (ETH_P_IP / ETH_P_IPV6): the kernel gives
+        # them packets after tc ingress, so a packet the tc-BPF fast path took is not seen
+        # here too (ETH_P_ALL taps see everything, before tc)
+        proto = {"ingress": ETH_P_IP, "ingress6": ETH_P_IPV6}.get(role, ETH_P_ALL)
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
         link = _Link(ifname, s, mac, role)
         try:
             with contextlib.suppress(OSError):
                 s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             _bufsize(s, socket.SO_RCVBUF, SO_RCVBUFFORCE, 8 << 20)
-            s.bind((ifname, proto if role == "ingress" else ETH_P_ALL))
+            s.bind((ifname, proto))
             s.setblocking(False)
             if role != "to-sf":
                 link.batch = mmsg.RecvBatch(s.fileno(), BATCH, 65536)
@@ -267,8 +299,10 @@ class Datapath:
                 raw = struct.pack("=HHiHBB8s", socket.AF_PACKET, socket.htons(ETH_P_ALL),
                                   socket.if_nametoindex(ifname), 1, 0, 6, mac + bytes(2))
                 link.addr = ctypes.create_string_buffer(raw, len(raw))
-            keys = [f"net.ipv4.conf.{ifname}.forwarding"]
-            if role != "ingress":
+            keys = [f"net.ipv4.conf.{ifname}.forwarding"] if self.nft is None else []
+            if role == "ingress6":
+                keys = []
+            elif role != "ingress":
                 keys.append(f"net.ipv6.conf.{ifname}.disable_ipv6")
             for k in keys:
                 old = _read_sysctl(k)
@@ -282,6 +316,21 @@ class Datapath:
             link.restore()
             raise
         return link
+
+    def _nft(self, ifnames: frozenset[str]) -> None:
+        """Replace our nftables table in one transaction: forwarded packets that arrived on
+        `ifnames` are dropped (we took them already); no names → no table."""
+        script = f"add table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"
+        if ifnames:
+            names = ", ".join(f'"{n}"' for n in sorted(ifnames))
+            script += (f"table inet {NFT_TABLE} {{\n chain forward {{\n"
+                       "  type filter hook forward priority -300; policy accept;\n"
+                       f"  iifname {{ {names} }} counter drop\n }}\n}}\n")
+        assert self.nft is not None
+        r = subprocess.run([self.nft, "-f", "-"], input=script, text=True, capture_output=True,
+                           timeout=10)
+        if r.returncode != 0:
+            raise OSError(f"nft refused the interception table: {r.stderr.strip()}")
 
     def _open_result(self, path: str) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -327,14 +376,23 @@ class Datapath:
         eng = self.engine
         assert link.batch is not None
         frames = link.batch.recv()
-        if link.role == "ingress":
+        if link.role in ("ingress", "ingress6"):
             local = eng.local
             for fr in frames:
-                if fr[:6] != link.mac or fr[12:14] != ETH_IPV4 or len(fr) < 34:
+                if fr[:6] != link.mac or len(fr) < 34:
                     continue
+                et = fr[12:14]
                 ip = fr[14:]
-                if socket.inet_ntoa(ip[16:20]) in local:
-                    continue   # for this host: the kernel delivers it
+                if et == ETH_IPV4:
+                    if socket.inet_ntoa(ip[16:20]) in local:
+                        continue   # for this host: the kernel delivers it
+                elif et == ETH_IPV6_B and len(ip) >= 40:
+                    d = ip[24:40]
+                    if d[0] == 0xFF or (d[0] == 0xFE and d[1] & 0xC0 == 0x80) or \
+                            socket.inet_ntop(socket.AF_INET6, d) in local:
+                        continue   # multicast, link-local or ours: not forwarded traffic
+                else:
+                    continue
                 if not eng.classify(ip, link.name):
                     fwd = _route_hop(ip)    # not ours to steer: routed as the kernel would
                     if fwd is None:

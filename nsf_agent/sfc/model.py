@@ -163,13 +163,6 @@ class SfcConfig:
                 raise ModelError(f"classifier rule {r.name!r}: initial SI 0", path)
             if r.name in names:
                 raise ModelError(f"duplicate classifier rule {r.name!r}", path)
-            if r.match.family() == 6 or any(
-                    p and ipaddress.ip_network(p, strict=False).version == 6
-                    for p in (r.match.src, r.match.dst)):
-                raise ModelError(f"classifier rule {r.name!r}: IPv6 prefixes — this classifier "
-                                 "intercepts IPv4 only (IPv6 traffic is routed untouched)",
-                                 path + "/match")
-            names.add(r.name)
             v = ipaddress.ip_address(r.first_hop).version
             if fam is not None and v != fam:
                 raise ModelError(f"classifier rule {r.name!r}: first hop {r.first_hop} is not "

@@ -64,7 +64,14 @@ def local_addresses() -> set[str]:
 
 def _route_hop(ip: bytes) -> bytes | None:
     """An IPv4 packet with its TTL decremented and its header checksum updated (RFC 1624),
-    or None when the TTL runs out (the packet is dropped, as a router would)."""
+    an IPv6 packet with its hop limit decremented, or None when it runs out (the packet is
+    dropped, as a router would)."""
+    if ip[0] >> 4 == 6:                       # IPv6: hop limit, no header checksum
+        if ip[7] <= 1:
+            return None
+        b = bytearray(ip)
+        b[7] -= 1
+        return bytes(b)
     ttl = ip[8]
     if ttl <= 1:
         return None

@@ -492,3 +492,37 @@ def test_ipv6_underlay_carries_the_same_chain(lab: Lab, tmp_path: Path) -> None:
     finally:
         lab.configure()
     assert lab.ping(1)
+
+
+def test_ipv6_traffic_is_classified_at_the_ingress(lab: Lab, tmp_path: Path) -> None:
+    """An IPv6 rule on C: host A's IPv6 packets leave C as GRE/NSH with next protocol IPv6."""
+    if shutil.which("nft") is None:
+        pytest.skip("IPv6 interception needs nft (without it IPv6 rules are refused)")
+    from nsf_agent.userspace.lab import sysctl
+
+    L, net = lab.L, lab.net
+    for ns, ifn, a in ((net.host_a, "eth0", "2001:db8:a::10"), (net.c, "a", "2001:db8:a::1")):
+        sysctl(ns, f"net.ipv6.conf.{ifn}.disable_ipv6", "0")
+        subprocess.run(["ip", "-n", ns, "-6", "addr", "add", f"{a}/64", "dev", ifn, "nodad"],
+                       check=True)
+    subprocess.run(["ip", "-n", net.host_a, "-6", "route", "add", "2001:db8:b::/64", "via",
+                    "2001:db8:a::1"], check=True)
+    rule6 = ("<rule><name>v6</name><order>5</order><match><source-prefix>2001:db8:a::/64"
+             "</source-prefix><destination-prefix>2001:db8:b::/64</destination-prefix>"
+             "<ingress-interface>a</ingress-interface></match><path><spi>60</spi>"
+             f"<first-hop>{L.F_C}</first-hop></path></rule>")
+    try:
+        lab.c.push(L.classifier_xml(extra=rule6))
+        cap = Capture(net.c, "f", tmp_path / "c6.pcap")
+        r = net.run(net.host_a, [sys.executable, "-c", (
+            "import socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n"
+            "for i in range(3): s.sendto(b'v6', ('2001:db8:b::20', 9))\n")], timeout=10)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: lab.c.applier.stats()["rules"]["v6"][0] >= 3, 5, "classified")
+        frames = cap.frames()
+        assert {nsh_fields(f) for f in frames} == {(60, 255, 63)}
+        assert all(int(f["nsh"]["nsh.nextproto"], 0) == 2 for f in frames)     # IPv6
+        assert all(f["ipv6"]["ipv6.dst"] == "2001:db8:b::20" for f in frames)
+    finally:
+        lab.c.push(L.classifier_xml())
+    assert lab.ping(1)
