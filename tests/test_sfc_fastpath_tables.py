@@ -124,7 +124,7 @@ def test_too_many_rules_leaves_the_rest_to_userspace():
     assert any(f"more than {MAX_RULES}" in x for x in c.left)
 
 
-def test_sff_entries_single_gre_hop_or_terminate_only():
+def test_sff_entries_gre_hops_of_equal_weight_or_terminate():
     c = comp(
         Generation(
             LOCAL,
@@ -133,12 +133,17 @@ def test_sff_entries_single_gre_hop_or_terminate_only():
                 SffEntry(1, 254, (NextHop(None, "terminate"),)),
                 SffEntry(2, 255, (NextHop("198.51.100.2"), NextHop("198.51.100.3"))),
                 SffEntry(3, 255, (NextHop("2001:db8::1", "sf"),)),
+                SffEntry(
+                    4, 255, (NextHop("198.51.100.2", weight=1), NextHop("198.51.100.3", weight=3))
+                ),
             ),
         )
     )
-    assert len(c.sff) == 2
-    assert set(c.sff_counters) == {(1, 255), (1, 254)}
-    assert len(c.left) == 2
+    # equal weights: the fast path picks the hop as userspace's rendezvous hash does
+    assert len(c.sff) == 3
+    assert set(c.sff_counters) == {(1, 255), (1, 254), (2, 255)}
+    assert len(c.sff_hop_counters[(2, 255)]) == 2
+    assert len(c.left) == 2  # the IPv6 hop, the unequal weights
 
 
 def test_no_local_locator_means_nothing_in_the_fast_path():
@@ -211,4 +216,8 @@ def test_counters_survive_unchanged_entries_only():
     assert c2.rule_counters["x"] == c1.rule_counters["x"]
     assert c2.rule_counters["y"] != c1.rule_counters["y"]  # changed: a fresh counter
     assert c2.sff_counters[(1, 255)] != c1.sff_counters[(1, 255)]
-    assert set(a.new) == {c2.rule_counters["y"], c2.sff_counters[(1, 255)]}
+    assert set(a.new) == {
+        c2.rule_counters["y"],
+        c2.sff_counters[(1, 255)],
+        *c2.sff_hop_counters[(1, 255)],
+    }

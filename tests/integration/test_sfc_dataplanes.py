@@ -38,7 +38,7 @@ from fastpath_net import (  # noqa: E402
     in_netns,
     make_net,
 )
-from scapy.all import GRE, IP, UDP, Ether, Raw, wrpcap  # noqa: E402
+from scapy.all import GRE, IP, TCP, UDP, Ether, Raw, wrpcap  # noqa: E402
 from scapy.contrib.nsh import NSH  # noqa: E402
 
 from netconf_core.polling import wait_until  # noqa: E402
@@ -310,3 +310,39 @@ def test_counters_add_up(net, plane, io):
         fast = plane.fp.counters().sff[(200, 254)][0] - fp0.sff.get((200, 254), (0, 0))[0]
         assert fast == 5
     assert user + fast == 5
+
+
+def test_sff_balances_flows_like_the_userspace_path(net, plane, io):
+    """Three next hops of equal weight: every flow goes to the hop the userspace path's
+    rendezvous hash picks (engine._Entry.pick is the reference), in both planes."""
+    from nsf_agent.sfc.engine import Engine
+
+    tx, cap = io
+    cfg = cfg_for(net)
+    hops = (NextHop(B_IP, "sff"), NextHop(B_IP2, "sff"), NextHop(B_IP3, "sff"))
+    cfg.table = [*cfg.table, SffEntry(300, 50, hops)]
+    plane.load(cfg)
+    ref = Engine()
+    ref.load(cfg, set(), {})
+    entry = ref.table[(300, 50)]
+    before = plane.fast("sff-forwarded")
+    sent = []
+    for i in range(24):
+        proto = UDP if i % 3 else TCP
+        inner = IP(src=f"10.9.{i}.1", dst="10.8.0.1") / proto(sport=1000 + 7 * i, dport=80)
+        pkt = (
+            IP(src=A_IP, dst=LOCAL)
+            / GRE(proto=0x894F)
+            / NSH(spi=300, si=50, ttl=20, nextproto=1)
+            / inner
+            / Raw(b"b" * 8)
+        )
+        want = hops[entry.pick(bytes(pkt[NSH].payload), 0)].locator
+        sent.append((bytes(pkt[NSH].payload), want))
+        tx.send(eth(net, pkt))
+    got = {bytes(Ether(f)[NSH].payload): Ether(f)[IP].dst for f in out_frames(net, cap, 24)}
+    assert len(got) == 24
+    assert {got[p] for p, _ in sent} == {B_IP, B_IP2, B_IP3}  # all three hops get flows
+    assert all(got[p] == want for p, want in sent)
+    if plane.kind == "bpf":
+        assert plane.fast("sff-forwarded") == before + 24

@@ -94,6 +94,7 @@ class ApplyReport:
 class Counters:
     rules: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (packets, bytes)
     sff: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)  # (spi, si) -> ...
+    sff_hops: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # packets per hop
     stats: dict[str, int] = field(default_factory=dict)
 
 
@@ -378,6 +379,8 @@ class FastPath:
                     out.rules[name] = self._counter(idx)
                 for key, idx in live.sff_counters.items():
                     out.sff[key] = self._counter(idx)
+                for key, idxs in live.sff_hop_counters.items():
+                    out.sff_hops[key] = [self._counter(i)[0] for i in idxs]
             for i, name in enumerate(STATS):
                 parts = self._percpu(self._fd["fp_stats"], i, 8)
                 out.stats[name] = sum(int.from_bytes(p, "little") for p in parts)

@@ -30,8 +30,9 @@ def merge_stats(snap: dict[str, Any], fast: Counters) -> dict[str, Any]:
             by_key[(spi, si)] = e
         e[2] += pk
         e[3] += by
-        if e[4]:
-            e[4][0] += pk  # fast path entries have exactly one next hop
+        per_hop = fast.sff_hops.get((spi, si), [pk])
+        for i, n in enumerate(per_hop[: len(e[4])]):
+            e[4][i] += n
     c = out.setdefault("counters", {})
     fwd, term = fast.stats.get("sff-forwarded", 0), fast.stats.get("sff-terminated", 0)
     c["received"] = c.get("received", 0) + fwd + term

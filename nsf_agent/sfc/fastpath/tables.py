@@ -10,14 +10,16 @@ left to the userspace path and reported (`Compiled.left`):
 - like the userspace classifier, the program classifies only on the interfaces some rule
   names as its ingress interface, only unicast frames to us, and not packets to one of
   this node's addresses;
-- SFF entries with one GRE next hop over IPv4, or "terminate", go in; weighted groups
-  (several next hops) stay in userspace, which owns the balancing.
+- SFF entries with GRE next hops over IPv4 (one, or up to 8 of equal weight, picked by the
+  userspace path's rendezvous hash, which for equal weights needs no floating point), or
+  "terminate", go in; groups of unequal weights stay in userspace.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -43,7 +45,8 @@ RULE = struct.Struct("<I I 4s 4s HHHH BBBB B3x")
 IF_KEY = struct.Struct("<II")
 ADDR_KEY = struct.Struct("<I4s")
 SFF_KEY = struct.Struct("<I4s")
-SFF_VAL = struct.Struct("<I4sII")
+MAX_HOPS = 8
+SFF_VAL = struct.Struct("<IIII" + "4s" * MAX_HOPS + "I" * MAX_HOPS + "Q" * MAX_HOPS)
 COUNTER = struct.Struct("<QQ")
 U32 = struct.Struct("<I")
 
@@ -126,6 +129,7 @@ class Compiled:
     sff: dict[bytes, bytes] = field(default_factory=dict)  # sp word -> SFF_VAL
     rule_counters: dict[str, int] = field(default_factory=dict)
     sff_counters: dict[tuple[int, int], int] = field(default_factory=dict)
+    sff_hop_counters: dict[tuple[int, int], list[int]] = field(default_factory=dict)
     left: list[str] = field(default_factory=list)  # what stays with the userspace path
 
 
@@ -237,28 +241,56 @@ def _compile_rules(cfg, local, ifindex, counters, out: Compiled) -> None:
             lpm[p] = tuple(i for i, t in enumerate(taken) if p.subnet_of(t[which]))
 
 
+def hop_salt(locator: str) -> int:
+    """The userspace path's per-hop rendezvous salt (engine: _mix(crc32(str(locator))))."""
+    from nsf_agent.sfc.engine import _mix
+
+    return _mix(zlib.crc32(str(locator).encode()))
+
+
 def _compile_sff(cfg, counters, out: Compiled) -> None:
     seen = 0
     for e in sorted(cfg.table, key=lambda e: (e.spi, -e.si)):
         key = (e.spi, e.si)
         hops = tuple(e.next_hops)
-        if len(hops) != 1:
-            out.left.append(
-                f"sff ({e.spi}, {e.si}): {len(hops)} next hops (balancing stays in userspace)"
-            )
-            continue
-        h = hops[0]
-        if h.kind == "terminate":
-            kind, addr = KIND_TERMINATE, b"\0\0\0\0"
-        elif h.kind in FORWARD_KINDS and h.transport == "gre" and _v4addr(h.locator):
-            kind, addr = KIND_FORWARD, _v4addr(h.locator).packed
+        reason = None
+        if len(hops) == 1 and hops[0].kind == "terminate":
+            kind = KIND_TERMINATE
         else:
-            out.left.append(f"sff ({e.spi}, {e.si}): next hop {h.kind}/{h.transport} {h.locator}")
-            continue
-        if seen >= MAX_SFF:
-            out.left.append(f"sff ({e.spi}, {e.si}): more than {MAX_SFF} entries")
+            kind = KIND_FORWARD
+            if len(hops) > MAX_HOPS:
+                reason = f"{len(hops)} next hops (more than {MAX_HOPS})"
+            elif len({h.weight for h in hops}) > 1:
+                reason = "next hops of unequal weight (that balancing stays in userspace)"
+            for h in hops:
+                if reason is None and not (
+                    h.kind in FORWARD_KINDS and h.transport == "gre" and _v4addr(h.locator)
+                ):
+                    reason = f"next hop {h.kind}/{h.transport} {h.locator}"
+        if reason is None and seen >= MAX_SFF:
+            reason = f"more than {MAX_SFF} entries"
+        if reason is not None:
+            out.left.append(f"sff ({e.spi}, {e.si}): {reason}")
             continue
         seen += 1
         cnt = counters.index(("sff", e.spi, e.si, hops))
         out.sff_counters[key] = cnt
-        out.sff[sp_word(e.spi, e.si)] = SFF_VAL.pack(kind, addr, cnt, 0)
+        n = 0 if kind == KIND_TERMINATE else len(hops)
+        addrs = [_v4addr(h.locator).packed for h in hops[:n]]
+        hcs = [counters.index(("sff-hop", e.spi, e.si, hops, i)) for i in range(n)]
+        salts = [hop_salt(h.locator) for h in hops[:n]]
+        if n:
+            out.sff_hop_counters[key] = hcs
+        pad = MAX_HOPS - n
+        out.sff[sp_word(e.spi, e.si)] = SFF_VAL.pack(
+            kind,
+            n,
+            cnt,
+            0,
+            *addrs,
+            *([b"\0" * 4] * pad),
+            *hcs,
+            *([0] * pad),
+            *salts,
+            *([0] * pad),
+        )
