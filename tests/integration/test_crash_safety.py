@@ -222,11 +222,13 @@ def test_kill9_agent_and_datapath_never_repeats_sequence_numbers(crash_lab) -> N
         ready = a.start()
         packets0, drops0 = sa_in_counters(b)
         # traffic is back at once: B decrypts A's packets again without replay drops
-        wait_for(lambda: sa_in_counters(b)[0] >= packets0 + 10, timeout=10,
+        wait_for(lambda: sa_in_counters(b)[0] > packets0, timeout=10,
                  what="traffic A->B after the restart")
         back_after = time.monotonic() - ready
+        assert back_after < 2.0, back_after  # (the acceptance: within 2 s of ready)
+        wait_for(lambda: sa_in_counters(b)[0] >= packets0 + 10, timeout=10,
+                 what="more traffic A->B after the restart")
         assert sa_in_counters(b)[1] == drops0 == 0
-        assert back_after < 2.0 + 0.2 * 10, back_after  # (10 pings at 50/s after the first)
     finally:
         pinger.terminate()
         pinger.wait(5)
