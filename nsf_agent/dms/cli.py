@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="INFO",
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    run.add_argument("--log-format", choices=["text", "json"], default=None,
+                     help="text (default) or json (= --log-json), as the other daemons")
     hp = sub.add_parser("hash-password", help="print an scrypt hash for a [[users]] entry")
     hp.add_argument("--stdin", action="store_true", help="read the password from stdin")
     ic = sub.add_parser("init-config", help="write a starter configuration file")
@@ -106,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg.port = args.port
     if args.state_dir:
         cfg.state_dir = args.state_dir
-    setup_logging(args.log_level, args.log_json)
+    setup_logging(args.log_level, args.log_json or args.log_format == "json")
     if not cfg.users:
         log.warning("no [[users]] configured: nobody can log in")
     dms = Dms(cfg)
