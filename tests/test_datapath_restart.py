@@ -71,3 +71,45 @@ def test_suspended_and_changed_in_place(tmp_path: Path) -> None:
     assert dp.by_name["o"].state.seq == 5
     dp.replace([sa(soft=100)], [], frozenset({"o"}))
     assert dp.by_name["o"].suspended
+
+
+def test_sender_thread_keeps_sequence_order(tmp_path: Path) -> None:
+    """Small ESP packets are batched for the sender thread; a big one (sent through another
+    socket) must not overtake them: the peer's anti-replay window would drop them."""
+    import threading
+
+    from nsf_agent.userspace.datapath import _Sa
+
+    dp = datapath(tmp_path)
+    order: list[bytes] = []
+
+    class Batch:
+        def send(self, q: list[bytes], a: list) -> int:
+            order.extend(q)
+            return len(q)
+
+    class Sock:
+        def sendmsg(self, bufs: list[bytes], cmsg: object, flags: int, dst: object) -> int:
+            order.append(bufs[0])
+            return len(bufs[0])
+
+    dp.tx4 = Batch()  # type: ignore[assignment]
+    dp.esp4 = Sock()  # type: ignore[assignment]
+    dp._txthread = threading.Thread(target=dp._tx_loop, daemon=True)
+    dp._txthread.start()
+    sa_ = _Sa(sa())
+    sent = []
+    for i in range(300):
+        p = i.to_bytes(4, "big")
+        sent.append(p)
+        if i % 7 == 3:
+            dp._send_big(sa_, p)
+        else:
+            dp._txq.append(p)
+            dp._txa.append(sa_.sockaddr)
+            if len(dp._txq) >= 64:
+                dp._flush_tx()
+    dp._flush_tx()
+    dp._stop_tx()
+    assert order == sent
+    assert dp.snapshot()["global"]["esp_tx"] == 300

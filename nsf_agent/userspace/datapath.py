@@ -628,7 +628,12 @@ class Datapath:
             self._send_batch(*item)
 
     def _send_batch(self, q: list[bytes], a: list[Any]) -> None:
-        """One sendmmsg per batch; a packet the kernel refuses is counted and skipped."""
+        """One sendmmsg per batch; a packet the kernel refuses is counted and skipped. (A
+        one-packet batch whose address is a (socket, cmsg, destination) is a big ESP packet.)"""
+        if len(a) == 1 and isinstance(a[0], tuple):
+            sock, cmsg, dst = a[0]
+            self._send_one(sock, q[0], cmsg, dst)
+            return
         assert self.tx4 is not None
         while q:
             try:
@@ -772,19 +777,30 @@ class Datapath:
 
     def _send_big(self, sa: _Sa, esp: bytes) -> None:
         """One ESP packet larger than the link MTU: the kernel adds the outer IPv4 (and UDP)
-        header and fragments it (RFC 4303 3.3.4: the receiver reassembles before ESP)."""
-        try:
-            if sa.udp is None:
-                self.esp4.sendmsg([esp], sa.cmsg, 0, sa.dst_addr)
-            else:
-                self._udp[sa.udp.sport].sendmsg([esp], sa.cmsg, 0, sa.udp_dst)
-            self.stats["esp_tx"] += 1
-        except OSError as e:
-            self.stats["esp_tx_errors"] += 1
-            log.debug("big ESP send failed: %s", e)
+        header and fragments it (RFC 4303 3.3.4: the receiver reassembles before ESP).
+        With the sender thread it goes through the same queue as the small ones, so that
+        packets of an SA leave in sequence-number order (the peer's window is small)."""
+        if sa.udp is None:
+            sock, dst = self.esp4, sa.dst_addr
+        else:
+            sock, dst = self._udp[sa.udp.sport], sa.udp_dst
+        if self._txthread is not None:
+            self._flush_tx()
+            self._txqueue.put(([esp], [(sock, sa.cmsg, dst)]))
+        else:
+            self._send_one(sock, esp, sa.cmsg, dst)
         c = sa.state.counters
         if c.bytes >= sa.limit_bytes or c.packets >= sa.limit_packets:
             self._check_lifetime(sa)
+
+    def _send_one(self, sock: socket.socket, esp: bytes, cmsg: list[tuple[int, int, bytes]],
+                  dst: tuple[str, int]) -> None:
+        try:
+            sock.sendmsg([esp], cmsg, 0, dst)
+            self._tx_sent += 1
+        except OSError as e:
+            self._tx_errors += 1
+            log.debug("big ESP send failed: %s", e)
 
     def _reinject(self, pkt: bytes, version: int) -> None:
         """Bypass for a packet already in the TUN: resend it marked, so it skips our table."""
