@@ -50,7 +50,7 @@ from netconf_core.restconf.paths import (
     subtree_filter,
 )
 from netconf_core.restconf.shape import depth_of, keep_state, prune
-from netconf_core.restconf.tls import server_context
+from netconf_core.restconf.tls import cert_user, server_context
 from netconf_core.server import NetconfServer
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class RestconfConfig:
     private_key_file: Path | None = None
     state_dir: Path = Path(".")
     public_url: str | None = None  # what stream locations name (default from host/port)
+    client_ca_file: Path | None = None  # TLS client certificates chaining to it log in
     cert_names: list[str] = field(default_factory=list)
 
     @classmethod
@@ -80,14 +81,15 @@ class RestconfConfig:
             # certificate_file = "/etc/i2nsf/restconf.crt"   # else a generated one
             # private_key_file = "/etc/i2nsf/restconf.key"
             # names = ["ctl.example.net"]   # subjectAltNames of a generated certificate
+            # client_ca_file = "/etc/i2nsf/clients-ca.crt"  # client certificates: CN = user
             # public_url = "https://ctl.example.net:8443/restconf"
             # tls = false                   # only behind a TLS-terminating proxy
         """
         from netconf_core.configfile import ConfigError, check_table
 
         check_table(table, {"host": str, "port": int, "tls": bool, "certificate_file": str,
-                            "private_key_file": str, "names": list, "public_url": str},
-                    "restconf")
+                            "private_key_file": str, "names": list, "public_url": str,
+                            "client_ca_file": str}, "restconf")
         cfg = cls(host=table.get("host", "127.0.0.1"), port=table.get("port", 8443),
                   tls=table.get("tls", True), state_dir=state_dir,
                   public_url=table.get("public_url"),
@@ -101,6 +103,8 @@ class RestconfConfig:
             cfg.private_key_file = base / table["private_key_file"]
         elif "private_key_file" in table:
             raise ConfigError("[restconf] private_key_file needs certificate_file")
+        if "client_ca_file" in table:
+            cfg.client_ca_file = base / table["client_ca_file"]
         return cfg
 
 
@@ -161,7 +165,7 @@ class RestconfServer(DiscoveryMixin):
             names = self.config.cert_names or _default_names(self.config.host)
             sslctx, self.cert_path = server_context(
                 self.config.certificate_file, self.config.private_key_file,
-                self.config.state_dir, names)
+                self.config.state_dir, names, self.config.client_ca_file)
         else:
             log.warning("RESTCONF without TLS on %s: only behind a TLS-terminating proxy "
                         "(RFC 8040 requires TLS)", self.config.host)
@@ -238,6 +242,17 @@ class RestconfServer(DiscoveryMixin):
                             headers=headers)
 
     async def _authenticate(self, request: web.Request) -> str:
+        transport = request.transport
+        peer = transport.get_extra_info("peercert") if transport is not None else None
+        cn = cert_user(peer)
+        if cn is not None:  # verified against client_ca_file by the TLS layer
+            if cn in self.auth.users.users:
+                return cn
+            log.warning("RESTCONF: client certificate for unknown user %r from %s", cn,
+                        request.remote)
+            raise HttpError(401, RpcError("protocol", "access-denied",
+                                          f"the client certificate names {cn!r}, who is not "
+                                          "a user of the server"))
         creds = BasicAuth.parse(request.headers.get("Authorization"))
         if creds is None or not await self.auth.check(*creds):
             if creds is not None:

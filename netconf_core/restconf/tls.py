@@ -70,7 +70,8 @@ def fingerprint(cert_path: Path) -> str:
 
 
 def server_context(cert_path: Path | None, key_path: Path | None, state_dir: Path,
-                   names: list[str]) -> tuple[ssl.SSLContext, Path]:
+                   names: list[str], client_ca: Path | None = None
+                   ) -> tuple[ssl.SSLContext, Path]:
     """The TLS context; generates `restconf-tls.crt/.key` in `state_dir` when no
     certificate is configured. Returns the context and the certificate in use."""
     if cert_path is None:
@@ -85,4 +86,20 @@ def server_context(cert_path: Path | None, key_path: Path | None, state_dir: Pat
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert_path), str(key_path))
+    if client_ca is not None:
+        # a client certificate is optional (basic auth stays possible) but, when sent, must
+        # chain to this CA; its subject's common name is the user (RFC 7407 cert-to-name)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(str(client_ca))
     return ctx, cert_path
+
+
+def cert_user(peercert: dict | None) -> str | None:  # type: ignore[type-arg]
+    """The common name of a verified client certificate (None without one)."""
+    if not peercert:
+        return None
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None

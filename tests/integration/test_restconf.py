@@ -727,3 +727,79 @@ def test_nmda_datastores(ctl: ControllerProcess, http: httpx.Client) -> None:
     assert http.get(f"{DS}nope").status_code == 404
     r = http.get(f"{DS}running/{M}:flow-protection", params={"with-origin": ""})
     assert r.status_code == 400
+
+
+def _client_cert(ca_key: Any, ca: Any, cn: str, tmp: Path) -> tuple[str, str]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage(
+                [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    c, k = tmp / f"{cn}.crt", tmp / f"{cn}.key"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    return str(c), str(k)
+
+
+def test_client_certificate_login(tmp_path: Path) -> None:
+    """[restconf] client_ca_file: a client certificate from that CA logs in as the user
+    its common name names (with that user's access rules); an unknown name is refused;
+    basic auth keeps working for clients without a certificate."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test clients CA")])
+    now = dt.datetime.now(dt.UTC)
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=1))
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    ca_file = tmp_path / "clients-ca.crt"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    work = tmp_path / "w"
+    work.mkdir()
+    c = ControllerProcess(work, metrics=False,
+                          restconf_extra=f'client_ca_file = "{ca_file}"\n').start()
+    try:
+        def client(cn: str | None) -> httpx.Client:
+            ctx = ssl.create_default_context(cafile=str(c.cert))
+            if cn is not None:
+                ctx.load_cert_chain(*_client_cert(ca_key, ca, cn, tmp_path))
+            return httpx.Client(base_url=c.base, verify=ctx, timeout=30)
+
+        with client("oper") as op:
+            assert op.get("/yang-library-version").status_code == 200
+            assert post_nsf(op, "cc1", password="sekret-pw").status_code == 403  # read_secrets
+        with client("admin") as adm:
+            assert post_nsf(adm, "cc1", password="sekret-pw").status_code == 201
+        with client("mallory") as bad:
+            r = bad.get("/yang-library-version")
+            assert r.status_code == 401 and "not a user" in r.text
+        with client(None) as anon:
+            assert anon.get("/yang-library-version").status_code == 401
+            assert anon.get("/yang-library-version",
+                            auth=("admin", ADMIN_PW)).status_code == 200
+    finally:
+        c.stop()
