@@ -8,6 +8,7 @@ APT_PACKAGES := libyang2-dev libyang2-tools iproute2 tcpdump iputils-ping ethtoo
 # SFC fast path: tc-BPF program compiled on first use (nsf_agent/sfc/fastpath/build.py)
 APT_PACKAGES += clang llvm libbpf-dev
 APT_PACKAGES += libnetfilter-queue-dev iptables  # security functions: NFQUEUE (netfilterqueue), its hook
+APT_PACKAGES += postgresql  # HA store tests (#21): a real server, started by tests/pgserver.py
 STAMP := $(VENV)/.setup-stamp
 
 .PHONY: setup test lint bench clean demo

@@ -1,16 +1,20 @@
-"""Controller store (SQLite, WAL): CRUD, transactions, persistence across restarts, file
-modes (it holds keys) and SPI uniqueness queries."""
+"""Controller store: CRUD, transactions, persistence across restarts, file modes (it holds
+keys) and SPI uniqueness queries — on both backends (SQLite WAL, and PostgreSQL on a real
+server started once per session by tests.pgserver)."""
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from controller.core.store import MIGRATIONS, SaRecord, SqliteStore
+from controller.core.store import MIGRATIONS, SaRecord, SqliteStore, Store
 from controller.ipsec.keys import KeyManager, SaKeys
+from tests.pgserver import fresh_dsn
 
 
 def sa(policy: str = "p1", gen: int = 0, a2b: bool = True, spi: int = 0x10001,
@@ -27,9 +31,20 @@ def sa(policy: str = "p1", gen: int = 0, a2b: bool = True, spi: int = 0x10001,
     )
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """Opens a store on the same backing data each time it is called (a restart)."""
+    if request.param == "sqlite":
+        return lambda: SqliteStore(tmp_path / "controller.db")
+    from controller.core.store_pg import PgStore
+
+    dsn = fresh_dsn(request.getfixturevalue("pg"))
+    return lambda: PgStore(dsn)
+
+
 @pytest.fixture
-def db(tmp_path: Path) -> SqliteStore:
-    s = SqliteStore(tmp_path / "controller.db")
+def db(opener: Callable[[], Store]) -> Iterator[Any]:
+    s = opener()
     yield s
     s.close()
 
@@ -52,7 +67,7 @@ def test_file_mode_and_wal(tmp_path: Path) -> None:
         os.umask(old)
 
 
-def test_documents_crud(db: SqliteStore) -> None:
+def test_documents_crud(db: Any) -> None:
     db.put_nsf({"name": "gw1", "address": "192.0.2.1"})
     db.put_nsf({"name": "gw1", "address": "192.0.2.9"})
     db.put_nsf({"name": "gw0", "address": "192.0.2.8"})
@@ -67,7 +82,7 @@ def test_documents_crud(db: SqliteStore) -> None:
     assert len(db.list_profiles()) == 1 and db.delete_profile("gcm")
 
 
-def test_policies_sas_and_cascade(db: SqliteStore) -> None:
+def test_policies_sas_and_cascade(db: Any) -> None:
     pid = db.put_policy("p1", {"name": "p1"})
     assert db.put_policy("p1", {"name": "p1", "v": 2}) == pid  # id is stable on update
     pid2 = db.put_policy("t:a:b", {"name": "t:a:b"}, group="t")
@@ -109,7 +124,7 @@ def test_policies_sas_and_cascade(db: SqliteStore) -> None:
     assert db.get_schedule("p1") is None
 
 
-def test_transactions_roll_back_and_nest(db: SqliteStore) -> None:
+def test_transactions_roll_back_and_nest(db: Any) -> None:
     db.put_policy("p1", {"name": "p1"})
     with pytest.raises(RuntimeError), db.transaction():
         db.add_sas([sa(gen=5)])
@@ -127,25 +142,27 @@ def test_transactions_roll_back_and_nest(db: SqliteStore) -> None:
         db.set_policy_generation("p1", 1)
     assert [s.generation for s in db.get_sas("p1")] == [1]
     # a duplicate SA is refused and nothing of the batch is kept
-    with pytest.raises(Exception):  # noqa: B017 - sqlite3.IntegrityError
+    with pytest.raises(Exception):  # noqa: B017 - IntegrityError / UniqueViolation
         db.add_sas([sa(gen=7), sa(gen=1)])
     assert [s.generation for s in db.get_sas("p1")] == [1]
 
 
-def test_restart_persistence(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
-    s = SqliteStore(path)
+def test_restart_persistence(opener: Callable[[], Any]) -> None:
+    s = opener()
     pid = s.put_policy("p1", {"name": "p1"})
     s.add_sas([sa()])
     s.put_schedule("p1", 99.0, {"phase": "switch-outbound", "generation": 1})
     s.close()
-    s = SqliteStore(path)
+    s = opener()
     try:
         rec = s.get_policy("p1")
         assert rec is not None and rec.policy_id == pid
         assert s.get_sas("p1")[0].keys.enc_key == b"\x01" * 20
         assert s.get_schedule("p1") == (99.0, {"phase": "switch-outbound", "generation": 1})
-        assert s.schema_version() == MIGRATIONS[-1][0]
+        migrations = MIGRATIONS
+        if type(s) is not SqliteStore:
+            from controller.core.store_pg import PG_MIGRATIONS as migrations
+        assert s.schema_version() == migrations[-1][0]
         # ids are never reused, even after a delete (reqids on NSFs could still exist)
         s.delete_policy("p1")
         assert s.put_policy("p2", {"name": "p2"}) > pid
@@ -153,7 +170,7 @@ def test_restart_persistence(tmp_path: Path) -> None:
         s.close()
 
 
-def test_key_manager_checks_the_store(db: SqliteStore) -> None:
+def test_key_manager_checks_the_store(db: Any) -> None:
     db.put_policy("p1", {"name": "p1"})
     db.add_sas([sa(spi=500), sa(a2b=False, spi=501)])
     km = KeyManager(db, spi_min=500, spi_max=502)
