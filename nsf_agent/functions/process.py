@@ -251,6 +251,11 @@ class Function:
             now = time.monotonic()
             if now >= next_load:
                 next_load = now + self.load_interval
+                if _links_gone():
+                    log.warning("instance %s: sf-in and sf-out are gone (the instance was torn "
+                                "down around this process): exiting", self.instance)
+                    self.stopping = True
+                    break
                 if self.engine is not None:
                     self.engine.expire(now)
                 try:
@@ -280,6 +285,12 @@ def _queue_fail_open(fd: int, queue: int) -> None:
     body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue)) + attr(4, 1) + \
         attr(5, 1)  # NFQA_CFG_MASK, NFQA_CFG_FLAGS = FAIL_OPEN
     os.write(fd, struct.pack("=IHHII", 16 + len(body), (3 << 8) | 2, 1, 0, 0) + body)
+
+
+def _links_gone() -> bool:
+    """Both instance interfaces are gone from this namespace (their host-side peers were
+    deleted, or the host namespace with them): nothing can reach this process any more."""
+    return not any(os.path.exists(f"/sys/class/net/{n}") for n in ("sf-in", "sf-out"))
 
 
 def with_unlink(path: str) -> None:

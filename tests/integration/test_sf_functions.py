@@ -317,3 +317,18 @@ def test_full_queue_ids_passes_ips_drops(lab: Lab, tmp_path: Path) -> None:
             os.kill(sf.proc.pid, signal.SIGCONT)
             rx.close()
             sf.close()
+
+
+def test_function_exits_when_its_instance_is_torn_down(lab: Lab, tmp_path: Path) -> None:
+    """Whoever deletes the instance's links (or the host namespace) without stopping the
+    process: it notices and exits instead of lingering in a namespace nobody reaches."""
+    from netconf_core.polling import wait_until
+
+    sf = SfProcess(lab, "forward", {}, tmp_path)
+    try:
+        sh("ip", "-n", lab.host, "link", "del", "dev", sf.to_sf)
+        sh("ip", "-n", lab.host, "link", "del", "dev", sf.from_sf)
+        wait_until(lambda: sf.proc.poll() is not None, 5, "the function's exit")
+        assert sf.proc.returncode == 0
+    finally:
+        sf.close()
