@@ -8,7 +8,9 @@
 2. Dynamic path alternation (seed §5.1): a flood from the trusted source carries an attack
    pattern; the IDS on SFP-1 reports it, the SFF re-classifies the flow onto SFP-2 where the
    DDoS mitigator caps it.
-3. Table miss (seed §4.5): an SFF lost an entry; the controller answers its request.
+3. NSF-triggered steering (seed §6): the IDS's advanced action sends an exploit flow to the
+   IPS, which no chain contains; the SFF follows the function's decision itself.
+4. Table miss (seed §4.5): an SFF lost an entry; the controller answers its request.
 
 The functions are the project's real ones (nftables firewall and DDoS mitigator, Hyperscan
 IDS); each runs in its own namespace behind F's SFC proxy and is registered with the
@@ -144,7 +146,23 @@ def main() -> int:
                     note(f"controller event: {detail}")
                     break
 
-            bold("== 6. table miss: C loses an entry, asks the controller (pull)")
+            bold("== 6. use case 'NSF-triggered steering': no chain leads to the IPS")
+            lab.configure(m, lab.forwarders_xml() + CONFIG.split("<chains>")[0].replace(
+                "<name>ips</name>", "<name>ips</name><steering-target>true</steering-target>")
+                + TRUST + "<chains><chain><name>sfp-1</name><sf-type>firewall</sf-type>"
+                "<sf-type>ids</sf-type></chain></chains><policies><policy><name>all</name>"
+                "<chain>sfp-1</chain></policy></policies>", inventory=False, replace=True)
+            poll(lambda: {k: v["status"] for k, v in lab.paths(m).items()} == {
+                "sfp-1": "active", "ips": "active"}, 20, "paths active")
+            spis = show_paths(lab, m)
+            _send(lab, 30, 0.005, b"EXPLOIT payload", 40011)
+            got = _count(rx)
+            drops = [r for r in funcs["ips-1"].results() if r.get("verdict") == "drop"]
+            note(f"an exploit flow: the IDS asks for the IPS, F steers it there itself; "
+                 f"{got}/30 delivered, the IPS dropped {len(drops)} (sid "
+                 f"{drops[0]['sid'] if drops else '-'})")
+
+            bold("== 7. table miss: C loses an entry, asks the controller (pull)")
             from tests.integration.test_sfc_controller import _agent_edit, _stat
 
             before = _stat(lab, m, "table-misses-answered")

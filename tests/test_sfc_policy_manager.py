@@ -510,8 +510,9 @@ def test_instances_are_shared_out_when_proxies_cannot_be_shared(
     used = [i.name for p in r.paths.values() for h in p.hops for i, _w in h.instances
             if h.sf_type == "firewall"]
     assert sorted(used) == ["firewall-1", "firewall-2", "firewall-3"]  # one hop each
-    proxies = [n for a in r.agents.values() for n in a.proxies]
-    assert len(proxies) == len({n.rsplit("-", 2)[0] for n in proxies})
+    proxies = [p for a in r.agents.values() for p in a.proxies.values()]
+    assert len(proxies) == len({p.instance for p in proxies})  # one entry per instance
+    assert all(p.name == p.instance for p in proxies)  # named by it: stable across moves
 
 
 def test_catalog_asks_for_what_the_paths_need(schema: YangSchema) -> None:

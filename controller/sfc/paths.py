@@ -391,7 +391,13 @@ def _share_instances(assignment: Mapping[str, int],
         shared = [i for i in insts if i.nsh_aware or SHARED_PROXIES]
         own = [i for i in insts if i not in shared]
         for n, h in enumerate(hs):
-            out[h] = list(shared) + own[n::len(hs)]
+            mine = own[n::len(hs)]
+            # the agent tells proxies apart by (SPI, SI) only: one instance per forwarder
+            # on a hop (the others of that forwarder stay idle for this hop)
+            one: dict[str | None, Instance] = {}
+            for i in mine:
+                one.setdefault(i.forwarder, i)
+            out[h] = list(shared) + list(one.values())
         r.demand[t] = len(hs) if own and not SHARED_PROXIES else 1
         if own and len(own) < len(hs):
             r.waiting.append(f"type {t}: {len(hs)} path hops need their own instance, "
@@ -454,7 +460,9 @@ def _render_path(p: PathPlan, cfg: SfcConfig, r: Rendering) -> None:
                 a.table[(p.spi, h.si)] = hops
             for i, _w in local:
                 if not i.nsh_aware:
-                    name = f"{i.name}-{p.spi}-{h.si}"
+                    # one entry per instance (SHARED_PROXIES off): named by the instance,
+                    # so that moving it to another hop keeps its entry (and result socket)
+                    name = f"{i.name}-{p.spi}-{h.si}" if SHARED_PROXIES else i.name
                     a.proxies[name] = ProxyPlan(name, p.spi, h.si, i.name, i.to_sf, i.from_sf,
                                                 i.sf_mac, i.report_socket)
         a.table[(p.spi, p.end_si)] = (

@@ -270,6 +270,11 @@ class SfcService:
         for i, step in enumerate(plan):
             ok = await self._push(step, f"step {i + 1}/{len(plan)}")
             if not ok:
+                why = self.events[-1].detail if self.events else "push failed"
+                before = self.rendering_pushed.paths if self.rendering_pushed else {}
+                for spi, p in r.paths.items():
+                    if before.get(spi) != p:  # the previous version, if any, still forwards
+                        self.path_status[spi] = ("failed", why)
                 self._failures += 1
                 self._retry_at = self.clock() + min(30.0, 0.5 * 2 ** min(self._failures, 6))
                 self._dirty = True

@@ -237,8 +237,9 @@ def test_nsf_triggered_steering(lab: tuple[SfcControllerLab, dict[str, Function]
             "</source-prefix></match><chain>inspect</chain></policy></policies>",
             inventory=False, replace=True)
         try:
-            p = poll(lambda: (x := net.paths(m)) and [v["status"] for v in x.values()] == [
-                "active"] * 2 and x, 20, "inspect and the ips steering path active")
+            p = poll(lambda: (x := net.paths(m)) and {k: v["status"] for k, v in x.items()}
+                     == {"inspect": "active", "ips": "active"} and x, 20,
+                     "inspect and the ips steering path active")
         except TimeoutError:
             print(net.paths(m), net.events(m)[-8:])
             raise
