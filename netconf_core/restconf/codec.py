@@ -166,12 +166,26 @@ def data_to_json(schema: YangSchema, data_children: bytes) -> dict[str, Any]:
     """Serialized top-level data nodes (config and state) as an RFC 7951 JSON object."""
     if not data_children.strip():
         return {}
+    # with-defaults=report-all-tagged: RFC 6243's XML attribute is libyang's (and RFC 8040's
+    # JSON) ietf-netconf-with-defaults:default metadata
+    data_children = data_children.replace(b'"urn:ietf:params:xml:ns:netconf:default:1.0"',
+                                          b'"urn:ietf:params:xml:ns:yang:'
+                                          b'ietf-netconf-with-defaults"')
+    tagged = b"ietf-netconf-with-defaults" in data_children
     tree = parse_data(schema, data_children, XML, state=True)
     if tree is None:
         return {}
+    buf = ffi.new("char **")
+    # nodes tagged as defaults are printed (with their annotation), not dropped
+    flags = lib.LYD_PRINT_WITHSIBLINGS | lib.LYD_PRINT_SHRINK | (
+        lib.LYD_PRINT_WD_ALL_TAG if tagged else 0)
     try:
-        text = tree.print_mem("json", with_siblings=True, pretty=False)
+        if lib.lyd_print_mem(buf, tree.cdata, lib.LYD_JSON, flags) != lib.LY_SUCCESS:
+            raise RpcError("application", "operation-failed", "cannot print JSON")
+        text = ffi.string(buf[0]).decode() if buf[0] != ffi.NULL else ""
     finally:
+        if buf[0] != ffi.NULL:
+            lib.free(buf[0])
         lib.lyd_free_all(tree.cdata)
     return json.loads(text) if text else {}
 

@@ -18,6 +18,7 @@ CAPABILITIES = (
     # every value is in the datastore as the client sent it or libyang's default is implied
     "urn:ietf:params:restconf:capability:defaults:1.0?basic-mode=explicit",
     "urn:ietf:params:restconf:capability:replay:1.0",
+    "urn:ietf:params:restconf:capability:with-defaults:1.0",
     "urn:ietf:params:restconf:capability:yang-patch:1.0",
 )
 

@@ -52,6 +52,7 @@ from netconf_core.restconf.paths import (
 from netconf_core.restconf.shape import depth_of, keep_state, prune
 from netconf_core.restconf.tls import cert_user, server_context
 from netconf_core.server import NetconfServer
+from netconf_core.with_defaults import WD_NS
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +377,7 @@ class RestconfServer(DiscoveryMixin):
         fmt = output_format(request)
         q = request.query
         for k in q:
-            if k not in ("content", "depth", "fields", "with-origin"):
+            if k not in ("content", "depth", "fields", "with-origin", "with-defaults"):
                 raise RpcError("protocol", "invalid-value",
                                f"query parameter {k!r} is not supported here",
                                info={"bad-element": k})
@@ -409,6 +410,9 @@ class RestconfServer(DiscoveryMixin):
             op = etree.Element(NC + "get", nsmap={None: NC_NS})
         if filt is not None and ds is None:
             op.append(filt)
+        if "with-defaults" in q:  # RFC 8040 4.8.9, RFC 6243 modes
+            wd_el = etree.SubElement(op, f"{{{WD_NS}}}with-defaults", nsmap={None: WD_NS})
+            wd_el.text = q["with-defaults"]
         result = self._call(request, op) or []
         data = result[0]
         if isinstance(data, bytes):

@@ -803,3 +803,26 @@ def test_client_certificate_login(tmp_path: Path) -> None:
                             auth=("admin", ADMIN_PW)).status_code == 200
     finally:
         c.stop()
+
+
+def test_with_defaults(ctl: ControllerProcess, http: httpx.Client) -> None:
+    n = nsf("wd1")
+    n["management"].pop("port")  # default 830
+    assert http.post(NSFS, content=json.dumps({f"{M}:nsf": [n]}),
+                     headers={"Content-Type": JSON_T}).status_code == 201
+    url = f"{NSFS}/nsf=wd1/management"
+
+    def get(mode: str, accept: str = JSON_T) -> httpx.Response:
+        return http.get(url, params={"with-defaults": mode, "content": "config"},
+                        headers={"Accept": accept})
+
+    assert "port" not in get("explicit").json()[f"{M}:management"]
+    assert get("report-all").json()[f"{M}:management"]["port"] == 830
+    tagged = get("report-all-tagged").json()[f"{M}:management"]
+    assert tagged["port"] == 830
+    assert tagged["@port"] == {"ietf-netconf-with-defaults:default": True}
+    el = etree.fromstring(get("report-all-tagged", XML_T).content)
+    port = el.find(f"{{{FP}}}port")
+    assert port.get("{urn:ietf:params:xml:ns:netconf:default:1.0}default") == "true"
+    r = get("sometimes")
+    assert r.status_code == 400 and errors(r)[0]["error-tag"] == "invalid-value"
