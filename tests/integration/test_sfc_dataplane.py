@@ -526,3 +526,23 @@ def test_ipv6_traffic_is_classified_at_the_ingress(lab: Lab, tmp_path: Path) -> 
     finally:
         lab.c.push(L.classifier_xml())
     assert lab.ping(1)
+
+
+def test_a_commit_failing_in_the_data_path_changes_nothing(lab: Lab) -> None:
+    """The data path refuses the change half-way (a result socket it cannot bind, after the
+    new table and interfaces were prepared): <rpc-error>, running unchanged, the data path
+    still on the old tables (no new entry), traffic flows."""
+    from ncclient.operations import RPCError
+
+    L = lab.L
+    before = lab.f_config()
+    entries0 = sorted((x[0], x[1]) for x in lab.f_stats()["entries"])
+    xml = L.middle_xml(lab.net, sockets=["/nonexistent-dir/sf0.sock"], extra_entries=(
+        "<entry><spi>77</spi><si>7</si><next-hop><locator>192.0.2.6</locator></next-hop>"
+        "</entry>"))
+    with pytest.raises(RPCError) as ei:
+        lab.edit_f(xml)
+    assert "No such file" in str(ei.value) or "refused" in str(ei.value), str(ei.value)
+    assert lab.f_config() == before
+    assert sorted((x[0], x[1]) for x in lab.f_stats()["entries"]) == entries0
+    assert lab.ping(1)
