@@ -62,6 +62,7 @@ from scapy.contrib.nsh import NSH  # noqa: E402
 
 from netconf_core.polling import wait_until  # noqa: E402
 from nsf_agent.sfc.fastpath import FastPath, libbpf  # noqa: E402
+from nsf_agent.sfc.fastpath.tables import SFF_VAL  # noqa: E402
 from nsf_agent.sfc.model import (  # noqa: E402
     ClassifierRule,
     Match,
@@ -280,7 +281,7 @@ def update_cost(net: Net, fp: FastPath) -> dict[str, float]:
         t0 = time.perf_counter()
         for i in range(n):
             key = (7).to_bytes(4, "little") + ((4000 + i) << 8 | 1).to_bytes(4, "big")
-            val = (1).to_bytes(4, "little") + bytes(12)
+            val = (1).to_bytes(4, "little") + bytes(SFF_VAL.size - 4)
             subprocess.run(
                 [
                     bpftool,
