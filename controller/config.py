@@ -13,6 +13,7 @@
     reconnect_min = 0.5       # southbound reconnect backoff (seconds)
     reconnect_max = 30
     retry_max = 30            # failed actions retry with backoff up to this
+    status_interval = 5       # seconds between readings of the NSFs' SA state (policy status)
 
     [restconf]                # optional: RFC 8040 northbound beside NETCONF (docs/restconf.md)
     host = "127.0.0.1"
@@ -69,7 +70,8 @@ class ControllerConfig:
 _SERVER = {"host": str, "port": int, "state_dir": str, "database": str}
 _CONTROLLER = {"rekey_grace": (int, float), "confirm_timeout": int, "rpc_timeout": (int, float),
                "reconnect_min": (int, float), "reconnect_max": (int, float),
-               "retry_max": (int, float), "batch_max": int}
+               "retry_max": (int, float), "batch_max": int,
+               "status_interval": (int, float)}
 
 
 def parse_config(data: dict[str, Any], base: Path) -> ControllerConfig:
@@ -96,6 +98,9 @@ def parse_config(data: dict[str, Any], base: Path) -> ControllerConfig:
     o.reconnect_max = float(ctl.get("reconnect_max", o.reconnect_max))
     o.retry_max = float(ctl.get("retry_max", o.retry_max))
     o.batch_max = int(ctl.get("batch_max", o.batch_max))
+    o.status_interval = float(ctl.get("status_interval", o.status_interval))
+    if o.status_interval <= 0:
+        raise ConfigError("[controller] status_interval must be > 0")
     cfg.users = parse_users(data.get("users", []), base)
     if "restconf" in data:
         cfg.restconf = RestconfConfig.parse(data["restconf"], base, cfg.state_dir)

@@ -177,9 +177,9 @@ def test_state_view_rerenders_only_on_change(tmp_path: Path,
     renders: list[int] = []
     real = engine._state_text
 
-    def counting(st: SqliteStore, sc: RekeyScheduler) -> str:
+    def counting(st: SqliteStore, sc: RekeyScheduler, *rest: object) -> str:
         renders.append(1)
-        return real(st, sc)
+        return real(st, sc, *rest)  # type: ignore[arg-type]
 
     monkeypatch.setattr(engine, "_state_text", counting)
     view = engine.StateView()

@@ -67,7 +67,7 @@ def test_installed_scripts_run(venv: Path, tmp_path: Path) -> None:
                            timeout=60, env=_env(), cwd=tmp_path)
         assert r.returncode == 0, r.stderr
     share = venv / "share" / "i2nsf-sdn" / "yang"
-    assert (share / "i2nsf-flow-policy@2026-11-23.yang").exists()
+    assert (share / "i2nsf-flow-policy@2026-12-04.yang").exists()
     assert any((share / "standard").glob("ietf-restconf-monitoring@*.yang"))
     r = subprocess.run([str(bin_ / "i2nsf-agent"), "install-unit", "--print"],
                        capture_output=True, text=True, timeout=60, env=_env(), cwd=tmp_path)

@@ -50,6 +50,7 @@ class ServiceOptions:
     reconnect_max: float = 30.0
     retry_base: float = 1.0
     retry_max: float = 30.0
+    status_interval: float = 5.0  # seconds between readings of the NSFs' SAD state (#13.2)
 
 
 @dataclass

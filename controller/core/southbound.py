@@ -103,6 +103,7 @@ class NsfSession:
         if error is not None:
             self.last_error = error
         if state == CONNECTED:
+            self.last_error = None  # (an old error beside "connected" only misleads, #13.2)
             self.up.set()
         else:
             self.up.clear()

@@ -70,6 +70,7 @@ class Events:
         """After every (re)connection: put back what the store says the NSF should hold,
         and retry at once the actions that failed while it was away."""
         self.ike.on_connected(sess.name)
+        self.evidence.forget(sess.name)
         try:
             await self.resync(sess.name)
         except Exception:  # (not on cancellation: stopping must not wait for the NSF)

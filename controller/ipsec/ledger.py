@@ -21,6 +21,7 @@ from lxml import etree
 from controller.core.inventory import NS as FP_NS
 from controller.core.store import SaRecord, SaView, Store
 from controller.ipsec import translate
+from controller.ipsec.evidence import Evidence
 from controller.ipsec.keys import KeyManager
 from controller.ipsec.rekey import Action, Phase, RekeyScheduler
 from controller.ipsec.translate import Edits, Parts, Plan, SaSpec
@@ -177,14 +178,20 @@ class StateView:
         self._key: tuple[object, ...] | None = None
         self._text = b""
 
-    def __call__(self, store: Store, sched: RekeyScheduler) -> etree._Element:
+    def __call__(self, store: Store, sched: RekeyScheduler, shown: Shown | None = None,
+                 evidence: Evidence | None = None, extra: tuple[object, ...] = ()
+                 ) -> etree._Element:
         timers = tuple((n, sched.status(n), t.last_error if t.attempts else None,
                         sched.next_rekey(n)) for n, t in sched.timers.items())
-        key = (store.changed(), timers)
+        key = (store.changed(), timers, extra)
         if key != self._key:
-            self._text = _state_text(store, sched).encode()
+            self._text = _state_text(store, sched, shown, evidence).encode()
             self._key = key
         return etree.fromstring(self._text)
+
+
+# policy name → (status, error) as shown (data-plane evidence applied), None: the scheduler's
+Shown = Callable[[str], "tuple[str, str | None] | None"]
 
 
 def state_xml(store: Store, sched: RekeyScheduler) -> etree._Element:
@@ -192,7 +199,19 @@ def state_xml(store: Store, sched: RekeyScheduler) -> etree._Element:
     return etree.fromstring(_state_text(store, sched))
 
 
-def _state_text(store: Store, sched: RekeyScheduler) -> str:
+def _counters(evidence: Evidence | None, nsf: str, sa: str) -> str:
+    c = evidence.counters(nsf, sa) if evidence is not None else None
+    if c is None:
+        return ""
+    present, counts = c
+    out = f"<present>{'true' if present else 'false'}</present>"
+    if counts is not None:
+        out += f"<packets>{counts[1]}</packets><bytes>{counts[0]}</bytes>"
+    return out
+
+
+def _state_text(store: Store, sched: RekeyScheduler, shown: Shown | None = None,
+                evidence: Evidence | None = None) -> str:
     """Rendered as text and parsed once: a `get` of thousands of policies must not hold the
     event loop (and so every NSF transaction) for long. Names, addresses and numbers need
     no escaping (names are restricted by the model); error messages are escaped."""
@@ -214,6 +233,14 @@ def _state_text(store: Store, sched: RekeyScheduler) -> str:
         status = rec.status if rec.status == "deleting" or timer is None else (
             sched.status(name))
         err = timer.last_error if timer is not None and timer.attempts else rec.error
+        seen = shown(name) if shown is not None and timer is not None else None
+        if seen is not None:
+            status, err = seen[0], seen[1] or (err if seen[0] != "active" else None)
+        ev_time = ""
+        if evidence is not None and rec.endpoint_a in evidence.now and (
+                rec.endpoint_b in evidence.now):
+            ev_time = when(min(evidence.now[rec.endpoint_a].at,
+                               evidence.now[rec.endpoint_b].at))
         nxt = when(sched.next_rekey(name)) if timer is not None else ""
         out.append(
             f"<policy><name>{name}</name>"
@@ -224,19 +251,22 @@ def _state_text(store: Store, sched: RekeyScheduler) -> str:
             + (f"<error-message>{escape(err)}</error-message>" if err else "")
             + f"<generation>{rec.generation}</generation>"
             + f"<last-change>{when(rec.updated)}</last-change>"
-            + (f"<next-rekey>{nxt}</next-rekey>" if nxt else ""))
+            + (f"<next-rekey>{nxt}</next-rekey>" if nxt else "")
+            + (f"<evidence-time>{ev_time}</evidence-time>" if ev_time else ""))
         for sa in by_policy.get(name, ()):
             common = f"<name>{sa.name}</name><spi>{sa.spi}</spi>"
             tail = (f"<generation>{sa.generation}</generation>"
                     f"<created>{when(sa.created)}</created>"
                     + (f"<next-rekey>{nxt}</next-rekey>"
-                       if nxt and sa.generation == rec.generation else "") + "</sa>")
+                       if nxt and sa.generation == rec.generation else ""))
             out.append(f"<sa><nsf>{sa.sender}</nsf>{common}<direction>outbound</direction>"
                        f"<source>{sa.sender_src}</source>"
                        f"<destination>{sa.sender_dst}</destination>{tail}"
+                       f"{_counters(evidence, sa.sender, sa.name)}</sa>"
                        f"<sa><nsf>{sa.receiver}</nsf>{common}<direction>inbound</direction>"
                        f"<source>{sa.receiver_src}</source>"
-                       f"<destination>{sa.receiver_dst}</destination>{tail}")
+                       f"<destination>{sa.receiver_dst}</destination>{tail}"
+                       f"{_counters(evidence, sa.receiver, sa.name)}</sa>")
         out.append("</policy>")
     out.append("</flow-protection-state>")
     return "".join(out)

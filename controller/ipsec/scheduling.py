@@ -57,13 +57,15 @@ class Scheduling:
         rec_err = t.last_error if t.attempts else None
         with contextlib.suppress(KeyError):
             self.store.set_policy_status(name, status, rec_err)
-        self._status_changed(name, status, rec_err)
+        shown = self.policy_status(name)  # (the evidence's verdict on an active one)
+        self._status_changed(name, *(shown or (status, rec_err)))
 
     def _current(self, a: Action) -> bool:
         t = self.sched.timers.get(a.policy)
         return t is not None and t.in_flight == a.seq
 
     def _completed(self, a: Action, plan: Plan, now: float) -> None:
+        self.settled[a.policy] = self.clock()  # its NSFs changed: earlier readings are moot
         if not self._current(a):
             if a.policy in self.deleting:
                 # removed while it ran: what it put on the NSFs is recorded all the same,

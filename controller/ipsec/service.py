@@ -39,9 +39,11 @@ from lxml import etree
 from controller.core.engine import Engine, EngineStats, ServiceOptions
 from controller.core.inventory import NS as FP_NS
 from controller.core.store import Store
+from controller.ipsec import translate
 from controller.ipsec.batching import Batching
 from controller.ipsec.config_diff import ConfigDiff
 from controller.ipsec.events import Events
+from controller.ipsec.evidence import Evidence, read_all
 from controller.ipsec.ike_manager import IkeManager
 from controller.ipsec.keys import KeyManager
 from controller.ipsec.ledger import SaLedger, StateView
@@ -90,6 +92,8 @@ class FlowService(ConfigDiff, Scheduling, Batching, Events, Engine):
         self._loaded = False
         self._runner_busy = False
         self._state_view = StateView()
+        self.evidence = Evidence(self.opts.status_interval)  # data-plane status (#13.2)
+        self.settled: dict[str, float] = {}  # policy → when an action of it last completed
         self.ike = IkeManager(self, state_dir)  # the IKE case (ike_manager.py)
 
     def load(self) -> None:
@@ -114,6 +118,7 @@ class FlowService(ConfigDiff, Scheduling, Batching, Events, Engine):
             self.load()
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self.run(), name="flow-engine")
+        self._spawn(self._evidence_loop())
         self.ike.start()
 
     async def stop(self) -> None:
@@ -127,6 +132,39 @@ class FlowService(ConfigDiff, Scheduling, Batching, Events, Engine):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.south.stop()
 
+    # ---- status from evidence (evidence.py) ---------------------------------------------------
+
+    def policy_status(self, name: str) -> tuple[str, str | None] | None:
+        """The status shown for an IKE-less policy (None: not one with a timer): the
+        scheduler's, and for `active` the data-plane evidence's verdict."""
+        t = self.sched.timers.get(name)
+        plan = self.plans.get(name)
+        if t is None or plan is None:
+            return None
+        status = self.sched.status(name)
+        if status != "active":
+            return status, t.last_error if t.attempts else None
+        if t.generation is None:  # on demand: SPD entries only until the first packet
+            return "waiting", None
+        live = self.store.get_sas(name, generation=t.generation)
+        return self.evidence.verdict((plan.a.name, plan.b.name), self.south.sessions, live,
+                                     self.clock(), self.settled.get(name, 0.0))
+
+    async def _evidence_loop(self) -> None:
+        """Read the endpoint NSFs' SAD state every status_interval; report status changes."""
+        while True:
+            nsfs = {n for p in self.plans.values() for n in (p.a.name, p.b.name)}
+            if nsfs:
+                got = await read_all(self.south.sessions, nsfs, self.opts.rpc_timeout,
+                                     self.clock, translate.NAME_PREFIX + "/")
+                for nsf, reading in got.items():
+                    self.evidence.record(nsf, reading)
+                for name in list(self.plans):
+                    st = self.policy_status(name)
+                    if st is not None:
+                        self._status_changed(name, *st)
+            await asyncio.sleep(self.opts.status_interval)
+
     def request_rekey(self, policy: str) -> int:
         if policy not in self.sched.timers:
             raise KeyError(policy)
@@ -135,8 +173,14 @@ class FlowService(ConfigDiff, Scheduling, Batching, Events, Engine):
         self.wake()
         return gen
 
+    def _evidence_key(self) -> tuple[object, ...]:
+        """What the derived statuses depend on besides store and timers (for the cache)."""
+        return (self.evidence.version, int(self.clock() / self.opts.status_interval),
+                tuple((n, s.state) for n, s in sorted(self.south.sessions.items())))
+
     def state(self) -> list[etree._Element]:
-        st = self._state_view(self.store, self.sched)
+        st = self._state_view(self.store, self.sched, self.policy_status, self.evidence,
+                              self._evidence_key())
         q = f"{{{FP_NS}}}"
         for p in self.ike.state_policies(q):
             st.append(p)

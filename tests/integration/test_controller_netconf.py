@@ -14,7 +14,16 @@ from typing import Any
 import asyncssh
 import pytest
 from lxml import etree
-from ncharness import NC_NS, PASSWORD, PASSWORD_HASH, AgentThread, connect, names, wait_for
+from ncharness import (
+    IKELESS_NS,
+    NC_NS,
+    PASSWORD,
+    PASSWORD_HASH,
+    AgentThread,
+    connect,
+    names,
+    wait_for,
+)
 
 from controller.config import ControllerConfig
 from controller.core.engine import ServiceOptions
@@ -28,7 +37,7 @@ Q = f"{{{FP}}}"
 class ControllerThread:
     def __init__(self, state_dir: Path) -> None:
         opts = ServiceOptions(grace=0.2, reconnect_min=0.05, reconnect_max=0.5, retry_max=0.5,
-                              retry_base=0.1, confirm_timeout=30)
+                              retry_base=0.1, confirm_timeout=30, status_interval=0.3)
         self.ctl = ControllerServer(ControllerConfig(
             host="127.0.0.1", port=0, state_dir=state_dir, options=opts,
             users=[User("admin", PASSWORD_HASH)]))
@@ -318,3 +327,71 @@ def test_northbound_errors_are_sentences_and_change_nothing(env: dict[str, Any])
         assert m.get_config("running").data_xml == before
     finally:
         m.close_session()
+
+
+def _policy_el(ctl: ControllerThread, name: str) -> etree._Element | None:
+    for p in ctl.state().iter(Q + "policy"):
+        if p.findtext(Q + "name") == name:
+            return p
+    return None
+
+
+def test_status_follows_the_nsfs_state(env: dict[str, Any]) -> None:
+    """Issue 13.2: `active` only with evidence — both NSFs reachable and holding the live
+    SAs; an on-demand policy without SAs is `waiting`; an SA gone from an NSF makes the
+    policy `degraded`, an unreachable NSF `stale` (each with the reason); a reconnected
+    session shows no old error."""
+    ctl, ag = env["ctl"], env["agents"]
+    ctl.edit("<nsfs>" + "".join(nsf_xml(env, n, i) for i, n in
+                                ((1, "s1"), (2, "s2"), (3, "s3"))) + "</nsfs>" + PROFILE
+             + policy("x", "s1", "s2"))
+    ctl.edit(policy("y", "s1", "s3", extra="").replace(
+        "</endpoint-b>", "</endpoint-b><ikeless><on-demand>true</on-demand></ikeless>"))
+    wait_for(lambda: ctl.status("x") == "active", 10, "x active")
+    wait_for(lambda: ctl.status("y") == "waiting", 10, "on-demand y waiting for traffic")
+
+    def evidence_seen() -> bool:
+        p = _policy_el(ctl, "x")
+        return p is not None and p.findtext(Q + "evidence-time") is not None and all(
+            s.findtext(Q + "present") == "true" for s in p.iter(Q + "sa"))
+    wait_for(evidence_seen, 10, "x's SAs seen on both NSFs")
+
+    # an SA removed from s2 behind the controller's back
+    p = _policy_el(ctl, "x")
+    assert p is not None
+    gen = p.findtext(Q + "generation")
+    sa = f"fp/x/0/a2b/{gen}"
+    m = ag["s2"].connect()
+    try:
+        m.edit_config(target="running", config=(
+            f'<config xmlns="{NC_NS}" xmlns:nc="{NC_NS}"><ipsec-ikeless xmlns="{IKELESS_NS}">'
+            f'<sad><sad-entry nc:operation="delete"><name>{sa}</name></sad-entry></sad>'
+            "</ipsec-ikeless></config>"))
+    finally:
+        m.close_session()
+    wait_for(lambda: ctl.status("x") == "degraded", 10, "x degraded")
+    p = _policy_el(ctl, "x")
+    assert p is not None and f"SA {sa}" in (p.findtext(Q + "error-message") or "")
+    assert "missing on NSF s2" in (p.findtext(Q + "error-message") or "")
+
+    # s2 unreachable: stale, not active
+    port = ag["s2"].port
+    ag["s2"].stop()
+    wait_for(lambda: ctl.status("x") == "stale", 10, "x stale")
+    p = _policy_el(ctl, "x")
+    assert p is not None and "NSF s2 is unreachable" in (p.findtext(Q + "error-message") or "")
+    assert ctl.status("y") == "waiting"  # (s2 is none of y's NSFs)
+
+    # back: the resync restores the SA; active again, and the session shows no old error
+    ag["s2"] = AgentThread(env["tmp"] / "s2", port=port).start()
+    wait_for(lambda: ctl.status("x") == "active", 15, "x active again")
+    assert not (_policy_el(ctl, "x").findtext(Q + "error-message"))  # type: ignore[union-attr]
+    m = connect(ctl.ctl.port)
+    try:
+        d = etree.fromstring(m.get(filter=("subtree", f'<flow-protection xmlns="{FP}"/>'))
+                             .data_xml.encode())
+    finally:
+        m.close_session()
+    s2 = next(n for n in d.iter(Q + "nsf") if n.findtext(Q + "name") == "s2")
+    assert s2.findtext(f"{Q}session/{Q}state") == "connected"
+    assert s2.find(f"{Q}session/{Q}last-error") is None
