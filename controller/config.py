@@ -25,6 +25,14 @@
     host = "127.0.0.1"
     port = 9100
 
+    [store]                   # optional: PostgreSQL instead of SQLite (docs/ha.md)
+    backend = "postgres"      # "sqlite" (default) or "postgres"
+    dsn_file = "/etc/i2nsf/controller.dsn"    # libpq DSN/URI, file mode 0600 (holds a password)
+
+    [ha]                      # with backend = "postgres": active/standby leadership
+    lease_ttl = 5.0           # seconds; a standby takes over this long after the active died
+    advertise = "192.0.2.10:8300"             # named by standbys' refusals
+
     [[users]]                 # who may use the northbound (same format as the agent's)
     name = "admin"
     password_hash = "scrypt$..."              # i2nsf-agent hash-password
@@ -41,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.core.engine import ServiceOptions
+from controller.ha import HaConfig
 from netconf_core.auth import User
 from netconf_core.configfile import ConfigError, check_table, parse_users, read_toml
 from netconf_core.metrics import MetricsConfig
@@ -57,6 +66,9 @@ class ControllerConfig:
     users: list[User] = field(default_factory=list)
     restconf: RestconfConfig | None = None
     metrics: MetricsConfig | None = None
+    store_backend: str = "sqlite"
+    store_dsn: str | None = None  # postgres: read from [store] dsn_file (never logged)
+    ha: HaConfig | None = None  # set (defaults) whenever the store is postgres
 
     @property
     def db_path(self) -> Path:
@@ -76,7 +88,7 @@ _CONTROLLER = {"rekey_grace": (int, float), "confirm_timeout": int, "rpc_timeout
 
 def parse_config(data: dict[str, Any], base: Path) -> ControllerConfig:
     for k in data:
-        if k not in ("server", "controller", "users", "restconf", "metrics"):
+        if k not in ("server", "controller", "users", "restconf", "metrics", "store", "ha"):
             raise ConfigError(f"unknown section [{k}]")
     cfg = ControllerConfig()
     srv = data.get("server", {})
@@ -106,7 +118,45 @@ def parse_config(data: dict[str, Any], base: Path) -> ControllerConfig:
         cfg.restconf = RestconfConfig.parse(data["restconf"], base, cfg.state_dir)
     if "metrics" in data:
         cfg.metrics = MetricsConfig.parse(data["metrics"])
+    _parse_store(cfg, data.get("store", {}), data.get("ha"), base)
     return cfg
+
+
+def _parse_store(cfg: ControllerConfig, st: dict[str, Any], ha: dict[str, Any] | None,
+                 base: Path) -> None:
+    """[store] and [ha] (#21): PostgreSQL shared by active/standby instances."""
+    check_table(st, {"backend": str, "dsn_file": str}, "store")
+    cfg.store_backend = st.get("backend", "sqlite")
+    if cfg.store_backend not in ("sqlite", "postgres"):
+        raise ConfigError(f"[store] backend {cfg.store_backend!r}: expected \"sqlite\" or "
+                          "\"postgres\"")
+    if cfg.store_backend == "sqlite":
+        if "dsn_file" in st or ha is not None:
+            raise ConfigError("[store] dsn_file and [ha] need backend = \"postgres\" (SQLite "
+                              "serves one instance)")
+        return
+    if "dsn_file" not in st:
+        raise ConfigError("[store] backend = \"postgres\" needs dsn_file (a file holding "
+                          "the libpq connection string)")
+    path = base / st["dsn_file"]
+    try:
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"[store] dsn_file {path} is readable by group or others "
+                              "(it holds the database password): chmod 600 it")
+        cfg.store_dsn = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"[store] dsn_file {path}: {exc.strerror}") from None
+    if not cfg.store_dsn:
+        raise ConfigError(f"[store] dsn_file {path} is empty")
+    ha = ha or {}
+    check_table(ha, {"lease_ttl": (int, float), "advertise": str, "lease_name": str}, "ha")
+    h = HaConfig()
+    h.lease_ttl = float(ha.get("lease_ttl", h.lease_ttl))
+    if not 0.2 <= h.lease_ttl <= 600:
+        raise ConfigError(f"[ha] lease_ttl {h.lease_ttl}: expected 0.2 to 600 seconds")
+    h.advertise = ha.get("advertise", f"{cfg.host}:{cfg.port}")
+    h.lease_name = ha.get("lease_name", h.lease_name)
+    cfg.ha = h
 
 
 def load_config(path: Path) -> ControllerConfig:

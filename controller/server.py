@@ -168,7 +168,16 @@ class ControllerServer:
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(config.state_dir, 0o700)
-        self.store = SqliteStore(config.db_path)
+        self.ha: Any = None  # controller.ha.HaControl with a PostgreSQL store (#21)
+        if config.store_backend == "postgres":
+            from controller.core.store_pg import PgStore
+            from controller.ha import HaControl
+
+            assert config.store_dsn is not None and config.ha is not None
+            self.store: Any = PgStore(config.store_dsn)
+            self.ha = HaControl(config.ha, config.store_dsn, self.store, self._activate)
+        else:
+            self.store = SqliteStore(config.db_path)
         self.service = FlowService(self.store, config.options, state_dir=config.state_dir)
         self.server: NetconfServer | None = None
         self.ssh: SshTransport | None = None
@@ -200,17 +209,24 @@ class ControllerServer:
         applier.bind(server.notify)
         self.sfc, sfc_applier = sfc_wiring.attach(self.service, server, locked)
         sfc_applier.bind(server.notify)
-        self.service.load()
-        self.service.start()
-        self.sfc.start()
+        if self.ha is None:
+            self.service.load()
+            self.service.start()
+            self.sfc.start()
         appliers: list[Any] = [applier, sfc_applier]
         if rc_cfg is not None:
             self.restconf = RestconfServer(server, UserDb(self.config.users), rc_cfg)
             appliers.append(RestconfStateApplier(self.restconf.base_url,
                                                  lambda: server.bus.log_created))
+        if self.ha is not None:  # a standby until elected: see controller/ha.py
+            appliers.append(self.ha.publisher)
+            self.ha.guard_handlers(server.handlers)
+            self.ha.install_shared_config(nc_dir)
+        self._schema, self._appliers, self._nc_dir = schema, appliers, nc_dir
         self.datastores = Datastores(schema, appliers, nc_dir)
         server.attach(self.datastores)
-        self.datastores.reconcile()
+        if self.ha is None:
+            self.datastores.reconcile()
         self.server = server
         self.ssh = SshTransport(server, UserDb(self.config.users), SshConfig(
             host=self.config.host, port=self.config.port,
@@ -224,8 +240,24 @@ class ControllerServer:
             self.metrics.register(stats_collector("i2nsf_controller", lambda: self.service.stats,
                                                   SERVICE_COUNTERS))
             self.service.metrics = self.metrics
+        if self.ha is not None:
+            self.ha.start()
         log.info("controller ready: NETCONF on %s port %d, store %s", self.config.host,
-                 self.port, self.config.db_path)
+                 self.port, self.store.path)
+
+    async def _activate(self, epoch: int) -> None:
+        """Elected (controller/ha.py): take the published configuration and start the
+        services as a restarted controller would; every NSF transaction carries `epoch`."""
+        assert self.server is not None
+        self.service.ha_epoch = self.ha.current_epoch  # SFC transacts through it too
+        with self.server.ds_lock:
+            if self.ha.install_shared_config(self._nc_dir):
+                self.datastores = Datastores(self._schema, self._appliers, self._nc_dir)
+                self.server.attach(self.datastores)
+            self.service.load()
+            self.service.start()
+            self.sfc.start()
+            self.datastores.reconcile()
 
     @property
     def port(self) -> int:
@@ -233,6 +265,8 @@ class ControllerServer:
         return self.ssh.port
 
     async def stop(self) -> None:
+        if self.ha is not None:
+            await self.ha.stop()
         if self._metrics_http is not None:
             await self._metrics_http.stop()
         if self.restconf is not None:

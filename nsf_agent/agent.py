@@ -15,7 +15,7 @@ from netconf_core.schema import YangSchema
 from netconf_core.server import NetconfServer, ServerConfig
 from netconf_core.ssh import SshConfig, SshTransport
 from netconf_core.yang_context import create_context
-from nsf_agent import dataplane, sadb
+from nsf_agent import dataplane, fence, sadb
 from nsf_agent.config import AgentConfig
 from nsf_agent.enforce import EnforcementGuard
 from nsf_agent.restart import BootRecord, StatusApplier
@@ -87,6 +87,8 @@ class Agent:
         for a in self.appliers:  # i2nsf-sadb state only where clients can make sense of it
             if hasattr(a, "sadb_state"):
                 a.sadb_state = schema.namespace_known(sadb.NS)
+        if schema.namespace_known(fence.NS):  # controller HA fencing (#21)
+            appliers.insert(0, fence.FenceGuard())  # type: ignore[arg-type]
         if schema.namespace_known(sadb.NS):
             self.status = StatusApplier(self.boot, self.appliers)
             appliers.append(self.status)  # type: ignore[arg-type]

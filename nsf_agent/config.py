@@ -70,7 +70,8 @@ class AgentConfig:
     # The RFC 9061 modules, our IKE event notifications (emitted by the `ike` applier) and
     # our SADB operations RFC 9061 lacks (allocate-spi, served by `xfrm` and `userspace`).
     modules: list[str] = field(
-        default_factory=lambda: [*IPSEC_MODULES, "i2nsf-ike-events", "i2nsf-sadb"])
+        default_factory=lambda: [*IPSEC_MODULES, "i2nsf-ike-events", "i2nsf-sadb",
+                                 "i2nsf-controller-fence"])  # HA controllers (#21)
     features: dict[str, list[str]] = field(default_factory=dict)
     appliers: list[str] = field(default_factory=lambda: ["null"])
     # accept SAs / IKE configuration no applier enforces (store-only agents, benchmarks of

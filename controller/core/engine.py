@@ -18,6 +18,7 @@ from typing import Any
 
 from lxml import etree
 
+from controller.core.fence import add_fence
 from controller.core.inventory import NS as FP_NS
 from controller.core.southbound import CONNECTED, NsfSession, Southbound
 from controller.core.store import Store
@@ -81,6 +82,9 @@ class Engine:
         self._leftover_checked: set[str] = set()
         # netconf_core.metrics.Metrics when /metrics is served (transaction latencies)
         self.metrics: Any = None
+        # HA (#21, controller/ha.py): the leadership epoch every NSF edit carries; raises
+        # when this instance is no longer sure it leads. None: a single controller.
+        self.ha_epoch: Callable[[], int] | None = None
 
     def wake(self) -> None:
         if self._wake is not None:
@@ -127,6 +131,9 @@ class Engine:
     async def _transact(self, sessions: dict[str, NsfSession],
                         edits: dict[str, etree._Element],
                         commit_order: list[str] | None = None) -> None:
+        if self.ha_epoch is not None:
+            epoch = self.ha_epoch()
+            edits = {n: add_fence(e, epoch) for n, e in edits.items()}
         await self._clear_leftovers(sessions)
         self.stats.transactions += 1
         started = time.monotonic()

@@ -182,6 +182,11 @@ class PgStore(SqliteStore):
             self.version += 1
 
     @property
+    def _sole_writer(self) -> bool:
+        """Fenced at a real epoch: no other instance writes, cached reads are safe."""
+        return self._fence is not None and self._fence[1] >= 0
+
+    @property
     def fenced_epoch(self) -> int | None:
         return None if self._fence is None else self._fence[1]
 
@@ -235,7 +240,7 @@ class PgStore(SqliteStore):
         # Only a fenced leader is the sole writer; anyone else must assume every read may
         # see another instance's writes.
         with self._lock:
-            if self._fence is None:
+            if not self._sole_writer:
                 self.version += 1
             return self.version
 
@@ -255,7 +260,7 @@ class PgStore(SqliteStore):
                     [(s.policy, s.flow, int(s.a2b), s.generation, s.spi,
                       json.dumps(s.keys.to_dict()), s.sender, s.receiver, s.sender_src,
                       s.sender_dst, s.receiver_src, s.receiver_dst, s.created) for s in sas])
-            if self._fence is not None:
+            if self._sole_writer:
                 for name in {s.policy for s in sas}:
                     have = self._sa_cache.get(name)
                     if have is not None:
@@ -265,7 +270,7 @@ class PgStore(SqliteStore):
 
     def get_sas(self, policy: str | None = None, generation: int | None = None,
                 nsf: str | None = None) -> list[SaRecord]:
-        if self._fence is None:  # another instance may write: the database only
+        if not self._sole_writer:  # another instance may write: the database only
             return self._query_sas(policy, generation, nsf)
         return super().get_sas(policy, generation, nsf)
 
