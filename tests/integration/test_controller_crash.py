@@ -180,3 +180,57 @@ def test_agent_crash_under_ping_is_rekeyed_without_reuse(tmp_path: Any) -> None:
                                  tunnel_header=IP(src=GW_A, dst=GW_B), esn_en=True, esn=0)
         for p in mine[:: max(1, len(mine) // 40)] + mine[-3:]:
             assert sa.decrypt(IP(p))[IP].dst == HOST_B
+
+
+def test_data_path_crash_alone_is_reported_and_rekeyed(tmp_path: Any) -> None:
+    """The agent survives, its userspace data path is killed: the agent starts a new one
+    (resuming above the sequence marks) and sends nsf-restarted on the live session with the
+    SAs that lost state (same boot id); the controller rekeys those SAs' policy at once."""
+    from gateway_lab import gateway_lab, poll
+
+    from nsf_agent.userspace.lab import HOST_B
+
+    with gateway_lab("i2d", soft=600, hard=1200, ctl_options={"status_interval": 0.5}) as gl:
+        m = gl.connect()
+        try:
+            m.edit_config(target="running", config=gl.inventory_xml())
+        finally:
+            m.close_session()
+        poll(lambda: gl.policy_state("g2g") is not None
+             and gl.policy_state("g2g").findtext(f"{{{FP}}}status") == "active", 30,
+             "policy active")
+        gen0 = generation(gl)
+        ns = gl.gw_ns("a")
+        agent = gl.agents["a"].proc.pid
+        pids = [int(p) for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                               text=True, timeout=10).stdout.split()]
+        datapath = [p for p in pids if p != agent]
+        assert datapath, pids
+        ping = gl.lab.popen(gl.lab.host_a, ["ping", "-n", "-D", "-i", "0.02", "-W", "1",
+                                            HOST_B],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            def sent() -> int:  # gwA's packets on its live outbound SA, as last read
+                p = gl.policy_state("g2g")
+                return max((int(s.findtext(f"{{{FP}}}packets") or 0)
+                            for s in (p.iter(f"{{{FP}}}sa") if p is not None else ())
+                            if s.findtext(f"{{{FP}}}nsf") == "gwa"
+                            and s.findtext(f"{{{FP}}}direction") == "outbound"), default=0)
+            poll(lambda: sent() >= 10, 20, "traffic through the tunnel before the crash")
+            for p in datapath:
+                os.kill(p, signal.SIGKILL)
+            killed = time.time()
+            poll(lambda: generation(gl) == gen0 + 1, 30, "the controller's rekey of g2g")
+            poll(lambda: gl.policy_state("g2g").findtext(f"{{{FP}}}status") == "active", 30,
+                 "active after the rekey")
+            assert gl.agents["a"].proc.poll() is None  # the agent itself never stopped
+        finally:
+            ping.send_signal(signal.SIGINT)
+            out, _ = ping.communicate(timeout=10)
+        log = (gl.workdir / "controller.log").read_text()
+    assert "lost state" in log and "restarted uncleanly" in log
+    replies = [(float(m.group(1)), int(m.group(2)))
+               for m in map(REPLY.match, out.splitlines()) if m]
+    after = [t for t, _ in replies if t > killed]
+    assert len(after) >= 20, "traffic after the data path came back"
+    print(f"first reply {after[0] - killed:.3f} s after the data path was killed")
