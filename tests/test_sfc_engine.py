@@ -304,3 +304,25 @@ def test_next_function_request_steers_the_flow_onto_the_configured_path() -> Non
     out, dst = e.out_gre.pop()
     assert (dst, NSH(out[4:]).spi) == ("192.0.2.6", 10)
     assert e.counters["next-function-unknown"] == 1
+
+
+def test_table_miss_notifications_are_bounded(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import nsf_agent.sfc.engine as eng
+
+    now = [1000.0]
+    monkeypatch.setattr(eng.time, "monotonic", lambda: now[0])   # a clock that stands still
+    e = engine()
+    inner = tcp()
+    for spi in range(1000):                      # random SPIs: one hold queue each
+        e.sff(gre(nsh.Nsh(spi=spi, si=9), inner), 4)
+    misses = [ev for ev in e.events if ev["event"] == "sff-table-miss"]
+    assert len(misses) == 200
+    assert e.counters["table-miss-notifications-suppressed"] == 1000 - len(misses)
+    e2 = engine()
+    e2.cfg.hold_packets = 0                      # no hold: one per (SPI, SI) per second
+    for _ in range(50):
+        e2.sff(gre(nsh.Nsh(spi=5, si=9), inner), 4)
+    assert len(e2.events) == 1 and e2.drops["table-miss"] == 50
+    now[0] += 1.5                                # a second later: asked again
+    e2.sff(gre(nsh.Nsh(spi=5, si=9), inner), 4)
+    assert len(e2.events) == 2

@@ -33,6 +33,7 @@ ETH_IPV6 = b"\x86\xdd"
 FLOW_STATE_MAX = 65536
 HOLD_TOTAL_MAX = 4096
 EVENT_INTERVAL = 1.0   # one ttl-expired / loop event per (SPI, SI) per second
+MISS_EVENTS_PER_S = 200.0   # table-miss notifications in all, per second (token bucket)
 
 
 def flow_of(p: bytes | bytearray | memoryview, off: int = 0) -> Flow | None:
@@ -217,6 +218,8 @@ class Engine:
         self.counters: collections.Counter[str] = collections.Counter()
         self.drops: collections.Counter[str] = collections.Counter()
         self._last_event: dict[tuple[str, int, int], float] = {}
+        self._miss_tokens = MISS_EVENTS_PER_S
+        self._miss_t = time.monotonic()
         # outputs, flushed by the data path after each batch
         self.out_gre: list[tuple[bytes, str]] = []        # (GRE payload, locator)
         self.out_ip: list[bytes] = []                     # inner packets to deliver
@@ -430,8 +433,7 @@ class Engine:
         q = self.hold.get(key)
         if q is None:
             self.counters["table-misses"] += 1
-            self.events.append({"event": "sff-table-miss", "sff-id": self.sff_id,
-                                "spi": spi, "si": si})
+            self._miss_event(spi, si)
             if self.cfg.hold_packets == 0:
                 self.drops["table-miss"] += 1
                 return
@@ -441,6 +443,25 @@ class Engine:
             return
         q.append((time.monotonic(), pkt, off))
         self.held += 1
+
+    def _miss_event(self, spi: int, si: int) -> None:
+        """Ask the controller — once per (SPI, SI) per hold episode, and at most
+        MISS_EVENTS_PER_S in all (random SPIs must not become a notification flood)."""
+        now = time.monotonic()
+        if self.cfg.hold_packets == 0:   # no episode to mark: one per (SPI, SI) per second
+            k = ("sff-table-miss", spi, si)
+            if now - self._last_event.get(k, -EVENT_INTERVAL) < EVENT_INTERVAL:
+                return
+            self._last_event[k] = now
+        self._miss_tokens = min(MISS_EVENTS_PER_S, self._miss_tokens
+                                + (now - self._miss_t) * MISS_EVENTS_PER_S)
+        self._miss_t = now
+        if self._miss_tokens < 1:
+            self.counters["table-miss-notifications-suppressed"] += 1
+            return
+        self._miss_tokens -= 1
+        self.events.append({"event": "sff-table-miss", "sff-id": self.sff_id,
+                            "spi": spi, "si": si})
 
     def expire(self, now: float) -> None:
         """Drop held packets older than hold-time (their entry did not come)."""
