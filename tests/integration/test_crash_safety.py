@@ -253,6 +253,10 @@ def test_kill9_agent_and_datapath_never_repeats_sequence_numbers(crash_lab) -> N
     # the agent says it crashed and which SAs lost state
     with a.connect() as m:
         status = m.get(filter=("subtree", f'<nsf-status xmlns="{SADB}"/>')).data_ele
+    st = status.find(f".//{S}nsf-status")
+    assert st is not None
+    ctx = create_context([*IPSEC_MODULES, "i2nsf-sadb"])  # (the state is what YANG says)
+    ctx.parse_data_mem(etree.tostring(st).decode(), "xml", strict=True, parse_only=True).free()
     assert status.findtext(f".//{S}previous-stop") == "unclean"
     assert status.findtext(f".//{S}previous-boot-id") == first_boot
     assert status.findtext(f".//{S}boot-id") != first_boot
