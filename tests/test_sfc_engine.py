@@ -326,3 +326,16 @@ def test_table_miss_notifications_are_bounded(monkeypatch) -> None:  # type: ign
     now[0] += 1.5                                # a second later: asked again
     e2.sff(gre(nsh.Nsh(spi=5, si=9), inner), 4)
     assert len(e2.events) == 2
+
+
+def test_the_hold_queue_is_bounded_in_bytes_too() -> None:
+    import nsf_agent.sfc.engine as eng
+
+    e = engine()
+    big = bytes(IP(src="198.51.100.10", dst="203.0.113.10") / ICMP() / bytes(60000))
+    for spi in range(400):
+        e.sff(gre(nsh.Nsh(spi=spi, si=9), big), 4)
+    assert e.held_bytes <= eng.HOLD_BYTES_MAX and e.held < 400
+    assert e.drops["table-miss"] == 400 - e.held
+    e.expire(time.monotonic() + 10)
+    assert e.held == 0 and e.held_bytes == 0

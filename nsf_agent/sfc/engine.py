@@ -32,6 +32,7 @@ ETH_IPV4 = b"\x08\x00"
 ETH_IPV6 = b"\x86\xdd"
 FLOW_STATE_MAX = 65536
 HOLD_TOTAL_MAX = 4096
+HOLD_BYTES_MAX = 16 << 20   # held packets may be reassembled 64 KB ones: bound the bytes too
 EVENT_INTERVAL = 1.0   # one ttl-expired / loop event per (SPI, SI) per second
 MISS_EVENTS_PER_S = 200.0   # table-miss notifications in all, per second (token bucket)
 
@@ -215,6 +216,7 @@ class Engine:
         self.proxy_by_name: dict[str, Proxy] = {}
         self.hold: dict[tuple[int, int], collections.deque[tuple[float, bytearray, int]]] = {}
         self.held = 0
+        self.held_bytes = 0
         self.counters: collections.Counter[str] = collections.Counter()
         self.drops: collections.Counter[str] = collections.Counter()
         self._last_event: dict[tuple[str, int, int], float] = {}
@@ -283,6 +285,7 @@ class Engine:
         for key in [k for k in self.hold if k in self.table or k in self.proxies]:
             q = self.hold.pop(key)
             self.held -= len(q)
+            self.held_bytes -= sum(len(b) for _t, b, _o in q)
             for _t, buf, off in q:
                 self.counters["released"] += 1
                 self.sff(buf, off)
@@ -438,11 +441,13 @@ class Engine:
                 self.drops["table-miss"] += 1
                 return
             q = self.hold[key] = collections.deque()
-        if len(q) >= self.cfg.hold_packets or self.held >= HOLD_TOTAL_MAX:
+        if (len(q) >= self.cfg.hold_packets or self.held >= HOLD_TOTAL_MAX
+                or self.held_bytes + len(pkt) > HOLD_BYTES_MAX):
             self.drops["table-miss"] += 1
             return
         q.append((time.monotonic(), pkt, off))
         self.held += 1
+        self.held_bytes += len(pkt)
 
     def _miss_event(self, spi: int, si: int) -> None:
         """Ask the controller — once per (SPI, SI) per hold episode, and at most
@@ -469,7 +474,7 @@ class Engine:
         for key in list(self.hold):
             q = self.hold[key]
             while q and now - q[0][0] >= limit:
-                q.popleft()
+                self.held_bytes -= len(q.popleft()[1])
                 self.held -= 1
                 self.drops["table-miss"] += 1
             if not q:
