@@ -165,9 +165,19 @@ def test_paths_spis_hops_and_tables(schema: YangSchema) -> None:
     assert p2 is not None
     ips = r.path_by_name("ips", "steering")
     assert ips is not None and core.steering["ips"] == (ips.spi, 255)
-    # re-classification, and NSF-triggered steering to ips (carried as a request naming it)
+    # re-classification only for the rule; NSF-triggered steering to ips is the agents'
+    # next-function map (classifier/next-function), on every SFF, not a re-classification
     assert [(e.result, e.from_spi, e.spi) for e in edge.reclass] == [
-        ("ddos-suspected", p1.spi, p2.spi), ("ips", None, ips.spi)]
+        ("ddos-suspected", p1.spi, p2.spi)]
+    assert edge.steering == core.steering == {"ips": (ips.spi, 255)}
+    from controller.sfc import render
+
+    x = render.config_xml(render.agent_config(core))
+    nf = x.findall(f".//{{{render.NS}}}classifier/{{{render.NS}}}next-function")
+    assert [(e.findtext(f"{{{render.NS}}}sf-type"), e.findtext(f"{{{render.NS}}}spi"),
+             e.findtext(f"{{{render.NS}}}first-hop")) for e in nf] == [
+        ("ips", str(ips.spi), str(core.forwarder.locator))]
+    assert not [e for e in x.iter(f"{{{render.NS}}}result") if e.text == "ips"]
     assert paths.loops(r) == []
 
 

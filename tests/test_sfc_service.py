@@ -133,3 +133,42 @@ def test_push_steps_loop_withdrawal_and_restart() -> None:
             await svc2.stop()
 
     asyncio.run(run())
+
+
+def test_inspection_result_event_carries_the_flow() -> None:
+    """The agent's inspection-result notification gives the flow's 5-tuple: the controller's
+    event (state list and sfc-event notification) carries it; bad leaves are left out."""
+    from controller.sfc.model import NS as SFCP
+
+    svc, _log = make(Store())
+    sent: list[etree._Element] = []
+    svc.notify = sent.append
+    n = etree.fromstring(
+        f'<inspection-result xmlns="{render.NS}"><proxy>ids-1</proxy><instance>ids-1'
+        "</instance><type>ids</type><sid>101</sid><msg>exploit attempt</msg><flow>"
+        "<source>198.51.100.10</source><destination>203.0.113.10</destination>"
+        "<protocol>17</protocol><source-port>40011</source-port>"
+        "<destination-port>9000</destination-port></flow><verdict>alert</verdict>"
+        "<next-function>ips</next-function></inspection-result>")
+    assert svc.on_notification("f", n)
+    ev = svc.events[-1]
+    assert ev.kind == "inspection-result"
+    assert ev.flow == {"source": "198.51.100.10", "destination": "203.0.113.10",
+                       "protocol": "17", "source-port": "40011", "destination-port": "9000"}
+    assert "198.51.100.10 -> 203.0.113.10 proto 17 40011 -> 9000" in ev.detail
+    assert "next-function ips" in ev.detail
+    q = f"{{{SFCP}}}"
+    assert [(c.tag[len(q):], c.text) for c in sent[-1].find(q + "flow")] == [
+        ("source", "198.51.100.10"), ("destination", "203.0.113.10"), ("protocol", "17"),
+        ("source-port", "40011"), ("destination-port", "9000")]
+    st = svc.state()[0]
+    rows = [(e.findtext(f"{q}flow/{q}source"), e.findtext(f"{q}flow/{q}destination-port"))
+            for e in st.iter(q + "event") if e.findtext(q + "kind") == "inspection-result"]
+    assert rows == [("198.51.100.10", "9000")]
+    # an agent's malformed 5-tuple does not reach our notification
+    bad = etree.fromstring(
+        f'<inspection-result xmlns="{render.NS}"><instance>x</instance><flow><source>'
+        "not-an-ip</source><destination>203.0.113.10</destination><protocol>300</protocol>"
+        "</flow></inspection-result>")
+    svc.on_notification("f", bad)
+    assert svc.events[-1].flow == {"destination": "203.0.113.10"}

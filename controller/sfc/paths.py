@@ -502,19 +502,10 @@ def _render_classifiers(cfg: SfcConfig, r: Rendering, assignment: Mapping[str, i
             if rule.from_type in cfg.chains[c].types:
                 reclass.append(ReclassEntry(f"{rule.name}-{c}", rule.result, to.spi,
                                             SI_INITIAL, spi_of[c]))
-    # NSF-triggered steering (seed §6): a function asks for a flow to go to type T; every SFF
-    # rewrites it onto T's one-hop steering path itself. The agents act on re-classification
-    # requests only (MD2 TLV 1, not yet the next-function TLV 3), so the request is carried
-    # as a re-classification request whose result is the target type's name.
-    results = {e.result for e in reclass}
-    for p in sorted(r.paths.values(), key=lambda p: p.spi):
-        if p.kind != "steering" or not p.ready:
-            continue
-        if p.name in results:
-            raise _bad(f"SF type {p.name} is a steering target and also the inspection "
-                       "result of a re-classification rule: the agents could not tell the "
-                       "two requests apart")
-        reclass.append(ReclassEntry(f"steer-{p.name}", p.name, p.spi, SI_INITIAL))
+    # NSF-triggered steering (seed §6) needs no entry here: every SFF holds the steering map
+    # (AgentPlan.steering, rendered as classifier/next-function), so a function's
+    # next-function request (MD2 TLV 3) puts the flow on the type's one-hop path at the SFF
+    # that got it. Re-classification results and type names are separate keys on the agent.
     for a in r.agents.values():
         # every SFF re-classifies a flow its proxy tagged (seed §7.2: classifier in the SFF,
         # no trip to a standalone classifier); only classifiers take new traffic

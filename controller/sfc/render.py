@@ -35,10 +35,14 @@ class AgentConfig:
     reclass: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # result → path
     table: dict[tuple[int, int], tuple[NextHop, ...]] = field(default_factory=dict)
     proxies: dict[str, ProxyPlan] = field(default_factory=dict)
+    # NSF-triggered steering (classifier/next-function): SF type → path, switched with the
+    # classifier part (it points at paths like re-classification does)
+    steering: dict[str, tuple[int, int, str]] = field(default_factory=dict)
 
     def key(self) -> tuple[object, ...]:
         return (self.sff_id, self.locator, tuple(self.rules), tuple(sorted(self.reclass.items())),
-                tuple(sorted(self.table.items())), tuple(sorted(self.proxies.items())))
+                tuple(sorted(self.table.items())), tuple(sorted(self.proxies.items())),
+                tuple(sorted(self.steering.items())))
 
 
 def agent_config(a: AgentPlan) -> AgentConfig:
@@ -46,8 +50,9 @@ def agent_config(a: AgentPlan) -> AgentConfig:
     reclass: dict[str, tuple[int, int, str]] = {}
     for e in a.reclass:
         reclass.setdefault(e.result, (e.spi, e.si, loc))
+    steering = {t: (spi, si, loc) for t, (spi, si) in a.steering.items()}
     return AgentConfig(a.forwarder.sff_id, loc, list(a.rules), reclass, dict(a.table),
-                       dict(a.proxies))
+                       dict(a.proxies), steering)
 
 
 def configs(r: Rendering) -> dict[str, AgentConfig]:
@@ -74,7 +79,8 @@ def _union(old: AgentConfig | None, new: AgentConfig, classifier_from: AgentConf
     proxies.update(new.proxies)
     c = classifier_from
     return AgentConfig(new.sff_id, new.locator, list(c.rules) if c else [],
-                       dict(c.reclass) if c else {}, table, proxies)
+                       dict(c.reclass) if c else {}, table, proxies,
+                       dict(c.steering) if c else {})
 
 
 def steps(old: dict[str, AgentConfig], new: dict[str, AgentConfig],
@@ -89,6 +95,7 @@ def steps(old: dict[str, AgentConfig], new: dict[str, AgentConfig],
     simple = set(old) == set(new) and all(
         set(old[n].table) == set(new[n].table) and old[n].rules == new[n].rules
         and old[n].reclass == new[n].reclass and set(old[n].proxies) == set(new[n].proxies)
+        and old[n].steering == new[n].steering
         for n in new)
     if simple:
         return [dict(new)]
@@ -128,7 +135,7 @@ def config_xml(c: AgentConfig | None) -> etree._Element:
         sfc.set(f"{{{NC_NS}}}operation", "remove")
         return cfg
     sfc.set(f"{{{NC_NS}}}operation", "replace")
-    if c.rules or c.reclass:
+    if c.rules or c.reclass or c.steering:
         cl = _sub(sfc, "classifier")
         for r in c.rules:
             el = _sub(cl, "rule")
@@ -155,6 +162,12 @@ def config_xml(c: AgentConfig | None) -> etree._Element:
         for result, (spi, si, first) in sorted(c.reclass.items()):
             el = _sub(cl, "reclassify")
             _sub(el, "result", result)
+            _sub(el, "spi", spi)
+            _sub(el, "si", si)
+            _sub(el, "first-hop", first)
+        for sf_type, (spi, si, first) in sorted(c.steering.items()):
+            el = _sub(cl, "next-function")
+            _sub(el, "sf-type", sf_type)
             _sub(el, "spi", spi)
             _sub(el, "si", si)
             _sub(el, "first-hop", first)
@@ -226,6 +239,7 @@ def to_json(c: AgentConfig) -> dict[str, Any]:
                   for (spi, si), hops in sorted(c.table.items())],
         "proxies": [[p.name, p.spi, p.si, p.instance, p.to_sf, p.from_sf, p.sf_mac,
                      p.report_socket] for p in c.proxies.values()],
+        "steering": {k: list(v) for k, v in c.steering.items()},
     }
 
 
@@ -247,4 +261,5 @@ def from_json(d: dict[str, Any]) -> AgentConfig:
         {k: (v[0], v[1], v[2]) for k, v in d["reclass"].items()},
         {(spi, si): tuple(NextHop(h[0], ip(h[1]), h[2], h[3], h[4]) for h in hops)
          for spi, si, hops in d["table"]},
-        {p[0]: ProxyPlan(*p) for p in d["proxies"]})
+        {p[0]: ProxyPlan(*p) for p in d["proxies"]},
+        {k: (v[0], v[1], v[2]) for k, v in d.get("steering", {}).items()})

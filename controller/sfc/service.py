@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import json
 import logging
 import time
@@ -64,6 +65,31 @@ class Event:
     kind: str
     detail: str
     spi: int | None = None
+    # the inner 5-tuple of an inspection result: FLOW_LEAVES → value (as text)
+    flow: dict[str, str] | None = None
+
+
+FLOW_LEAVES = ("source", "destination", "protocol", "source-port", "destination-port")
+
+
+def _flow(el: etree._Element | None) -> dict[str, str] | None:
+    """The 5-tuple of an agent's inspection-result notification, validated (an agent's
+    text is not trusted into our own notification: addresses, protocol, ports checked)."""
+    if el is None:
+        return None
+    out: dict[str, str] = {}
+    for leaf in FLOW_LEAVES:
+        v = (el.findtext(NQ + leaf) or "").strip()
+        if not v:
+            continue
+        try:
+            if leaf in ("source", "destination"):
+                out[leaf] = str(ipaddress.ip_address(v))
+            elif 0 <= int(v) <= (255 if leaf == "protocol" else 65535):
+                out[leaf] = str(int(v))
+        except ValueError:
+            log.warning("inspection-result: bad flow %s %r ignored", leaf, v)
+    return out or None
 
 
 class SfcService:
@@ -193,9 +219,10 @@ class SfcService:
 
     # ---- events ---------------------------------------------------------------------------
 
-    def event(self, kind: str, detail: str, spi: int | None = None) -> Event:
+    def event(self, kind: str, detail: str, spi: int | None = None,
+              flow: dict[str, str] | None = None) -> Event:
         self._seq += 1
-        ev = Event(self._seq, time.time(), kind, detail, spi)
+        ev = Event(self._seq, time.time(), kind, detail, spi, flow or None)
         self.events.append(ev)
         log.info("sfc event %s: %s", kind, detail)
         if self.notify is not None:
@@ -204,6 +231,11 @@ class SfcService:
             etree.SubElement(n, f"{{{SFCP_NS}}}detail").text = detail
             if spi is not None:
                 etree.SubElement(n, f"{{{SFCP_NS}}}spi").text = str(spi)
+            if ev.flow:
+                f = etree.SubElement(n, f"{{{SFCP_NS}}}flow")
+                for leaf in FLOW_LEAVES:
+                    if leaf in ev.flow:
+                        etree.SubElement(f, f"{{{SFCP_NS}}}{leaf}").text = ev.flow[leaf]
             try:
                 self.notify(n)
             except Exception:
@@ -439,11 +471,20 @@ class SfcService:
         elif kind == "sff-ttl-expired":
             self._loop(nsf, n, "TTL expired")
         elif kind == "inspection-result":
-            act = n.findtext(NQ + "reclassify") or n.findtext(NQ + "next-function")
+            act = ((f"reclassify {v}" if (v := n.findtext(NQ + "reclassify")) else None)
+                   or (f"next-function {v}" if (v := n.findtext(NQ + "next-function"))
+                       else None))
+            flow = _flow(n.find(NQ + "flow"))
+            where = ""
+            if flow:
+                ports = (f" {flow.get('source-port', '-')} -> {flow.get('destination-port', '-')}"
+                         if "source-port" in flow or "destination-port" in flow else "")
+                where = (f", flow {flow.get('source', '?')} -> {flow.get('destination', '?')} "
+                         f"proto {flow.get('protocol', '?')}{ports}")
             self.event("inspection-result", f"{nsf}: instance {n.findtext(NQ + 'instance')} "
                        f"({n.findtext(NQ + 'type')}) sid {n.findtext(NQ + 'sid')} "
                        f"{n.findtext(NQ + 'msg')!r} verdict {n.findtext(NQ + 'verdict')}"
-                       + (f", action {act}" if act else ""))
+                       + where + (f", action {act}" if act else ""), flow=flow)
         return True
 
     @staticmethod

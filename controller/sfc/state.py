@@ -106,4 +106,8 @@ def state_xml(svc: Any) -> etree._Element:
         _sub(el, "time", iso(ev.time))
         _sub(el, "kind", ev.kind)
         _sub(el, "detail", ev.detail)
+        if ev.flow:
+            f = _sub(el, "flow")
+            for leaf, v in ev.flow.items():
+                _sub(f, leaf, v)
     return root

@@ -315,6 +315,29 @@ class SfcControllerLab:
         finally:
             m.close_session()
 
+    def steering_counters(self, node: str) -> dict[str, int]:
+        """The agent's own counters (get of its `sfc` state): packets per
+        'next-function:<type>' and 'reclassify:<result>' entry, and the unknown counters."""
+        from lxml import etree
+
+        q = f"{{{dp.NS}}}"
+        m = self.connect_agent(node)
+        try:
+            reply = m.get(filter=("subtree", f'<sfc xmlns="{dp.NS}"><classifier/></sfc>'))
+            root = etree.fromstring(reply.xml.encode())
+        finally:
+            m.close_session()
+        out: dict[str, int] = {}
+        for tag, key in (("next-function", "sf-type"), ("reclassify", "result")):
+            for e in root.iter(q + tag):
+                if e.find(q + "statistics") is not None and e.findtext(q + key):
+                    out[f"{tag}:{e.findtext(q + key)}"] = int(
+                        e.findtext(f"{q}statistics/{q}packets") or 0)
+        for leaf in ("next-function-unknown", "reclassify-unknown"):
+            for e in root.iter(q + leaf):
+                out[leaf] = int(e.text or 0)
+        return out
+
 
 def _ip(ns: str | None, *args: str) -> None:
     subprocess.run(["ip", *(["-n", ns] if ns else []), *args], check=True,

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SIG = ('alert udp any any -> any 9000 (msg:"flood pattern"; content:"ATTACK"; sid:100; '
        'reclassify:"ddos-suspected";)\n'
        'alert udp any any -> any 9000 (msg:"exploit attempt"; content:"EXPLOIT"; sid:101; '
-       'reclassify:"ips";)')
+       'next-function:"ips";)')
 IPS_SIG = 'drop udp any any -> any 9000 (msg:"exploit"; content:"EXPLOIT"; sid:200;)'
 # One instance per path hop (the agent's proxy serves an instance on one path): sfp-1 gets
 # fw-1 and ids-1, sfp-2 fw-2, ddos-1 and ids-2 (the controller shares them out by name).
@@ -244,6 +244,9 @@ def test_nsf_triggered_steering(lab: tuple[SfcControllerLab, dict[str, Function]
             print(net.paths(m), net.events(m)[-8:])
             raise
         spi_inspect, spi_ips = int(p["inspect"]["spi"]), int(p["ips"]["spi"])
+        before = {n: net.steering_counters(n) for n in ("c", "f")}
+        # F holds the controller's next-function map: ips → its steering path
+        assert "next-function:ips" in before["f"] and "next-function:ips" in before["c"]
         rx = _udp_receiver(net, 9000)
         cap_cf = Capture(net.net.f, "c", tmp_path / "cf.pcap")
         cap_fe = Capture(net.net.f, "e", tmp_path / "fe.pcap")
@@ -274,6 +277,28 @@ def test_nsf_triggered_steering(lab: tuple[SfcControllerLab, dict[str, Function]
         drops = [r for f in funcs.values() if f is funcs["ips-1"] for r in f.results()
                  if r.get("sid") == 200]
         assert drops and drops[0]["verdict"] == "drop"
+        # the request was the MD2 next-function TLV, acted on by F's next-function entry
+        # (not a re-classification, not at the classifier C)
+        after = {n: net.steering_counters(n) for n in ("c", "f")}
+        steered = after["f"]["next-function:ips"] - before["f"]["next-function:ips"]
+        print(f"F steered {steered} packets by next-function 'ips'")
+        assert steered >= len(at_ips) > 0
+        assert after["c"] == before["c"]  # C did nothing for it
+        for n in ("c", "f"):
+            assert {k: v for k, v in after[n].items() if k.startswith("reclassify")} == {
+                k: v for k, v in before[n].items() if k.startswith("reclassify")}
+        assert after["f"]["next-function-unknown"] == before["f"]["next-function-unknown"]
+        # the controller's event for the IDS's result names the flow (5-tuple)
+        q = "{urn:i2nsf-sdn:yang:i2nsf-sfc-policy}"
+
+        def flows() -> list[tuple[str | None, ...]]:
+            return [tuple(e.findtext(f"{q}flow/{q}{leaf}") for leaf in (
+                "source", "destination", "protocol", "source-port", "destination-port"))
+                for e in net.sfc_state(m).iter(q + "event")
+                if e.findtext(q + "kind") == "inspection-result"
+                and "next-function ips" in (e.findtext(q + "detail") or "")]
+        poll(lambda: flows(), 5, "the inspection-result event")
+        assert ("198.51.100.10", "203.0.113.10", "17", "40011", "9000") in flows()
     finally:
         m.close_session()
 
