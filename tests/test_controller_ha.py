@@ -230,3 +230,36 @@ def test_keeper_stands_down_when_renewal_hangs(dsn: str, pg: PgServer) -> None:
         return took
 
     assert run(main()) <= ttl + 0.2
+
+
+def test_store_and_ha_config(tmp_path: Any) -> None:
+    import os
+
+    from controller.config import parse_config
+    from netconf_core.configfile import ConfigError
+
+    assert parse_config({}, tmp_path).store_backend == "sqlite"
+    dsn = tmp_path / "pg.dsn"
+    dsn.write_text("host=127.0.0.1 dbname=i2nsf user=ctl password=x\n")
+    os.chmod(dsn, 0o600)
+    cfg = parse_config({"server": {"port": 8301}, "store": {"backend": "postgres",
+                                                             "dsn_file": "pg.dsn"},
+                        "ha": {"lease_ttl": 3, "advertise": "ctl-a:8301"}}, tmp_path)
+    assert cfg.store_dsn == "host=127.0.0.1 dbname=i2nsf user=ctl password=x"
+    assert cfg.ha is not None and (cfg.ha.lease_ttl, cfg.ha.advertise) == (3.0, "ctl-a:8301")
+    cfg = parse_config({"store": {"backend": "postgres", "dsn_file": "pg.dsn"}}, tmp_path)
+    assert cfg.ha is not None and cfg.ha.advertise == "127.0.0.1:8300"  # [ha] defaults
+    bad = [({"store": {"backend": "mysql"}}, "expected \"sqlite\" or \"postgres\""),
+           ({"store": {"backend": "postgres"}}, "needs dsn_file"),
+           ({"ha": {}}, "need backend = \"postgres\""),
+           ({"store": {"backend": "postgres", "dsn_file": "nope"}}, "No such file"),
+           ({"store": {"backend": "postgres", "dsn_file": "pg.dsn"},
+             "ha": {"lease_ttl": 0}}, "lease_ttl 0.0"),
+           ({"store": {"backend": "postgres", "dsn_file": "pg.dsn"},
+             "ha": {"ttl": 1}}, "unknown key 'ttl'")]
+    for data, msg in bad:
+        with pytest.raises(ConfigError, match=msg):
+            parse_config(data, tmp_path)
+    os.chmod(dsn, 0o640)
+    with pytest.raises(ConfigError, match="readable by group or others"):
+        parse_config({"store": {"backend": "postgres", "dsn_file": "pg.dsn"}}, tmp_path)
