@@ -66,7 +66,8 @@ def skip_reason() -> str | None:
 
 
 @contextmanager
-def pg_server() -> Iterator[PgServer]:
+def pg_server(netns: str | None = None) -> Iterator[PgServer]:
+    """`netns`: run the server inside that network namespace (its 127.0.0.1)."""
     why = skip_reason()
     if why:
         pytest.skip(why)
@@ -85,8 +86,10 @@ def pg_server() -> Iterator[PgServer]:
     os.chmod(root / "pw", 0o600)
     port = _free_port()
 
+    in_ns = ["ip", "netns", "exec", netns] if netns else []
+
     def run(*cmd: str) -> None:
-        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=60)
+        subprocess.run([*in_ns, *as_user, *cmd], check=True, capture_output=True, timeout=60)
 
     run(str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=scram-sha-256",
         f"--pwfile={root / 'pw'}", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync")
@@ -102,8 +105,8 @@ def pg_server() -> Iterator[PgServer]:
     try:
         yield PgServer(port, password, datadir)
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate",
-                        "-w", "stop"], capture_output=True, timeout=60)
+        subprocess.run([*in_ns, *as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-m",
+                        "immediate", "-w", "stop"], capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
 
 
