@@ -39,6 +39,11 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# Long acceptance runs (> 60 s each, e.g. 10 HA fail-overs, docs/ha.md): not in `make test`.
+.PHONY: test-soak
+test-soak: setup
+	$(PY) -m pytest -q -m soak
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	cd yang && ../$(PY) -m pyang --ietf -p .:standard $$(ls *.yang)

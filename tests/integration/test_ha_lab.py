@@ -8,7 +8,8 @@ within lease + 2 s, the killed one comes back as the new standby. Afterwards: no
 its hard lifetime (the agents' sadb-expire notifications), no SPI was ever given to two SAs,
 the store and both NSFs hold the same SAs, and the ping kept going.
 
-HA_TRIALS (default 10) sets the number of trials.
+HA_TRIALS (default 10) sets the number of trials. Marked `soak` (10 trials: ~75 s), so
+`make test` skips it; `make test-soak` (CI: .ci/run) runs it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ pytestmark = [
                        reason="needs root and iproute2 (network namespaces, TUN, raw sockets)"),
     pytest.mark.root,
     pytest.mark.slow,
+    pytest.mark.soak,  # 10 trials take ~75 s: make test-soak (tests/conftest.py)
 ]
 
 FP = "urn:i2nsf-sdn:yang:i2nsf-flow-policy"
