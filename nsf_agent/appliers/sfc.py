@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -65,6 +66,7 @@ class SfcApplier:
         self.control = str(state_dir / "sfc-datapath.sock")
         self.log_path = str(state_dir / "sfc-datapath.log")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.dp_pid = 0
         self.netns = netns
         self._spawn_args = (netns, connect_timeout, log_level)
         self.restarts = 0
@@ -81,8 +83,8 @@ class SfcApplier:
         if os.path.exists(self.control):
             try:
                 client = SfcClient(self.control, timeout=2.0)
-                client.ping()
-                log.info("sfc: reattached to the running data path")
+                self.dp_pid = int(client.ping()["pid"])
+                log.info("sfc: reattached to the running data path (pid %d)", self.dp_pid)
                 return client
             except (OSError, TimeoutError, SfcDatapathError):
                 os.unlink(self.control)
@@ -95,7 +97,7 @@ class SfcApplier:
                                    f"see {self.log_path}")
             try:
                 client = SfcClient(self.control, timeout=10.0)
-                client.ping()
+                self.dp_pid = int(client.ping()["pid"])
                 return client
             except (OSError, TimeoutError):
                 if time.monotonic() > deadline:
@@ -167,6 +169,11 @@ class SfcApplier:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        elif self.proc is None and self.dp_pid:
+            # a data path we reattached to (not our child) that stopped answering: it must
+            # not keep its sockets next to the new one (both would forward every packet)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.dp_pid, signal.SIGKILL)
         self.client = self._connect_or_spawn(*self._spawn_args)
         self.restarts += 1
         self.client.replace(self.cfg)
