@@ -39,9 +39,11 @@ from controller.ipsec.ike_config import (
     edit_config,
     identity,
     ike_policies,
+    spd_name,
 )
+from controller.ipsec.ike_evidence import IkeReading, ike_verdict, read_ike, sa_rows
 from controller.ipsec.ledger import yang_time
-from controller.ipsec.model import FlowConfig
+from controller.ipsec.model import FlowConfig, Policy, policy_flows
 from netconf_core.errors import NC_NS
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class IkeManager:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.stats = {"pushes": 0, "failures": 0}
+        self.readings: dict[str, IkeReading] = {}  # NSF → its Child SAs as last read
 
     # ---- configuration ------------------------------------------------------------------------
 
@@ -255,6 +258,7 @@ class IkeManager:
 
     def on_connected(self, nsf: str) -> None:
         """A (re)connected NSF may have lost or kept its configuration: check it."""
+        self.readings.pop(nsf, None)  # (its Child SAs are read again on this session)
         if nsf in self.desired.nsfs or nsf in self.managed():
             self.pushed.pop(nsf, None)
             self.dirty.add(nsf)
@@ -398,15 +402,37 @@ class IkeManager:
             if st is None:
                 continue
             pol = pols[name]
+            nsfs = (pol.a.nsf, pol.b.nsf)
+            spds = self._spds(pol)
+            status, error = st.status, st.error
+            if status == "active":  # what the events said, checked against the Child SAs
+                status, error = ike_verdict(nsfs, spds, self.svc.south.sessions,
+                                            self.readings, st.since)
             p = etree.Element(q + "policy")
             for tag, v in (("name", name), ("group", pol.group), ("endpoint-a", pol.a.nsf),
                            ("endpoint-b", pol.b.nsf), ("key-management", "ike"),
-                           ("status", st.status), ("error-message", st.error),
+                           ("status", status), ("error-message", error),
                            ("generation", "0"), ("last-change", yang_time(st.since))):
                 if v is not None:
                     etree.SubElement(p, q + tag).text = v
+            for sa in sa_rows(q, nsfs, spds, self.readings):
+                p.append(sa)
             out.append(p)
         return out
+
+    def _spds(self, pol: Policy) -> list[str]:
+        a, b = self.cfg.nsfs.get(pol.a.nsf), self.cfg.nsfs.get(pol.b.nsf)
+        if a is None or b is None:
+            return []
+        return [spd_name(pol.name, f.index) for f in policy_flows(pol, a, b)]
+
+    async def read_state(self) -> None:
+        """Read the Child SAs of every connected NSF of the IKE case (ike_evidence.py)."""
+        nsfs = {n for p in ike_policies(self.cfg).values() for n in (p.a.nsf, p.b.nsf)}
+        if nsfs:
+            self.readings.update(await read_ike(
+                self.svc.south.sessions, nsfs, self.svc.opts.rpc_timeout, self.svc.clock,
+                PREFIX + "/"))
 
     def rw_state(self) -> dict[str, tuple[str, str | None, str | None]]:
         return {k.removeprefix("rw:"): (v.status, v.error, self.rw_peer.get(k[3:]))

@@ -153,6 +153,10 @@ class FlowService(ConfigDiff, Scheduling, Batching, Events, Engine):
     async def _evidence_loop(self) -> None:
         """Read the endpoint NSFs' SAD state every status_interval; report status changes."""
         while True:
+            try:
+                await self.ike.read_state()
+            except Exception:  # never fatal: the next round reads again
+                log.exception("cannot read the IKE case's Child SAs")
             nsfs = {n for p in self.plans.values() for n in (p.a.name, p.b.name)}
             if nsfs:
                 got = await read_all(self.south.sessions, nsfs, self.opts.rpc_timeout,

@@ -51,7 +51,7 @@ def gl() -> Iterator[Any]:
 
     work = Path(tempfile.mkdtemp(prefix="i2nsf-ike-"))
     lab = GatewayLab(unique_prefix("i2k"), work, soft=300, hard=400,
-                     appliers=("userspace", "ike"))
+                     appliers=("userspace", "ike"), ctl_options={"status_interval": 0.5})
     try:
         lab.start()
         edit(lab, inventory(lab))
