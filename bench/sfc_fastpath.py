@@ -333,6 +333,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     net = make_net()
     runs: dict[str, list[float]] = {}
     ratios: dict[str, list[float]] = {}
+    offered: dict[str, list[float]] = {}  # what the generator got out, per case
     fastc: dict[str, int] = {}
     sent: dict[str, int] = {}
 
@@ -340,6 +341,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         c0 = fp.counters().stats[stat] if stat else 0
         m = measure(net, fl, a.seconds)
         runs.setdefault(f"{case}_{size}", []).append(m["pps"])
+        offered.setdefault(f"{case}_{size}", []).append(m["offered_pps"])
         if stat:
             fastc[f"{case}_{size}"] = fastc.get(f"{case}_{size}", 0) + (
                 fp.counters().stats[stat] - c0
@@ -407,6 +409,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     res["load_after"] = os.getloadavg()[0]
     med = {k: statistics.median(v) for k, v in runs.items()}
     rmed = {k: statistics.median(v) for k, v in ratios.items()}
+    res["offered_pps_median"] = {k: statistics.median(v) for k, v in offered.items()}
     res.update(
         pps_median=med,
         pps_runs=runs,
@@ -446,6 +449,11 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> None:
             f"{rmed[f'sff/kernel_{size}']:.2f} (target >= 0.8); fast SFF/userspace SFF "
             f"{rmed[f'sff/user_{size}']:.1f} (target >= 10)"
         )
+    off = res["offered_pps_median"]
+    print(
+        "delivered / offered (median): "
+        + ", ".join(f"{k} {med[k] / max(1.0, off[k]):.2f}" for k in sorted(off))
+    )
     ok_count = all(fastc[k] >= sent[k] * 0.99 for k in fastc)
     print(
         f"fast path counters vs packets delivered: {'consistent' if ok_count else 'MISMATCH'}"
