@@ -21,8 +21,8 @@ from netconf_core.yang_context import create_context
 
 @pytest.fixture(autouse=True)
 def shared_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The translation in general (one instance on several paths); the agent's current
-    one-hop-per-instance limit has its own test."""
+    """The translation in general (one instance on several paths, the default); the
+    one-hop-per-instance mode has its own test."""
     monkeypatch.setattr(paths, "SHARED_PROXIES", True)
 
 
@@ -108,6 +108,9 @@ def full_catalog() -> CatalogManager:
     cat = CatalogManager(clock=lambda: 0.0)
     for t in ("avc", "firewall", "ids", "dpi", "ddos", "anti-spoofing", "ips"):
         cat.register(inst(f"{t}-1", t, "core" if t != "avc" else "edge"))
+    # ids re-classifies (rule ddos): an ids instance serves one hop (sfp-1, sfp-2, light)
+    for n in (2, 3):
+        cat.register(inst(f"ids-{n}", "ids"))
     return cat
 
 
@@ -151,8 +154,20 @@ def test_paths_spis_hops_and_tables(schema: YangSchema) -> None:
     assert edge.table[(p1.spi, 254)][0].kind == "sff"
     assert core.table[(p1.spi, 254)][0].instance == "firewall-1"
     assert core.table[(p1.spi, 252)] == (NextHop("terminate"),)
-    assert f"avc-1-{p1.spi}-255" in edge.proxies
-    assert f"firewall-1-{p1.spi}-254" in core.proxies
+    # one instance on several paths: one entry per hop, the lowest named after the instance
+    p2_ = r.path_by_name("sfp-2")
+    assert p2_ is not None and p1.spi < p2_.spi
+    assert {n: (x.spi, x.si) for n, x in edge.proxies.items()} == {
+        "avc-1": (p1.spi, 255), f"avc-1-{p2_.spi}-255": (p2_.spi, 255)}
+    assert core.proxies["firewall-1"].spi == p1.spi
+    assert {(x.spi, x.si) for x in core.proxies.values() if x.instance == "firewall-1"} == {
+        (p1.spi, 254), (p2_.spi, 254), (300, 254)}
+    fw = {(x.to_sf, x.from_sf, x.sf_mac) for x in core.proxies.values()
+          if x.instance == "firewall-1"}
+    assert len(fw) == 1  # the entries share the instance whole (the agent requires it)
+    # ids re-classifies: one hop per instance, never one ids on two paths
+    ids_hops = [(x.instance, x.spi) for x in core.proxies.values() if x.instance.startswith("ids")]
+    assert len(ids_hops) == 3 and len({i for i, _s in ids_hops}) == 3
     # classifier: priorities, trust levels expanded into source prefixes
     names = [(x.name, str(x.src), x.spi) for x in edge.rules]
     light = r.path_by_name("light")

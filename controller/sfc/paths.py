@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 Kind = Literal["sff", "sf", "proxy", "terminate"]
 MAX_WEIGHT = 100
 # Can several proxy entries of one agent share an SF's interfaces (one instance on several
-# paths)? Not with the agent's proxy of 2026-12-04 (see _share_instances).
-SHARED_PROXIES = False
+# paths)? Yes since the agent's proxy restores by the flow state of the entry that handed the
+# flow over (92cf068); except for types that re-classify (see _share_instances).
+SHARED_PROXIES = True
 
 
 def _bad(msg: str, path: str | None = None) -> RpcError:
@@ -115,6 +116,9 @@ class ProxyPlan:
     from_sf: str | None
     sf_mac: str | None
     report_socket: str | None
+    # share of the hop's flows among this agent's proxies of one (SPI, SI) (the agent's
+    # weighted rendezvous hashing; at least 1: the model has no weight 0)
+    weight: int = 1
 
 
 @dataclass
@@ -353,7 +357,8 @@ def compile(cfg: SfcConfig, catalog: CatalogManager, spis: SpiAllocator
     assignment = spis.allocate(wanted, cfg.spi_start, cfg.spi_end)
 
     r = Rendering(waiting=waiting)
-    share = _share_instances(assignment, keys, usable, r)
+    share = _share_instances(assignment, keys, usable, r,
+                             {rule.from_type for rule in cfg.reclass.values()})
     for k, spi in assignment.items():
         kind, name, types = keys[k]
         hops = tuple(HopPlan(SI_INITIAL - n, t, tuple(_weights(share[(spi, SI_INITIAL - n)])))
@@ -366,20 +371,48 @@ def compile(cfg: SfcConfig, catalog: CatalogManager, spis: SpiAllocator
         _render_path(p, cfg, r)
     _render_classifiers(cfg, r, assignment)
     _one_result_socket(cfg, r, assignment)
+    _name_proxies(r)
     return r, assignment
+
+
+def _name_proxies(r: Rendering) -> None:
+    """Each instance's main proxy entry (the one with its result socket, else its first
+    hop) is named after the instance, the others `<instance>-<spi>-<si>`: the main entry and
+    its socket keep their name when the instance moves hop (the agent's replace would
+    otherwise unlink the path a renamed entry's new socket is bound to — SFC contract
+    request 6)."""
+    for a in r.agents.values():
+        by_inst: dict[str, list[ProxyPlan]] = {}
+        for p in a.proxies.values():
+            by_inst.setdefault(p.instance, []).append(p)
+        out: dict[str, ProxyPlan] = {}
+        for inst, plans in sorted(by_inst.items()):
+            main = min(plans, key=lambda p: (p.report_socket is None, p.spi, p.si))
+            for p in plans:
+                name = inst if p is main else f"{inst}-{p.spi}-{p.si}"
+                out[name] = replace(p, name=name)
+        a.proxies = out
 
 
 def _share_instances(assignment: Mapping[str, int],
                      keys: Mapping[str, tuple[str, str, tuple[str, ...]]],
-                     usable: Mapping[str, list[Instance]], r: Rendering
-                     ) -> dict[tuple[int, int], list[Instance]]:
-    """Which instances serve each (SPI, SI) hop. An NSH-unaware instance sits behind one
-    proxy entry (the agent's proxy restores the NSH of what comes back from the SF by the
-    entry that owns the SF's return interface), so with SHARED_PROXIES off each such
-    instance serves one hop only: the hops of a type share its instances out (round robin
-    over the sorted names, chains before steering paths); a hop left without one waits and
-    `demand` tells the Catalog Manager how many the type needs. NSH-aware instances are
-    shared by every hop of their type."""
+                     usable: Mapping[str, list[Instance]], r: Rendering,
+                     reclassifying: set[str]) -> dict[tuple[int, int], list[Instance]]:
+    """Which instances serve each (SPI, SI) hop.
+
+    NSH-aware instances serve every hop of their type. An NSH-unaware instance sits behind
+    proxy entries of its agent; with SHARED_PROXIES one instance may serve several hops (the
+    agent's entries share its flow state and restore each returning packet with the path it
+    was handed over on). Not for a type some re-classification rule listens to: the agent
+    keeps a result's tag per flow for the whole instance, so an instance on both the source
+    and the target path would tag the re-classified flow again and re-classify it for ever
+    (SFC contract request 5) — those instances serve one hop each (round robin over the
+    sorted names, chains before steering paths); a hop left without one waits and `demand`
+    tells the Catalog Manager how many the type needs.
+
+    Several instances of a type on one agent serve a hop side by side: their proxy entries
+    of one (SPI, SI) carry weights and the agent spreads flows over them by weighted
+    rendezvous hashing."""
     hops: dict[str, list[tuple[int, int]]] = {}
     for k, spi in sorted(assignment.items(), key=lambda kv: (keys[kv[0]][0] != "chain",
                                                              kv[1])):
@@ -388,18 +421,13 @@ def _share_instances(assignment: Mapping[str, int],
     out: dict[tuple[int, int], list[Instance]] = {}
     for t, hs in hops.items():
         insts = usable.get(t, [])
-        shared = [i for i in insts if i.nsh_aware or SHARED_PROXIES]
-        own = [i for i in insts if i not in shared]
+        sharing = SHARED_PROXIES and t not in reclassifying
+        aware = [i for i in insts if i.nsh_aware]
+        own = [i for i in insts if not i.nsh_aware]
         for n, h in enumerate(hs):
-            mine = own[n::len(hs)]
-            # the agent tells proxies apart by (SPI, SI) only: one instance per forwarder
-            # on a hop (the others of that forwarder stay idle for this hop)
-            one: dict[str | None, Instance] = {}
-            for i in mine:
-                one.setdefault(i.forwarder, i)
-            out[h] = list(shared) + list(one.values())
-        r.demand[t] = len(hs) if own and not SHARED_PROXIES else 1
-        if own and len(own) < len(hs):
+            out[h] = aware + (own if sharing else own[n::len(hs)])
+        r.demand[t] = len(hs) if own and not sharing else 1
+        if own and not sharing and len(own) < len(hs):
             r.waiting.append(f"type {t}: {len(hs)} path hops need their own instance, "
                              f"{len(own)} registered")
     return out
@@ -458,13 +486,12 @@ def _render_path(p: PathPlan, cfg: SfcConfig, r: Rendering) -> None:
                     NextHop("sff", cfg.forwarders[n].locator, w) for n, w in sorted(by_fwd.items()))
             if hops:
                 a.table[(p.spi, h.si)] = hops
-            for i, _w in local:
+            for i, w in local:
                 if not i.nsh_aware:
-                    # one entry per instance (SHARED_PROXIES off): named by the instance,
-                    # so that moving it to another hop keeps its entry (and result socket)
-                    name = f"{i.name}-{p.spi}-{h.si}" if SHARED_PROXIES else i.name
+                    # provisional name; _name_proxies gives one entry the instance's name
+                    name = f"{i.name}-{p.spi}-{h.si}"
                     a.proxies[name] = ProxyPlan(name, p.spi, h.si, i.name, i.to_sf, i.from_sf,
-                                                i.sf_mac, i.report_socket)
+                                                i.sf_mac, i.report_socket, max(1, w))
         a.table[(p.spi, p.end_si)] = (
             (NextHop("sff", f.egress_locator),) if f.egress_locator is not None
             and f.egress_locator != f.locator else (NextHop("terminate"),))

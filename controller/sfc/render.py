@@ -68,14 +68,14 @@ def _union(old: AgentConfig | None, new: AgentConfig, classifier_from: AgentConf
     table.update(new.table)
     proxies = {k: p for k, p in (old.proxies.items() if old else ())
                if live is None or p.instance in live}
-    # a proxy of the same (SPI, SI) under another name would clash, and so would an old
-    # entry of an instance the new state puts on another hop (one entry per instance: its
-    # interfaces and result socket): the new one wins (packets still in flight on the old
-    # hop are dropped by the SFF, counted as no-local-proxy)
-    taken = {(p.spi, p.si) for p in new.proxies.values()}
-    moved = {p.instance for p in new.proxies.values()}
-    proxies = {k: p for k, p in proxies.items() if k in new.proxies or (
-        (p.spi, p.si) not in taken and p.instance not in moved)}
+    # several instances may serve one (SPI, SI) and one instance several hops, so an old
+    # entry stays next to the new ones unless the new state has it under another name (one
+    # instance twice for one (SPI, SI) is refused by the agent); the entry holding an
+    # instance's result socket is always named after the instance, so a socket never moves
+    # between entries
+    taken = {(p.instance, p.spi, p.si) for p in new.proxies.values()}
+    proxies = {k: p for k, p in proxies.items()
+               if k in new.proxies or (p.instance, p.spi, p.si) not in taken}
     proxies.update(new.proxies)
     c = classifier_from
     return AgentConfig(new.sff_id, new.locator, list(c.rules) if c else [],
@@ -205,6 +205,7 @@ def config_xml(c: AgentConfig | None) -> etree._Element:
             _sub(el, "to-sf-interface", p.to_sf)
             _sub(el, "from-sf-interface", p.from_sf)
             _sub(el, "sf-mac", p.sf_mac)
+            _sub(el, "weight", max(1, p.weight))
             if p.report_socket:
                 _sub(el, "result-socket", p.report_socket)
     return cfg
@@ -238,7 +239,7 @@ def to_json(c: AgentConfig) -> dict[str, Any]:
                               h.instance, h.transport] for h in hops]]
                   for (spi, si), hops in sorted(c.table.items())],
         "proxies": [[p.name, p.spi, p.si, p.instance, p.to_sf, p.from_sf, p.sf_mac,
-                     p.report_socket] for p in c.proxies.values()],
+                     p.report_socket, p.weight] for p in c.proxies.values()],
         "steering": {k: list(v) for k, v in c.steering.items()},
     }
 

@@ -338,6 +338,27 @@ class SfcControllerLab:
                 out[leaf] = int(e.text or 0)
         return out
 
+    def proxy_counters(self, node: str) -> dict[str, dict[str, int | str]]:
+        """The agent's proxy entries (config and statistics): name → spi, si, to-sf,
+        from-sf, to-sf-interface."""
+        from lxml import etree
+
+        q = f"{{{dp.NS}}}"
+        m = self.connect_agent(node)
+        try:
+            reply = m.get(filter=("subtree", f'<sfc xmlns="{dp.NS}"><proxies/></sfc>'))
+            root = etree.fromstring(reply.xml.encode())
+        finally:
+            m.close_session()
+        out: dict[str, dict[str, int | str]] = {}
+        for p in root.iter(q + "proxy"):
+            out[p.findtext(q + "name") or ""] = {
+                "spi": int(p.findtext(q + "spi") or 0), "si": int(p.findtext(q + "si") or 0),
+                "to-sf": int(p.findtext(f"{q}statistics/{q}to-sf") or 0),
+                "from-sf": int(p.findtext(f"{q}statistics/{q}from-sf") or 0),
+                "to-sf-interface": p.findtext(q + "to-sf-interface") or ""}
+        return out
+
 
 def _ip(ns: str | None, *args: str) -> None:
     subprocess.run(["ip", *(["-n", ns] if ns else []), *args], check=True,

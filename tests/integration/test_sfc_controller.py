@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -319,3 +320,75 @@ def test_catalog_rpcs_refuse_bad_registrations(lab: SfcControllerLab, m: Any) ->
     ids = next(i for top in st.iter(q + "sfc-state") for i in top.findall(q + "instance")
                if i.findtext(q + "name") == "ids-1")
     assert ids.findtext(q + "load-pps") == "77"
+
+
+def _udp(lab: SfcControllerLab, src: str, sport: int, n: int) -> None:
+    from nsf_agent.userspace.lab import in_netns
+
+    with in_netns(lab.net.host_a):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((src, sport))
+    for _ in range(n):
+        s.sendto(b"shared instance", ("203.0.113.10", 9100))
+        time.sleep(0.002)
+    s.close()
+
+
+def test_one_instance_on_two_paths_does_not_loop(lab: SfcControllerLab, m: Any,
+                                                 tmp_path: Path) -> None:
+    """One firewall instance (fw-1) serves the first hop of two paths: the controller gives
+    it two proxy entries on F (same veths and MAC), and each flow comes back on its own path
+    — nothing looped or amplified (before the agent restored by flow state, 100 packets
+    became 3200): every packet delivered exactly once, per-entry proxy counters = packets
+    sent on that path, each flow leaves F on its own path's last SI."""
+    from nsf_agent.userspace.lab import in_netns
+
+    one_two = ("<chains><chain><name>one</name><sf-type>firewall</sf-type></chain>"
+               "<chain><name>two</name><sf-type>firewall</sf-type><sf-type>dpi</sf-type>"
+               "</chain></chains><policies><policy><name>trusted</name><match><trust-level>"
+               "trusted</trust-level></match><chain>one</chain></policy><policy><name>"
+               "untrusted</name><match><trust-level>untrusted</trust-level></match><chain>two"
+               "</chain></policy></policies>")
+    lab.configure(m, lab.forwarders_xml() + TYPES + TRUST + one_two, inventory=False,
+                  replace=True)
+    try:
+        p = _active(lab, m, "one", "two")
+        one, two = int(p["one"]["spi"]), int(p["two"]["spi"])
+        px = poll(lambda: (x := lab.proxy_counters("f")) and {
+            (v["spi"], v["si"]) for k, v in x.items() if k.startswith("fw-1")} == {
+            (one, 255), (two, 255)} and x, 20, "two proxy entries of fw-1 on F")
+        fw = {k: v for k, v in px.items() if k.startswith("fw-1")}
+        assert len({v["to-sf-interface"] for v in fw.values()}) == 1  # one instance
+        with in_netns(lab.net.host_b):
+            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("203.0.113.10", 9100))
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        cap_fe = Capture(lab.net.f, "e", tmp_path / "fe.pcap")
+        try:
+            _udp(lab, "198.51.100.10", 41001, 100)
+            _udp(lab, UNTRUSTED_SRC, 41002, 100)
+            got: dict[str, int] = {}
+            rx.settimeout(1.0)
+            with contextlib.suppress(TimeoutError, socket.timeout):
+                while True:
+                    _data, (src, _port) = rx.recvfrom(2048)
+                    got[src] = got.get(src, 0) + 1
+        finally:
+            time.sleep(0.2)
+            rows_fe = tshark_nsh(cap_fe.stop())
+            rx.close()
+        after = lab.proxy_counters("f")
+        print(f"\nshared instance: delivered {got}; fw-1 entries "
+              f"{ {k: (after[k]['to-sf'] - fw[k]['to-sf'], after[k]['from-sf'] - fw[k]['from-sf']) for k in fw} }")  # noqa: E501
+        assert got == {"198.51.100.10": 100, UNTRUSTED_SRC: 100}  # each once, none looped
+        for k, v in fw.items():
+            sent = after[k]["to-sf"] - v["to-sf"]
+            back = after[k]["from-sf"] - v["from-sf"]
+            assert sent == back == 100, (k, sent, back)  # its own path's flow, no more
+        ends: dict[tuple[str, int, int], int] = {}
+        for src, spi, si in rows_fe:
+            ends[(src, spi, si)] = ends.get((src, spi, si), 0) + 1
+        assert ends == {("198.51.100.10", one, 254): 100, (UNTRUSTED_SRC, two, 253): 100}
+    finally:
+        lab.configure(m, lab.forwarders_xml() + TYPES + TRUST + CHAINS, inventory=False,
+                      replace=True)
