@@ -64,12 +64,19 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
         self.ready_file.unlink(missing_ok=True)
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *self.cmd],
                                      stdout=logf, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         logf.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self.proc is not None
         wait_until(lambda: self.ready_file.exists() or self.proc.poll() is not None,  # type: ignore[union-attr]
                    timeout, f"{self.name} to start")
         if self.proc.poll() is not None:
@@ -176,13 +183,22 @@ class SfcControllerLab:
         self.build()
         for node in NODES:
             self.setup_agent(node)
-            self.agents[node].start()
         self.setup_controller()
         assert self.controller is not None
-        self.controller.start()
+        # all four daemons start side by side (the controller connects when agents are up)
+        daemons = [*self.agents.values(), self.controller]
+        for d in daemons:
+            d.spawn()
+        for d in daemons:
+            d.wait_ready(60)
 
     def destroy(self) -> None:
-        for d in [*self.agents.values(), *([self.controller] if self.controller else [])]:
+        daemons = [*self.agents.values(), *([self.controller] if self.controller else [])]
+        for d in daemons:  # all told at once, then waited for
+            if d.proc is not None and d.proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    d.proc.terminate()
+        for d in daemons:
             with contextlib.suppress(Exception):
                 d.stop(5)
         for ns in [*self.net.namespaces, *self.extra_namespaces]:

@@ -309,9 +309,10 @@ DMS_NS = "urn:i2nsf-sdn:yang:i2nsf-dms"
 ACCEPT = f'<firewall xmlns="{DMS_NS}"><default-action>accept</default-action></firewall>'
 
 
-def _start_dms(net: SfcControllerLab, name: str, node: str, capacity: int) -> tuple[int, str]:
+def _start_dms(net: SfcControllerLab, name: str, node: str, capacity: int) -> Any:
     """A real DMS (python -m nsf_agent.dms) in the management namespace whose instances'
-    host-side links are in `node`'s namespace; registers with the controller as admin."""
+    host-side links are in `node`'s namespace; registers with the controller as admin.
+    Spawned only: `_dms_ready` waits for it (so several start side by side)."""
     import asyncssh
 
     from tests.integration.sfc_ctl_lab import ADMIN_PASSWORD, LOCATOR, Daemon
@@ -333,8 +334,17 @@ def _start_dms(net: SfcControllerLab, name: str, node: str, capacity: int) -> tu
         f'[[users]]\nname = "ctl"\nauthorized_keys = ["{net.client_pub}"]\n')
     d = Daemon(name, net.mgmt, [sys.executable, "-m", "nsf_agent.dms", "-c", str(cfg),
                                 "--ready-file", str(st / "ready")], st / "log", st / "ready")
-    d.start()
+    d.spawn()
     net.agents[name] = d  # stopped with the lab
+    return d
+
+
+def _dms_ready(d: Any) -> tuple[int, str]:
+    """(port, host key) of a spawned DMS once it is ready."""
+    import asyncssh
+
+    d.wait_ready(60)
+    st = d.ready_file.parent
     port = int((st / "ready").read_text().split()[0])
     host_key = asyncssh.read_private_key(
         str(st / "ssh_host_ed25519_key")).export_public_key().decode().strip()
@@ -355,8 +365,10 @@ def _dms_session(net: SfcControllerLab, port: int) -> Any:
                                timeout=30)
 
 
-def _flows(net: SfcControllerLab, sports: range, seconds: float, pps: int) -> None:
-    """UDP flows from hostA, one socket per source port, round robin at `pps` in total."""
+def _flows(net: SfcControllerLab, sports: range, seconds: float, pps: int,
+           stop: Any = None) -> None:
+    """UDP flows from hostA, one socket per source port, round robin at `pps` in total, for
+    `seconds` or until `stop` (a threading.Event) is set."""
     from nsf_agent.userspace.lab import in_netns
 
     socks = []
@@ -367,7 +379,7 @@ def _flows(net: SfcControllerLab, sports: range, seconds: float, pps: int) -> No
             socks.append(s)
     t0 = time.monotonic()
     n = 0
-    while time.monotonic() - t0 < seconds:
+    while time.monotonic() - t0 < seconds and not (stop is not None and stop.is_set()):
         for _ in range(10):  # bursts of 10, paced by sleeping (no busy loop: 2 cores)
             socks[n % len(socks)].sendto(b"load" * 10, ("203.0.113.10", 9001))
             n += 1
@@ -402,8 +414,9 @@ def test_load_balancing_with_dynamic_instantiation(tmp_path: Path) -> None:
                         LOCATOR["f"]], check=True)
         m = net.connect()
         try:
-            port_f, key_f = _start_dms(net, "dms-f", "f", capacity=400)
-            port_e, key_e = _start_dms(net, "dms-e", "e", capacity=400)
+            dms = [_start_dms(net, "dms-f", "f", capacity=400),
+                   _start_dms(net, "dms-e", "e", capacity=400)]
+            (port_f, key_f), (port_e, key_e) = (_dms_ready(d) for d in dms)
             servers = "".join(
                 f"<dms><name>{n}</name><address>127.0.0.1</address><port>{p}</port>"
                 f"<username>ctl</username><host-key>{k}</host-key>"
@@ -438,15 +451,21 @@ def test_load_balancing_with_dynamic_instantiation(tmp_path: Path) -> None:
             # established flows: 20 flows at 500 pps (fw-1 rated 400 pps) while it scales out
             import threading
 
-            load = threading.Thread(target=_flows, args=(net, range(41000, 41020), 3.5, 500))
+            # (they go on until the new flows are sent: established across the rebalance)
+            done = threading.Event()
+            load = threading.Thread(target=_flows, args=(net, range(41000, 41020), 15, 500,
+                                                         done), daemon=True)
             load.start()
             poll(lambda: len(_instances(net, m)) == 2, 15, "a second firewall instance")
             t_new = time.monotonic() - t0
             new_name = next(n for n, _ in _instances(net, m) if n != "fw-1")
             poll(lambda: LOCATOR["e"] in net.agent_running("c"), 10, "C sending to E too")
             t_rebalanced = time.monotonic() - t0
-            _flows(net, range(42000, 42040), 1.0, 400)  # new flows after the rebalance
-            load.join()
+            try:
+                _flows(net, range(42000, 42040), 1.0, 400)  # new flows after the rebalance
+            finally:
+                done.set()
+                load.join()
             time.sleep(0.3)
             where = _where(cap.stop())
             new = {p: w for p, w in where.items() if p >= 42000}
