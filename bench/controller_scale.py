@@ -23,12 +23,17 @@ Phases
 
 Targets: ≥ 500 policies/s with 50 agents; ≥ 1,000 rekeys/s; 1,000 sessions in ≤ 60 s with
 RSS ≤ 1 GiB. Usage: `python bench/controller_scale.py [--policies N] [--sessions S]`.
+
+`--store postgres` (#21, docs/ha.md): the controller uses a PostgreSQL store (a real server
+started for the run, as the tests do: tests/pgserver.py) with its leadership lease, as one
+instance of an HA pair would; compare with a run on the default SQLite store.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -264,6 +269,9 @@ def main() -> int:
     ap.add_argument("--rekey-hard", type=int, default=30, help="phase 2 hard lifetime (30 s)")
     ap.add_argument("--farm-procs", type=int, default=os.cpu_count() or 1,
                     help="processes the agent farm is spread over (default: one per core)")
+    ap.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                    help="the controller's store (default sqlite; postgres: a server is "
+                         "started for the run)")
     ap.add_argument("--farm", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--farm-id", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -278,8 +286,22 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="i2nsf-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
+    stack = contextlib.ExitStack()
     try:
         import asyncssh
+
+        store_toml = ""
+        if args.store == "postgres":
+            from tests.pgserver import pg_server, skip_reason
+
+            why = skip_reason()
+            if why:
+                raise SystemExit(f"--store postgres: {why}")
+            pg = stack.enter_context(pg_server())
+            (work / "pg.dsn").write_text(pg.dsn() + "\n")
+            os.chmod(work / "pg.dsn", 0o600)
+            store_toml = (f'[store]\nbackend = "postgres"\ndsn_file = "{work / "pg.dsn"}"\n\n'
+                          '[ha]\nlease_ttl = 5.0\n\n')
 
         key = asyncssh.generate_private_key("ssh-ed25519")
         (work / "client_key").write_bytes(key.export_private_key())
@@ -316,6 +338,7 @@ def main() -> int:
         (work / "ctl.toml").write_text(
             f'[server]\nhost = "127.0.0.1"\nport = 0\nstate_dir = "{work / "ctl"}"\n\n'
             "[controller]\nrekey_grace = 0.2\nreconnect_min = 0.5\nreconnect_max = 5\n\n"
+            + store_toml +
             f'[[users]]\nname = "admin"\npassword_hash = "{hash_password(PASSWORD)}"\n')
         prof = os.environ.get("BENCH_PROFILE")  # a file: profile the controller into it
         cmd = ([sys.executable, "-m", "cProfile", "-o", prof, "-m", "controller.cli"] if prof
@@ -328,6 +351,17 @@ def main() -> int:
         procs.append(ctl_p)
         wait_file(work / "ctl.ready", ctl_p, 60, "controller", work / "ctl.log")
         c = Client(int((work / "ctl.ready").read_text()))
+        if args.store == "postgres":  # the instance must first be elected (lease)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    c.edit("")
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        print(f"store: {args.store}")
         results: dict[str, Any] = {}
 
         # -- phase 1: provisioning -------------------------------------------------------
@@ -453,6 +487,7 @@ def main() -> int:
             print(f"kept {work} (ctl.log, farm-*.log)")
         else:
             shutil.rmtree(work, ignore_errors=True)
+        stack.close()
 
 
 if __name__ == "__main__":
