@@ -263,3 +263,15 @@ def test_store_and_ha_config(tmp_path: Any) -> None:
     os.chmod(dsn, 0o640)
     with pytest.raises(ConfigError, match="readable by group or others"):
         parse_config({"store": {"backend": "postgres", "dsn_file": "pg.dsn"}}, tmp_path)
+
+
+def test_store_reconnects_after_the_server_dropped_it(store: PgStore, dsn: str) -> None:
+    store.put_policy("p1", {"name": "p1"})
+    pid = store._db.info.backend_pid
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(psycopg.OperationalError):
+        store.get_policy("p1")  # the statement that finds the connection gone fails
+    rec = store.get_policy("p1")  # the next one reconnects
+    assert rec is not None and rec.name == "p1"
+    assert store._db.info.backend_pid != pid

@@ -140,10 +140,25 @@ class PgStore(SqliteStore):
         self._depth = 0
         self._sa_cache: dict[str, list[SaRecord]] = {}
         self._fence: tuple[str, int] | None = None
+        self._closing = False
         self.version = 0
-        self._db = psycopg.connect(dsn, autocommit=True, row_factory=_row_factory,
-                                   connect_timeout=max(1, int(connect_timeout)))
+        self._timeout = max(1, int(connect_timeout))
+        self._db = self._connect()
         self._migrate()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self._dsn, autocommit=True, row_factory=_row_factory,
+                               connect_timeout=self._timeout)
+
+    def _ensure(self) -> None:
+        """Outside a transaction, replace a connection the server dropped (restart,
+        failover of the database, idle timeout): the statement that found it broken
+        failed, the next one gets a new connection."""
+        if self._depth == 0 and (self._db.broken or self._db.closed) and not self._closing:
+            log.warning("store %s: connection lost; reconnecting", self.path)
+            self._sa_cache.clear()
+            self.version += 1
+            self._db = self._connect()
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -206,6 +221,7 @@ class PgStore(SqliteStore):
         with self._lock:
             outer = self._depth == 0
             sp = f"sp{self._depth}"
+            self._ensure()
             self._db.execute("BEGIN" if outer else f"SAVEPOINT {sp}")  # type: ignore[arg-type]
             self._depth += 1
             try:
@@ -228,6 +244,7 @@ class PgStore(SqliteStore):
 
     def _x(self, sql: str, args: Iterable[Any] = ()) -> Any:
         with self._lock:
+            self._ensure()
             if sql.startswith("SELECT"):
                 return self._db.execute(_pg(sql), tuple(args))  # type: ignore[call-overload]
             self.version += 1
@@ -246,6 +263,7 @@ class PgStore(SqliteStore):
 
     def close(self) -> None:
         with self._lock:
+            self._closing = True
             self._db.close()
 
     # ---- what SQLite spells its own way --------------------------------------------------
@@ -276,6 +294,7 @@ class PgStore(SqliteStore):
 
     def _tuples(self, sql: str) -> list[tuple[Any, ...]]:
         with self._lock:
+            self._ensure()
             return [tuple(r) for r in self._db.execute(sql)]  # type: ignore[call-overload]
 
     def policy_views(self) -> list[PolicyView]:
