@@ -28,7 +28,7 @@ from typing import Any
 
 from lxml import etree
 
-from controller.core.lease import Lease, LeaseKeeper
+from controller.core.lease import Lease, LeaseInfo, LeaseKeeper
 from netconf_core.applier import ConfigChange, Notify
 from netconf_core.errors import RpcError
 
@@ -92,13 +92,17 @@ class HaControl:
     """Leadership of one controller instance: standby wiring, election, stepping down."""
 
     def __init__(self, cfg: HaConfig, dsn: str, store: Any,
-                 activate: Callable[[int], Any]) -> None:
+                 activate: Callable[[int], Any],
+                 refresh: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.activate = activate
+        self.refresh = refresh  # rebuild the standby's datastores from the shared config
+        self._installed: str | None = None
         self.lease = Lease(dsn, ttl=cfg.lease_ttl, name=cfg.lease_name,
                            address=cfg.advertise)
-        self.keeper = LeaseKeeper(self.lease, self._elected, self._lost)
+        self.keeper = LeaseKeeper(self.lease, self._elected, self._lost,
+                                  on_standby=self._standby_tick)
         self.publisher = SharedConfigPublisher(store)
         self.epoch: int | None = None
         self.active = False  # elected and services running: edits accepted
@@ -117,6 +121,11 @@ class HaControl:
 
     def refusal(self) -> RpcError:
         info = self.keeper.info
+        try:  # the database's view, fresher than the last look of the lease loop
+            row = self.store.lease_row(self.cfg.lease_name)
+            info = None if row is None else LeaseInfo(self.cfg.lease_name, *row)
+        except Exception as exc:
+            log.debug("lease not read for a refusal: %s", exc)
         if self.epoch is not None and not self.active:
             who = "this instance was just elected and is still taking over; retry shortly"
         elif info is None:
@@ -148,18 +157,40 @@ class HaControl:
 
     # ---- shared configuration ------------------------------------------------------------
 
-    def install_shared_config(self, nc_dir: Path) -> bool:
-        """Make the configuration published in the store this instance's startup (and
-        running) before its datastores are built; False when none was published yet."""
-        text = self.store.get_meta(SHARED_CONFIG_KEY)
-        if text is None:
-            return False
+    def shared_config(self) -> str | None:
+        """The running configuration the active published (None: nothing yet)."""
+        return self.store.get_meta(SHARED_CONFIG_KEY)  # type: ignore[no-any-return]
+
+    def write_shared_config(self, nc_dir: Path, text: str) -> None:
+        """Make `text` this instance's startup and running, for datastores built next (the
+        current ones, if any, must be closed first: running's journal is replaced)."""
         from netconf_core.datastore import write_atomic  # the datastores' own writer
 
         for p in nc_dir.glob("running.xml*"):
             p.unlink()
         write_atomic(nc_dir / "startup.xml", text.encode(), wipe_old=True)
+        self._installed = text
+
+    def install_shared_config(self, nc_dir: Path) -> bool:
+        """Before the datastores exist: take the published configuration, if any."""
+        text = self.shared_config()
+        if text is None:
+            return False
+        self.write_shared_config(nc_dir, text)
         return True
+
+    async def _standby_tick(self) -> None:
+        """A standby follows the active's configuration, so that get-config on any
+        instance shows the current one (checked every lease_ttl / 3)."""
+        if self.refresh is None or self.epoch is not None:
+            return
+        try:
+            text = self.shared_config()
+        except Exception as exc:  # the database is down: the lease loop reports it
+            log.debug("standby: shared configuration not read: %s", exc)
+            return
+        if text is not None and text != self._installed:
+            self.refresh()
 
     # ---- leadership ----------------------------------------------------------------------
 

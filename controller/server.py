@@ -175,7 +175,8 @@ class ControllerServer:
 
             assert config.store_dsn is not None and config.ha is not None
             self.store: Any = PgStore(config.store_dsn)
-            self.ha = HaControl(config.ha, config.store_dsn, self.store, self._activate)
+            self.ha = HaControl(config.ha, config.store_dsn, self.store, self._activate,
+                                self._follow_shared_config)
         else:
             self.store = SqliteStore(config.db_path)
         self.service = FlowService(self.store, config.options, state_dir=config.state_dir)
@@ -245,15 +246,33 @@ class ControllerServer:
         log.info("controller ready: NETCONF on %s port %d, store %s", self.config.host,
                  self.port, self.store.path)
 
+    def _rebuild_datastores(self) -> bool:
+        """Datastores from the configuration the active published (HA); False: none yet.
+        Building them runs no applier: nothing reaches NSFs or the store."""
+        assert self.server is not None
+        text = self.ha.shared_config()
+        if text is None:
+            return False
+        if self.datastores is not None:
+            self.datastores.close()
+        self.ha.write_shared_config(self._nc_dir, text)
+        self.datastores = Datastores(self._schema, self._appliers, self._nc_dir)
+        self.server.attach(self.datastores)
+        return True
+
+    def _follow_shared_config(self) -> None:
+        """Standby: the active published another configuration; serve it."""
+        if self.server is not None:
+            with self.server.ds_lock:
+                self._rebuild_datastores()
+
     async def _activate(self, epoch: int) -> None:
         """Elected (controller/ha.py): take the published configuration and start the
         services as a restarted controller would; every NSF transaction carries `epoch`."""
         assert self.server is not None
         self.service.ha_epoch = self.ha.current_epoch  # SFC transacts through it too
         with self.server.ds_lock:
-            if self.ha.install_shared_config(self._nc_dir):
-                self.datastores = Datastores(self._schema, self._appliers, self._nc_dir)
-                self.server.attach(self.datastores)
+            self._rebuild_datastores()
             self.service.load()
             self.service.start()
             self.sfc.start()

@@ -18,7 +18,7 @@ from typing import Any
 
 from lxml import etree
 
-from controller.core.fence import add_fence
+from controller.core.fence import FENCE_NS, add_fence
 from controller.core.inventory import NS as FP_NS
 from controller.core.southbound import CONNECTED, NsfSession, Southbound
 from controller.core.store import Store
@@ -85,6 +85,7 @@ class Engine:
         # HA (#21, controller/ha.py): the leadership epoch every NSF edit carries; raises
         # when this instance is no longer sure it leads. None: a single controller.
         self.ha_epoch: Callable[[], int] | None = None
+        self._unfenced_warned: set[str] = set()
 
     def wake(self) -> None:
         if self._wake is not None:
@@ -133,7 +134,8 @@ class Engine:
                         commit_order: list[str] | None = None) -> None:
         if self.ha_epoch is not None:
             epoch = self.ha_epoch()
-            edits = {n: add_fence(e, epoch) for n, e in edits.items()}
+            edits = {n: add_fence(e, epoch) if self._fences(n, sessions.get(n)) else e
+                     for n, e in edits.items()}
         await self._clear_leftovers(sessions)
         self.stats.transactions += 1
         started = time.monotonic()
@@ -149,6 +151,20 @@ class Engine:
             raise
         if self.metrics is not None:
             self.metrics.observe_transaction(time.monotonic() - started, ok=True)
+
+    def _fences(self, nsf: str, sess: NsfSession | None) -> bool:
+        """Whether `nsf` serves i2nsf-controller-fence (HA, #21): only then may edits carry
+        the epoch; an NSF without it is provisioned unfenced, with a warning once."""
+        client = sess.client if sess is not None else None
+        caps = getattr(client, "server_capabilities", None) or []
+        if any(c.split("?", 1)[0] == FENCE_NS for c in caps):
+            return True
+        if nsf not in self._unfenced_warned:
+            self._unfenced_warned.add(nsf)
+            log.warning("NSF %s does not serve i2nsf-controller-fence: its edits carry no "
+                        "controller epoch, so a paused old active controller is stopped "
+                        "only by its own lease check and the store's fence", nsf)
+        return False
 
     async def _await_first_sessions(self, nsfs: set[str], timeout: float = 5.0) -> None:
         """Right after start every session is still connecting: give them a moment

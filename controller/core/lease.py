@@ -157,10 +157,12 @@ class LeaseKeeper:
     moment it can no longer be sure of it. Both are awaited in order, never overlapping."""
 
     def __init__(self, lease: Lease, on_elected: Callable[[int], Awaitable[None]],
-                 on_lost: Callable[[], Awaitable[None]], interval: float | None = None) -> None:
+                 on_lost: Callable[[], Awaitable[None]], interval: float | None = None,
+                 on_standby: Callable[[], Awaitable[None]] | None = None) -> None:
         self.lease = lease
         self.on_elected = on_elected
         self.on_lost = on_lost
+        self.on_standby = on_standby  # after each try that left another instance leading
         self.interval = interval if interval is not None else lease.ttl / 3
         self.leading = False
         self.last_error: str | None = None
@@ -226,6 +228,8 @@ class LeaseKeeper:
         self.last_error = None
         if epoch is None:
             self.info = await self._bounded(lease.current(), lease.ttl)
+            if self.on_standby is not None:
+                await self.on_standby()
             return
         self.leading = True
         self.info = None

@@ -205,6 +205,13 @@ class PgStore(SqliteStore):
     def fenced_epoch(self) -> int | None:
         return None if self._fence is None else self._fence[1]
 
+    def lease_row(self, name: str) -> tuple[str, int, str, float] | None:
+        """(holder, epoch, address, seconds left) of lease `name`, as the database has it."""
+        r = self._x("SELECT holder, epoch, address, "
+                    "extract(epoch FROM expires - clock_timestamp())::float8 "
+                    "FROM lease WHERE name=?", (name,)).fetchone()
+        return None if r is None else (str(r[0]), int(r[1]), str(r[2]), float(r[3]))
+
     def _check_fence(self) -> None:
         if self._fence is None:
             return

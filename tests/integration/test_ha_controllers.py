@@ -1,8 +1,9 @@
 """Two controller processes on one real PostgreSQL server with real agents (SSH NETCONF on
 127.0.0.1, null data plane; no root needed) (#21): the first is elected, the second is a
-standby that refuses changes naming the active and serves operational state from the
-store; kill -9 of the active → the standby takes over within lease + 2 s and rekeys with
-the next epoch, which the NSFs then hold; a paused (SIGSTOP) active is fenced: after
+standby that refuses changes naming the active, serves operational state from the store
+and follows the active's configuration (get-config); kill -9 of the active → the standby
+takes over within lease + 2 s and rekeys with the next epoch, which the NSFs then hold;
+a paused (SIGSTOP) active is fenced: after
 SIGCONT it touches neither store nor NSFs and exits."""
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ class HaController(ControllerProcess):
             reply = m.dispatch(etree.fromstring(
                 f'<rekey-policy xmlns="{FP}"><policy>{pol}</policy></rekey-policy>'))
         return etree.fromstring(reply.xml.encode()).findtext(f".//{Q}generation") or ""
+
+    def config_policies(self) -> list[str]:
+        with self.netconf() as m:
+            cfg = etree.fromstring(m.get_config(source="running").data_xml.encode())
+        return [p.findtext(Q + "name") or "" for p in cfg.iter(Q + "policy")]
 
     def accepts_edits(self) -> bool:
         try:
@@ -123,6 +129,8 @@ def test_failover_and_fencing(lab: dict[str, Any]) -> None:
            + policy("x", "s1", "s2"))
     wait_until(lambda: a.status("x")[0] == "active", 20, "policy x active on ctl-a")
     assert b.status("x") == a.status("x")  # the standby reads state from the store
+    wait_until(lambda: b.config_policies() == ["x"], 5 * TTL,
+               "the standby's get-config to follow the active's configuration")
     assert fence_epoch(agents["s1"]) == fence_epoch(agents["s2"]) == 1
     sad_before = set(names(agents["s1"].snapshot()["running"], "sad-entry"))
 
@@ -135,7 +143,8 @@ def test_failover_and_fencing(lab: dict[str, Any]) -> None:
     took = time.monotonic() - t0
     assert took <= TTL + 2, took
     print(f"failover (kill -9): {took:.2f} s with lease {TTL} s")
-    assert b.status("x")[0] == "active"
+    # right after a take-over the status may be "stale" until the NSFs were checked
+    wait_until(lambda: b.status("x")[0] == "active", 10, "policy x active on ctl-b")
     gen = b.rekey("x")
     wait_until(lambda: b.status("x") == ("active", gen), 20, "rekey by ctl-b")
     assert fence_epoch(agents["s1"]) == fence_epoch(agents["s2"]) == 2

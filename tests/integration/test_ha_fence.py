@@ -5,6 +5,7 @@ neither running nor what its applier saw. Edits are stamped with the controller'
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,3 +85,27 @@ def test_add_fence_forms() -> None:
         root = etree.fromstring(out) if isinstance(out, bytes) else out
         assert root.find(f"{{{FENCE_NS}}}controller-fence/{{{FENCE_NS}}}epoch").text == "9"
     assert len(el) == 1  # the caller's element is not modified
+
+
+def test_only_nsfs_serving_the_fence_get_the_epoch(caplog: pytest.LogCaptureFixture) -> None:
+    """An NSF without i2nsf-controller-fence (an older agent) is still provisioned: its
+    edits carry no epoch (they would fail with unknown-namespace), with one warning."""
+    from types import SimpleNamespace
+
+    from controller.core.engine import Engine
+    from controller.core.store import SqliteStore
+
+    eng = Engine(SqliteStore(":memory:"), None, time.monotonic, lambda *a: None,
+                 lambda s: None)
+    new = SimpleNamespace(client=SimpleNamespace(server_capabilities=[
+        f"{FENCE_NS}?module=i2nsf-controller-fence&revision=2026-12-04"]))
+    old = SimpleNamespace(client=SimpleNamespace(server_capabilities=[
+        f"{FENCE_NS}-other?module=x"]))
+    assert eng._fences("gw1", new)  # type: ignore[arg-type]
+    with caplog.at_level("WARNING"):
+        assert not eng._fences("gw2", old)  # type: ignore[arg-type]
+        assert not eng._fences("gw2", old)  # type: ignore[arg-type]
+        assert not eng._fences("gw3", None)
+    warned = [r for r in caplog.records if "does not serve i2nsf-controller-fence" in
+              r.getMessage()]
+    assert [r.getMessage().split()[1] for r in warned] == ["gw2", "gw3"]
