@@ -3,8 +3,8 @@
 standby that refuses changes naming the active, serves operational state from the store
 and follows the active's configuration (get-config); kill -9 of the active → the standby
 takes over within lease + 2 s and rekeys with the next epoch, which the NSFs then hold;
-a paused (SIGSTOP) active is fenced: after
-SIGCONT it touches neither store nor NSFs and exits."""
+a paused (SIGSTOP) active is fenced: after SIGCONT it touches neither store nor NSFs and
+exits."""
 
 from __future__ import annotations
 
