@@ -6,6 +6,7 @@ document here is one a NETCONF client could send."""
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 import pytest
 from lxml import etree
@@ -546,3 +547,31 @@ def test_catalog_asks_for_what_the_paths_need(schema: YangSchema) -> None:
     cat.register(inst("fw-1", "firewall"))
     assert [r.kind for r in cat.evaluate([fw], {"firewall": 2})] == ["create"]
     assert cat.evaluate([fw], {"firewall": 2}) == []  # pending
+
+
+def test_shared_instance_keeps_its_main_entry_and_socket(schema: YangSchema) -> None:
+    """An instance that gets a second path keeps its main entry (named after it, with the
+    result socket); the install step adds the new entry next to it, nothing renamed."""
+    from controller.sfc import render
+
+    one = """<chains><chain><name>a</name><sf-type>firewall</sf-type></chain></chains>"""
+    two = one.replace("</chains>", "<chain><name>b</name><sf-type>avc</sf-type>"
+                      "<sf-type>firewall</sf-type></chain></chains>")
+    cat = full_catalog()
+    fw = cat.instances["firewall-1"]
+    cat.instances["firewall-1"] = replace(fw, report_socket="/run/fw-1.sock")
+    alloc = SpiAllocator()
+    r1, a1 = compile(parse_config(valid(schema, TYPES + one)), cat, alloc)
+    alloc.commit(a1)
+    r2, _ = compile(parse_config(valid(schema, TYPES + two)), cat, alloc)
+    old, new = render.configs(r1), render.configs(r2)
+    a, b = r2.path_by_name("a"), r2.path_by_name("b")
+    assert a is not None and b is not None
+    core = new["core"].proxies
+    assert core["firewall-1"].report_socket == "/run/fw-1.sock"
+    assert (core["firewall-1"].spi, core["firewall-1"].si) == (a.spi, 255)
+    assert f"firewall-1-{b.spi}-254" in core
+    assert core[f"firewall-1-{b.spi}-254"].report_socket is None  # one socket per instance
+    assert old["core"].proxies["firewall-1"] == core["firewall-1"]  # unchanged entry
+    install = render.steps(old, new)[0]["core"]
+    assert install is not None and set(install.proxies) == set(core)
