@@ -22,6 +22,7 @@ from controller.core.inventory import NS as FP_NS
 from controller.core.store import SqliteStore
 from controller.core.transaction import locked
 from controller.core.yang_errors import HumaneSchema
+from controller.eastwest import wiring as ew_wiring
 from controller.ipsec.checks import check_config, refuse_host_bits
 from controller.ipsec.model import FlowConfig, parse_config
 from controller.ipsec.service import FlowService
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 PROTOCOL_MODULES = ("ietf-netconf", "ietf-netconf-monitoring", "ietf-netconf-notifications")
 NETCONF_FEATURES = ("writable-running", "candidate", "confirmed-commit", "rollback-on-error",
                     "validate", "startup", "xpath")
-MODULES = (*PROTOCOL_MODULES, "i2nsf-flow-policy", *sfc_wiring.MODULES)
+MODULES = (*PROTOCOL_MODULES, "i2nsf-flow-policy", *sfc_wiring.MODULES, *ew_wiring.MODULES)
 SERVICE_COUNTERS = {
     "rekeys_done": "Rekeys completed (outbound switched to the new SAs)",
     "installs_done": "Policy installs completed on both NSFs",
@@ -210,11 +211,14 @@ class ControllerServer:
         applier.bind(server.notify)
         self.sfc, sfc_applier = sfc_wiring.attach(self.service, server, locked)
         sfc_applier.bind(server.notify)
+        self.eastwest, ew_applier = ew_wiring.attach(self.service, server, self.config.state_dir)
+        ew_applier.bind(server.notify)
         if self.ha is None:
             self.service.load()
             self.service.start()
             self.sfc.start()
-        appliers: list[Any] = [applier, sfc_applier]
+            self.eastwest.start()
+        appliers: list[Any] = [applier, sfc_applier, ew_applier]
         if rc_cfg is not None:
             self.restconf = RestconfServer(server, UserDb(self.config.users), rc_cfg)
             appliers.append(RestconfStateApplier(self.restconf.base_url,
@@ -276,6 +280,7 @@ class ControllerServer:
             self.service.load()
             self.service.start()
             self.sfc.start()
+            self.eastwest.start()
             self.datastores.reconcile()
 
     @property
@@ -294,6 +299,8 @@ class ControllerServer:
             await self.ssh.stop()
         if getattr(self, "sfc", None) is not None:
             await self.sfc.stop()
+        if getattr(self, "eastwest", None) is not None:
+            await self.eastwest.stop()
         await self.service.stop()
         self.store.close()
 

@@ -1,0 +1,147 @@
+"""Two controllers agree on IKE-less SAs over the east-west interface (seed section 10.2,
+case 2): real SSH NETCONF between them with pinned host keys and per-peer accounts, each
+pushes only its own gateway, traffic flows through the userspace ESP data path; a policy
+mismatch is reported on both controllers; bad input is an rpc-error and changes nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from eastwest_lab import EW, NC, EastWestLab, eastwest_lab
+from gateway_lab import poll
+from lxml import etree
+from ncclient.operations import RaiseMode, RPCError
+
+from netconf_core.i2nsf.namespaces import IKELESS_NS
+from nsf_agent.userspace.lab import HOST_B, NET_A, NET_B
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                       reason="needs root and iproute2 (network namespaces, TUN, raw sockets)"),
+    pytest.mark.root,
+]
+E = f"{{{EW}}}"
+IK = f"{{{IKELESS_NS}}}"
+CBC = "<encryption>12</encryption><key-length>256</key-length><integrity>12</integrity>"
+
+
+@pytest.fixture(scope="module")
+def ew() -> Iterator[EastWestLab]:
+    with eastwest_lab("iew") as lab:
+        yield lab
+
+
+def ew_state(lab: EastWestLab, side: str) -> etree._Element:
+    m = lab.connect_ctl(side)
+    try:
+        reply = m.get(filter=("subtree", f'<east-west-state xmlns="{EW}"/>'))
+        return etree.fromstring(reply.xml.encode())
+    finally:
+        m.close_session()
+
+
+def policy(lab: EastWestLab, side: str, name: str) -> tuple[str, str]:
+    for p in ew_state(lab, side).iter(E + "policy"):
+        if p.findtext(E + "name") == name:
+            return p.findtext(E + "status") or "", p.findtext(E + "error-message") or ""
+    return "", ""
+
+
+def edit(lab: EastWestLab, side: str, config: str) -> None:
+    m = lab.connect_ctl(side)
+    try:
+        m.edit_config(target="running", config=config, default_operation="replace")
+    finally:
+        m.close_session()
+
+
+def rpc(lab: EastWestLab, side: str, body: str, **kw: Any) -> etree._Element:
+    m = lab.connect_ctl(side, **kw)
+    m.raise_mode = RaiseMode.NONE  # the reply, rpc-error or not
+    try:
+        return etree.fromstring(m.dispatch(etree.fromstring(body)).xml.encode())
+    finally:
+        m.close_session()
+
+
+def running(lab: EastWestLab, side: str, agent: bool = False) -> bytes:
+    m = lab.connect(side) if agent else lab.connect_ctl(side)
+    try:
+        data = etree.fromstring(m.get_config(source="running").xml.encode())[0]
+        return etree.tostring(data, method="c14n")  # not the reply: its message-id varies
+    finally:
+        m.close_session()
+
+
+def ping(lab: EastWestLab, count: int = 3) -> Any:
+    return lab.lab.run(lab.lab.host_a, ["ping", "-n", "-c", str(count), "-i", "0.2", "-W",
+                                        "2", HOST_B], timeout=60)
+
+
+def test_two_controllers_mismatch_then_agree_and_protect(ew: EastWestLab) -> None:
+    edit(ew, "a", ew.east_west_xml("a", "to-b", remote_prefix=str(NET_B)))
+    # B's admin first gets the algorithms wrong: reported on both controllers
+    edit(ew, "b", ew.east_west_xml("b", "to-a", CBC, remote_prefix=str(NET_A)))
+    poll(lambda: policy(ew, "a", "to-b")[0] == "mismatch"
+         and policy(ew, "b", "to-a")[0] == "mismatch", 20, "mismatch on both controllers")
+    for side, name in (("a", "to-b"), ("b", "to-a")):
+        assert "algorithms" in policy(ew, side, name)[1], policy(ew, side, name)
+    assert ping(ew, 1).returncode != 0  # not protected, nothing pushed
+    assert b"ew/" not in running(ew, "a", agent=True)
+
+    # discovery: ctl-a learned from ctl-b's announcement who manages HOST_B's prefix
+    out = rpc(ew, "a", f'<lookup-prefix xmlns="{EW}"><address>{HOST_B}</address>'
+                       "</lookup-prefix>")
+    assert (out.findtext(f".//{E}controller-id"), out.findtext(f".//{E}nsf"),
+            out.findtext(f".//{E}prefix")) == ("ctl-b", "gwb", str(NET_B))
+
+    edit(ew, "b", ew.east_west_xml("b", "to-a", remote_prefix=str(NET_A)))
+    poll(lambda: policy(ew, "a", "to-b")[0] == "protected"
+         and policy(ew, "b", "to-a")[0] == "protected", 20, "protected on both")
+    r = ping(ew, 5)
+    assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
+
+    # each controller allocated the SPI inbound to its own NSF; the agents hold them
+    st = {s: next(p for p in ew_state(ew, s).iter(E + "policy")) for s in "ab"}
+    spis = {s: ([int(x.text) for x in st[s].iter(E + "inbound-spi")],
+                [int(x.text) for x in st[s].iter(E + "outbound-spi")]) for s in "ab"}
+    assert spis["a"][0] == spis["b"][1] and spis["b"][0] == spis["a"][1], spis
+    for s in "ab":
+        sad = etree.fromstring(running(ew, s, agent=True))
+        got = {int(e.findtext(f"{IK}ipsec-sa-config/{IK}spi") or 0)
+               for e in sad.iter(IK + "sad-entry")
+               if (e.findtext(IK + "name") or "").startswith("ew/")}
+        assert got == {*spis[s][0], *spis[s][1]}, (s, got, spis)
+    # the keys never crossed the east-west channel: neither controller's log has them
+    key = next(etree.fromstring(running(ew, "a", agent=True)).iter(IK + "key")).text or ""
+    for s in "ab":
+        assert key.replace(":", "") not in (ew.workdir / f"controller-{s}.log").read_text()
+
+
+def test_bad_input_is_an_rpc_error_and_changes_nothing(ew: EastWestLab) -> None:
+    before = {s: running(ew, s) for s in "ab"}
+    agents = {s: running(ew, s, agent=True) for s in "ab"}
+    bad = ew.east_west_xml("a", "to-b", remote_prefix=str(NET_B)).replace(
+        "<local-nsf>gwa</local-nsf>", "<local-nsf>nope</local-nsf>")
+    with pytest.raises(RPCError, match="local-nsf"):
+        edit(ew, "a", bad)
+    # east-west RPCs from an account that is not the peer's are refused
+    prop = (f'<confirm-sa xmlns="{EW}"><controller-id>ctl-b</controller-id>'
+            f"<nonce>{'0' * 32}</nonce></confirm-sa>")
+    out = rpc(ew, "a", prop)
+    assert out.find(f".//{{{NC}}}rpc-error") is not None
+    assert "peer-b" in (out.findtext(f".//{{{NC}}}error-message") or "")
+    # the right account, but a nonce nobody agreed on
+    out = rpc(ew, "a", prop, user="peer-b", key=ew.workdir / "peer_b_id")
+    assert "no agreement" in (out.findtext(f".//{{{NC}}}error-message") or "")
+    out = rpc(ew, "a", f'<lookup-prefix xmlns="{EW}"><address>192.0.2.77</address>'
+                       "</lookup-prefix>")
+    assert out.findtext(f".//{{{NC}}}error-tag") == "data-missing"
+    assert {s: running(ew, s) for s in "ab"} == before
+    assert {s: running(ew, s, agent=True) for s in "ab"} == agents
+    assert policy(ew, "a", "to-b")[0] == "protected"
+    assert ping(ew, 2).returncode == 0
