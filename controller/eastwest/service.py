@@ -134,8 +134,12 @@ class EastWestService(Responder):
         for name in cfg.policy_map():
             self._next_try[name] = 0.0
             self._backoff.pop(name, None)
-            if name not in self.agreements:
+            ag = self.agreements.get(name)
+            if ag is None:
                 self._set_status(name, "waiting-peer", "negotiating")
+            elif name not in self.status:  # resumed from eastwest.json after a restart
+                self._set_status(name, *(("protected", None) if ag.nonce in self.confirmed
+                                         else ("agreed", "resumed; waiting for confirmation")))
         for name in list(self.status):
             if name not in cfg.policy_map():
                 self.status.pop(name, None)
@@ -150,7 +154,9 @@ class EastWestService(Responder):
                   else tuple(f.a_prefix for f in ag.flows))
         return (pol.local_nsf == ag.local_nsf.name and set(mine) == set(local)
                 and set(theirs) == set(pol.remote_prefixes)
-                and pol.algorithms == ag.algorithms and self._peer_of(pol) == ag.peer)
+                and pol.algorithms == ag.algorithms
+                # after a restart nothing is announced yet: that is no reason to drop it
+                and self._peer_of(pol) in (ag.peer, None))
 
     def _retire(self, name: str) -> None:
         """Forget an agreement; its entries leave the NSF with the next push (or now, if

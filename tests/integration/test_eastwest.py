@@ -145,3 +145,20 @@ def test_bad_input_is_an_rpc_error_and_changes_nothing(ew: EastWestLab) -> None:
     assert {s: running(ew, s, agent=True) for s in "ab"} == agents
     assert policy(ew, "a", "to-b")[0] == "protected"
     assert ping(ew, 2).returncode == 0
+
+
+def test_controller_restart_resumes_the_agreement(ew: EastWestLab) -> None:
+    """ctl-b killed: the SAs on the NSFs keep working and ctl-a shows it unreachable; ctl-b
+    restarted: it resumes the same agreement from its state (same SPIs, no renegotiation)
+    and both are protected again."""
+    spis = [x.text for x in ew_state(ew, "b").iter(E + "inbound-spi")]
+    ew.ctls["b"].kill()
+    assert ping(ew, 3).returncode == 0
+    poll(lambda: any(p.findtext(E + "status") == "unreachable"
+                     for p in ew_state(ew, "a").iter(E + "peer")), 20,
+         "ctl-a sees ctl-b unreachable")
+    ew.ctls["b"].start()
+    poll(lambda: policy(ew, "b", "to-a")[0] == "protected", 20, "ctl-b protected again")
+    assert [x.text for x in ew_state(ew, "b").iter(E + "inbound-spi")] == spis
+    assert policy(ew, "a", "to-b")[0] == "protected"
+    assert ping(ew, 3).returncode == 0
