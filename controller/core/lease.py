@@ -15,10 +15,12 @@ renewal (its monotonic clock): by then a standby may be taking over. `LeaseKeepe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -154,7 +156,13 @@ class Lease:
 
 class LeaseKeeper:
     """Keeps trying to hold `lease`: `on_elected(epoch)` when it gets it, `on_lost()` the
-    moment it can no longer be sure of it. Both are awaited in order, never overlapping."""
+    moment it can no longer be sure of it, `on_standby()` after each look at another
+    instance's lease.
+
+    The renewals run on a thread of their own (with its own event loop and connection):
+    a controller loop busy for seconds with a big commit must not lose the lease. The
+    callbacks run on the loop that called `start`, in order, without the thread waiting for
+    them (they must be short: spawn longer work)."""
 
     def __init__(self, lease: Lease, on_elected: Callable[[int], Awaitable[None]],
                  on_lost: Callable[[], Awaitable[None]], interval: float | None = None,
@@ -162,28 +170,68 @@ class LeaseKeeper:
         self.lease = lease
         self.on_elected = on_elected
         self.on_lost = on_lost
-        self.on_standby = on_standby  # after each try that left another instance leading
+        self.on_standby = on_standby
         self.interval = interval if interval is not None else lease.ttl / 3
         self.leading = False
         self.last_error: str | None = None
         self.info: LeaseInfo | None = None  # the lease as last read by a standby
+        self._main: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
         self._stopping = False
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._main = asyncio.get_running_loop()
+        self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def main() -> None:
+            assert self._loop is not None
+            asyncio.set_event_loop(self._loop)
+            self._task = self._loop.create_task(self._run())
+            started.set()
+            try:
+                self._loop.run_until_complete(self._task)
+            except asyncio.CancelledError:
+                pass
+            finally:
+                self._loop.run_until_complete(self.lease.close())
+                self._loop.close()
+
+        self._thread = threading.Thread(target=main, name=f"lease-{self.lease.name}",
+                                        daemon=True)
+        self._thread.start()
+        started.wait(5)
+
+    def kill(self) -> None:
+        """End the renewals at once, as if the process died (tests): no release."""
+        if self._loop is not None and self._task is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already ended
+                self._loop.call_soon_threadsafe(self._task.cancel)
 
     async def stop(self, release: bool = True) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self.kill()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
         if self.leading:
             self.leading = False
             await self.on_lost()
         if release:
             await self.lease.release()
         await self.lease.close()
+
+    def _call(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a callback on the controller's loop (FIFO: callbacks keep their order)."""
+        main = self._main
+        if main is None or main.is_closed():
+            return
+
+        def spawn() -> None:
+            main.create_task(fn(*args))  # type: ignore[arg-type]
+
+        main.call_soon_threadsafe(spawn)
 
     async def _bounded(self, coro: Awaitable[Any], timeout: float) -> Any:
         """`coro` with a deadline (asyncio.wait: a cancellation is never swallowed)."""
@@ -208,7 +256,7 @@ class LeaseKeeper:
             if self.leading and not self.lease.held:
                 self.leading = False
                 log.warning("lease %s: not renewed in time; standing down", self.lease.name)
-                await self.on_lost()
+                self._call(self.on_lost)
             wait = self.interval
             if self.leading:
                 wait = min(wait, max(0.0, self.lease.valid_until - time.monotonic()))
@@ -220,7 +268,7 @@ class LeaseKeeper:
             left = lease.valid_until - time.monotonic()
             if not await self._bounded(lease.renew(), left):
                 self.leading = False
-                await self.on_lost()
+                self._call(self.on_lost)
             self.last_error = None
             return
         lease.epoch = None  # not leading: a stale epoch is never renewed
@@ -229,8 +277,8 @@ class LeaseKeeper:
         if epoch is None:
             self.info = await self._bounded(lease.current(), lease.ttl)
             if self.on_standby is not None:
-                await self.on_standby()
+                self._call(self.on_standby)
             return
         self.leading = True
         self.info = None
-        await self.on_elected(epoch)
+        self._call(self.on_elected, epoch)
