@@ -170,3 +170,11 @@ def test_failover_and_fencing(lab: dict[str, Any]) -> None:
     assert lease_row(dsn) == ("ctl-a2", 3) and a2.status("x") == ("active", gen2)
     log = b.log.read_text()
     assert "lost the leadership lease" in log or "not renewed in time" in log
+
+    # a standby that never led stops cleanly, and leaves the lease alone
+    c = ctl("ctl-c")
+    wait_until(lambda: c.config_policies() == ["x"], 5 * TTL, "ctl-c up as standby")
+    assert c.proc is not None
+    c.stop()
+    assert c.proc.returncode == 0 and "Traceback" not in c.log.read_text()
+    assert lease_row(dsn) == ("ctl-a2", 3) and a2.accepts_edits()
