@@ -120,6 +120,7 @@ def test_fenced_store_refuses_writes_of_an_old_epoch(dsn: str) -> None:
                 write()
         with pytest.raises(Fenced), old.transaction():
             old.put_nsf({"name": "gw9"})
+        assert old.get_policy("p1") is not None  # refused writes leave the connection usable
         assert new.get_sas("p1") == before and new.get_nsf("gw9") is None
         assert new.get_meta("persist:gw1") is None
         rec = new.get_policy("p1")

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 _C = 'TEXT COLLATE "C"'  # byte order, as SQLite compares TEXT
 
 # Each migration is applied once, in order, inside a transaction; never edit a released one.
-PG_MIGRATIONS: list[tuple[int, str]] = [
+PG_MIGRATIONS: list[tuple[int, str | tuple[str, ...]]] = [
     (1, f"""
     CREATE TABLE nsf (name {_C} PRIMARY KEY, data TEXT NOT NULL,
                       updated DOUBLE PRECISION NOT NULL);
@@ -96,7 +96,21 @@ PG_MIGRATIONS: list[tuple[int, str]] = [
         address TEXT NOT NULL DEFAULT ''
     );
     """),
+    # A tuple: statements run as they are (a function body has semicolons of its own).
+    (3, ("""
+    CREATE OR REPLACE FUNCTION i2nsf_fence(n text, e bigint) RETURNS void
+    LANGUAGE plpgsql AS $$
+    DECLARE cur bigint;
+    BEGIN
+        SELECT epoch INTO cur FROM lease WHERE name = n FOR SHARE;
+        IF cur IS DISTINCT FROM e THEN
+            RAISE EXCEPTION 'lease % is at epoch %, this instance holds epoch %', n,
+                coalesce(cur::text, 'none'), e USING ERRCODE = 'I2F01';
+        END IF;
+    END $$
+    """,)),
 ]
+FENCED_SQLSTATE = "I2F01"  # raised by i2nsf_fence()
 
 # Serializes the migrations of instances starting at the same time (any constant will do).
 _MIGRATION_LOCK = 0x1285_0021
@@ -174,8 +188,9 @@ class PgStore(SqliteStore):
                 for version, script in PG_MIGRATIONS:
                     if version in done:
                         continue
+                    stmts = script if isinstance(script, tuple) else script.split(";")
                     with self._db.transaction():
-                        for stmt in script.split(";"):
+                        for stmt in stmts:
                             if stmt.strip():
                                 self._db.execute(stmt)  # type: ignore[call-overload]
                         self._db.execute("INSERT INTO schema_migrations VALUES (%s, %s)",
@@ -212,16 +227,27 @@ class PgStore(SqliteStore):
                     "FROM lease WHERE name=?", (name,)).fetchone()
         return None if r is None else (str(r[0]), int(r[1]), str(r[2]), float(r[3]))
 
-    def _check_fence(self) -> None:
-        if self._fence is None:
-            return
+    def _fenced(self, *stmts: tuple[str, tuple[Any, ...]]) -> Any:
+        """BEGIN, the fence check and `stmts` in one round trip (pipeline mode); a failed
+        check aborts the transaction in the database. Returns the statements' cursors."""
+        assert self._fence is not None
         name, epoch = self._fence
-        row = self._db.execute("SELECT epoch FROM lease WHERE name=%s FOR SHARE",
-                               (name,)).fetchone()
-        if row is None or int(row[0]) != epoch:
-            raise Fenced(f"lease {name!r} is at epoch {row[0] if row else 'none'}, this "
-                         f"instance holds epoch {epoch}: it is no longer the active "
-                         "controller and must not write")
+        curs: list[Any] = []
+        try:
+            with self._db.pipeline():
+                self._db.execute("BEGIN")
+                self._db.execute("SELECT i2nsf_fence(%s, %s)", (name, epoch))
+                for sql, args in stmts:
+                    curs.append(self._db.execute(sql, args))  # type: ignore[call-overload]
+        except psycopg.Error as exc:
+            if not self._db.closed and self._db.info.transaction_status != \
+                    psycopg.pq.TransactionStatus.IDLE:
+                self._db.execute("ROLLBACK")
+            if exc.sqlstate == FENCED_SQLSTATE:
+                raise Fenced(f"{exc.diag.message_primary}: it is no longer the active "
+                             "controller and must not write") from None
+            raise
+        return curs
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -229,11 +255,13 @@ class PgStore(SqliteStore):
             outer = self._depth == 0
             sp = f"sp{self._depth}"
             self._ensure()
-            self._db.execute("BEGIN" if outer else f"SAVEPOINT {sp}")  # type: ignore[arg-type]
+            if outer and self._fence is not None:
+                self._fenced()
+            else:
+                self._db.execute("BEGIN" if outer  # type: ignore[arg-type]
+                                 else f"SAVEPOINT {sp}")
             self._depth += 1
             try:
-                if outer:
-                    self._check_fence()
                 yield
             except BaseException:
                 self._depth -= 1
@@ -255,9 +283,8 @@ class PgStore(SqliteStore):
             if sql.startswith("SELECT"):
                 return self._db.execute(_pg(sql), tuple(args))  # type: ignore[call-overload]
             self.version += 1
-            if self._fence is not None and self._depth == 0:
-                with self.transaction():
-                    return self._db.execute(_pg(sql), tuple(args))  # type: ignore
+            if self._fence is not None and self._depth == 0:  # one round trip in all
+                return self._fenced((_pg(sql), tuple(args)), ("COMMIT", ()))[0]
             return self._db.execute(_pg(sql), tuple(args))  # type: ignore[call-overload]
 
     def changed(self) -> int:
