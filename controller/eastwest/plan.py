@@ -99,3 +99,16 @@ def _config(spd: list[str], sad: list[str]) -> bytes:
 
 __all__ = ["IKELESS_NS", "Agreement", "ew_name", "flows_for", "install_bytes",
            "remove_bytes"]
+
+
+def rekey_bytes(old: Agreement, new: Agreement, done: int, upto: int) -> bytes:
+    """Steps `done+1 .. upto` of a make-before-break rekey on our NSF: 1 add the new inbound
+    SAs, 2 switch outbound (old out removed, new out added), 3 remove the old inbound SAs —
+    the IPsec service's rekey steps (`translate`), on our side only."""
+    plan = new.plan()
+    steps = {1: lambda: translate.add_inbound_parts(plan, new.sas),
+             2: lambda: translate.switch_outbound_parts(plan, old.sas, new.sas),
+             3: lambda: translate.remove_old_parts(plan, old.sas)}
+    joined = translate.join_parts(*(steps[i]() for i in range(done + 1, upto + 1)))
+    spd, sad = joined.get(new.local_nsf.name, ([], []))
+    return _config([_rename(e) for e in spd], [_rename(e) for e in sad])

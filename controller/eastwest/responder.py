@@ -29,6 +29,9 @@ class Responder:
     confirmed: set[str]
     push_error: dict[str, str]
     _eph_pub: dict[str, str]
+    prev: dict[str, Agreement]
+    phase: dict[str, int]
+    allowed: dict[str, int]
     _wake: Any
 
 
@@ -88,6 +91,14 @@ class Responder:
                            f"{old.generation}", info={"bad-element": "generation"})
         nsf = self.local_nsfs()[pol.local_nsf]
         flows = flows_for(prop.initiator_prefixes, prop.responder_prefixes)
+        if pol.name in self.prev:
+            raise RpcError("application", "resource-denied",
+                           f"policy {pol.name} is being rekeyed (generation "
+                           f"{self.agreements[pol.name].generation}); retry when done")
+        # same traffic and algorithms as a protected agreement: make-before-break rekey
+        rekey = (old is not None and old.peer == peer.name and old.nonce in self.confirmed
+                 and prop.generation > old.generation and old.flows == flows
+                 and old.algorithms == pol.algorithms and old.local_nsf.name == nsf.name)
         if len(prop.inbound_spis) != len(flows):
             raise RpcError("application", "invalid-value",
                            f"{len(flows)} flows need {len(flows)} inbound SPIs, got "
@@ -103,10 +114,14 @@ class Responder:
         sas = build_sas(pol.name, flows, peer.name, self.cfg.controller_id or "",
                         prop.generation, prop.nonce, shared, spis, prop.inbound_spis,
                         pol.algorithms)
-        if old is not None:
-            self._retire(pol.name)
         ag = Agreement(pol.name, pol.policy_id, peer.name, "b", prop.generation, prop.nonce,
                        nsf, prop.data_plane_address, flows, pol.algorithms, sas)
+        if rekey:
+            assert old is not None
+            self.prev[pol.name] = old
+            self.allowed[ag.nonce] = 1
+        elif old is not None:
+            self._retire(pol.name)
         self.agreements[pol.name] = ag
         self._eph_pub[ag.nonce] = eph.public_hex
         self._save()
@@ -125,6 +140,8 @@ class Responder:
             raise RpcError("application", "invalid-value",
                            f"no agreement with {peer.name} for this nonce (superseded?)",
                            info={"bad-element": "nonce"})
+        if ag.policy in self.prev:
+            return self._confirm_rekey_step(ag, (op.findtext(Q + "step") or "final").strip())
         if nonce not in self.pushed:
             why = self.push_error.get(nonce)
             if why:
@@ -138,6 +155,38 @@ class Responder:
             self._save()
         self._set_status(ag.policy, "protected", None)
         return None
+
+    def _confirm_rekey_step(self, ag: Agreement, step: str) -> None:
+        """The initiator's NSF completed `step`: accepted once ours did too, and then our
+        next step is allowed (new inbound on both → switch outbound; both switched →
+        remove the old inbound)."""
+        need = {"inbound": 1, "switched": 2}.get(step)
+        if need is None:
+            raise RpcError("application", "invalid-value",
+                           f"policy {ag.policy} is being rekeyed: confirm step 'inbound' or "
+                           f"'switched', not {step!r}", info={"bad-element": "step"})
+        if self.phase.get(ag.nonce, 0) < need:
+            why = self.push_error.get(ag.nonce)
+            raise RpcError("application", "operation-failed" if why else "resource-denied",
+                           f"{self.cfg.controller_id} has not completed rekey step {need} on "
+                           f"{ag.local_nsf.name}" + (f": {why}" if why else " yet"))
+        self.allowed[ag.nonce] = max(self.allowed.get(ag.nonce, 1), need + 1)
+        self._save()
+        self._wake.set()
+        return None
+
+    def rpc_rekey(self, srv: Any, sess: Any, op: etree._Element) -> list[etree._Element]:
+        name = (op.findtext(Q + "policy") or "").strip()
+        try:
+            gen = self.request_rekey(name)
+        except KeyError:
+            raise RpcError("application", "invalid-value", f"no east-west policy {name!r}",
+                           info={"bad-element": "policy"}) from None
+        except ValueError as exc:
+            raise RpcError("application", "operation-failed", str(exc)) from None
+        e = etree.Element(Q + "generation", nsmap={None: NS})
+        e.text = str(gen)
+        return [e]
 
     def rpc_lookup(self, srv: Any, sess: Any, op: etree._Element) -> list[etree._Element]:
         try:

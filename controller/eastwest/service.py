@@ -41,6 +41,7 @@ from controller.eastwest.negotiate import (
 from controller.eastwest.plan import Agreement, flows_for
 from controller.eastwest.records import agreement_from, agreement_to
 from controller.eastwest.records import el as _el
+from controller.eastwest.rekey import Rekey
 from controller.eastwest.responder import Responder
 from controller.ipsec.model import Nsf
 from netconf_core.i2nsf.types import IpNet
@@ -53,7 +54,7 @@ RETRY_MIN, RETRY_MAX = 0.3, 3.0
 
 
 
-class EastWestService(Responder):
+class EastWestService(Rekey, Responder):
     def __init__(self, flow: Any, state_dir: Path | None) -> None:
         self.flow = flow  # controller.ipsec.service.FlowService: NSF sessions, transactions
         self.path = None if state_dir is None else state_dir / "eastwest.json"
@@ -73,6 +74,13 @@ class EastWestService(Responder):
         self._stale: dict[str, tuple[list[str], list[str]]] = {}  # policy → names to remove
         self._stale_nsf: dict[str, str] = {}
         self._eph_pub: dict[str, str] = {}  # nonce → our public key (a retry's answer)
+        # make-before-break rekeys: policy → the agreement being replaced; per new nonce the
+        # last step our NSF completed (1 new inbound, 2 outbound switched, 3 old inbound
+        # removed) and the last step the peer's progress allows
+        self.prev: dict[str, Agreement] = {}
+        self.phase: dict[str, int] = {}
+        self.allowed: dict[str, int] = {}
+        self._rekey: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._load()
@@ -97,6 +105,9 @@ class EastWestService(Responder):
                                                 sa.spi))
         self._stale = {k: (v[0], v[1]) for k, v in data.get("stale", {}).items()}
         self._stale_nsf = dict(data.get("stale_nsf", {}))
+        self.prev = {d["policy"]: agreement_from(d) for d in data.get("prev", [])}
+        self.phase = dict(data.get("phase", {}))
+        self.allowed = dict(data.get("allowed", {}))
         log.info("east-west: %d agreements resumed", len(self.agreements))
 
     def _save(self) -> None:
@@ -105,7 +116,9 @@ class EastWestService(Responder):
         data = {"agreements": [{**agreement_to(a, a.nonce in self.confirmed),
                                 "public_key": self._eph_pub.get(a.nonce)}
                                for a in self.agreements.values()],
-                "stale": self._stale, "stale_nsf": self._stale_nsf}
+                "stale": self._stale, "stale_nsf": self._stale_nsf,
+                "prev": [agreement_to(a, True) for a in self.prev.values()],
+                "phase": self.phase, "allowed": self.allowed}
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -283,7 +296,17 @@ class EastWestService(Responder):
                         client_keys=[peer.private_key_file],
                         timeout=self.flow.opts.rpc_timeout)
         self.clients[name] = c
+        asyncio.get_running_loop().create_task(self._watch(name, c), name=f"ew-watch-{name}")
         return c
+
+    async def _watch(self, name: str, c: NcClient) -> None:
+        """A lost session (peer down, link cut) shows at once, and we try again soon."""
+        await c.closed.wait()
+        if self.clients.get(name) is c:
+            self.clients.pop(name, None)
+            self.peer_status[name] = ("unreachable", c.close_reason or "session closed")
+            self._announce_due[name] = 0.0
+            self._wake.set()
 
     async def _rpc(self, peer: str, body: etree._Element) -> etree._Element:
         try:
@@ -356,6 +379,16 @@ class EastWestService(Responder):
             if ag is None:
                 self._set_status(name, "waiting-peer", f"waiting for {peer} to propose")
             return self._done(name)
+        if ag is not None and name in self.prev:
+            return await self._advance_rekey(name, ag, peer)
+        if ag is not None and ag.nonce in self.confirmed and name in self._rekey:
+            try:
+                await self._propose(name, pol, peer, rekey=True)
+            except NcError as exc:
+                self._set_status(name, "protected", f"rekey failed, retrying: {exc}")
+                return self._retry_later(name)
+            self._rekey.discard(name)
+            return await self._advance_rekey(name, self.agreements[name], peer)
         if ag is not None and ag.nonce in self.confirmed:
             return self._done(name)
         if ag is None:
@@ -390,7 +423,8 @@ class EastWestService(Responder):
         else:
             self._set_status(name, "waiting-peer", str(exc))
 
-    async def _propose(self, name: str, pol: EwPolicy, peer: str) -> None:
+    async def _propose(self, name: str, pol: EwPolicy, peer: str, rekey: bool = False
+                       ) -> None:
         me = self.cfg.controller_id or ""
         nsf = self.local_nsfs()[pol.local_nsf]
         remote_addr = self._remote_nsf_address(peer, pol.remote_prefixes)
@@ -432,7 +466,10 @@ class EastWestService(Responder):
             if isinstance(exc, ValueError):
                 raise NcError(f"{peer} answered a bad proposal reply: {exc}") from None
             raise
-        if old is not None:
+        if old is not None and rekey:
+            self.prev[name] = old
+            self.allowed[nonce] = 1
+        elif old is not None:
             self._retire(name)
         self.agreements[name] = Agreement(name, pol.policy_id, peer, "a", gen, nonce, nsf,
                                           remote_addr, flows, pol.algorithms, sas)
@@ -456,6 +493,9 @@ class EastWestService(Responder):
                 self._save()
         for name, ag in list(self.agreements.items()):
             if ag.nonce in self.pushed:
+                continue
+            if name in self.prev:
+                await self._push_rekey_step(name, ag)
                 continue
             spd, sad = self._stale.get(name, ([], []))
             err = await self._transact(ag.local_nsf.name, ewplan.install_bytes(ag, spd, sad),

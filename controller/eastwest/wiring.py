@@ -57,7 +57,8 @@ def attach(flow: Any, server: Any, state_dir: Path) -> tuple[EastWestService, Ea
     """Create the service on the IPsec service `flow` and register its RPCs on `server`."""
     svc = EastWestService(flow, state_dir)
     for name, handler in (("announce", svc.rpc_announce), ("propose-sa", svc.rpc_propose),
-                          ("confirm-sa", svc.rpc_confirm), ("lookup-prefix", svc.rpc_lookup)):
+                          ("confirm-sa", svc.rpc_confirm), ("lookup-prefix", svc.rpc_lookup),
+                          ("rekey-policy", svc.rpc_rekey)):
         server.register_rpc(NS, name, handler)
     south = flow.south
     previous = south.on_connected

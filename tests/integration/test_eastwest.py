@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,6 +146,46 @@ def test_bad_input_is_an_rpc_error_and_changes_nothing(ew: EastWestLab) -> None:
     assert {s: running(ew, s, agent=True) for s in "ab"} == agents
     assert policy(ew, "a", "to-b")[0] == "protected"
     assert ping(ew, 2).returncode == 0
+
+
+
+def ew_entries(lab: EastWestLab, side: str) -> set[str]:
+    root = etree.fromstring(running(lab, side, agent=True))
+    return {e.findtext(IK + "name") or "" for e in root.iter(IK + "sad-entry")
+            if (e.findtext(IK + "name") or "").startswith("ew/")}
+
+
+def generation(lab: EastWestLab, side: str) -> int:
+    p = next(ew_state(lab, side).iter(E + "policy"))
+    return int(p.findtext(E + "generation") or 0)
+
+
+def test_rekey_make_before_break_across_both_controllers(ew: EastWestLab) -> None:
+    """Rekeys under a 50/s ping lose nothing: new inbound SAs on both NSFs, then each
+    sender switches, then the old inbound SAs go; only the initiator may start one."""
+    out = rpc(ew, "b", f'<rekey-policy xmlns="{EW}"><policy>to-a</policy></rekey-policy>')
+    assert "ctl-a initiates" in (out.findtext(f".//{{{NC}}}error-message") or "")
+    gen0 = generation(ew, "a")
+    pinger = subprocess.Popen(
+        ["ip", "netns", "exec", ew.lab.host_a, "ping", "-n", "-q", "-c", "200", "-i", "0.02",
+         "-W", "1", HOST_B], stdout=subprocess.PIPE, text=True)
+    try:
+        for i in (1, 2, 3):
+            out = rpc(ew, "a", f'<rekey-policy xmlns="{EW}"><policy>to-b</policy>'
+                               "</rekey-policy>")
+            assert out.findtext(f".//{E}generation") == str(gen0 + i), etree.tostring(out)
+            poll(lambda i=i: all(generation(ew, s) == gen0 + i
+                                 and policy(ew, s, "to-" + o) == ("protected", "")
+                                 for s, o in (("a", "b"), ("b", "a")))
+                 and all(len(ew_entries(ew, s)) == 2 for s in "ab"), 20,
+                 f"rekey {i} complete on both")
+        stdout, _ = pinger.communicate(timeout=30)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+    assert " 0% packet loss" in stdout, stdout
+    for s in "ab":  # only the newest generation is left on each NSF
+        assert all(n.endswith(f"/{gen0 + 3}") for n in ew_entries(ew, s)), ew_entries(ew, s)
 
 
 def test_controller_restart_resumes_the_agreement(ew: EastWestLab) -> None:
