@@ -575,3 +575,35 @@ def test_shared_instance_keeps_its_main_entry_and_socket(schema: YangSchema) -> 
     assert old["core"].proxies["firewall-1"] == core["firewall-1"]  # unchanged entry
     install = render.steps(old, new)[0]["core"]
     assert install is not None and set(install.proxies) == set(core)
+
+
+def test_an_sff_gaining_an_instance_is_ready_before_others_send_to_it(
+        schema: YangSchema) -> None:
+    """A new instance on forwarder `far`: `far` gets its proxy and entries in one step, and
+    only then (next step) does `edge` (no firewall of its own) add `far` to its next hops —
+    else `far` would get flows while it still forwards by its old entry."""
+    from controller.sfc import render
+
+    types = TYPES.replace("</forwarders>", "<forwarder><name>far</name><sff-id>3</sff-id>"
+                          "<locator>192.0.2.3</locator></forwarder></forwarders>")
+    cfg = parse_config(valid(schema, types + CHAINS))
+    cat = full_catalog()
+    alloc = SpiAllocator()
+    r1, a1 = compile(cfg, cat, alloc)
+    alloc.commit(a1)
+    cat.register(Instance("firewall-9", "firewall", "dms-1", ipaddress.ip_address("192.0.2.3"),
+                          1000, forwarder="far", to_sf="fw9-i", from_sf="fw9-o",
+                          sf_mac="02:00:00:00:00:09"))
+    r2, _ = compile(cfg, cat, alloc)
+    old, new = render.configs(r1), render.configs(r2)
+    p1 = r2.path_by_name("sfp-1")
+    assert p1 is not None
+    far = ipaddress.ip_address("192.0.2.3")
+    assert far in {h.locator for h in new["edge"].table[(p1.spi, 254)]}
+    out = render.steps(old, new)
+    assert len(out) == 2, [sorted(s) for s in out]
+    first, second = out
+    assert "far" in first and "firewall-9" in first["far"].proxies  # type: ignore[union-attr]
+    assert "edge" not in first or far not in {  # edge still sends to core only
+        h.locator for h in first["edge"].table[(p1.spi, 254)]}  # type: ignore[union-attr]
+    assert set(second) == {"edge"} and second["edge"].key() == new["edge"].key()  # type: ignore[union-attr]

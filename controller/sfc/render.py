@@ -83,6 +83,29 @@ def _union(old: AgentConfig | None, new: AgentConfig, classifier_from: AgentConf
                        dict(c.steering) if c else {})
 
 
+def _hold_new_sff_hops(old: AgentConfig | None, c: AgentConfig) -> AgentConfig:
+    """`c` with every existing entry that gains a next-hop SFF kept as it was in `old`: the
+    SFF sent to must hold its own new entries (a proxy for the new instance) before anyone
+    sends to it, else it forwards by its old entry (seen: a new instance on E, C switched
+    first, E still sent the flows back towards F: 8 to 13 packets lost per moved flow)."""
+    if old is None:
+        return c
+    table = dict(c.table)
+    held = False
+    for k, hops in c.table.items():
+        was = old.table.get(k)
+        if was is None:
+            continue
+        before = {h.locator for h in was if h.kind == "sff"}
+        if any(h.kind == "sff" and h.locator not in before for h in hops):
+            table[k] = was
+            held = True
+    if not held:
+        return c
+    return AgentConfig(c.sff_id, c.locator, list(c.rules), dict(c.reclass), table,
+                       dict(c.proxies), dict(c.steering))
+
+
 def steps(old: dict[str, AgentConfig], new: dict[str, AgentConfig],
           live: set[str] | None = None) -> list[dict[str, AgentConfig | None]]:
     """The sequence of whole-agent states to push (None: remove the agent's SFC config).
@@ -98,9 +121,16 @@ def steps(old: dict[str, AgentConfig], new: dict[str, AgentConfig],
         and old[n].steering == new[n].steering
         for n in new)
     if simple:
-        return [dict(new)]
+        first = {n: _hold_new_sff_hops(old.get(n), c) for n, c in new.items()}
+        held = {n: c for n, c in first.items() if c.key() != old[n].key()}
+        if all(first[n] is c for n, c in new.items()) or not held:
+            return [dict(new)]
+        # the SFFs gaining traffic first, then those sending to them
+        rest = {n: c for n, c in new.items() if c.key() != first[n].key()}
+        return [held, rest] if rest else [held]
     out: list[dict[str, AgentConfig | None]] = []
-    install = {n: _union(old.get(n), c, old.get(n), live) for n, c in new.items()}
+    install = {n: _hold_new_sff_hops(old.get(n), _union(old.get(n), c, old.get(n), live))
+               for n, c in new.items()}
     switch = {n: _union(old.get(n), c, c, live) for n, c in new.items()}
     cleanup: dict[str, AgentConfig | None] = dict(new)
     for n in old:
