@@ -79,8 +79,13 @@ def test_unreachable_or_unread_nsf_is_stale() -> None:
     st, why = e.verdict(("a", "b"), {"a": Sess(), "b": Sess("disconnected", "refused")},
                         [sa()], 10.5)
     assert st == "stale" and "NSF b is unreachable (disconnected: refused)" in (why or "")
+    assert e.verdict(("a", "b"), SESS, [sa()], 30.0)[0] == "active"  # old, not failing
+    e.failed("a", 20.0)
+    assert e.verdict(("a", "b"), SESS, [sa()], 22.0)[0] == "active"  # not for long yet
     st, why = e.verdict(("a", "b"), SESS, [sa()], 30.0)
-    assert st == "stale" and "no state read from NSF a" in (why or "")
+    assert st == "stale" and "state of NSF a could not be read for 10 s" in (why or "")
+    e.record("a", Reading(31.0, {NAME: (0, 5)}))
+    assert e.verdict(("a", "b"), SESS, [sa()], 31.5)[0] == "active"
 
 
 def test_parse_reading_keeps_only_our_entries() -> None:

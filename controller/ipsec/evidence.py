@@ -5,7 +5,7 @@ A committed transaction only proves that both NSFs *accepted* a policy's entries
 names and `ipsec-sa-state/sa-lifetime-current` counters, never keys) and checks each policy
 the scheduler calls `active` against it:
 
-* `stale`    an endpoint NSF is not connected, or its state was not read for 3 intervals;
+* `stale`    an endpoint NSF is not connected, or reading its state failed for 3 intervals;
 * `degraded` an SA of the live generation is missing on its sender or receiver (not in the
              running configuration, or — where the NSF reports data-plane state — not in its
              data plane), or its sender counted ≥ 3 packets since the previous reading that
@@ -14,8 +14,11 @@ the scheduler calls `active` against it:
 * `active`   otherwise (traffic may be idle: an SA nobody sends on is not a fault).
 
 Readings of both NSFs are taken together, so the sender's and the receiver's counters span
-the same interval. The derived status is what the operational state, `policy-status-change`
-notifications and the CLI show; the scheduler's own status still drives provisioning.
+the same interval. Only NSFs with a policy in the scheduler's `active` state are read (a
+policy being installed or rekeyed is judged by its transactions): the readings cost the
+NSFs nothing while the controller is busy rekeying. The derived status is what the
+operational state, `policy-status-change` notifications and the CLI show; the scheduler's
+own status still drives provisioning.
 """
 
 from __future__ import annotations
@@ -78,13 +81,18 @@ class Evidence:
         self.interval = interval
         self.now: dict[str, Reading] = {}
         self.prev: dict[str, Reading] = {}
+        self.failing: dict[str, float] = {}  # NSF → since when reading its state fails
         self.version = 0
+
+    def failed(self, nsf: str, at: float) -> None:
+        self.failing.setdefault(nsf, at)
 
     def record(self, nsf: str, reading: Reading) -> None:
         old = self.now.get(nsf)
         if old is not None:
             self.prev[nsf] = old
         self.now[nsf] = reading
+        self.failing.pop(nsf, None)
         self.version += 1
 
     def forget(self, nsf: str) -> None:
@@ -124,9 +132,10 @@ class Evidence:
             r = self.now.get(nsf)
             if r is None:
                 return "active", None  # not read yet (just connected): nothing against it
-            age = now - r.at
-            if age > STALE_INTERVALS * self.interval + 1.0:
-                return "stale", f"no state read from NSF {nsf} for {age:.0f} s"
+            since = self.failing.get(nsf)
+            if since is not None and now - since > STALE_INTERVALS * self.interval:
+                return "stale", (f"the state of NSF {nsf} could not be read for "
+                                 f"{now - since:.0f} s")
         if any(self.now[n].at <= settled for n in nsfs):
             return "active", None  # read before its last change: wait for the next reading
         for rec in live:

@@ -38,6 +38,7 @@ from lxml import etree
 
 from controller.core.engine import Engine, EngineStats, ServiceOptions
 from controller.core.inventory import NS as FP_NS
+from controller.core.southbound import CONNECTED
 from controller.core.store import Store
 from controller.ipsec import translate
 from controller.ipsec.batching import Batching
@@ -150,6 +151,13 @@ class FlowService(ConfigDiff, Scheduling, Batching, Events, Engine):
         return self.evidence.verdict((plan.a.name, plan.b.name), self.south.sessions, live,
                                      self.clock(), self.settled.get(name, 0.0))
 
+    def _judged(self, name: str) -> bool:
+        """Whether the evidence has a say on this policy now (the scheduler calls it
+        active: installed and not being replaced)."""
+        t = self.sched.timers.get(name)
+        return t is not None and t.generation is not None and (
+            self.sched.status(name) == "active")
+
     async def _evidence_loop(self) -> None:
         """Read the endpoint NSFs' SAD state every status_interval; report status changes."""
         while True:
@@ -157,12 +165,18 @@ class FlowService(ConfigDiff, Scheduling, Batching, Events, Engine):
                 await self.ike.read_state()
             except Exception:  # never fatal: the next round reads again
                 log.exception("cannot read the IKE case's Child SAs")
-            nsfs = {n for p in self.plans.values() for n in (p.a.name, p.b.name)}
+            nsfs = {n for name, p in self.plans.items() if self._judged(name)
+                    for n in (p.a.name, p.b.name)}
             if nsfs:
+                t0 = self.clock()
                 got = await read_all(self.south.sessions, nsfs, self.opts.rpc_timeout,
                                      self.clock, translate.NAME_PREFIX + "/")
-                for nsf, reading in got.items():
-                    self.evidence.record(nsf, reading)
+                for nsf in nsfs:
+                    if nsf in got:
+                        self.evidence.record(nsf, got[nsf])
+                    elif (s := self.south.sessions.get(nsf)) is not None and (
+                            s.state == CONNECTED):
+                        self.evidence.failed(nsf, t0)
                 for name in list(self.plans):
                     st = self.policy_status(name)
                     if st is not None:
