@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
 from lxml import etree
 
 from netconf_core.errors import RpcError
@@ -20,6 +21,7 @@ from netconf_core.restconf.errors import not_found
 
 if TYPE_CHECKING:
     from netconf_core.restconf.server import RestconfServer
+    from netconf_core.server import NetconfServer
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ async def serve(rc: RestconfServer, request: web.Request) -> web.StreamResponse:
         raise not_found(f"no stream {stream}/{enc} (see ietf-restconf-monitoring:"
                         "restconf-state/streams)")
     for k in request.query:
-        if k not in ("start-time", "stop-time"):
+        if k not in ("start-time", "stop-time", "filter"):
             raise RpcError("protocol", "invalid-value",
                            f"query parameter {k!r} is not supported on a stream",
                            info={"bad-element": k})
@@ -70,6 +72,12 @@ async def serve(rc: RestconfServer, request: web.Request) -> web.StreamResponse:
         etree.SubElement(op, q + "startTime").text = request.query["start-time"]
     if "stop-time" in request.query:
         etree.SubElement(op, q + "stopTime").text = request.query["stop-time"]
+    if "filter" in request.query:
+        # RFC 8040 4.8.4: an XPath over the notification; prefixes are module names
+        nsmap = {m: ns for m, ns in rc.modules.items() if m.replace("-", "").isalnum()}
+        filt = etree.SubElement(op, q + "filter", nsmap=nsmap)
+        filt.set("type", "xpath")
+        filt.set("select", request.query["filter"])
     sess.on_notification = deliver
     rc._call(request, op, sess)  # replays into the queue right away
     sub = nc.bus.subscriptions.get(sess.id)
@@ -81,27 +89,30 @@ async def serve(rc: RestconfServer, request: web.Request) -> web.StreamResponse:
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
         log.info("RESTCONF stream %s/%s opened by %s", stream, enc, sess.username)
-        while True:
-            try:
-                msg = await asyncio.wait_for(queue.get(), KEEPALIVE)
-            except TimeoutError:
-                await resp.write(b": keepalive\n\n")
-                continue
-            if msg is None:
-                break
-            if enc == "json":
-                try:
-                    msg = codec.notification_json(nc.schema, msg)
-                except Exception:
-                    log.exception("cannot encode a notification as JSON")
-                    continue
-            await resp.write(sse_event(msg))
-        with contextlib.suppress(ConnectionError):
-            await resp.write_eof()
+        with contextlib.suppress(ConnectionError, ClientConnectionResetError):
+            await _pump(queue, resp, enc, nc)  # ends when the client goes away, too
         return resp
-    except (ConnectionError, asyncio.CancelledError):
-        raise
     finally:
         rc.streams.discard(end)
         nc.bus.unsubscribe(sess.id)
         log.info("RESTCONF stream %s/%s of %s closed", stream, enc, sess.username)
+
+
+async def _pump(queue: asyncio.Queue[bytes | None], resp: web.StreamResponse, enc: str,
+                nc: NetconfServer) -> None:
+    while True:
+        try:
+            msg = await asyncio.wait_for(queue.get(), KEEPALIVE)
+        except TimeoutError:
+            await resp.write(b": keepalive\n\n")
+            continue
+        if msg is None:
+            break
+        if enc == "json":
+            try:
+                msg = codec.notification_json(nc.schema, msg)
+            except Exception:
+                log.exception("cannot encode a notification as JSON")
+                continue
+        await resp.write(sse_event(msg))
+    await resp.write_eof()

@@ -3,7 +3,9 @@ RESTCONF (TLS, generated certificate) and metrics, for the RESTCONF and metrics 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -30,8 +32,10 @@ class ControllerProcess:
                  extra: str = "", restconf_extra: str = "") -> None:
         self.workdir = workdir
         self.state = workdir / "state"
-        self.rc_port = free_port() if restconf else None
-        self.metrics_port = free_port() if metrics else None
+        # port 0: the controller binds any free port and logs it (no race with other
+        # processes between choosing a port and binding it)
+        self.rc_port: int | None = 0 if restconf else None
+        self.metrics_port: int | None = 0 if metrics else None
         self.ready = workdir / "ready"
         self.log = workdir / "controller.log"
         cfg = [f'[server]\nhost = "127.0.0.1"\nport = 0\nstate_dir = "{self.state}"\n',
@@ -56,13 +60,23 @@ class ControllerProcess:
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "controller.cli", "serve", "-c", str(self.config),
-                 "--ready-file", str(self.ready), "--log-format", "json"],
+                 "--ready-file", str(self.ready), "--log-format", "json", "--log-level", os.environ.get("CTL_LOG_LEVEL", "INFO")],
                 stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
         wait_until(lambda: self.ready.exists() or self.proc.poll() is not None,  # type: ignore[union-attr]
                    60, "controller to start")
         if self.proc.poll() is not None:
             raise RuntimeError(f"controller exited: {self.log.read_text()[-3000:]}")
         self.port = int(self.ready.read_text())
+        for line in self.log.read_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            msg = json.loads(line)["message"]
+            m = re.match(r"RESTCONF on https?://[^:]+:(\d+)/restconf", msg)
+            if m:
+                self.rc_port = int(m.group(1))
+            m = re.match(r"metrics on http://[^:]+:(\d+)/metrics", msg)
+            if m:
+                self.metrics_port = int(m.group(1))
         return self
 
     @property

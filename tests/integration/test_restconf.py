@@ -386,12 +386,15 @@ def test_operations(ctl: ControllerProcess, http: httpx.Client) -> None:
 # ---- event stream ------------------------------------------------------------------------------
 
 
-def _read_events(resp: httpx.Response, want: int, out: list[str]) -> None:
-    with contextlib.suppress(httpx.HTTPError):  # the test closed the stream
+def _read_events(resp: httpx.Response, want: int | str, out: list[str]) -> None:
+    """Read events into `out` until `want` of them arrived (an int) or one containing
+    `want` (a str). The test joins this thread before it closes the stream: a socket closed
+    under a reading thread can have its descriptor reused by the test's next connection."""
+    with contextlib.suppress(httpx.HTTPError):  # the server ended the stream
         _read_lines(resp, want, out)
 
 
-def _read_lines(resp: httpx.Response, want: int, out: list[str]) -> None:
+def _read_lines(resp: httpx.Response, want: int | str, out: list[str]) -> None:
     buf: list[str] = []
     for line in resp.iter_lines():
         if line.startswith("data: "):
@@ -399,7 +402,7 @@ def _read_lines(resp: httpx.Response, want: int, out: list[str]) -> None:
         elif line == "" and buf:
             out.append("\n".join(buf))
             buf = []
-            if len(out) >= want:
+            if (len(out) >= want) if isinstance(want, int) else (want in out[-1]):
                 return
 
 
@@ -416,7 +419,8 @@ def test_event_stream(ctl: ControllerProcess, http: httpx.Client, enc: str) -> N
         wait_until(lambda: _subscribed(ctl), 10, "the stream's subscription")
         assert post_nsf(http, "ev1").status_code == 201  # → netconf-config-change
         reader.join(20)
-    assert events, "no event arrived"
+        assert not reader.is_alive(), "no event arrived"
+    assert events
     if enc == "json":
         ev = json.loads(events[0])["ietf-restconf:notification"]
         assert ev["eventTime"]
@@ -435,7 +439,18 @@ def _subscribed(ctl: ControllerProcess) -> bool:
 
 
 def test_stream_replay_and_bad_stream(ctl: ControllerProcess, http: httpx.Client) -> None:
-    post_nsf(http, "rp1")
+    # a config change while a stream is open is logged for replay (the server builds
+    # netconf-config-change only when some subscription can receive it)
+    first: list[str] = []
+    with httpx.Client(verify=_tls(ctl), auth=("admin", ADMIN_PW), timeout=30) as c, \
+            c.stream("GET", f"{ctl.base}/streams/NETCONF/json") as resp:
+        reader = threading.Thread(target=_read_events, args=(resp, 1, first), daemon=True)
+        reader.start()
+        wait_until(lambda: _subscribed(ctl), 10, "the first stream's subscription")
+        post_nsf(http, "rp1")
+        reader.join(20)
+        assert not reader.is_alive(), "no event on the first stream"
+    assert first
     r = http.get("/streams/OTHER/json")
     assert r.status_code == 404
     r = http.get("/streams/NETCONF/json", params={"start-time": "yesterday"})
@@ -444,12 +459,29 @@ def test_stream_replay_and_bad_stream(ctl: ControllerProcess, http: httpx.Client
     with httpx.Client(verify=_tls(ctl), auth=("admin", ADMIN_PW), timeout=30) as c, \
             c.stream("GET", f"{ctl.base}/streams/NETCONF/json",
                      params={"start-time": "2000-01-01T00:00:00Z"}) as resp:
-        reader = threading.Thread(target=_read_events, args=(resp, 1000, events), daemon=True)
+        reader = threading.Thread(target=_read_events, args=(resp, "replayComplete", events),
+                                  daemon=True)
         reader.start()
-        wait_until(lambda: any("replayComplete" in e for e in events), 20, "replay")
+        reader.join(20)
+        assert not reader.is_alive(), "no replayComplete"
     # the config change made before the stream opened is replayed first
     done = next(i for i, e in enumerate(events) if "replayComplete" in e)
     assert any("netconf-config-change" in e for e in events[:done])
+    # filter (RFC 8040 4.8.4): an XPath with module names as prefixes
+    r = http.get("/streams/NETCONF/json", params={"filter": "]bad["})
+    assert r.status_code == 400
+    only: list[str] = []
+    with httpx.Client(verify=_tls(ctl), auth=("admin", ADMIN_PW), timeout=30) as c, \
+            c.stream("GET", f"{ctl.base}/streams/NETCONF/json", params={
+                "start-time": "2000-01-01T00:00:00Z",
+                "filter": "/i2nsf-flow-policy:policy-status-change"}) as resp:
+        assert resp.status_code == 200
+        reader = threading.Thread(target=_read_events, args=(resp, "replayComplete", only),
+                                  daemon=True)
+        reader.start()
+        reader.join(20)
+        assert not reader.is_alive(), "no replayComplete (filtered)"
+    assert not any("netconf-config-change" in e for e in only)
 
 
 # ---- curl ------------------------------------------------------------------------------------
@@ -463,6 +495,7 @@ def test_curl(ctl: ControllerProcess) -> None:
                            timeout=60)
         assert r.returncode == 0, r.stderr
         body, _, code = r.stdout.rpartition("\n")
+        assert code.isdigit(), (args, r.stdout, r.stderr)
         return int(code), body
 
     doc = json.dumps({f"{M}:nsf": [nsf("curl1")]})
@@ -531,8 +564,8 @@ def test_policy_status_change_as_json_event(tmp_path: Path) -> None:
         with httpx.Client(base_url=ctl.base, verify=_tls(ctl), auth=("admin", ADMIN_PW),
                           timeout=30) as http, \
                 http.stream("GET", "/streams/NETCONF/json") as resp:
-            reader = threading.Thread(target=_read_events, args=(resp, 1000, events),
-                                      daemon=True)
+            reader = threading.Thread(target=_read_events, args=(
+                resp, f"{M}:policy-status-change", events), daemon=True)
             reader.start()
             wait_until(lambda: _subscribed(ctl), 10, "the stream's subscription")
             assert post_nsf(http, "ps1").status_code == 201
@@ -545,8 +578,8 @@ def test_policy_status_change_as_json_event(tmp_path: Path) -> None:
                                          "crypto-profile": "default"}]}}}
             r = http.patch("/data", content=json.dumps(doc), headers={"Content-Type": JSON_T})
             assert r.status_code == 204, r.text
-            wait_until(lambda: any(f"{M}:policy-status-change" in e for e in events), 30,
-                       "policy-status-change event")
+            reader.join(30)
+            assert not reader.is_alive(), "no policy-status-change event"
             # an open stream does not hold the controller's shutdown up
             t0 = time.monotonic()
             ctl.stop()
