@@ -60,7 +60,8 @@ class ControllerProcess:
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "controller.cli", "serve", "-c", str(self.config),
-                 "--ready-file", str(self.ready), "--log-format", "json", "--log-level", os.environ.get("CTL_LOG_LEVEL", "INFO")],
+                 "--ready-file", str(self.ready), "--log-format", "json",
+                 "--log-level", os.environ.get("CTL_LOG_LEVEL", "INFO")],
                 stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
         wait_until(lambda: self.ready.exists() or self.proc.poll() is not None,  # type: ignore[union-attr]
                    60, "controller to start")
