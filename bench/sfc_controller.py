@@ -278,6 +278,13 @@ def bench_setup(n_policies: int) -> None:
         time.sleep(0.5)
         # rebalance: a 7th firewall instance on sff3
         before = _agent_configs(farm)
+
+        def pushes() -> list[tuple[int, str]]:
+            return [(int(e.findtext(q + "sequence") or 0), e.findtext(q + "detail") or "")
+                    for e in _state(m).findall(q + "event")
+                    if e.findtext(q + "kind") == "paths-pushed"]
+
+        last = max((n for n, _d in pushes()), default=0)
         t0 = time.perf_counter()
         farm.register(m, "firewall-new", "firewall", 3)
 
@@ -291,7 +298,13 @@ def bench_setup(n_policies: int) -> None:
                 a.close_session()
 
         _wait(holds_new)
+        t_first = time.perf_counter() - t0
+        # every step over (an SFF gaining a next hop switches one step after the one that
+        # gave sff3 its proxy): the controller's paths-pushed event for this change
+        _wait(lambda: any(n > last for n, _d in pushes()))
         rebalance = time.perf_counter() - t0
+        print(f"  (sff3 held the new proxy after {t_first * 1000:.0f} ms; controller: "
+              f"{next(d for n, d in pushes() if n > last)})")
         after = _agent_configs(farm)
         changed = {i: c for i, c in after.items() if c != before[i]}
         base = _direct_push(farm, changed, clear_first=False) if changed else float("nan")
