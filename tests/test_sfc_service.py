@@ -161,6 +161,11 @@ def test_inspection_result_event_carries_the_flow() -> None:
     assert [(c.tag[len(q):], c.text) for c in sent[-1].find(q + "flow")] == [
         ("source", "198.51.100.10"), ("destination", "203.0.113.10"), ("protocol", "17"),
         ("source-port", "40011"), ("destination-port", "9000")]
+    # the notification is valid i2nsf-sfc-policy (libyang)
+    from netconf_core.schema import YangSchema
+    from netconf_core.yang_context import create_context
+
+    YangSchema(create_context(["i2nsf-sfc-policy"])).validate_notification(sent[-1])
     st = svc.state()[0]
     rows = [(e.findtext(f"{q}flow/{q}source"), e.findtext(f"{q}flow/{q}destination-port"))
             for e in st.iter(q + "event") if e.findtext(q + "kind") == "inspection-result"]

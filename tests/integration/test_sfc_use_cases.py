@@ -216,7 +216,9 @@ def test_dynamic_path_alternation(lab: tuple[SfcControllerLab, dict[str, Functio
         ddos_drops = [r for r in funcs["ddos-1"].results() if r.get("verdict") == "drop"]
         assert ddos_drops
         events = [k for k, _d in net.events(m)]
-        assert "inspection-result" in events  # the controller was told
+        assert "inspection-result" in events  # the controller was told, with the flow
+        assert any(k == "inspection-result" and "flow 198.51.100.10 -> 203.0.113.10 proto 17 "
+                   "40002 -> 9000" in d for k, d in net.events(m))
     finally:
         m.close_session()
 
