@@ -24,6 +24,7 @@ own status still drives provisioning.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,8 +55,8 @@ class Reading:
     at: float
     sas: dict[str, tuple[int, int] | None] = field(default_factory=dict)
 
-    @property
-    def reports_state(self) -> bool:
+    @functools.cached_property
+    def reports_state(self) -> bool:  # (asked once per SA per verdict: computed once)
         return any(v is not None for v in self.sas.values())
 
 
