@@ -38,6 +38,7 @@ class Rekey:
     _rekey: set[str]
     _next_try: dict[str, float]
     _wake: Any
+    _save: Any
 
     async def _advance_rekey(self, name: str, ag: Agreement, peer: str) -> None:
         """Initiator side of a make-before-break rekey: after each step our NSF completed,
@@ -77,6 +78,7 @@ class Rekey:
         if name in self.prev or name in self._rekey:
             raise ValueError(f"policy {name} is already being rekeyed")
         self._rekey.add(name)
+        self._save()  # a request answered is a request kept, across a restart too
         self._next_try[name] = 0.0
         self._wake.set()
         return ag.generation + 1

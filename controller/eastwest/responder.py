@@ -92,9 +92,23 @@ class Responder:
         nsf = self.local_nsfs()[pol.local_nsf]
         flows = flows_for(prop.initiator_prefixes, prop.responder_prefixes)
         if pol.name in self.prev:
-            raise RpcError("application", "resource-denied",
-                           f"policy {pol.name} is being rekeyed (generation "
-                           f"{self.agreements[pol.name].generation}); retry when done")
+            cur = self.agreements[pol.name]
+            if cur.peer != peer.name or self.allowed.get(cur.nonce, 1) > 1:
+                raise RpcError("application", "resource-denied",
+                               f"policy {pol.name} is being rekeyed (generation "
+                               f"{cur.generation}); retry when done")
+            # The initiator never confirmed a step of that rekey and proposes anew: it lost
+            # it (restarted before persisting it). Only the new inbound SAs were added here
+            # (under the same names the new proposal's will replace): drop it, rekey again.
+            log.info("east-west: policy %s: rekey to generation %d abandoned by %s",
+                     pol.name, cur.generation, peer.name)
+            holders = [(cur.local_nsf.name, cur.local_nsf.data_plane_address)]
+            for spi in cur.spis(inbound=True):
+                self.flow.km.release(holders, spi)
+            self.phase.pop(cur.nonce, None)
+            self.allowed.pop(cur.nonce, None)
+            self._eph_pub.pop(cur.nonce, None)
+            old = self.agreements[pol.name] = self.prev.pop(pol.name)
         # same traffic and algorithms as a protected agreement: make-before-break rekey
         rekey = (old is not None and old.peer == peer.name and old.nonce in self.confirmed
                  and prop.generation > old.generation and old.flows == flows

@@ -108,7 +108,9 @@ class EastWestService(Rekey, Responder):
         self.prev = {d["policy"]: agreement_from(d) for d in data.get("prev", [])}
         self.phase = dict(data.get("phase", {}))
         self.allowed = dict(data.get("allowed", {}))
-        log.info("east-west: %d agreements resumed", len(self.agreements))
+        self._rekey = set(data.get("rekey_requested", []))
+        log.info("east-west: %d agreements resumed (%d rekeys in progress, %d requested)",
+                 len(self.agreements), len(self.prev), len(self._rekey))
 
     def _save(self) -> None:
         if self.path is None:
@@ -118,7 +120,8 @@ class EastWestService(Rekey, Responder):
                                for a in self.agreements.values()],
                 "stale": self._stale, "stale_nsf": self._stale_nsf,
                 "prev": [agreement_to(a, True) for a in self.prev.values()],
-                "phase": self.phase, "allowed": self.allowed}
+                "phase": self.phase, "allowed": self.allowed,
+                "rekey_requested": sorted(self._rekey)}
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -469,6 +472,7 @@ class EastWestService(Rekey, Responder):
         if old is not None and rekey:
             self.prev[name] = old
             self.allowed[nonce] = 1
+            self._rekey.discard(name)  # persisted with the agreement just below
         elif old is not None:
             self._retire(name)
         self.agreements[name] = Agreement(name, pol.policy_id, peer, "a", gen, nonce, nsf,
@@ -586,6 +590,8 @@ class EastWestService(Rekey, Responder):
                 _el(p, "error-message", err)
             if ag is not None:
                 _el(p, "generation", ag.generation)
+                if name in self.prev:
+                    _el(p, "rekey-step", self.phase.get(ag.nonce, 0))
                 for s in ag.spis(inbound=True):
                     _el(p, "inbound-spi", s)
                 for s in ag.spis(inbound=False):

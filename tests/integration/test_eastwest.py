@@ -203,3 +203,33 @@ def test_controller_restart_resumes_the_agreement(ew: EastWestLab) -> None:
     assert [x.text for x in ew_state(ew, "b").iter(E + "inbound-spi")] == spis
     assert policy(ew, "a", "to-b")[0] == "protected"
     assert ping(ew, 3).returncode == 0
+
+
+def test_controller_killed_mid_rekey_resumes_it(ew: EastWestLab) -> None:
+    """Either controller killed right after a rekey started: the old and new SAs keep the
+    traffic flowing, and the restarted controller finishes the rekey from its state."""
+    pinger = subprocess.Popen(
+        ["ip", "netns", "exec", ew.lab.host_a, "ping", "-n", "-q", "-c", "300", "-i", "0.02",
+         "-W", "1", HOST_B], stdout=subprocess.PIPE, text=True)
+    try:
+        for victim in ("b", "a"):
+            gen = generation(ew, "a")
+            rpc(ew, "a", f'<rekey-policy xmlns="{EW}"><policy>to-b</policy></rekey-policy>')
+            if victim == "b":  # killed while the NSFs hold both generations
+                poll(lambda: next(ew_state(ew, "b").iter(E + "rekey-step"), None) is not None,
+                     10, "ctl-b under way", interval=0.005)
+            ew.ctls[victim].kill()  # ctl-a: right after it answered the request
+            ew.ctls[victim].start()
+            poll(lambda gen=gen: all(generation(ew, s) == gen + 1
+                                     and policy(ew, s, "to-" + o) == ("protected", "")
+                                     for s, o in (("a", "b"), ("b", "a")))
+                 and all(len(ew_entries(ew, s)) == 2 for s in "ab"), 20,
+                 f"rekey finished after ctl-{victim} restarted")
+        stdout, _ = pinger.communicate(timeout=30)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+    assert " 0% packet loss" in stdout, stdout
+    for s in "ab":  # each was restarted with the rekey unfinished in its state
+        assert "(1 rekeys in progress" in (ew.workdir / f"controller-{s}.log").read_text() \
+            or "1 requested)" in (ew.workdir / f"controller-{s}.log").read_text()
