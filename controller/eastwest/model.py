@@ -33,17 +33,20 @@ class Algorithms:
     encryption: int = 20
     key_length: int = 128
     integrity: int = 0
+    rekey_time: int = 0  # seconds; 0: only on request
 
     def profile(self) -> CryptoProfile:
-        """The SAs' crypto profile. Lifetimes are unlimited: east-west rekeying is not
-        implemented yet (docs/east-west.md), and an SA must not expire without one."""
+        """The SAs' crypto profile. With a rekey time the SAs get a hard lifetime of twice
+        that plus 30 s (a safety net: both controllers down for that long → the NSFs drop
+        the SAs, as an IKE SA would expire); without one they have no limit."""
+        hard = Limits(time=2 * self.rekey_time + 30) if self.rekey_time else Limits()
         return CryptoProfile(name="east-west", encryption=self.encryption,
                              key_length=self.key_length, integrity=self.integrity,
-                             soft=Limits(), hard=Limits())
+                             soft=Limits(), hard=hard)
 
     def describe(self) -> str:
         return (f"encryption {self.encryption}/{self.key_length} bits, "
-                f"integrity {self.integrity}")
+                f"integrity {self.integrity}, rekey every {self.rekey_time or '-'} s")
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def _nets(el: etree._Element, name: str) -> tuple[IpNet, ...]:
 
 def parse_algorithms(el: etree._Element) -> Algorithms:
     return Algorithms(int(_t(el, "encryption", "20")), int(_t(el, "key-length", "128")),
-                      int(_t(el, "integrity", "0")))
+                      int(_t(el, "integrity", "0")), int(_t(el, "rekey-time", "0")))
 
 
 def parse_config(root: etree._Element | None) -> EwConfig:

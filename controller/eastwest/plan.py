@@ -36,6 +36,7 @@ class Agreement:
     flows: tuple[FlowSpec, ...]  # a = initiator's prefix, b = responder's
     algorithms: Algorithms
     sas: tuple[SaSpec, ...]
+    created: float = 0.0  # wall clock: when it was agreed (rekey schedule)
 
     def plan(self) -> translate.Plan:
         remote = Nsf(name=f"peer:{self.peer}", address="", username="", host_key="",

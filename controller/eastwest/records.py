@@ -32,7 +32,8 @@ def proposal(op: etree._Element) -> Proposal:
 
     alg = Algorithms(int(op.findtext(Q + "encryption") or 20),
                      int(op.findtext(Q + "key-length") or 128),
-                     int(op.findtext(Q + "integrity") or 0))
+                     int(op.findtext(Q + "integrity") or 0),
+                     int(op.findtext(Q + "rekey-time") or 0))
     ipaddress.ip_address(one("data-plane-address"))
     return Proposal(one("controller-id"), one("policy"), int(one("generation")), one("nonce"),
                     one("public-key"), one("data-plane-address"),
@@ -67,7 +68,8 @@ def agreement_to(ag: Agreement, confirmed: bool) -> dict[str, Any]:
         "remote_address": ag.remote_address,
         "flows": [[f.index, str(f.a_prefix), str(f.b_prefix)] for f in ag.flows],
         "algorithms": [ag.algorithms.encryption, ag.algorithms.key_length,
-                       ag.algorithms.integrity],
+                       ag.algorithms.integrity, ag.algorithms.rekey_time],
+        "created": ag.created,
         "sas": [{"flow": s.flow, "a2b": s.a2b, "spi": s.spi, "keys": s.keys.to_dict()}
                 for s in ag.sas],
     }
@@ -85,4 +87,4 @@ def agreement_from(d: dict[str, Any]) -> Agreement:
                        SaKeys.from_dict(s["keys"])) for s in d["sas"])
     return Agreement(d["policy"], d["policy_id"], d["peer"], d["role"], d["generation"],
                      d["nonce"], nsf, d["remote_address"], flows, Algorithms(*d["algorithms"]),
-                     sas)
+                     sas, d.get("created", 0.0))

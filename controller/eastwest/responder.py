@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from typing import Any
 
 from lxml import etree
@@ -129,7 +130,8 @@ class Responder:
                         prop.generation, prop.nonce, shared, spis, prop.inbound_spis,
                         pol.algorithms)
         ag = Agreement(pol.name, pol.policy_id, peer.name, "b", prop.generation, prop.nonce,
-                       nsf, prop.data_plane_address, flows, pol.algorithms, sas)
+                       nsf, prop.data_plane_address, flows, pol.algorithms, sas,
+                       time.time())
         if rekey:
             assert old is not None
             self.prev[pol.name] = old

@@ -393,6 +393,15 @@ class EastWestService(Rekey, Responder):
             self._rekey.discard(name)
             return await self._advance_rekey(name, self.agreements[name], peer)
         if ag is not None and ag.nonce in self.confirmed:
+            if pol.algorithms.rekey_time:  # the schedule: rekey when the agreement is due
+                wait = ag.created + pol.algorithms.rekey_time - time.time()
+                if wait <= 0:
+                    self._rekey.add(name)
+                    self._next_try[name] = 0.0
+                    self._wake.set()
+                    return None
+                self._next_try[name] = time.monotonic() + wait
+                return None
             return self._done(name)
         if ag is None:
             try:
@@ -414,7 +423,7 @@ class EastWestService(Rekey, Responder):
         self.confirmed.add(ag.nonce)
         self._save()
         self._set_status(name, "protected", None)
-        self._done(name)
+        self._next_try[name] = 0.0  # once more: arms the rekey schedule, if any
 
     def _propose_failed(self, name: str, exc: NcError) -> None:
         if isinstance(exc, NcRpcError) and exc.errors and exc.errors[0].app_tag == \
@@ -455,7 +464,8 @@ class EastWestService(Rekey, Responder):
             _el(op, "inbound-spi", s)
         for k, v in (("encryption", pol.algorithms.encryption),
                      ("key-length", pol.algorithms.key_length),
-                     ("integrity", pol.algorithms.integrity)):
+                     ("integrity", pol.algorithms.integrity),
+                     ("rekey-time", pol.algorithms.rekey_time)):
             _el(op, k, v)
         try:
             reply = await self._rpc(peer, op)
@@ -476,7 +486,8 @@ class EastWestService(Rekey, Responder):
         elif old is not None:
             self._retire(name)
         self.agreements[name] = Agreement(name, pol.policy_id, peer, "a", gen, nonce, nsf,
-                                          remote_addr, flows, pol.algorithms, sas)
+                                          remote_addr, flows, pol.algorithms, sas,
+                                          time.time())
         self._save()
         self._set_status(name, "agreed", f"pushing {nsf.name}")
         log.info("east-west: policy %s agreed with %s (generation %d, %d SAs)", name, peer,
