@@ -607,3 +607,38 @@ def test_an_sff_gaining_an_instance_is_ready_before_others_send_to_it(
     assert "edge" not in first or far not in {  # edge still sends to core only
         h.locator for h in first["edge"].table[(p1.spi, 254)]}  # type: ignore[union-attr]
     assert set(second) == {"edge"} and second["edge"].key() == new["edge"].key()  # type: ignore[union-attr]
+
+
+def test_an_instance_moving_hop_keeps_serving_the_old_one_until_clean_up(
+        schema: YangSchema, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One hop per instance (SHARED_PROXIES off): when instances are shared out again, an
+    instance's entry (named after it, with its socket) moves to its new hop; the install
+    step keeps the old hop served by an entry of its own without socket, clean-up drops it."""
+    from controller.sfc import render
+
+    monkeypatch.setattr(paths, "SHARED_PROXIES", False)
+    two = ("<chains><chain><name>a</name><sf-type>firewall</sf-type></chain>"
+           "<chain><name>b</name><sf-type>firewall</sf-type></chain></chains>")
+    one = "<chains><chain><name>b</name><sf-type>firewall</sf-type></chain></chains>"
+    cat = full_catalog()
+    cat.instances["firewall-1"] = replace(cat.instances["firewall-1"], report_socket="/s")
+    cat.register(inst("firewall-2", "firewall"))
+    alloc = SpiAllocator()
+    r1, a1 = compile(parse_config(valid(schema, TYPES + two)), cat, alloc)
+    alloc.commit(a1)
+    r2, _ = compile(parse_config(valid(schema, TYPES + one)), cat, alloc)
+    old, new = render.configs(r1), render.configs(r2)
+    was = old["core"].proxies["firewall-1"]
+    now = new["core"].proxies["firewall-1"]
+    a_, b_ = r1.path_by_name("a"), r2.path_by_name("b")
+    assert a_ is not None and b_ is not None
+    assert (was.spi, now.spi) == (a_.spi, b_.spi)  # firewall-1 moves from a's hop to b's
+    out = render.steps(old, new)
+    install = out[0]["core"]
+    assert install is not None
+    moved = install.proxies[f"firewall-1-{was.spi}-{was.si}"]
+    assert (moved.spi, moved.si) == (was.spi, was.si) and moved.report_socket is None
+    assert install.proxies["firewall-1"] == now and now.report_socket == "/s"
+    assert (a_.spi, 255) in install.table  # a's hop still forwarded until clean-up
+    last = out[-1]["core"]
+    assert last is not None and set(last.proxies) == set(new["core"].proxies)

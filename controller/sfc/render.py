@@ -12,7 +12,7 @@ the new SPIs, after (2) the old SPIs' entries are still there for packets in fli
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lxml import etree
@@ -74,8 +74,17 @@ def _union(old: AgentConfig | None, new: AgentConfig, classifier_from: AgentConf
     # instance's result socket is always named after the instance, so a socket never moves
     # between entries
     taken = {(p.instance, p.spi, p.si) for p in new.proxies.values()}
-    proxies = {k: p for k, p in proxies.items()
-               if k in new.proxies or (p.instance, p.spi, p.si) not in taken}
+    kept: dict[str, ProxyPlan] = {}
+    for k, p in proxies.items():
+        if (p.instance, p.spi, p.si) in taken:
+            continue
+        if k in new.proxies:
+            # the instance's main entry moves to another hop: its old hop stays served
+            # until clean-up by an entry of its own (no socket: the main entry keeps it)
+            k = f"{p.instance}-{p.spi}-{p.si}"
+            p = replace(p, name=k, report_socket=None)
+        kept[k] = p
+    proxies = kept
     proxies.update(new.proxies)
     c = classifier_from
     return AgentConfig(new.sff_id, new.locator, list(c.rules) if c else [],
