@@ -83,6 +83,13 @@ def test_controller_never_imports_the_agent() -> None:
     assert _bad("controller", ("nsf_agent",)) == []
 
 
+def test_controller_does_not_even_name_the_agent_package() -> None:
+    # (issue 15's acceptance: `grep -rn nsf_agent controller/` finds nothing)
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in (ROOT / "controller").rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if "nsf_agent" in line]
+    assert hits == []
+
+
 def test_the_agent_never_imports_the_controller() -> None:
     assert _bad("nsf_agent", ("controller",)) == []
 

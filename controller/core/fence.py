@@ -1,14 +1,14 @@
 """The fencing epoch as NSFs see it (#21): every NSF transaction of an HA controller merges
 `<controller-fence><epoch>N</epoch></controller-fence>` (module i2nsf-controller-fence) into
 its edit; the agent refuses a commit that would lower the epoch it holds
-(nsf_agent/fence.py), so a paused old leader cannot push stale SAs after a take-over.
+(the agent's fence module), so a paused old leader cannot push stale SAs after a take-over.
 """
 
 from __future__ import annotations
 
 from lxml import etree
 
-FENCE_NS = "urn:i2nsf-sdn:yang:i2nsf-controller-fence"
+from netconf_core.i2nsf.namespaces import FENCE_NS
 
 
 def fence_xml(epoch: int) -> bytes:
