@@ -5,6 +5,8 @@
     port = 8300
     state_dir = "/var/lib/i2nsf-controller"   # SQLite store, host key, datastores
     # database = "controller.db"               # relative to state_dir
+    # nacm_recovery_users = ["root"]           # RFC 8341 recovery session: NACM does not apply
+    # schema_location = "https://ctl.example/yang/{name}@{revision}.yang"  # yang-library
 
     [controller]
     rekey_grace = 2.0         # seconds old inbound SAs stay after the outbound switch
@@ -62,6 +64,8 @@ class ControllerConfig:
     port: int = 8300
     state_dir: Path = Path("/var/lib/i2nsf-controller")
     database: Path | None = None
+    nacm_recovery_users: list[str] = field(default_factory=list)
+    schema_location: str | None = None  # None: schemas only by get-schema (no file:// paths)
     options: ServiceOptions = field(default_factory=ServiceOptions)
     users: list[User] = field(default_factory=list)
     restconf: RestconfConfig | None = None
@@ -79,7 +83,8 @@ class ControllerConfig:
         return self.state_dir / "ssh_host_ed25519_key"
 
 
-_SERVER = {"host": str, "port": int, "state_dir": str, "database": str}
+_SERVER = {"host": str, "port": int, "state_dir": str, "database": str,
+           "nacm_recovery_users": list, "schema_location": str}
 _CONTROLLER = {"rekey_grace": (int, float), "confirm_timeout": int, "rpc_timeout": (int, float),
                "reconnect_min": (int, float), "reconnect_max": (int, float),
                "retry_max": (int, float), "batch_max": int,
@@ -100,6 +105,10 @@ def parse_config(data: dict[str, Any], base: Path) -> ControllerConfig:
     cfg.state_dir = base / srv.get("state_dir", str(cfg.state_dir))
     if "database" in srv:
         cfg.database = cfg.state_dir / srv["database"]
+    cfg.nacm_recovery_users = srv.get("nacm_recovery_users", [])
+    if not all(isinstance(u, str) and u for u in cfg.nacm_recovery_users):
+        raise ConfigError("[server] nacm_recovery_users must be a list of user names")
+    cfg.schema_location = srv.get("schema_location")
     ctl = data.get("controller", {})
     check_table(ctl, _CONTROLLER, "controller")
     o = cfg.options

@@ -198,6 +198,9 @@ class ControllerServer:
         server = NetconfServer(schema, ServerConfig(
             state_dir=nc_dir,
             no_secrets_users=frozenset(u.name for u in self.config.users if not u.read_secrets),
+            nacm_recovery_users=frozenset(self.config.nacm_recovery_users),
+            user_groups={u.name: frozenset(u.groups) for u in self.config.users},
+            schema_location=self.config.schema_location,
         ))
         server.bind_loop(asyncio.get_running_loop())
         for op in ("edit-config", "copy-config"):  # before libyang canonicalizes prefixes
