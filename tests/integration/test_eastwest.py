@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from eastwest_lab import EW, NC, EastWestLab, eastwest_lab
+from eastwest_lab import EW, NC, PORTS, EastWestLab, eastwest_lab
 from gateway_lab import poll
 from lxml import etree
 from ncclient.operations import RaiseMode, RPCError
@@ -255,3 +255,27 @@ def test_scheduled_rekeys_with_lifetimes(ew: EastWestLab) -> None:
             for e in root.iter(IK + "sad-entry")
             if (e.findtext(IK + "name") or "").startswith("ew/")}
     assert hard == {"32"}, hard  # 2 x rekey-time + 30 s
+
+
+def test_east_west_link_cut_keeps_sas_and_rekeying_resumes(ew: EastWestLab) -> None:
+    """ctl-a → ctl-b connections reset (nftables in the management namespace) while the
+    rekey schedule (rekey-time 1 s, set by the test before) runs: the SAs on the NSFs keep
+    carrying a 50/s ping with 0 lost, ctl-a shows ctl-b unreachable; once the link is back
+    the scheduled rekeys go on."""
+    nft = ["ip", "netns", "exec", ew.mgmt, "nft"]
+    subprocess.run([*nft, "-f", "-"], check=True, text=True, input=(
+        "table inet ew_cut {\n chain out {\n  type filter hook output priority 0;\n"
+        f"  tcp dport {PORTS['b']} reject with tcp reset\n }}\n}}\n"))
+    try:
+        poll(lambda: any(p.findtext(E + "status") == "unreachable"
+                         for p in ew_state(ew, "a").iter(E + "peer")), 10,
+             "ctl-a sees the link cut")
+        r = ew.lab.run(ew.lab.host_a, ["ping", "-n", "-q", "-c", "150", "-i", "0.02", "-W",
+                                       "1", HOST_B], timeout=60)
+        assert " 0% packet loss" in r.stdout, r.stdout
+        cut_gen = generation(ew, "a")
+    finally:
+        subprocess.run([*nft, "delete", "table", "inet", "ew_cut"], check=False)
+    poll(lambda: generation(ew, "a") >= cut_gen + 2
+         and policy(ew, "a", "to-b")[0] == "protected", 20, "scheduled rekeys resumed")
+    assert ping(ew, 3).returncode == 0
