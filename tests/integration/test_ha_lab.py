@@ -131,7 +131,8 @@ def hl() -> Iterator[Any]:
     finally:
         lab.destroy()
         stack.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("HA_KEEP"):  # HA_KEEP=1: keep the daemons' logs
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def poll(pred: Any, timeout: float, what: str) -> Any:
