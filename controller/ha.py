@@ -107,6 +107,7 @@ class HaControl:
         self.epoch: int | None = None
         self.active = False  # elected and services running: edits accepted
         self._activation: asyncio.Task[None] | None = None
+        self._stopping = False
         store.fence(cfg.lease_name, -1)  # a standby writes nothing at all
 
     def current_epoch(self) -> int:
@@ -198,6 +199,7 @@ class HaControl:
         self.keeper.start()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._activation is not None and not self._activation.done():
             self._activation.cancel()
             await asyncio.gather(self._activation, return_exceptions=True)
@@ -224,6 +226,9 @@ class HaControl:
 
     async def _lost(self) -> None:
         if self.epoch is None:
+            return
+        if self._stopping:  # a clean stop: the lease is released, nothing to report
+            self.active = False
             return
         self.active = False
         self.store.fence(self.cfg.lease_name, -1)
