@@ -206,4 +206,18 @@ for p in st.iter(f'{{{EW}}}policy'):
           'inbound', [hex(int(e.text)) for e in p.iter(f'{{{EW}}}inbound-spi')],
           'outbound', [hex(int(e.text)) for e in p.iter(f'{{{EW}}}outbound-spi')])"
 done
+bold "== 8. rekey, make-before-break across both controllers, under a 50/s ping"
+note "new inbound SAs on both gateways, then each sender switches, then the old inbound go"
+ip netns exec "$HA" ping -q -c 150 -i 0.02 203.0.113.10 >"$WORK/ping.txt" &
+PING=$!
+for _ in 1 2; do
+    admin a "
+r = m.dispatch(etree.fromstring(f'<rekey-policy xmlns=\"{EW}\"><policy>to-b</policy></rekey-policy>'))
+print('    rekey-policy to-b -> generation', etree.fromstring(r.xml.encode()).findtext(f'{{{EW}}}generation'))"
+    sleep 1
+done
+wait $PING || true
+note "ping during the rekeys: $(grep -E 'packets transmitted' "$WORK/ping.txt")"
+note "ctl-a: $(status a)   ctl-b: $(status b)"
+
 bold "done."

@@ -101,3 +101,17 @@ def test_bad_public_key_is_refused() -> None:
         Ephemeral().shared("00" * 32)  # low-order point: all-zero shared secret
     with pytest.raises(ValueError):
         Ephemeral().shared("zz")
+
+
+@pytest.mark.parametrize(("module", "must_not_load"), [
+    ("controller.ipsec.service", "controller.eastwest"),  # imports go one way
+    ("controller.core", "controller.eastwest"),
+    ("controller.eastwest.service", "controller.sfc"),
+])
+def test_imports_go_one_way(module: str, must_not_load: str) -> None:
+    import subprocess
+    import sys
+
+    code = (f"import sys, {module}; "
+            f"sys.exit(any(m.startswith({must_not_load!r}) for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
