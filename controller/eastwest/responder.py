@@ -33,6 +33,7 @@ class Responder:
     prev: dict[str, Agreement]
     phase: dict[str, int]
     allowed: dict[str, int]
+    _next_try: dict[str, float]
     _wake: Any
 
 
@@ -170,6 +171,24 @@ class Responder:
             self.confirmed.add(nonce)
             self._save()
         self._set_status(ag.policy, "protected", None)
+        return None
+
+    def rpc_withdraw(self, srv: Any, sess: Any, op: etree._Element) -> None:
+        """The peer dropped its side of an agreement: drop ours (idempotent)."""
+        peer = self._caller(sess, op)
+        nonce = (op.findtext(Q + "nonce") or "").strip()
+        ag = next((a for a in self.agreements.values()
+                   if a.nonce == nonce and a.peer == peer.name), None)
+        if ag is None:
+            return None
+        self._retire(ag.policy)
+        self._save()
+        self._set_status(ag.policy, "waiting-peer",
+                         f"{peer.name} withdrew the agreement (its policy was removed or "
+                         "changed)")
+        if ag.role == "a":  # we initiate: propose again (the peer may have changed it)
+            self._next_try[ag.policy] = 0.0
+        self._wake.set()
         return None
 
     def _confirm_rekey_step(self, ag: Agreement, step: str) -> None:

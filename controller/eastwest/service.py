@@ -81,6 +81,7 @@ class EastWestService(Rekey, Responder):
         self.phase: dict[str, int] = {}
         self.allowed: dict[str, int] = {}
         self._rekey: set[str] = set()
+        self._withdraw: dict[str, str] = {}  # nonce → peer still to be told it is gone
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._load()
@@ -109,6 +110,7 @@ class EastWestService(Rekey, Responder):
         self.phase = dict(data.get("phase", {}))
         self.allowed = dict(data.get("allowed", {}))
         self._rekey = set(data.get("rekey_requested", []))
+        self._withdraw = dict(data.get("withdraw", {}))
         log.info("east-west: %d agreements resumed (%d rekeys in progress, %d requested)",
                  len(self.agreements), len(self.prev), len(self._rekey))
 
@@ -121,7 +123,7 @@ class EastWestService(Rekey, Responder):
                 "stale": self._stale, "stale_nsf": self._stale_nsf,
                 "prev": [agreement_to(a, True) for a in self.prev.values()],
                 "phase": self.phase, "allowed": self.allowed,
-                "rekey_requested": sorted(self._rekey)}
+                "rekey_requested": sorted(self._rekey), "withdraw": self._withdraw}
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -139,6 +141,7 @@ class EastWestService(Rekey, Responder):
             pol = cfg.policy_map().get(name)
             if pol is None or not self._still_valid(pol, ag):
                 self._retire(name)
+                self._withdraw[ag.nonce] = ag.peer  # the peer must drop its side too
         for name in old.peer_map():
             if name not in cfg.peer_map() or cfg.peer_map()[name] != old.peer_map()[name]:
                 c = self.clients.pop(name, None)
@@ -179,7 +182,12 @@ class EastWestService(Rekey, Responder):
         the policy is gone)."""
         ag = self.agreements.pop(name)
         spd, sad = self._stale.get(name, ([], []))
-        self._stale[name] = (sorted({*spd, *ag.spd_names()}), sorted({*sad, *ag.sad_names()}))
+        old = self.prev.pop(name, None)  # mid-rekey: the old generation's entries go too
+        sad_old = old.sad_names() if old is not None else []
+        self._stale[name] = (sorted({*spd, *ag.spd_names()}),
+                             sorted({*sad, *ag.sad_names(), *sad_old}))
+        self.phase.pop(ag.nonce, None)
+        self.allowed.pop(ag.nonce, None)
         self._stale_nsf[name] = ag.local_nsf.name
         self.pushed.discard(ag.nonce)
         self.confirmed.discard(ag.nonce)
@@ -263,11 +271,31 @@ class EastWestService(Rekey, Responder):
         for name in list(self.cfg.peer_map()):
             if self._announce_due.get(name, 0.0) <= now:
                 await self._announce(name)
+        await self._send_withdrawals()
         await self._push_pending()
         for name, pol in list(self.cfg.policy_map().items()):
             if self._next_try.get(name, 0.0) > time.monotonic():
                 continue
             await self._advance(name, pol)
+
+    async def _send_withdrawals(self) -> None:
+        """Tell peers about agreements we dropped (policy removed or changed), so that
+        they remove their NSF's side and do not show a flow as protected that is not."""
+        for nonce, peer in list(self._withdraw.items()):
+            if peer not in self.cfg.peer_map():
+                self._withdraw.pop(nonce, None)
+                continue
+            op = etree.Element(Q + "withdraw-sa", nsmap={None: NS})
+            _el(op, "controller-id", self.cfg.controller_id)
+            _el(op, "nonce", nonce)
+            try:
+                await self._rpc(peer, op)
+            except NcRpcError as exc:
+                log.warning("east-west: %s refused withdrawal: %s", peer, exc)
+            except NcError:
+                continue  # unreachable: next time
+            self._withdraw.pop(nonce, None)
+            self._save()
 
     def _retry_later(self, key: str) -> None:
         b = min(RETRY_MAX, self._backoff.get(key, RETRY_MIN / 2) * 2)

@@ -58,7 +58,7 @@ def attach(flow: Any, server: Any, state_dir: Path) -> tuple[EastWestService, Ea
     svc = EastWestService(flow, state_dir)
     for name, handler in (("announce", svc.rpc_announce), ("propose-sa", svc.rpc_propose),
                           ("confirm-sa", svc.rpc_confirm), ("lookup-prefix", svc.rpc_lookup),
-                          ("rekey-policy", svc.rpc_rekey)):
+                          ("rekey-policy", svc.rpc_rekey), ("withdraw-sa", svc.rpc_withdraw)):
         server.register_rpc(NS, name, handler)
     south = flow.south
     previous = south.on_connected

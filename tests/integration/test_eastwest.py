@@ -279,3 +279,14 @@ def test_east_west_link_cut_keeps_sas_and_rekeying_resumes(ew: EastWestLab) -> N
     poll(lambda: generation(ew, "a") >= cut_gen + 2
          and policy(ew, "a", "to-b")[0] == "protected", 20, "scheduled rekeys resumed")
     assert ping(ew, 3).returncode == 0
+
+
+def test_policy_removed_on_one_side_is_withdrawn_on_both(ew: EastWestLab) -> None:
+    """Admin A removes the policy: ctl-a removes gwA's entries and tells ctl-b, which removes
+    gwB's and no longer shows the flow as protected."""
+    edit(ew, "a", ew.east_west_xml("a"))  # the peer stays, the policy goes
+    poll(lambda: not ew_entries(ew, "a") and not ew_entries(ew, "b"), 20,
+         "entries gone from both NSFs")
+    status, why = policy(ew, "b", "to-a")
+    assert status == "waiting-peer" and "withdrew" in why, (status, why)
+    assert ping(ew, 1).returncode != 0
