@@ -259,15 +259,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_format == "json")
     if not cfg.users:
         log.warning("no [[users]] configured: nobody can use the northbound interface")
-    asyncio.run(_serve(cfg, args.ready_file))
-    return 0
+    return asyncio.run(_serve(cfg, args.ready_file))
 
 
-async def _serve(cfg: Any, ready_file: str | None) -> None:
+async def _serve(cfg: Any, ready_file: str | None) -> int:
     from controller.server import ControllerServer
 
     ctl = ControllerServer(cfg)
     await serve_until_signalled(ctl.start, ctl.stop, lambda: ctl.port, ready_file)
+    # HA (docs/ha.md): an instance that lost its lease exits non-zero, so that systemd's
+    # Restart=on-failure brings it back as a standby
+    return 75 if ctl.ha is not None and ctl.ha.lost_lease else 0
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:

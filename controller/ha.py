@@ -10,9 +10,9 @@ or the first instance) it
   3. starts the flow and SFC services, which reconcile the NSFs as after a restart, and
      carry the epoch in every NSF transaction (the agents refuse a lower one),
   4. accepts edits, publishing each committed configuration in the store.
-Losing the lease (not renewed in time: a partition, a pause) stops this process; its
-supervisor (systemd `Restart=`) starts it again as a standby. An instance never demotes
-in place, so no half-stopped service can act on a stale view.
+Losing the lease (not renewed in time: a partition, a pause) stops this process with exit
+status 75; its supervisor (the unit's `Restart=on-failure`) starts it again as a standby.
+An instance never demotes in place, so no half-stopped service can act on a stale view.
 """
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ class HaControl:
         self.active = False  # elected and services running: edits accepted
         self._activation: asyncio.Task[None] | None = None
         self._stopping = False
+        self.lost_lease = False  # the process then exits with status 75 (EX_TEMPFAIL)
         store.fence(cfg.lease_name, -1)  # a standby writes nothing at all
 
     def current_epoch(self) -> int:
@@ -218,6 +219,7 @@ class HaControl:
             await self.activate(epoch)
         except Exception:
             log.exception("taking over as the active controller failed; exiting")
+            self.lost_lease = True
             os.kill(os.getpid(), signal.SIGTERM)
             return
         self.publisher.active = True
@@ -231,6 +233,7 @@ class HaControl:
             self.active = False
             return
         self.active = False
+        self.lost_lease = True
         self.store.fence(self.cfg.lease_name, -1)
         log.critical("lost the leadership lease (epoch %d): stopping this instance; it "
                      "comes back as a standby when restarted", self.epoch)

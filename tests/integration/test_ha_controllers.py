@@ -170,6 +170,7 @@ def test_failover_and_fencing(lab: dict[str, Any]) -> None:
     assert lease_row(dsn) == ("ctl-a2", 3) and a2.status("x") == ("active", gen2)
     log = b.log.read_text()
     assert "lost the leadership lease" in log or "not renewed in time" in log
+    assert b.proc.returncode == 75  # non-zero: Restart=on-failure brings it back
 
     # a standby that never led stops cleanly, and leaves the lease alone
     c = ctl("ctl-c")
