@@ -4,7 +4,9 @@ standby) on a real PostgreSQL server in the management namespace, two real agent
 the time, a continuous ping through the tunnel.
 
 Each trial kills the active (SIGKILL) while a rekey is under way; the standby must take over
-within lease + 2 s, the killed one comes back as the new standby. Afterwards: no SA reached
+within lease + 2 s, the killed one comes back as the new standby. Last, the active is paused
+(SIGSTOP, a partition): the standby takes over and rekeys; after SIGCONT the old one exits
+(status 75) without having touched anything. Afterwards: no SA reached
 its hard lifetime (the agents' sadb-expire notifications), no SPI was ever given to two SAs,
 the store and both NSFs hold the same SAs, and the ping kept going.
 
@@ -247,6 +249,23 @@ def test_kill_active_during_rekeys(hl: Any) -> None:
             # beyond what this lab's lifetimes allow, see docs/ha.md)
             poll(lambda act=active, g=gen: policy(hl, act)[1] >= g + 2, 20,
                  "a rekey completed by the new active")
+        # a partitioned old leader: SIGSTOP the active, the standby takes over and rekeys;
+        # after SIGCONT the old one is fenced (touches nothing) and exits with status 75
+        paused = hl.controllers[active]
+        paused.signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        poll(lambda sb=standby: accepts_edits(hl, sb), TTL + 2, f"{standby} to take over")
+        takeovers.append(time.monotonic() - t0)
+        active, standby = standby, active
+        _, gen = policy(hl, active)
+        poll(lambda act=active, g=gen: policy(hl, act)[1] >= g + 1, 20,
+             "a rekey by the new active while the old one is paused")
+        epoch = lease(hl)
+        paused.signal(signal.SIGCONT)
+        assert paused.proc is not None
+        assert paused.proc.wait(15) == 75
+        assert lease(hl) == epoch and accepts_edits(hl, active)
+        paused.start()  # back as the standby
         record()
         _, gen = policy(hl, active)
         poll(lambda: policy(hl, active)[1] >= gen + 2, 30, "rekeys after the last take-over")
@@ -271,7 +290,7 @@ def test_kill_active_during_rekeys(hl: Any) -> None:
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert m, out
     sent, got = int(m.group(1)), int(m.group(2))
-    print(f"HA: {trials} take-overs, {max(takeovers):.2f} s max / "
+    print(f"HA: {trials} kills + 1 pause, take-overs {max(takeovers):.2f} s max / "
           f"{sum(takeovers) / len(takeovers):.2f} s mean (lease {TTL} s); ping lost "
           f"{sent - got} of {sent}; {len(spis)} SAs, no SPI reused")
     assert max(takeovers) <= TTL + 2
