@@ -108,7 +108,9 @@ def _wait_policies(m: Any, names: list[str], timeout: float, quiet: bool,
             counts[s] = counts.get(s, 0) + 1
         label = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) \
             if len(names) > 1 else next(iter(counts))
-        return counts.get("active", 0) == len(names), None, label
+        # an on-demand policy is in place once it is "waiting" (for its first packet)
+        done = counts.get("active", 0) + counts.get("waiting", 0) == len(names)
+        return done, None, label
 
     wait(what, probe, timeout, quiet)
 

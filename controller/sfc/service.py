@@ -24,6 +24,7 @@ from typing import Any
 
 from lxml import etree
 
+from controller.core.engine import wait_event
 from controller.core.nc_client import NcError
 from controller.sfc import paths, render
 from controller.sfc.catalog import CatalogError, CatalogManager, Instance, ScaleRequest
@@ -249,8 +250,7 @@ class SfcService:
     async def run(self) -> None:
         assert self._wake is not None
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.tick)
+            await wait_event(self._wake, self.tick)  # never swallows the stop's cancel
             self._wake.clear()
             try:
                 self._scale()

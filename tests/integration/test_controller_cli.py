@@ -207,6 +207,17 @@ def test_policy_apply_wait_json_and_profile_left_alone(env: Env) -> None:
     assert r.returncode == 1 and "no policy 'nope'" in r.stderr
 
 
+def test_on_demand_policy_wait_ends_when_it_is_waiting(env: Env) -> None:
+    """An on-demand policy has no SA until its first packet: --wait is done when it is in
+    place ("waiting"), it must not time out."""
+    r = env.cli("policy", "apply", "od1", "-a", "c1", "-b", "c2", "--on-demand", "--wait",
+                "--timeout", "20")
+    assert r.returncode == 0, r.stderr
+    assert env.js("policy", "show", "od1")["status"] == "waiting"
+    r = env.cli("policy", "delete", "od1", "--wait")
+    assert r.returncode == 0, r.stderr
+
+
 def test_wait_times_out_with_exit_3(env: Env) -> None:
     env.agents["c3"].stop()
     try:
