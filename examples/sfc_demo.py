@@ -159,8 +159,8 @@ def main() -> int:
             got = _count(rx)
             drops = [r for r in funcs["ips-1"].results() if r.get("verdict") == "drop"]
             note(f"an exploit flow: the IDS asks for the IPS, F steers it there itself; "
-                 f"{got}/30 delivered, the IPS dropped {len(drops)} (sid "
-                 f"{drops[0]['sid'] if drops else '-'})")
+                 f"{got}/30 delivered; the IPS reported {len(drops)} drop verdict(s) for "
+                 f"the flow (sid {drops[0]['sid'] if drops else '-'})")
 
             bold("== 7. table miss: C loses an entry, asks the controller (pull)")
             from tests.integration.test_sfc_controller import _agent_edit, _stat
