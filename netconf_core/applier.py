@@ -76,6 +76,37 @@ class Applier(Protocol):
         """Release backend resources at shutdown."""
 
 
+class StateOnlyApplier:
+    """Base of appliers that only contribute operational state to `get` and take no part
+    in commits (subclasses set `name` and override `state`)."""
+
+    name = "state"
+
+    def bind(self, notify: Notify) -> None:
+        return None
+
+    def reconcile(self, running: etree._Element) -> None:
+        return None
+
+    def validate(self, change: ConfigChange) -> None:
+        return None
+
+    def prepare(self, change: ConfigChange) -> None:
+        return None
+
+    def apply(self, change: ConfigChange) -> None:
+        return None
+
+    def abort(self, change: ConfigChange) -> None:
+        return None
+
+    def state(self, running: etree._Element) -> list[etree._Element]:
+        return []
+
+    def close(self) -> None:
+        return None
+
+
 class NullApplier:
     """Accepts everything (agents that only store configuration). Remembers the last
     `keep` changes it was asked to apply or abort, for tests to look at; agents keep none:

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from lxml import etree
 
-from netconf_core.applier import ConfigChange, Notify
+from netconf_core.applier import Notify, StateOnlyApplier
 from netconf_core.datastore import write_atomic
 from nsf_agent import sadb
 
@@ -95,7 +95,7 @@ def _sa_list(parent: etree._Element, sas: dict[str, tuple[str, bool]]) -> None:
         etree.SubElement(e, Q + "sending-suspended").text = "true" if suspended else "false"
 
 
-class StatusApplier:
+class StatusApplier(StateOnlyApplier):
     """Serves /i2nsf-sadb:nsf-status; takes no configuration (every change is fine)."""
 
     name = "nsf-status"
@@ -131,21 +131,6 @@ class StatusApplier:
     # Applier protocol (no configuration of its own)
     def bind(self, notify: Notify) -> None:
         self.notify = notify
-
-    def reconcile(self, running: etree._Element) -> None:
-        return None
-
-    def validate(self, change: ConfigChange) -> None:
-        return None
-
-    def prepare(self, change: ConfigChange) -> None:
-        return None
-
-    def apply(self, change: ConfigChange) -> None:
-        return None
-
-    def abort(self, change: ConfigChange) -> None:
-        return None
 
     def state(self, running: etree._Element) -> list[etree._Element]:
         root = etree.Element(Q + "nsf-status", nsmap={None: sadb.NS})

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from lxml import etree
 
-from netconf_core.applier import ConfigChange, Notify
+from netconf_core.applier import StateOnlyApplier
 from netconf_core.notifications import STREAM, format_time
 
 RCMON_NS = "urn:ietf:params:xml:ns:yang:ietf-restconf-monitoring"
@@ -23,7 +23,7 @@ CAPABILITIES = (
 )
 
 
-class RestconfStateApplier:
+class RestconfStateApplier(StateOnlyApplier):
     """Contributes `restconf-state` to `get`; takes no part in commits."""
 
     name = "restconf-state"
@@ -31,27 +31,6 @@ class RestconfStateApplier:
     def __init__(self, base_url: Callable[[], str], log_created: Callable[[], object]) -> None:
         self.base_url = base_url
         self.log_created = log_created
-
-    def bind(self, notify: Notify) -> None:
-        return None
-
-    def reconcile(self, running: etree._Element) -> None:
-        return None
-
-    def validate(self, change: ConfigChange) -> None:
-        return None
-
-    def prepare(self, change: ConfigChange) -> None:
-        return None
-
-    def apply(self, change: ConfigChange) -> None:
-        return None
-
-    def abort(self, change: ConfigChange) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
 
     def state(self, running: etree._Element) -> list[etree._Element]:
         q = f"{{{RCMON_NS}}}"

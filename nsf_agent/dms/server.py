@@ -11,7 +11,7 @@ from typing import Any
 
 from lxml import etree
 
-from netconf_core.applier import ConfigChange, Notify
+from netconf_core.applier import StateOnlyApplier
 from netconf_core.auth import UserDb
 from netconf_core.datastore import Datastores
 from netconf_core.features import set_features
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 Q = xmlio.Q
 
 
-class StateApplier:
+class StateApplier(StateOnlyApplier):
     """The DMS has no configuration of its own in the datastores (instances are made by
     RPCs): this applier only contributes the `dms` state tree to <get>."""
 
@@ -39,24 +39,6 @@ class StateApplier:
 
     def __init__(self, dms: Dms) -> None:
         self.dms = dms
-
-    def bind(self, notify: Notify) -> None:
-        return None
-
-    def reconcile(self, running: etree._Element) -> None:
-        return None
-
-    def validate(self, change: ConfigChange) -> None:
-        return None
-
-    def prepare(self, change: ConfigChange) -> None:
-        return None
-
-    def apply(self, change: ConfigChange) -> None:
-        return None
-
-    def abort(self, change: ConfigChange) -> None:
-        return None
 
     def state(self, running: etree._Element) -> list[etree._Element]:
         return [self.dms.state()]
